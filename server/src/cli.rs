@@ -1,0 +1,59 @@
+//! Top-level command line: one subcommand per module.
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// Atmosphere: join a phone to your home mesh over the LAN, the internet or a relay.
+#[derive(Debug, Parser)]
+#[command(name = "atmosphere", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the host: web UI, invite API, mesh WebSocket, network discovery.
+    Serve(crate::serve::Args),
+    /// Run a relay server that hosts and members behind NAT both dial out to.
+    Relay(crate::relay::Args),
+    /// Mint an invite through the running host and show it (QR in the terminal).
+    Token(crate::token_cmd::Args),
+    /// Join a mesh from the terminal, racing the invite's endpoints.
+    Join(crate::join::Args),
+    /// Work with invite links.
+    #[command(subcommand)]
+    Invite(InviteCommand),
+    /// Report local IPs, public IP per STUN server, NAT behaviour and relay reachability.
+    Netcheck(crate::netcheck::Args),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum InviteCommand {
+    /// Decode a v1, v2 or web invite link and print it normalised.
+    Inspect(crate::inspect::Args),
+}
+
+impl Cli {
+    /// Runs the chosen subcommand and returns the process exit code.
+    pub async fn run(self) -> ExitCode {
+        match self.command {
+            Command::Serve(a) => crate::serve::run(a).await,
+            Command::Relay(a) => crate::relay::run(a).await,
+            Command::Token(a) => crate::token_cmd::run(a).await,
+            Command::Join(a) => crate::join::run(a).await,
+            Command::Invite(InviteCommand::Inspect(a)) => crate::inspect::run(a),
+            Command::Netcheck(a) => crate::netcheck::run(a).await,
+        }
+    }
+}
+
+/// Logs go to stderr, filtered by `RUST_LOG` (default `info`).
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

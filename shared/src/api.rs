@@ -1,0 +1,137 @@
+//! JSON shapes of the host's HTTP API, shared by the server (which produces them), the CLI
+//! (`atmosphere token`) and the web app (which consumes them). Field names are contracts.
+
+use crate::link::Endpoints;
+use crate::path::PathKind;
+use serde::{Deserialize, Serialize};
+
+/// Optional body of `POST /api/mesh/token`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRequest {
+    /// Lifetime in seconds (default 24 h).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_secs: Option<u64>,
+    /// How many devices may join with it (`null` = unlimited).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_uses: Option<u32>,
+    /// A note for the host's list of invites.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+}
+
+/// `network_info` of an invite: the seed's discovery summary.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkInfo {
+    pub local_ip: Option<String>,
+    pub public_ip: Option<String>,
+    pub is_behind_nat: bool,
+    pub stun_source: Option<String>,
+}
+
+/// Answer of `POST /api/mesh/token` (a superset of the seed's shape).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenResponse {
+    pub token: String,
+    pub mesh_id: String,
+    pub mesh_name: String,
+    pub endpoints: Endpoints,
+    pub network_info: NetworkInfo,
+    /// Legacy single endpoint: the first of public, local, relay that exists.
+    pub endpoint: Option<String>,
+    /// v2 app link (`atmosphere://join?…`).
+    pub qr_data: String,
+    /// Web link with the invite in the fragment; the QR code encodes this.
+    pub join_url: String,
+    /// RFC 3339 UTC, e.g. `2026-11-25T10:00:00Z`.
+    pub expires_at: String,
+    pub max_uses: Option<u32>,
+    /// Invite id (for revocation); not a secret.
+    #[serde(default)]
+    pub invite_id: String,
+}
+
+/// State of the host's control link to its relay.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum RelayState {
+    NotConfigured,
+    Connecting { url: String },
+    Connected { url: String },
+    Retrying { url: String, last_error: String, retry_in_ms: u64 },
+}
+
+/// One STUN server's answer in a discovery run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StunProbe {
+    /// `stun:host:port`.
+    pub server: String,
+    /// `ip:port` mapped address, when it answered.
+    pub mapped: Option<String>,
+    pub rtt_ms: Option<u64>,
+    pub error: Option<String>,
+}
+
+/// Answer of `GET /api/network`: the cached discovery snapshot.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkSnapshot {
+    /// The advertised local IP (the interface that carries the default route).
+    pub local_ip: Option<String>,
+    /// Every non-loopback interface address seen.
+    pub local_ips: Vec<String>,
+    pub public_ip: Option<String>,
+    pub public_port: Option<u16>,
+    pub is_behind_nat: bool,
+    /// A 100.64.0.0/10 address was seen on the path (carrier-grade NAT).
+    pub cgnat: bool,
+    /// Human hint for the UI, e.g. why a port forward will not help.
+    pub hint: Option<String>,
+    pub stun_source: Option<String>,
+    /// `Some(true)` when two STUN servers saw different mappings (endpoint-dependent NAT).
+    pub mapping_varies: Option<bool>,
+    pub probes: Vec<StunProbe>,
+    pub endpoints: Endpoints,
+    pub relay: Option<RelayState>,
+    /// RFC 3339 time of the last completed discovery (None before the first).
+    pub updated_at: Option<String>,
+}
+
+/// An outstanding invite as the admin sees it (never the token itself).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InviteView {
+    pub invite_id: String,
+    pub label: Option<String>,
+    pub created_at: String,
+    pub expires_at: String,
+    pub max_uses: Option<u32>,
+    pub uses: u32,
+    pub revoked: bool,
+}
+
+/// A member device as the admin sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceView {
+    pub device_id: String,
+    pub name: String,
+    pub platform: String,
+    /// Path of the current or last connection.
+    pub path: Option<PathKind>,
+    pub online: bool,
+    pub joined_at: String,
+    pub last_seen: Option<String>,
+}
+
+/// Answer of `GET /api/mesh`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeshView {
+    pub mesh_id: String,
+    pub mesh_name: String,
+    pub invites: Vec<InviteView>,
+    pub devices: Vec<DeviceView>,
+}
+
+/// JSON error body of the HTTP API (`401`, `400`, …).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiError {
+    pub error: String,
+    pub message: String,
+}

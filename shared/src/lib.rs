@@ -1,0 +1,25 @@
+//! # atmosphere-shared
+//!
+//! The pure, runtime-free core of Atmosphere, used by the native host and CLI (`server/`)
+//! and by the browser app (`web/`). It owns:
+//!
+//! - [`token`]: the invite token format (`ATM-…`, ≥128 bits, typing-tolerant parsing);
+//! - [`link`]: the invite link codec (v2, v1 and the web `join` form);
+//! - [`api`]: the JSON shapes of the host's HTTP API (invite answer, network snapshot, mesh view);
+//! - [`wire`]: the mesh WebSocket message table;
+//! - [`racing`]: the fallback/racing policy as a sans-IO state machine.
+//!
+//! Nothing here performs I/O, reads a clock or spawns tasks, so the same code runs on
+//! tokio and in `wasm32-unknown-unknown`, and is tested with virtual time.
+
+pub mod api;
+pub mod link;
+pub mod mesh_id;
+pub mod path;
+pub mod racing;
+pub mod token;
+pub mod wire;
+
+pub use link::{Endpoints, Invite, LinkError};
+pub use path::PathKind;
+pub use token::{Token, TokenError};
