@@ -1,1 +1,230 @@
-//! End-to-end test support: spawning real `atmosphere` processes, loopback helpers.
+//! # atmosphere-tests
+//!
+//! Support for the end-to-end tests in `tests/tests/`: they run the real `atmosphere`
+//! binary (host, relay, join) as processes on 127.0.0.1 with real SQLite files in temporary
+//! data dirs. Nothing here talks to anything but loopback; hosts always start with
+//! `ATMOSPHERE_STUN_SERVERS=none` unless a test passes its own loopback STUN server.
+
+use atmosphere_shared::api::{TokenRequest, TokenResponse};
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Path of the `atmosphere` binary under test: `$ATMOSPHERE_BIN`, or `target/debug/atmosphere`
+/// (the README's test command builds it before running the tests).
+pub fn bin_path() -> PathBuf {
+    if let Some(p) = std::env::var_os("ATMOSPHERE_BIN") {
+        return PathBuf::from(p);
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let p = target.join("debug").join("atmosphere");
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build -p atmosphere-server` first (the README's test command does)",
+        p.display()
+    );
+    p
+}
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A `ws://` URL on which nothing listens: connecting fails fast with "connection refused".
+pub fn refused_url() -> String {
+    format!("ws://127.0.0.1:{}", free_port())
+}
+
+/// A TCP listener that accepts connections and never answers (a black-holed path: the
+/// WebSocket handshake hangs until the client's deadline).
+pub struct BlackHole {
+    addr: SocketAddr,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+impl BlackHole {
+    /// Starts the listener on 127.0.0.1 (needs a tokio runtime).
+    pub async fn start() -> BlackHole {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = l.accept().await {
+                held.push(s);
+            }
+        });
+        BlackHole { addr, _task: task }
+    }
+
+    /// `ws://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("ws://{}", self.addr)
+    }
+}
+
+/// A child process that is killed when dropped, with its stderr captured to a file.
+pub struct Proc {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    /// Spawns `atmosphere ARGS` with extra env, stderr/stdout to `log`.
+    pub fn spawn(args: &[&str], env: &[(&str, &str)], log: PathBuf) -> Proc {
+        let out = std::fs::File::create(&log).unwrap();
+        let err = out.try_clone().unwrap();
+        let mut cmd = Command::new(bin_path());
+        cmd.args(args)
+            .env("ATMOSPHERE_STUN_SERVERS", "none")
+            .env_remove("ATMOSPHERE_RELAY_URL")
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn atmosphere");
+        Proc { child, log }
+    }
+
+    /// The process's output so far (for assertion messages).
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Kills the process and waits for it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Polls `GET url` until it answers 200 or `deadline` passes.
+pub async fn wait_http_ok(url: &str, deadline: Duration) -> bool {
+    let client = reqwest::Client::new();
+    let start = Instant::now();
+    while start.elapsed() < deadline {
+        if let Ok(r) = client.get(url).timeout(Duration::from_secs(1)).send().await {
+            if r.status().is_success() {
+                return true;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+/// A running `atmosphere serve` on 127.0.0.1 with its own data dir.
+pub struct Host {
+    pub port: u16,
+    pub data_dir: PathBuf,
+    pub proc: Proc,
+    extra_args: Vec<String>,
+    env: Vec<(String, String)>,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl Host {
+    /// Starts a host with a fresh data dir and no STUN.
+    pub async fn start() -> Host {
+        Host::start_with(&[], &[]).await
+    }
+
+    /// Starts a host with extra `serve` flags and env vars (e.g. a loopback STUN server).
+    pub async fn start_with(extra_args: &[&str], env: &[(&str, &str)]) -> Host {
+        let tmp = tempfile::tempdir().unwrap();
+        let data_dir = tmp.path().join("data");
+        let mut h = Host::launch(
+            free_port(),
+            data_dir,
+            extra_args.iter().map(|s| s.to_string()).collect(),
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        )
+        .await;
+        h._tmp = Some(tmp);
+        h
+    }
+
+    async fn launch(port: u16, data_dir: PathBuf, extra_args: Vec<String>, env: Vec<(String, String)>) -> Host {
+        std::fs::create_dir_all(&data_dir).unwrap();
+        let port_s = port.to_string();
+        let dd = data_dir.to_str().unwrap().to_string();
+        let mut args: Vec<&str> = vec!["serve", "--port", &port_s, "--bind", "127.0.0.1", "--data-dir", &dd];
+        // The advertised local endpoint must be dialable from the tests: loopback.
+        if !extra_args.iter().any(|a| a == "--local-ip") {
+            args.extend(["--local-ip", "127.0.0.1"]);
+        }
+        args.extend(extra_args.iter().map(|s| s.as_str()));
+        let envs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        static STARTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log = data_dir.join(format!("serve-{n}.log"));
+        let proc = Proc::spawn(&args, &envs, log);
+        let url = format!("http://127.0.0.1:{port}/health");
+        let up = wait_http_ok(&url, Duration::from_secs(20)).await;
+        assert!(up, "host did not come up on {url}:\n{}", proc.output());
+        Host { port, data_dir, proc, extra_args, env, _tmp: None }
+    }
+
+    /// Stops the host and starts it again on the same port and data dir.
+    pub async fn restart(mut self) -> Host {
+        self.proc.kill();
+        let tmp = self._tmp.take();
+        let mut h = Host::launch(self.port, self.data_dir.clone(), self.extra_args.clone(), self.env.clone()).await;
+        h._tmp = tmp;
+        h
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// `ws://127.0.0.1:PORT`.
+    pub fn ws_url(&self) -> String {
+        format!("ws://127.0.0.1:{}", self.port)
+    }
+
+    /// The admin secret the host wrote into its data dir.
+    pub fn admin_secret(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("admin_secret")).unwrap().trim().to_string()
+    }
+
+    /// Mints an invite through the API with the admin bearer token.
+    pub async fn mint(&self, req: &TokenRequest) -> TokenResponse {
+        let r = reqwest::Client::new()
+            .post(format!("{}/api/mesh/token", self.base()))
+            .bearer_auth(self.admin_secret())
+            .json(req)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "mint failed: {}", r.status());
+        r.json().await.unwrap()
+    }
+
+    /// `GET path` with admin auth, parsed as JSON.
+    pub async fn get_json(&self, path: &str) -> serde_json::Value {
+        reqwest::Client::new()
+            .get(format!("{}{}", self.base(), path))
+            .bearer_auth(self.admin_secret())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+}
