@@ -1,9 +1,520 @@
-//! STUB: being written.
+//! `atmosphere netcheck`: one discovery round (the same code `serve` runs in the
+//! background) plus a relay reachability check, printed as a table or as one JSON object.
+//!
+//! JSON shape (`--json`), one object on one line:
+//!
+//! ```json
+//! {
+//!   "local_ip": "192.168.86.237",            // advertised local IP or null
+//!   "local_ips": ["192.168.86.237"],         // non-loopback interface addresses
+//!   "public_ip": "73.45.123.89",             // first STUN answer, or null
+//!   "stun_source": "stun:host:port",         // the server that gave public_ip, or null
+//!   "is_behind_nat": true,
+//!   "mapping_varies": false,                 // null with fewer than two answers
+//!   "cgnat": false,
+//!   "hint": "human sentence" ,               // or null
+//!   "endpoints": {"local": "ws://…", "public": "ws://…" , "relay": "ws(s)://…"},
+//!   "probes": [{"server": "stun:host:port", "mapped": "ip:port", "rtt_ms": 12, "error": null}],
+//!   "relay": {"url": "wss://…", "status": "reachable|unreachable|not_configured|invalid",
+//!             "error": null, "http_status": 101, "connect_ms": 3, "handshake_ms": 5},
+//!   "checked_at": "2026-11-25T10:00:00Z"
+//! }
+//! ```
+//!
+//! The exit code is 0 whatever the network says: netcheck reports, it does not judge.
+
+use crate::discovery::{self, DiscoveryConfig};
+use atmosphere_shared::api::{NetworkSnapshot, StunProbe};
+use atmosphere_shared::link::Endpoints;
+use serde::Serialize;
+use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
 
+const JSON_HELP: &str = "\
+With --json, prints one JSON object:
+  {\"local_ip\", \"local_ips\": [..], \"public_ip\", \"stun_source\", \"is_behind_nat\",
+   \"mapping_varies\" (null with fewer than two answers), \"cgnat\", \"hint\",
+   \"endpoints\": {\"local\", \"public\", \"relay\"},
+   \"probes\": [{\"server\": \"stun:host:port\", \"mapped\": \"ip:port\", \"rtt_ms\", \"error\"}],
+   \"relay\": {\"url\", \"status\": \"reachable|unreachable|not_configured|invalid\", \"error\",
+             \"http_status\", \"connect_ms\", \"handshake_ms\"},
+   \"checked_at\": RFC 3339}
+Missing values are null. The exit code is 0 whatever the network says.";
+
+/// `atmosphere netcheck` flags.
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+#[command(after_long_help = JSON_HELP)]
+pub struct Args {
+    /// STUN server to ask, HOST:PORT (repeat the flag for several; they replace the
+    /// defaults stun.l.google.com:19302 and stun.cloudflare.com:3478). The env var takes a
+    /// comma list; `none` disables STUN. Flags win over the env var.
+    #[arg(
+        long = "stun-server",
+        value_name = "HOST:PORT",
+        env = "ATMOSPHERE_STUN_SERVERS",
+        value_delimiter = ','
+    )]
+    pub stun_servers: Vec<String>,
 
-pub async fn run(_args: Args) -> ExitCode {
-    ExitCode::from(1)
+    /// Relay to check: a TCP connect and a WebSocket handshake to this ws:// or wss:// URL.
+    #[arg(long, value_name = "URL", env = "ATMOSPHERE_RELAY_URL")]
+    pub relay_url: Option<String>,
+
+    /// Print one JSON object instead of the table (shape in --help).
+    #[arg(long)]
+    pub json: bool,
+
+    /// Deadline in milliseconds for the STUN round (all servers in parallel, with
+    /// retransmits) and, separately, for the relay check (100..=60000).
+    #[arg(long, value_name = "MS", default_value_t = 2000,
+          value_parser = clap::value_parser!(u64).range(100..=60000))]
+    pub timeout_ms: u64,
+
+    /// Port the host listens on, used for the endpoints and the port-forward hint.
+    #[arg(long, value_name = "PORT", default_value_t = 11451)]
+    pub port: u16,
+
+    /// Advertise this local IP instead of the default route's address.
+    #[arg(long, value_name = "IP")]
+    pub local_ip: Option<IpAddr>,
+
+    /// Port a router forwards to this host, for the public endpoint (default: --port).
+    #[arg(long, value_name = "PORT")]
+    pub public_port: Option<u16>,
+}
+
+/// Outcome of the relay reachability check.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct RelayCheck {
+    /// The URL checked, as given.
+    pub url: Option<String>,
+    /// `reachable`, `unreachable`, `not_configured` or `invalid`.
+    pub status: &'static str,
+    /// Why it is not reachable (or a note when the server answered without upgrading).
+    pub error: Option<String>,
+    /// HTTP status of the handshake answer (101 = WebSocket accepted).
+    pub http_status: Option<u16>,
+    /// Time to the TCP connection.
+    pub connect_ms: Option<u64>,
+    /// Time to the handshake answer, from the start.
+    pub handshake_ms: Option<u64>,
+}
+
+impl RelayCheck {
+    fn not_configured() -> RelayCheck {
+        RelayCheck {
+            url: None,
+            status: "not_configured",
+            error: None,
+            http_status: None,
+            connect_ms: None,
+            handshake_ms: None,
+        }
+    }
+
+    fn failed(
+        url: &str,
+        status: &'static str,
+        error: String,
+        connect_ms: Option<u64>,
+    ) -> RelayCheck {
+        RelayCheck {
+            url: Some(url.to_string()),
+            status,
+            error: Some(error),
+            http_status: None,
+            connect_ms,
+            handshake_ms: None,
+        }
+    }
+}
+
+/// The whole report (`--json` prints exactly this).
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub local_ip: Option<String>,
+    pub local_ips: Vec<String>,
+    pub public_ip: Option<String>,
+    pub stun_source: Option<String>,
+    pub is_behind_nat: bool,
+    pub mapping_varies: Option<bool>,
+    pub cgnat: bool,
+    pub hint: Option<String>,
+    pub endpoints: Endpoints,
+    pub probes: Vec<StunProbe>,
+    pub relay: RelayCheck,
+    pub checked_at: Option<String>,
+}
+
+impl Report {
+    fn new(snap: NetworkSnapshot, relay: RelayCheck) -> Report {
+        let mut endpoints = snap.endpoints;
+        if relay.status != "invalid" {
+            endpoints.relay = relay.url.clone();
+        }
+        Report {
+            local_ip: snap.local_ip,
+            local_ips: snap.local_ips,
+            public_ip: snap.public_ip,
+            stun_source: snap.stun_source,
+            is_behind_nat: snap.is_behind_nat,
+            mapping_varies: snap.mapping_varies,
+            cgnat: snap.cgnat,
+            hint: snap.hint,
+            endpoints,
+            probes: snap.probes,
+            relay,
+            checked_at: snap.updated_at,
+        }
+    }
+}
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis().min(u64::MAX as u128) as u64
+}
+
+/// Resolves the URL's host to one socket address (IPv4 first).
+async fn resolve(url: &url::Url) -> Result<SocketAddr, String> {
+    let port = url.port_or_known_default().ok_or("the URL has no port")?;
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => Ok(SocketAddr::new(ip.into(), port)),
+        Some(url::Host::Ipv6(ip)) => Ok(SocketAddr::new(ip.into(), port)),
+        Some(url::Host::Domain(d)) => {
+            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((d, port))
+                .await
+                .map_err(|e| format!("DNS lookup of {d} failed: {e}"))?
+                .collect();
+            addrs
+                .iter()
+                .find(|a| a.is_ipv4())
+                .or(addrs.first())
+                .copied()
+                .ok_or_else(|| format!("{d} has no address"))
+        }
+        None => Err("the URL has no host".into()),
+    }
+}
+
+/// Checks that a relay answers: TCP connect, then a WebSocket handshake, each inside
+/// `timeout` (from the start). A server that answers the upgrade with another HTTP status
+/// is reachable (it is there and speaks HTTP); the status says what it answered.
+pub async fn check_relay(relay_url: Option<&str>, timeout: Duration) -> RelayCheck {
+    let Some(raw) = relay_url.map(str::trim).filter(|u| !u.is_empty()) else {
+        return RelayCheck::not_configured();
+    };
+    if raw.len() > 2048 {
+        return RelayCheck::failed(
+            &raw[..64],
+            "invalid",
+            "the relay URL is longer than 2048 bytes".into(),
+            None,
+        );
+    }
+    let url = match url::Url::parse(raw) {
+        Ok(u) if u.scheme() == "ws" || u.scheme() == "wss" => u,
+        Ok(u) => {
+            return RelayCheck::failed(
+                raw,
+                "invalid",
+                format!(
+                    "relay URL must start with ws:// or wss://, not {}://",
+                    u.scheme()
+                ),
+                None,
+            )
+        }
+        Err(e) => return RelayCheck::failed(raw, "invalid", format!("bad relay URL: {e}"), None),
+    };
+    let start = Instant::now();
+    let deadline = tokio::time::Instant::now() + timeout;
+    let within = |what: &str| format!("{what} did not finish within {} ms", timeout.as_millis());
+
+    let addr = match tokio::time::timeout_at(deadline, resolve(&url)).await {
+        Ok(Ok(a)) => a,
+        Ok(Err(e)) => return RelayCheck::failed(raw, "unreachable", e, None),
+        Err(_) => return RelayCheck::failed(raw, "unreachable", within("the DNS lookup"), None),
+    };
+    let tcp = match tokio::time::timeout_at(deadline, TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            return RelayCheck::failed(
+                raw,
+                "unreachable",
+                format!("TCP connect to {addr} failed: {e}"),
+                None,
+            )
+        }
+        Err(_) => {
+            return RelayCheck::failed(
+                raw,
+                "unreachable",
+                within(&format!("TCP connect to {addr}")),
+                None,
+            )
+        }
+    };
+    let connect_ms = Some(ms(start.elapsed()));
+
+    let handshake = async {
+        if url.scheme() == "ws" {
+            tokio_tungstenite::client_async(url.as_str(), tcp)
+                .await
+                .map(|(mut ws, resp)| {
+                    let status = resp.status().as_u16();
+                    tokio::spawn(async move {
+                        let _ = ws.close(None).await;
+                    });
+                    status
+                })
+        } else {
+            // TLS: tokio-tungstenite's own connector (it dials again; the first connection
+            // proved TCP reachability and is dropped).
+            drop(tcp);
+            tokio_tungstenite::connect_async(url.as_str())
+                .await
+                .map(|(mut ws, resp)| {
+                    let status = resp.status().as_u16();
+                    tokio::spawn(async move {
+                        let _ = ws.close(None).await;
+                    });
+                    status
+                })
+        }
+    };
+    match tokio::time::timeout_at(deadline, handshake).await {
+        Ok(Ok(status)) => RelayCheck {
+            url: Some(raw.to_string()),
+            status: "reachable",
+            error: None,
+            http_status: Some(status),
+            connect_ms,
+            handshake_ms: Some(ms(start.elapsed())),
+        },
+        Ok(Err(tokio_tungstenite::tungstenite::Error::Http(resp))) => RelayCheck {
+            url: Some(raw.to_string()),
+            status: "reachable",
+            error: Some(format!(
+                "the server answered the WebSocket upgrade with HTTP {}",
+                resp.status()
+            )),
+            http_status: Some(resp.status().as_u16()),
+            connect_ms,
+            handshake_ms: Some(ms(start.elapsed())),
+        },
+        Ok(Err(e)) => RelayCheck::failed(
+            raw,
+            "unreachable",
+            format!("WebSocket handshake failed: {e}"),
+            connect_ms,
+        ),
+        Err(_) => RelayCheck::failed(
+            raw,
+            "unreachable",
+            within("the WebSocket handshake"),
+            connect_ms,
+        ),
+    }
+}
+
+/// Runs the check and prints the report; exit 0.
+pub async fn run(args: Args) -> ExitCode {
+    let timeout = Duration::from_millis(args.timeout_ms);
+    let mut cfg = DiscoveryConfig::new(
+        args.port,
+        DiscoveryConfig::stun_servers_from(&args.stun_servers, None),
+    );
+    cfg.stun_deadline = timeout;
+    cfg.local_ip = args.local_ip;
+    cfg.public_port = args.public_port;
+    let (snap, relay) = tokio::join!(
+        discovery::discover_once(&cfg),
+        check_relay(args.relay_url.as_deref(), timeout)
+    );
+    let report = Report::new(snap, relay);
+    if args.json {
+        match serde_json::to_string(&report) {
+            Ok(s) => println!("{s}"),
+            Err(e) => {
+                eprintln!("cannot encode the report: {e}");
+                return ExitCode::from(1);
+            }
+        }
+    } else {
+        print!("{}", render_table(&report, cfg.stun_servers.is_empty()));
+    }
+    ExitCode::SUCCESS
+}
+
+fn yes_no(b: bool) -> &'static str {
+    if b {
+        "yes"
+    } else {
+        "no"
+    }
+}
+
+/// The human-readable table.
+pub fn render_table(r: &Report, stun_disabled: bool) -> String {
+    use std::fmt::Write;
+    let mut o = String::new();
+    let dash = "-".to_string();
+    // The key column fits the longest server name or relay URL, so values line up.
+    let width = r
+        .probes
+        .iter()
+        .map(|p| p.server.chars().count())
+        .chain(r.relay.url.iter().map(|u| u.chars().count()))
+        .chain([22])
+        .max()
+        .unwrap_or(22)
+        .min(60);
+    let row = |o: &mut String, k: &str, v: &str| {
+        let _ = writeln!(o, "  {k:<width$} {v}");
+    };
+    let _ = writeln!(o, "Local");
+    row(
+        &mut o,
+        "advertised local IP",
+        r.local_ip.as_ref().unwrap_or(&dash),
+    );
+    row(
+        &mut o,
+        "interface addresses",
+        &if r.local_ips.is_empty() {
+            dash.clone()
+        } else {
+            r.local_ips.join(", ")
+        },
+    );
+    row(
+        &mut o,
+        "local endpoint",
+        r.endpoints.local.as_ref().unwrap_or(&dash),
+    );
+
+    let _ = writeln!(o, "STUN");
+    if stun_disabled {
+        row(&mut o, "(disabled)", "no STUN server configured (none)");
+    }
+    for p in &r.probes {
+        let v = match (&p.mapped, &p.error) {
+            (Some(m), _) => format!("{m}  rtt {} ms", p.rtt_ms.unwrap_or(0)),
+            (None, Some(e)) => format!("error: {e}"),
+            (None, None) => "no answer".into(),
+        };
+        row(&mut o, &p.server, &v);
+    }
+
+    let _ = writeln!(o, "Public");
+    let public = match (&r.public_ip, &r.stun_source) {
+        (Some(ip), Some(src)) => format!("{ip} (from {src})"),
+        (Some(ip), None) => ip.clone(),
+        _ => "unknown".into(),
+    };
+    row(&mut o, "public IP", &public);
+    row(
+        &mut o,
+        "public endpoint",
+        r.endpoints.public.as_ref().unwrap_or(&dash),
+    );
+    row(&mut o, "behind NAT", yes_no(r.is_behind_nat));
+    let mapping = match r.mapping_varies {
+        Some(true) => "varies by destination (endpoint-dependent NAT)",
+        Some(false) => "same for every server (endpoint-independent)",
+        None => "unknown (needs two STUN answers)",
+    };
+    row(&mut o, "NAT mapping", mapping);
+    row(&mut o, "carrier-grade NAT", yes_no(r.cgnat));
+    if let Some(h) = &r.hint {
+        row(&mut o, "hint", h);
+    }
+
+    let _ = writeln!(o, "Relay");
+    let relay = match r.relay.status {
+        "not_configured" => "not configured (--relay-url / ATMOSPHERE_RELAY_URL)".to_string(),
+        "reachable" => {
+            let mut s = format!(
+                "reachable (HTTP {}, connect {} ms, handshake {} ms)",
+                r.relay.http_status.unwrap_or(0),
+                r.relay.connect_ms.unwrap_or(0),
+                r.relay.handshake_ms.unwrap_or(0)
+            );
+            if let Some(e) = &r.relay.error {
+                let _ = write!(s, ": {e}");
+            }
+            s
+        }
+        other => format!("{other}: {}", r.relay.error.as_deref().unwrap_or("")),
+    };
+    row(&mut o, r.relay.url.as_deref().unwrap_or("relay"), &relay);
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn relay_check_states() {
+        assert_eq!(
+            check_relay(None, Duration::from_secs(1)).await.status,
+            "not_configured"
+        );
+        let bad = check_relay(Some("http://x"), Duration::from_secs(1)).await;
+        assert_eq!(bad.status, "invalid");
+        assert!(bad.error.unwrap().contains("ws://"));
+        // A port nobody listens on: refused, reported, not a panic.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let down = check_relay(
+            Some(&format!("ws://127.0.0.1:{port}")),
+            Duration::from_secs(2),
+        )
+        .await;
+        assert_eq!(down.status, "unreachable");
+        assert!(down.error.unwrap().contains("TCP connect"));
+    }
+
+    #[tokio::test]
+    async fn relay_check_real_websocket() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            if let Ok((s, _)) = l.accept().await {
+                if let Ok(mut ws) = tokio_tungstenite::accept_async(s).await {
+                    use futures_util::StreamExt;
+                    while let Some(Ok(_)) = ws.next().await {}
+                }
+            }
+        });
+        let ok = check_relay(Some(&format!("ws://{addr}/")), Duration::from_secs(2)).await;
+        assert_eq!(ok.status, "reachable", "{ok:?}");
+        assert_eq!(ok.http_status, Some(101));
+    }
+
+    #[tokio::test]
+    async fn relay_check_black_hole_times_out() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let _keep = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = l.accept().await {
+                held.push(s);
+            }
+        });
+        let t = Instant::now();
+        let r = check_relay(Some(&format!("ws://{addr}")), Duration::from_millis(300)).await;
+        assert!(t.elapsed() < Duration::from_secs(2));
+        assert_eq!(r.status, "unreachable");
+        assert!(
+            r.error.unwrap().contains("handshake did not finish"),
+            "timeout named"
+        );
+        assert!(r.connect_ms.is_some(), "TCP itself worked");
+    }
 }

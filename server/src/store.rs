@@ -1,1 +1,472 @@
-//! STUB: being written.
+//! SQLite persistence of the host: the mesh identity (name + Ed25519 key), invites (token
+//! hashes only) and member devices (credential hashes only).
+//!
+//! One `rusqlite::Connection` in WAL mode behind a mutex. Every call from async code goes
+//! through [`Store::call`], which runs it on tokio's blocking pool so a slow disk never stalls
+//! the reactor. The schema is versioned with `PRAGMA user_version`; [`Store::open`] migrates.
+//!
+//! Redeeming an invite ([`redeem_invite`]) is one `IMMEDIATE` transaction that checks
+//! revocation, expiry and the use limit, bumps the use count and inserts the device, so two
+//! phones racing for the last use of an invite cannot both get in.
+
+use anyhow::Context;
+use ed25519_dalek::SigningKey;
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Current schema version (`PRAGMA user_version`).
+const SCHEMA_VERSION: i64 = 1;
+
+/// Migration steps; entry `i` upgrades from version `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &[r#"
+    CREATE TABLE mesh (
+        id          INTEGER PRIMARY KEY CHECK (id = 1),
+        name        TEXT    NOT NULL,
+        secret_key  BLOB    NOT NULL,
+        created_at  INTEGER NOT NULL
+    );
+    CREATE TABLE invites (
+        id          TEXT    PRIMARY KEY,
+        token_hash  TEXT    NOT NULL UNIQUE,
+        label       TEXT,
+        created_at  INTEGER NOT NULL,
+        expires_at  INTEGER NOT NULL,
+        max_uses    INTEGER,
+        uses        INTEGER NOT NULL DEFAULT 0,
+        revoked     INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE devices (
+        id          TEXT    PRIMARY KEY,
+        name        TEXT    NOT NULL,
+        platform    TEXT    NOT NULL,
+        key_hash    TEXT    NOT NULL,
+        invite_id   TEXT,
+        joined_at   INTEGER NOT NULL,
+        last_seen   INTEGER,
+        last_path   TEXT
+    );
+"#];
+
+/// Seconds since the Unix epoch (the stored time unit).
+pub fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// RFC 3339 UTC text (`2026-11-25T10:00:00Z`) of a stored time.
+pub fn rfc3339(secs: i64) -> String {
+    let t = UNIX_EPOCH + Duration::from_secs(secs.max(0) as u64);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// The mesh's identity as stored.
+#[derive(Clone)]
+pub struct MeshRecord {
+    pub name: String,
+    pub signing_key: SigningKey,
+}
+
+/// A new invite to store (the token itself is never stored).
+#[derive(Debug, Clone)]
+pub struct NewInvite {
+    pub id: String,
+    pub token_hash: String,
+    pub label: Option<String>,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub max_uses: Option<u32>,
+}
+
+/// A stored invite.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InviteRow {
+    pub id: String,
+    pub label: Option<String>,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub max_uses: Option<u32>,
+    pub uses: u32,
+    pub revoked: bool,
+}
+
+/// A device to create when an invite is redeemed.
+#[derive(Debug, Clone)]
+pub struct NewDevice {
+    pub id: String,
+    pub name: String,
+    pub platform: String,
+    pub key_hash: String,
+    pub joined_at: i64,
+    pub path: String,
+}
+
+/// A stored device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceRow {
+    pub id: String,
+    pub name: String,
+    pub platform: String,
+    pub key_hash: String,
+    pub joined_at: i64,
+    pub last_seen: Option<i64>,
+    pub last_path: Option<String>,
+}
+
+/// Why an invite could not be redeemed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedeemError {
+    /// No invite has this token hash.
+    Unknown,
+    Revoked,
+    Expired,
+    Exhausted,
+}
+
+/// Handle to the database; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl Store {
+    /// Opens (creating if needed) `path`, enables WAL and a busy timeout, and migrates the
+    /// schema. Blocking: call it at startup, before serving.
+    pub fn open(path: &Path) -> anyhow::Result<Store> {
+        // The database holds the mesh's private key: create it readable by the user only
+        // (SQLite gives its -wal/-shm files the same mode).
+        #[cfg(unix)]
+        if !path.exists() {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .with_context(|| format!("cannot create database {}", path.display()))?;
+        }
+        let conn = Connection::open(path)
+            .with_context(|| format!("cannot open database {}", path.display()))?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        // FULL: a `joined` answer promises the membership survives even a power cut.
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        migrate(&conn)?;
+        Ok(Store {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    /// Runs `f` with the connection on the blocking thread pool.
+    pub async fn call<R, F>(&self, f: F) -> anyhow::Result<R>
+    where
+        F: FnOnce(&mut Connection) -> anyhow::Result<R> + Send + 'static,
+        R: Send + 'static,
+    {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            // A panic while holding the lock poisons it; the connection itself is still
+            // consistent (SQLite rolls back unfinished transactions), so keep using it.
+            let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut guard)
+        })
+        .await
+        .context("database task failed")?
+    }
+
+    /// Runs `f` on the calling thread (startup code only).
+    pub fn call_blocking<R>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> anyhow::Result<R>,
+    ) -> anyhow::Result<R> {
+        let mut guard = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut guard)
+    }
+}
+
+fn migrate(conn: &Connection) -> anyhow::Result<()> {
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version > SCHEMA_VERSION {
+        anyhow::bail!(
+            "the database has schema version {version}, newer than this binary understands \
+             ({SCHEMA_VERSION}); use a newer atmosphere"
+        );
+    }
+    for (v, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        let tx = conn.unchecked_transaction()?;
+        tx.execute_batch(sql)
+            .with_context(|| format!("schema migration {v} failed"))?;
+        tx.pragma_update(None, "user_version", v as i64 + 1)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+/// Loads the mesh identity, creating it (new Ed25519 key from the OS CSPRNG) on first start.
+/// `name` (from `--mesh-name`) renames an existing mesh; without it a new mesh is "Home Mesh".
+pub fn load_or_create_mesh(
+    conn: &mut Connection,
+    name: Option<&str>,
+) -> anyhow::Result<MeshRecord> {
+    let row: Option<(String, Vec<u8>)> = conn
+        .query_row("SELECT name, secret_key FROM mesh WHERE id = 1", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .optional()?;
+    match row {
+        Some((stored_name, key)) => {
+            let bytes: [u8; 32] = key.as_slice().try_into().map_err(|_| {
+                anyhow::anyhow!("stored mesh key has {} bytes, expected 32", key.len())
+            })?;
+            let mut rec = MeshRecord {
+                name: stored_name,
+                signing_key: SigningKey::from_bytes(&bytes),
+            };
+            if let Some(n) = name {
+                if n != rec.name {
+                    conn.execute("UPDATE mesh SET name = ?1 WHERE id = 1", params![n])?;
+                    rec.name = n.to_string();
+                }
+            }
+            Ok(rec)
+        }
+        None => {
+            let key = SigningKey::generate(&mut rand::rngs::OsRng);
+            let name = name.unwrap_or("Home Mesh").to_string();
+            conn.execute(
+                "INSERT INTO mesh (id, name, secret_key, created_at) VALUES (1, ?1, ?2, ?3)",
+                params![name, key.to_bytes().to_vec(), now_secs()],
+            )?;
+            Ok(MeshRecord {
+                name,
+                signing_key: key,
+            })
+        }
+    }
+}
+
+/// Stores a new invite.
+pub fn insert_invite(conn: &mut Connection, inv: &NewInvite) -> anyhow::Result<()> {
+    conn.execute(
+        "INSERT INTO invites (id, token_hash, label, created_at, expires_at, max_uses)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![
+            inv.id,
+            inv.token_hash,
+            inv.label,
+            inv.created_at,
+            inv.expires_at,
+            inv.max_uses
+        ],
+    )?;
+    Ok(())
+}
+
+/// Redeems one use of the invite with `token_hash` and creates `device`, atomically.
+/// Returns the invite id. The outer `Result` is a database failure, the inner a refusal.
+pub fn redeem_invite(
+    conn: &mut Connection,
+    token_hash: &str,
+    now: i64,
+    device: &NewDevice,
+) -> anyhow::Result<Result<String, RedeemError>> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let row: Option<(String, i64, Option<u32>, u32, bool)> = tx
+        .query_row(
+            "SELECT id, expires_at, max_uses, uses, revoked FROM invites WHERE token_hash = ?1",
+            params![token_hash],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+        )
+        .optional()?;
+    let Some((id, expires_at, max_uses, uses, revoked)) = row else {
+        return Ok(Err(RedeemError::Unknown));
+    };
+    if revoked {
+        return Ok(Err(RedeemError::Revoked));
+    }
+    if now >= expires_at {
+        return Ok(Err(RedeemError::Expired));
+    }
+    if max_uses.is_some_and(|m| uses >= m) {
+        return Ok(Err(RedeemError::Exhausted));
+    }
+    tx.execute(
+        "UPDATE invites SET uses = uses + 1 WHERE id = ?1",
+        params![id],
+    )?;
+    tx.execute(
+        "INSERT INTO devices (id, name, platform, key_hash, invite_id, joined_at, last_seen, last_path)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7)",
+        params![device.id, device.name, device.platform, device.key_hash, id, device.joined_at, device.path],
+    )?;
+    tx.commit()?;
+    Ok(Ok(id))
+}
+
+/// Looks a device up by id.
+pub fn get_device(conn: &mut Connection, id: &str) -> anyhow::Result<Option<DeviceRow>> {
+    Ok(conn
+        .query_row(
+            "SELECT id, name, platform, key_hash, joined_at, last_seen, last_path FROM devices WHERE id = ?1",
+            params![id],
+            device_from_row,
+        )
+        .optional()?)
+}
+
+/// Records that a device was seen now on `path`.
+pub fn touch_device(conn: &mut Connection, id: &str, now: i64, path: &str) -> anyhow::Result<()> {
+    conn.execute(
+        "UPDATE devices SET last_seen = ?2, last_path = ?3 WHERE id = ?1",
+        params![id, now, path],
+    )?;
+    Ok(())
+}
+
+/// Marks an invite revoked. Returns false when no invite has this id.
+pub fn revoke_invite(conn: &mut Connection, id: &str) -> anyhow::Result<bool> {
+    Ok(conn.execute("UPDATE invites SET revoked = 1 WHERE id = ?1", params![id])? > 0)
+}
+
+/// All invites, newest first.
+pub fn list_invites(conn: &mut Connection) -> anyhow::Result<Vec<InviteRow>> {
+    let mut st = conn.prepare(
+        "SELECT id, label, created_at, expires_at, max_uses, uses, revoked
+         FROM invites ORDER BY created_at DESC, rowid DESC",
+    )?;
+    let rows = st.query_map([], |r| {
+        Ok(InviteRow {
+            id: r.get(0)?,
+            label: r.get(1)?,
+            created_at: r.get(2)?,
+            expires_at: r.get(3)?,
+            max_uses: r.get(4)?,
+            uses: r.get(5)?,
+            revoked: r.get(6)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// All devices, in join order.
+pub fn list_devices(conn: &mut Connection) -> anyhow::Result<Vec<DeviceRow>> {
+    let mut st = conn.prepare(
+        "SELECT id, name, platform, key_hash, joined_at, last_seen, last_path
+         FROM devices ORDER BY joined_at, rowid",
+    )?;
+    let rows = st.query_map([], device_from_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+fn device_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeviceRow> {
+    Ok(DeviceRow {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        platform: r.get(2)?,
+        key_hash: r.get(3)?,
+        joined_at: r.get(4)?,
+        last_seen: r.get(5)?,
+        last_path: r.get(6)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile_dir::Dir, Store) {
+        let d = tempfile_dir::Dir::new();
+        let s = Store::open(&d.0.join("t.db")).unwrap();
+        (d, s)
+    }
+
+    /// Minimal temp dir without a dev-dependency.
+    mod tempfile_dir {
+        pub struct Dir(pub std::path::PathBuf);
+        impl Dir {
+            pub fn new() -> Dir {
+                use rand::RngCore;
+                let mut b = [0u8; 8];
+                rand::rngs::OsRng.fill_bytes(&mut b);
+                let p = std::env::temp_dir().join(format!("atm-store-{:x}", u64::from_le_bytes(b)));
+                std::fs::create_dir_all(&p).unwrap();
+                Dir(p)
+            }
+        }
+        impl Drop for Dir {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+    }
+
+    fn dev(id: &str) -> NewDevice {
+        NewDevice {
+            id: id.into(),
+            name: "Pixel".into(),
+            platform: "browser".into(),
+            key_hash: "h".into(),
+            joined_at: 10,
+            path: "local".into(),
+        }
+    }
+
+    #[test]
+    fn mesh_identity_is_stable_and_renamable() {
+        let (_d, s) = store();
+        let a = s.call_blocking(|c| load_or_create_mesh(c, None)).unwrap();
+        let b = s
+            .call_blocking(|c| load_or_create_mesh(c, Some("Cabin")))
+            .unwrap();
+        assert_eq!(a.signing_key.to_bytes(), b.signing_key.to_bytes());
+        assert_eq!(a.name, "Home Mesh");
+        assert_eq!(b.name, "Cabin");
+    }
+
+    #[test]
+    fn redeem_checks_use_limit_expiry_and_revocation() {
+        let (_d, s) = store();
+        s.call_blocking(|c| {
+            let inv = |id: &str, hash: &str, exp, max| NewInvite {
+                id: id.into(),
+                token_hash: hash.into(),
+                label: None,
+                created_at: 0,
+                expires_at: exp,
+                max_uses: max,
+            };
+            insert_invite(c, &inv("a", "ha", 100, Some(1)))?;
+            insert_invite(c, &inv("b", "hb", 5, None))?;
+            insert_invite(c, &inv("r", "hr", 100, None))?;
+            assert_eq!(redeem_invite(c, "ha", 10, &dev("d1"))?, Ok("a".to_string()));
+            assert_eq!(
+                redeem_invite(c, "ha", 10, &dev("d2"))?,
+                Err(RedeemError::Exhausted)
+            );
+            assert_eq!(
+                redeem_invite(c, "hb", 10, &dev("d3"))?,
+                Err(RedeemError::Expired)
+            );
+            assert!(revoke_invite(c, "r")?);
+            assert_eq!(
+                redeem_invite(c, "hr", 10, &dev("d4"))?,
+                Err(RedeemError::Revoked)
+            );
+            assert_eq!(
+                redeem_invite(c, "zz", 10, &dev("d5"))?,
+                Err(RedeemError::Unknown)
+            );
+            assert_eq!(list_devices(c)?.len(), 1);
+            assert_eq!(
+                list_invites(c)?.iter().find(|i| i.id == "a").unwrap().uses,
+                1
+            );
+            Ok(())
+        })
+        .unwrap();
+    }
+}

@@ -17,6 +17,7 @@ pub mod link;
 pub mod mesh_id;
 pub mod path;
 pub mod racing;
+pub mod relay_proto;
 pub mod token;
 pub mod wire;
 

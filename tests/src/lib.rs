@@ -5,6 +5,10 @@
 //! data dirs. Nothing here talks to anything but loopback; hosts always start with
 //! `ATMOSPHERE_STUN_SERVERS=none` unless a test passes its own loopback STUN server.
 
+pub mod browser;
+pub mod coturn;
+pub mod netns;
+
 use atmosphere_shared::api::{TokenRequest, TokenResponse};
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::{Path, PathBuf};
@@ -226,5 +230,104 @@ impl Host {
             .json()
             .await
             .unwrap()
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Relay support (owned by the relay work, issue 4): a running `atmosphere relay` process.
+// ---------------------------------------------------------------------------------------
+
+/// A running `atmosphere relay` on 127.0.0.1 (plain `ws://`, or `wss://` with a cert).
+pub struct Relay {
+    pub port: u16,
+    pub proc: Proc,
+    args: Vec<String>,
+    tls: bool,
+    _tmp: tempfile::TempDir,
+}
+
+impl Relay {
+    /// Starts a relay on a free port with extra flags (e.g. `--max-conns-per-ip 4`).
+    pub async fn start(extra_args: &[&str]) -> Relay {
+        Relay::start_on(free_port(), extra_args).await
+    }
+
+    /// Starts a relay on `port` (used to restart one on the same port).
+    pub async fn start_on(port: u16, extra_args: &[&str]) -> Relay {
+        let tmp = tempfile::tempdir().unwrap();
+        let args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
+        let tls = args.iter().any(|a| a == "--tls-cert");
+        let proc = Relay::launch(port, &args, tmp.path());
+        let r = Relay { port, proc, args, tls, _tmp: tmp };
+        r.wait_up().await;
+        r
+    }
+
+    fn launch(port: u16, args: &[String], dir: &Path) -> Proc {
+        static STARTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port_s = port.to_string();
+        let mut all: Vec<&str> = vec!["relay", "--port", &port_s, "--bind", "127.0.0.1"];
+        all.extend(args.iter().map(|s| s.as_str()));
+        Proc::spawn(&all, &[], dir.join(format!("relay-{n}.log")))
+    }
+
+    async fn wait_up(&self) {
+        // Plain HTTP health check only works without TLS; with TLS wait for the port.
+        let start = Instant::now();
+        let up = if self.tls {
+            loop {
+                if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                    break true;
+                }
+                if start.elapsed() > Duration::from_secs(20) {
+                    break false;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        } else {
+            wait_http_ok(&format!("{}/health", self.http_base()), Duration::from_secs(20)).await
+        };
+        assert!(up, "relay did not come up on port {}:\n{}", self.port, self.proc.output());
+    }
+
+    /// Kills the relay and starts a new process on the same port with the same flags.
+    pub async fn restart(&mut self) {
+        self.proc.kill();
+        // The port is free again once the process is gone; rebinding may race a moment.
+        let mut tries = 0;
+        loop {
+            self.proc = Relay::launch(self.port, &self.args, self._tmp.path());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if self.proc.child.try_wait().ok().flatten().is_none() || tries >= 20 {
+                break;
+            }
+            tries += 1;
+        }
+        self.wait_up().await;
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn http_base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// `ws://127.0.0.1:PORT` (or `wss://localhost:PORT` with TLS): the `--relay-url`.
+    pub fn url(&self) -> String {
+        if self.tls {
+            format!("wss://localhost:{}", self.port)
+        } else {
+            format!("ws://127.0.0.1:{}", self.port)
+        }
+    }
+
+    /// `GET /health` as JSON (plain relays only).
+    pub async fn health(&self) -> serde_json::Value {
+        reqwest::get(format!("{}/health", self.http_base())).await.unwrap().json().await.unwrap()
+    }
+
+    /// `GET /metrics` text (plain relays only).
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.http_base())).await.unwrap().text().await.unwrap()
     }
 }

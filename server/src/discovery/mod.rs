@@ -1,12 +1,38 @@
 //! Background network discovery: local IPs, public IP via STUN, NAT and CGNAT flags.
-//! STUB: the public API below is fixed for other modules; the implementation is being written.
+//!
+//! One *round* finds the local addresses (no packet sent, see [`local`]), asks every
+//! configured STUN server for our mapped address (see [`stun`]) and turns the result into a
+//! [`NetworkSnapshot`] with the pure rules of [`nat`]. [`Discovery`] runs a round at start,
+//! then every `refresh_interval` and on [`Discovery::refresh_now`], and keeps the latest
+//! snapshot in a `watch` channel so readers (invite minting, `GET /api/network`) never wait
+//! on the network. A round publishes as soon as the first STUN answer arrives, so one dead
+//! server among several does not delay the public endpoint; the full per-server picture
+//! replaces it when the round ends.
+
+pub mod local;
+pub mod nat;
+pub mod stun;
 
 use atmosphere_shared::api::NetworkSnapshot;
+use atmosphere_shared::link::Endpoints;
 use std::net::IpAddr;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::sync::{watch, Notify};
+
+pub use local::LocalInfo;
+pub use stun::{ProbeOutcome, StunOptions, StunServer};
 
 /// Default STUN servers when neither `--stun-server` nor `ATMOSPHERE_STUN_SERVERS` is set.
 pub const DEFAULT_STUN_SERVERS: &[&str] = &["stun.l.google.com:19302", "stun.cloudflare.com:3478"];
+/// Env var with a comma-separated STUN server list (`none` disables STUN).
+pub const STUN_SERVERS_ENV: &str = "ATMOSPHERE_STUN_SERVERS";
+/// Default time between background rounds.
+pub const DEFAULT_REFRESH_INTERVAL: Duration = Duration::from_secs(300);
+/// Default overall deadline of one STUN round.
+pub const DEFAULT_STUN_DEADLINE: Duration = Duration::from_secs(2);
+/// Background rounds never run more often than this, whatever the config says.
+const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// What discovery needs to know; built by `serve` and `netcheck` from flags and env.
 #[derive(Debug, Clone)]
@@ -27,28 +53,489 @@ pub struct DiscoveryConfig {
     pub stun_deadline: Duration,
 }
 
-/// Handle to the background discovery task; cheap to clone.
+impl Default for DiscoveryConfig {
+    /// The product defaults: port 11451 and the public default STUN servers.
+    fn default() -> Self {
+        DiscoveryConfig::new(
+            11451,
+            DEFAULT_STUN_SERVERS.iter().map(|s| s.to_string()).collect(),
+        )
+    }
+}
+
+impl DiscoveryConfig {
+    /// A config with default timings and no overrides.
+    pub fn new(listen_port: u16, stun_servers: Vec<String>) -> DiscoveryConfig {
+        DiscoveryConfig {
+            stun_servers,
+            listen_port,
+            public_port: None,
+            public_url: None,
+            local_ip: None,
+            refresh_interval: DEFAULT_REFRESH_INTERVAL,
+            stun_deadline: DEFAULT_STUN_DEADLINE,
+        }
+    }
+
+    /// The STUN server list from repeated `--stun-server` flags and `ATMOSPHERE_STUN_SERVERS`:
+    /// flags (each may itself be a comma list) replace the defaults and win over the env
+    /// var; the env var's comma list replaces the defaults; `none` anywhere in the chosen
+    /// list disables STUN (empty result); neither given → [`DEFAULT_STUN_SERVERS`].
+    pub fn stun_servers_from(flags: &[String], env: Option<&str>) -> Vec<String> {
+        fn split(list: &str) -> impl Iterator<Item = String> + '_ {
+            list.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+        }
+        let from_flags: Vec<String> = flags.iter().flat_map(|f| split(f)).collect();
+        let chosen = if !from_flags.is_empty() {
+            from_flags
+        } else {
+            match env.map(|e| split(e).collect::<Vec<_>>()) {
+                Some(v) if !v.is_empty() => v,
+                _ => DEFAULT_STUN_SERVERS.iter().map(|s| s.to_string()).collect(),
+            }
+        };
+        if chosen.iter().any(|s| s.eq_ignore_ascii_case("none")) {
+            Vec::new()
+        } else {
+            chosen
+        }
+    }
+
+    fn stun_options(&self) -> StunOptions {
+        StunOptions {
+            deadline: self.stun_deadline,
+            ..StunOptions::default()
+        }
+    }
+}
+
+/// RFC 3339 UTC timestamp of now, e.g. `2026-11-25T10:00:00Z`.
+fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+}
+
+/// Turns one round's findings into the API snapshot. `stun_finished` says whether every
+/// probe has its final outcome (it controls the "no STUN server answered" hint).
+/// `endpoints.relay` and `relay` are left empty for `serve` to fill.
+pub fn build_snapshot(
+    cfg: &DiscoveryConfig,
+    local: &LocalInfo,
+    outcomes: &[ProbeOutcome],
+    stun_finished: bool,
+) -> NetworkSnapshot {
+    // The first answer wins; IPv4 answers before IPv6 ones, because the local endpoint and
+    // most NAT port forwards are IPv4.
+    let winner = outcomes
+        .iter()
+        .filter(|o| o.mapped.is_some())
+        .min_by_key(|o| (o.mapped.is_some_and(|m| m.is_ipv6()), o.answer_rank));
+    let public_ip = winner.and_then(|w| w.mapped).map(|m| m.ip().to_canonical());
+    let advertised = local.advertised;
+
+    let mut own: Vec<IpAddr> = local.all.clone();
+    own.extend(advertised);
+    let behind_nat = nat::is_behind_nat(public_ip, &own);
+    let public_cgnat = public_ip.is_some_and(nat::is_cgnat);
+    let cgnat = public_cgnat
+        || local
+            .addrs
+            .iter()
+            .chain(advertised.iter())
+            .any(|a| nat::is_cgnat(*a));
+    let mapped: Vec<_> = outcomes.iter().filter_map(|o| o.mapped).collect();
+    let mapping_varies = nat::mapping_varies(&mapped);
+
+    let public_url = cfg
+        .public_url
+        .as_deref()
+        .map(str::trim)
+        .filter(|u| !u.is_empty());
+    let public = nat::public_endpoint(public_url, public_ip, cfg.public_port, cfg.listen_port);
+    let public_port = match (public_url, &public) {
+        (Some(u), _) => url::Url::parse(u)
+            .ok()
+            .and_then(|u| u.port_or_known_default()),
+        (None, Some(_)) => Some(cfg.public_port.unwrap_or(cfg.listen_port)),
+        (None, None) => None,
+    };
+    let hint = nat::hint(&nat::HintInput {
+        cgnat,
+        public_cgnat,
+        behind_nat,
+        mapping_varies,
+        local_ip: advertised,
+        listen_port: cfg.listen_port,
+        public_port: cfg.public_port,
+        public_url_set: public_url.is_some(),
+        stun_enabled: !cfg.stun_servers.is_empty() && stun_finished,
+        public_ip_known: public_ip.is_some(),
+    });
+
+    NetworkSnapshot {
+        local_ip: advertised.map(|a| a.to_string()),
+        local_ips: local.addrs.iter().map(|a| a.to_string()).collect(),
+        public_ip: public_ip.map(|a| a.to_string()),
+        public_port,
+        is_behind_nat: behind_nat,
+        cgnat,
+        hint,
+        stun_source: winner.map(|w| w.server.clone()),
+        mapping_varies,
+        probes: outcomes.iter().map(ProbeOutcome::to_api).collect(),
+        endpoints: Endpoints {
+            local: advertised.map(|ip| nat::ws_endpoint(ip, cfg.listen_port)),
+            public,
+            relay: None,
+        },
+        relay: None,
+        updated_at: None,
+    }
+}
+
+/// Runs one discovery round. `publish` gets an early snapshot when the first STUN answer
+/// arrives (only if some probes are still out) and always the final one.
+pub async fn run_round<F>(cfg: &DiscoveryConfig, mut publish: F) -> NetworkSnapshot
+where
+    F: FnMut(NetworkSnapshot),
+{
+    let local = local::discover(cfg.local_ip);
+    let outcomes = if cfg.stun_servers.is_empty() {
+        Vec::new()
+    } else {
+        let total = cfg.stun_servers.len().min(stun::MAX_SERVERS);
+        let mut early_sent = false;
+        stun::probe_servers(&cfg.stun_servers, cfg.stun_options(), |first| {
+            if !early_sent && total > 1 {
+                early_sent = true;
+                let mut snap = build_snapshot(cfg, &local, std::slice::from_ref(first), false);
+                snap.updated_at = Some(now_rfc3339());
+                publish(snap);
+            }
+        })
+        .await
+    };
+    let mut snap = build_snapshot(cfg, &local, &outcomes, true);
+    snap.updated_at = Some(now_rfc3339());
+    tracing::debug!(
+        local_ip = ?snap.local_ip,
+        public_ip = ?snap.public_ip,
+        stun_source = ?snap.stun_source,
+        "network discovery round finished"
+    );
+    for p in snap.probes.iter().filter(|p| p.error.is_some()) {
+        tracing::debug!(server = %p.server, error = ?p.error, "STUN probe failed");
+    }
+    publish(snap.clone());
+    snap
+}
+
+/// One discovery round without a background task (used by `atmosphere netcheck`).
+pub async fn discover_once(cfg: &DiscoveryConfig) -> NetworkSnapshot {
+    run_round(cfg, |_| {}).await
+}
+
+/// Handle to the background discovery task; cheap to clone. The task stops when the last
+/// handle is dropped.
 #[derive(Clone)]
-pub struct Discovery {}
+pub struct Discovery {
+    rx: watch::Receiver<NetworkSnapshot>,
+    refresh: Arc<Notify>,
+}
 
 impl Discovery {
     /// Starts discovery in the background (first run immediately). Needs a tokio runtime.
-    pub fn spawn(_config: DiscoveryConfig) -> Discovery {
-        Discovery {}
+    /// The snapshot already carries the local addresses when this returns (they need no
+    /// network); the public side follows when the first round finishes.
+    pub fn spawn(config: DiscoveryConfig) -> Discovery {
+        let initial = build_snapshot(&config, &local::discover(config.local_ip), &[], false);
+        let (tx, rx) = watch::channel(initial);
+        let refresh = Arc::new(Notify::new());
+        tokio::spawn(background(config, tx, refresh.clone()));
+        Discovery { rx, refresh }
     }
 
     /// The cached snapshot (never waits on the network). `endpoints.local`/`public` are filled
     /// from what was found; `endpoints.relay` and `relay` are left for `serve` to fill.
     pub fn snapshot(&self) -> NetworkSnapshot {
-        NetworkSnapshot::default()
+        self.rx.borrow().clone()
     }
 
-    /// Waits until the first discovery has finished, at most `max_wait`, then returns the
-    /// snapshot (used when minting the very first invite).
-    pub async fn ready(&self, _max_wait: Duration) -> NetworkSnapshot {
+    /// Waits until the first discovery has published (first STUN answer, or the round's
+    /// end), at most `max_wait`, then returns the snapshot (used when minting the very
+    /// first invite).
+    pub async fn ready(&self, max_wait: Duration) -> NetworkSnapshot {
+        let mut rx = self.rx.clone();
+        let _ = tokio::time::timeout(max_wait, rx.wait_for(|s| s.updated_at.is_some())).await;
         self.snapshot()
     }
 
-    /// Asks for a refresh now (returns immediately).
-    pub fn refresh_now(&self) {}
+    /// Asks for a refresh now (returns immediately). Calls during a round coalesce into one
+    /// more round right after it.
+    pub fn refresh_now(&self) {
+        self.refresh.notify_one();
+    }
+
+    /// A receiver that sees every published snapshot (for pushing updates to the UI).
+    pub fn subscribe(&self) -> watch::Receiver<NetworkSnapshot> {
+        self.rx.clone()
+    }
+}
+
+/// The facts whose change is worth an info log line: local IP, public IP, STUN source,
+/// behind NAT, CGNAT.
+type LogKey = (Option<String>, Option<String>, Option<String>, bool, bool);
+
+/// The background loop: a round, then wait for the interval or a refresh request.
+async fn background(
+    cfg: DiscoveryConfig,
+    tx: watch::Sender<NetworkSnapshot>,
+    refresh: Arc<Notify>,
+) {
+    let interval = cfg.refresh_interval.max(MIN_REFRESH_INTERVAL);
+    // What was last logged: one info line per change, not one per round.
+    let mut logged: Option<LogKey> = None;
+    loop {
+        let snap = tokio::select! {
+            s = run_round(&cfg, |s| { tx.send_replace(s); }) => s,
+            _ = tx.closed() => return,
+        };
+        let key = (
+            snap.local_ip.clone(),
+            snap.public_ip.clone(),
+            snap.stun_source.clone(),
+            snap.is_behind_nat,
+            snap.cgnat,
+        );
+        if logged.as_ref() != Some(&key) {
+            tracing::info!(
+                local_ip = ?snap.local_ip,
+                public_ip = ?snap.public_ip,
+                stun_source = ?snap.stun_source,
+                behind_nat = snap.is_behind_nat,
+                cgnat = snap.cgnat,
+                hint = ?snap.hint,
+                "network discovery"
+            );
+            logged = Some(key);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = refresh.notified() => {}
+            _ = tx.closed() => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::SocketAddr;
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn stun_server_list_rules() {
+        let defaults = strings(DEFAULT_STUN_SERVERS);
+        assert_eq!(DiscoveryConfig::stun_servers_from(&[], None), defaults);
+        assert_eq!(
+            DiscoveryConfig::stun_servers_from(&[], Some("  ")),
+            defaults
+        );
+        assert_eq!(
+            DiscoveryConfig::stun_servers_from(&[], Some("127.0.0.1:3478, [::1]:3478")),
+            strings(&["127.0.0.1:3478", "[::1]:3478"])
+        );
+        assert_eq!(
+            DiscoveryConfig::stun_servers_from(&strings(&["a:1", "b:2"]), Some("c:3")),
+            strings(&["a:1", "b:2"]),
+            "flags win over env"
+        );
+        assert_eq!(
+            DiscoveryConfig::stun_servers_from(&[], Some("none")),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            DiscoveryConfig::stun_servers_from(&strings(&["NONE"]), Some("c:3")),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            DiscoveryConfig::stun_servers_from(&strings(&["a:1,b:2"]), None),
+            strings(&["a:1", "b:2"])
+        );
+    }
+
+    fn outcome(server: &str, mapped: Option<&str>, rank: Option<usize>) -> ProbeOutcome {
+        ProbeOutcome {
+            server: server.into(),
+            target: None,
+            mapped: mapped.map(|m| m.parse::<SocketAddr>().unwrap()),
+            rtt: mapped.map(|_| Duration::from_millis(12)),
+            error: if mapped.is_some() {
+                None
+            } else {
+                Some("no answer".into())
+            },
+            answer_rank: rank,
+            requests: 1,
+        }
+    }
+
+    fn lan() -> LocalInfo {
+        let ip: IpAddr = "192.168.86.237".parse().unwrap();
+        LocalInfo {
+            advertised: Some(ip),
+            addrs: vec![ip],
+            all: vec![ip, "127.0.0.1".parse().unwrap()],
+        }
+    }
+
+    #[test]
+    fn snapshot_from_answers() {
+        let cfg = DiscoveryConfig::new(11451, strings(&["a:1", "b:2", "c:3"]));
+        let outs = [
+            outcome("stun:a:1", Some("73.45.123.89:5000"), Some(1)),
+            outcome("stun:b:2", Some("73.45.123.89:5000"), Some(0)),
+            outcome("stun:c:3", None, None),
+        ];
+        let s = build_snapshot(&cfg, &lan(), &outs, true);
+        assert_eq!(s.public_ip.as_deref(), Some("73.45.123.89"));
+        assert_eq!(
+            s.stun_source.as_deref(),
+            Some("stun:b:2"),
+            "first answer wins"
+        );
+        assert!(s.is_behind_nat);
+        assert!(!s.cgnat);
+        assert_eq!(s.mapping_varies, Some(false));
+        assert_eq!(
+            s.endpoints.local.as_deref(),
+            Some("ws://192.168.86.237:11451")
+        );
+        assert_eq!(
+            s.endpoints.public.as_deref(),
+            Some("ws://73.45.123.89:11451")
+        );
+        assert_eq!(s.public_port, Some(11451));
+        assert_eq!(s.probes.len(), 3);
+        assert_eq!(s.probes[0].rtt_ms, Some(12));
+        assert_eq!(s.probes[2].error.as_deref(), Some("no answer"));
+        assert!(s
+            .hint
+            .unwrap()
+            .contains("forward TCP port 11451 on your router to 192.168.86.237:11451"));
+    }
+
+    #[test]
+    fn snapshot_without_answers_invents_nothing() {
+        let cfg = DiscoveryConfig::new(11451, strings(&["a:1"]));
+        let s = build_snapshot(&cfg, &lan(), &[outcome("stun:a:1", None, None)], true);
+        assert_eq!(s.public_ip, None);
+        assert_eq!(s.endpoints.public, None);
+        assert_eq!(s.public_port, None);
+        assert_eq!(s.stun_source, None);
+        assert!(!s.is_behind_nat);
+        assert!(s.hint.unwrap().contains("No STUN server answered"));
+
+        let mut cfg = DiscoveryConfig::new(11451, Vec::new());
+        cfg.public_url = Some("wss://home.example.com".into());
+        let s = build_snapshot(&cfg, &lan(), &[], true);
+        assert_eq!(
+            s.endpoints.public.as_deref(),
+            Some("wss://home.example.com")
+        );
+        assert_eq!(s.public_port, Some(443));
+        assert_eq!(s.hint, None);
+    }
+
+    #[test]
+    fn snapshot_flags_cgnat() {
+        let cfg = DiscoveryConfig::new(11451, strings(&["a:1"]));
+        let ip: IpAddr = "100.72.1.2".parse().unwrap();
+        let local = LocalInfo {
+            advertised: Some(ip),
+            addrs: vec![ip],
+            all: vec![ip],
+        };
+        let s = build_snapshot(
+            &cfg,
+            &local,
+            &[outcome("stun:a:1", Some("203.0.113.9:1"), Some(0))],
+            true,
+        );
+        assert!(s.cgnat);
+        assert!(s.is_behind_nat);
+        assert!(s.hint.unwrap().contains("carrier-grade NAT"));
+    }
+
+    #[test]
+    fn snapshot_ipv6_local_and_no_nat() {
+        let cfg = DiscoveryConfig::new(11451, strings(&["a:1"]));
+        let ip: IpAddr = "2001:db8::5".parse().unwrap();
+        let local = LocalInfo {
+            advertised: Some(ip),
+            addrs: vec![ip],
+            all: vec![ip],
+        };
+        let s = build_snapshot(
+            &cfg,
+            &local,
+            &[outcome("stun:a:1", Some("[2001:db8::5]:999"), Some(0))],
+            true,
+        );
+        assert_eq!(
+            s.endpoints.local.as_deref(),
+            Some("ws://[2001:db8::5]:11451")
+        );
+        assert_eq!(
+            s.endpoints.public.as_deref(),
+            Some("ws://[2001:db8::5]:11451")
+        );
+        assert!(!s.is_behind_nat, "the public IP is our own address");
+        assert_eq!(s.hint, None);
+    }
+
+    #[tokio::test]
+    async fn stun_disabled_round_is_ready_at_once() {
+        let mut cfg = DiscoveryConfig::new(11451, Vec::new());
+        cfg.local_ip = Some("127.0.0.1".parse().unwrap());
+        let d = Discovery::spawn(cfg);
+        assert_eq!(
+            d.snapshot().local_ip.as_deref(),
+            Some("127.0.0.1"),
+            "local known before any round"
+        );
+        let s = d.ready(Duration::from_secs(5)).await;
+        assert!(s.updated_at.is_some());
+        assert_eq!(s.public_ip, None);
+        assert!(s.probes.is_empty());
+        assert_eq!(s.endpoints.local.as_deref(), Some("ws://127.0.0.1:11451"));
+    }
+
+    #[tokio::test]
+    async fn dead_stun_server_gives_null_public_within_deadline() {
+        let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut cfg = DiscoveryConfig::new(11451, vec![silent.local_addr().unwrap().to_string()]);
+        cfg.stun_deadline = Duration::from_millis(500);
+        let d = Discovery::spawn(cfg);
+        let t = std::time::Instant::now();
+        let s = d.ready(Duration::from_secs(3)).await;
+        assert!(
+            t.elapsed() < Duration::from_millis(1500),
+            "{:?}",
+            t.elapsed()
+        );
+        assert!(s.updated_at.is_some());
+        assert_eq!(s.public_ip, None);
+        assert_eq!(s.endpoints.public, None);
+        assert!(
+            s.probes[0].error.as_deref().unwrap().contains("no answer"),
+            "{:?}",
+            s.probes
+        );
+    }
 }

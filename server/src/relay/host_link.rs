@@ -1,9 +1,33 @@
-//! The host's control link to a relay: keeps `/mesh/{mesh_id}/host` up (capped exponential
-//! backoff with jitter), proves the mesh key, and dials a data socket per relayed session.
-//! STUB: the public API below is fixed for `serve`; the implementation is being written.
+//! The host's control link to a relay (`serve --relay-url`): keeps `/mesh/{mesh_id}/host`
+//! up, proves the mesh key, and dials a data socket for every relayed member.
+//!
+//! Life of the link: dial the control socket → answer the relay's challenge with an Ed25519
+//! signature over `relay_proto::registration_message` → `registered` → wait for `session`
+//! notices, pinging every [`PING_EVERY`] so the relay's idle timeout never fires and a dead
+//! relay is noticed within [`SILENCE_LIMIT`]. Any failure (refused, reset, relay restarted)
+//! leads to a retry after a capped exponential backoff with jitter (250 ms doubling to
+//! 30 s; reset once a connection has stayed up for a while), and the state that
+//! `/api/network` shows says why.
+//!
+//! Each `session` notice spawns a task that dials `/mesh/{mesh_id}/session/{session_id}`
+//! with `Authorization: Bearer <secret>` and hands the resulting WebSocket to `on_session`,
+//! i.e. the same mesh-session handler direct sockets use.
 
+use super::tls;
 use atmosphere_shared::api::RelayState;
-use std::sync::Arc;
+use atmosphere_shared::mesh_id::mesh_id_from_public_key;
+use atmosphere_shared::relay_proto::{
+    b64_decode, b64_encode, registration_message, HostMsg, RelayMsg, MAX_CONTROL_FRAME_BYTES,
+};
+use ed25519_dalek::Signer;
+use futures_util::{SinkExt, StreamExt};
+use rand::Rng;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
 
 /// A relayed member's socket as the host sees it: an ordinary WebSocket to the relay that
 /// the relay splices to the member. `serve` hands it to the same session handler as direct
@@ -23,30 +47,315 @@ pub struct HostLinkConfig {
     pub signing_key: ed25519_dalek::SigningKey,
 }
 
-/// Handle to the running link; cheap to clone.
+/// First retry delay.
+const BACKOFF_START: Duration = Duration::from_millis(250);
+/// Largest retry delay.
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// A connection that stayed registered this long resets the backoff.
+const STABLE_AFTER: Duration = Duration::from_secs(30);
+/// Deadline for dialing the relay and for each handshake step.
+const STEP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Keepalive ping interval on the control socket (well under the relay's idle timeout).
+pub const PING_EVERY: Duration = Duration::from_secs(15);
+/// No frame at all (not even a pong) for this long means the relay is gone.
+pub const SILENCE_LIMIT: Duration = Duration::from_secs(45);
+/// Largest frame accepted on a data socket: above the mesh protocol's own limit, so the
+/// session handler (not the transport) reports oversize frames with its clear error.
+const DATA_MAX_BYTES: usize = 1024 * 1024;
+
+struct Inner {
+    endpoint: String,
+    state: Arc<Mutex<RelayState>>,
+    task: tokio::task::AbortHandle,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The last handle is gone: stop reconnecting.
+        self.task.abort();
+    }
+}
+
+/// Handle to the running link; cheap to clone. Dropping the last clone stops the link.
 #[derive(Clone)]
 pub struct HostLink {
-    endpoint: String,
+    inner: Arc<Inner>,
 }
 
 impl HostLink {
-    /// Starts the control link in the background.
-    pub fn spawn(config: HostLinkConfig, _on_session: OnSession) -> HostLink {
-        let id = atmosphere_shared::mesh_id::mesh_id_from_public_key(
-            &config.signing_key.verifying_key().to_bytes(),
-        );
+    /// Starts the control link in the background (needs a tokio runtime).
+    pub fn spawn(config: HostLinkConfig, on_session: OnSession) -> HostLink {
+        let mesh_id = mesh_id_from_public_key(&config.signing_key.verifying_key().to_bytes());
+        let base = config.relay_url.trim().trim_end_matches('/').to_string();
+        let endpoint = format!("{base}/mesh/{mesh_id}");
+        let state = Arc::new(Mutex::new(RelayState::Connecting { url: base.clone() }));
+        let link = Link {
+            base,
+            mesh_id,
+            key: config.signing_key,
+            on_session,
+            state: state.clone(),
+        };
+        let task = tokio::spawn(link.run()).abort_handle();
         HostLink {
-            endpoint: format!("{}/mesh/{}", config.relay_url.trim_end_matches('/'), id),
+            inner: Arc::new(Inner {
+                endpoint,
+                state,
+                task,
+            }),
         }
     }
 
     /// The invite's relay endpoint: `<relay-url>/mesh/<mesh_id>`.
     pub fn invite_endpoint(&self) -> String {
-        self.endpoint.clone()
+        self.inner.endpoint.clone()
     }
 
     /// Current link state for `/api/network` and the UI.
     pub fn state(&self) -> RelayState {
-        RelayState::Connecting { url: self.endpoint.clone() }
+        self.inner
+            .state
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or(RelayState::NotConfigured)
+    }
+}
+
+struct Link {
+    base: String,
+    mesh_id: String,
+    key: ed25519_dalek::SigningKey,
+    on_session: OnSession,
+    state: Arc<Mutex<RelayState>>,
+}
+
+/// Retry delay for the `attempt`-th consecutive failure: 250 ms · 2^attempt capped at 30 s,
+/// then "equal jitter" (a uniform pick in [d/2, d]) so many hosts restarted by one relay
+/// outage do not reconnect in lockstep.
+fn backoff(attempt: u32) -> Duration {
+    let d = BACKOFF_START
+        .saturating_mul(1u32 << attempt.min(16))
+        .min(BACKOFF_MAX);
+    let half = d / 2;
+    half + rand::thread_rng().gen_range(Duration::ZERO..=half)
+}
+
+impl Link {
+    fn set(&self, s: RelayState) {
+        if let Ok(mut g) = self.state.lock() {
+            *g = s;
+        }
+    }
+
+    async fn run(self) {
+        let mut attempt = 0u32;
+        loop {
+            self.set(RelayState::Connecting {
+                url: self.base.clone(),
+            });
+            let mut registered_at = None;
+            let err = self.connect_once(&mut registered_at).await;
+            if registered_at.is_some_and(|t: Instant| t.elapsed() >= STABLE_AFTER) {
+                attempt = 0;
+            }
+            let delay = backoff(attempt);
+            attempt = attempt.saturating_add(1);
+            tracing::warn!(relay = %self.base, retry_in_ms = delay.as_millis() as u64, "relay link down: {err}");
+            self.set(RelayState::Retrying {
+                url: self.base.clone(),
+                last_error: err,
+                retry_in_ms: delay.as_millis() as u64,
+            });
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// One connection: dial, register, serve session notices. Returns why it ended.
+    async fn connect_once(&self, registered_at: &mut Option<Instant>) -> String {
+        let url = format!("{}/mesh/{}/host", self.base, self.mesh_id);
+        let cfg = WebSocketConfig::default()
+            .max_frame_size(Some(MAX_CONTROL_FRAME_BYTES))
+            .max_message_size(Some(MAX_CONTROL_FRAME_BYTES));
+        let mut ws = match dial(&url, None, cfg).await {
+            Ok(ws) => ws,
+            Err(e) => return e,
+        };
+        // Challenge → register → registered, each step under a deadline.
+        let nonce = match next_control(&mut ws).await {
+            Ok(RelayMsg::Challenge { nonce }) => match b64_decode(&nonce) {
+                Some(n) if !n.is_empty() && n.len() <= 1024 => n,
+                _ => return "relay sent a malformed challenge".into(),
+            },
+            Ok(other) => return format!("relay sent {other:?} instead of a challenge"),
+            Err(e) => return e,
+        };
+        let sig = self.key.sign(&registration_message(&self.mesh_id, &nonce));
+        let reg = HostMsg::Register {
+            public_key: b64_encode(&self.key.verifying_key().to_bytes()),
+            signature: b64_encode(&sig.to_bytes()),
+        };
+        let reg = serde_json::to_string(&reg).unwrap_or_default();
+        if let Err(e) = ws.send(Message::Text(reg.into())).await {
+            return format!("control link lost while registering: {e}");
+        }
+        match next_control(&mut ws).await {
+            Ok(RelayMsg::Registered { .. }) => {}
+            Ok(other) => return format!("relay sent {other:?} instead of registered"),
+            Err(e) => return e,
+        }
+        *registered_at = Some(Instant::now());
+        tracing::info!(relay = %self.base, mesh = %self.mesh_id, "registered with the relay");
+        self.set(RelayState::Connected {
+            url: self.base.clone(),
+        });
+
+        let mut ping = tokio::time::interval_at(Instant::now() + PING_EVERY, PING_EVERY);
+        let mut last_frame = Instant::now();
+        loop {
+            tokio::select! {
+                frame = ws.next() => {
+                    last_frame = Instant::now();
+                    match frame {
+                        Some(Ok(Message::Text(t))) => match serde_json::from_str::<RelayMsg>(t.as_str()) {
+                            Ok(RelayMsg::Session { session_id, secret, remote }) => self.accept(session_id, secret, remote),
+                            Ok(other) => tracing::debug!("ignoring relay message {other:?}"),
+                            Err(e) => tracing::debug!("ignoring unknown relay message: {e}"),
+                        },
+                        Some(Ok(Message::Close(f))) => return describe_close("relay closed the control link", f),
+                        Some(Ok(_)) => {}
+                        Some(Err(e)) => return format!("control link lost: {e}"),
+                        None => return "control link closed by the relay".into(),
+                    }
+                }
+                _ = ping.tick() => {
+                    if let Err(e) = ws.send(Message::Ping(Vec::new().into())).await {
+                        return format!("control link lost: {e}");
+                    }
+                }
+                _ = tokio::time::sleep_until(last_frame + SILENCE_LIMIT) => {
+                    return format!("relay silent for {} s", SILENCE_LIMIT.as_secs());
+                }
+            }
+        }
+    }
+
+    /// Dials the data socket for one relayed member in the background.
+    fn accept(&self, session_id: String, secret: String, remote: String) {
+        // Session ids are hex from the relay; refuse anything that could bend the URL.
+        if session_id.is_empty()
+            || session_id.len() > 128
+            || !session_id.bytes().all(|b| b.is_ascii_alphanumeric())
+        {
+            tracing::warn!("relay sent a malformed session id; ignoring");
+            return;
+        }
+        let url = format!("{}/mesh/{}/session/{}", self.base, self.mesh_id, session_id);
+        let on_session = self.on_session.clone();
+        tokio::spawn(async move {
+            let cfg = WebSocketConfig::default()
+                .max_frame_size(Some(DATA_MAX_BYTES))
+                .max_message_size(Some(DATA_MAX_BYTES));
+            match dial(&url, Some(&secret), cfg).await {
+                Ok(ws) => {
+                    tracing::debug!(%remote, session = %session_id, "relayed session accepted");
+                    on_session(ws, remote);
+                }
+                Err(e) => {
+                    tracing::warn!(%remote, session = %session_id, "could not open the relayed session: {e}")
+                }
+            }
+        });
+    }
+}
+
+fn describe_close(
+    what: &str,
+    f: Option<tokio_tungstenite::tungstenite::protocol::CloseFrame>,
+) -> String {
+    match f {
+        Some(f) => format!("{what}: {} {}", u16::from(f.code), f.reason.as_str()),
+        None => what.to_string(),
+    }
+}
+
+/// Reads the next control message (skipping pings), under [`STEP_TIMEOUT`].
+async fn next_control(ws: &mut DataSocket) -> Result<RelayMsg, String> {
+    let deadline = Instant::now() + STEP_TIMEOUT;
+    loop {
+        let frame = tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .map_err(|_| format!("relay did not answer within {} s", STEP_TIMEOUT.as_secs()))?;
+        match frame {
+            Some(Ok(Message::Text(t))) => {
+                return serde_json::from_str(t.as_str())
+                    .map_err(|e| format!("relay sent a malformed message: {e}"))
+            }
+            Some(Ok(Message::Close(f))) => {
+                return Err(describe_close("relay refused the registration", f))
+            }
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => return Err(format!("control link lost: {e}")),
+            None => return Err("control link closed by the relay".into()),
+        }
+    }
+}
+
+/// Dials a relay WebSocket (`ws://` or `wss://` with [`tls::connector`]), optionally with a
+/// bearer secret, under [`STEP_TIMEOUT`].
+async fn dial(url: &str, bearer: Option<&str>, cfg: WebSocketConfig) -> Result<DataSocket, String> {
+    let mut req = url
+        .into_client_request()
+        .map_err(|e| format!("bad relay URL {url}: {e}"))?;
+    if let Some(secret) = bearer {
+        let v = format!("Bearer {secret}")
+            .parse()
+            .map_err(|_| "relay sent a session secret that is not a valid header".to_string())?;
+        req.headers_mut().insert(http_auth(), v);
+    }
+    let connector = if url.starts_with("wss://") {
+        Some(tls::connector().map_err(|e| format!("{e:#}"))?)
+    } else if url.starts_with("ws://") {
+        None
+    } else {
+        return Err(format!("relay URL must start with ws:// or wss://: {url}"));
+    };
+    match tokio::time::timeout(
+        STEP_TIMEOUT,
+        tokio_tungstenite::connect_async_tls_with_config(req, Some(cfg), true, connector),
+    )
+    .await
+    {
+        Err(_) => Err(format!(
+            "connecting to {url} timed out after {} s",
+            STEP_TIMEOUT.as_secs()
+        )),
+        Ok(Err(e)) => Err(format!("cannot connect to {url}: {e}")),
+        Ok(Ok((ws, _))) => Ok(ws),
+    }
+}
+
+fn http_auth() -> tokio_tungstenite::tungstenite::http::HeaderName {
+    tokio_tungstenite::tungstenite::http::header::AUTHORIZATION
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_caps_and_jitters() {
+        for _ in 0..50 {
+            let d0 = backoff(0);
+            assert!(
+                d0 >= Duration::from_millis(125) && d0 <= Duration::from_millis(250),
+                "{d0:?}"
+            );
+            let d20 = backoff(20);
+            assert!(
+                d20 >= Duration::from_secs(15) && d20 <= Duration::from_secs(30),
+                "{d20:?}"
+            );
+        }
+        assert!(backoff(3) >= Duration::from_millis(1000));
     }
 }

@@ -1,15 +1,178 @@
-//! The relay: `atmosphere relay` (server) and the host's control link to it (`host_link`).
-//! STUB: being written.
+//! The relay: `atmosphere relay` (a dumb, fast WebSocket splice for hosts and members that
+//! are both behind NAT) and the host's control link to it ([`host_link`]).
+//!
+//! - [`server`]: routes, registry, accept loop (plain or TLS);
+//! - [`splice`]: the frame pipe between a member and its host's data socket;
+//! - [`metrics`]: counters for `/metrics` and `/health`;
+//! - [`tls`]: rustls server config and the client connector (`ATMOSPHERE_RELAY_CA`);
+//! - [`host_link`]: the host side (`serve --relay-url`).
+//!
+//! The control protocol and the close codes live in `atmosphere_shared::relay_proto`;
+//! deployment notes are in `docs/RELAY.md`.
 
 pub mod host_link;
+pub mod metrics;
+pub mod server;
+pub mod splice;
+pub mod tls;
 
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
-/// `atmosphere relay` flags.
+/// `atmosphere relay` flags. Every limit has a default and an environment variable.
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// TCP port to listen on (0 picks a free one; the address is logged).
+    #[arg(long, env = "ATMOSPHERE_RELAY_PORT", default_value_t = 8080)]
+    pub port: u16,
+    /// Address to bind.
+    #[arg(long, env = "ATMOSPHERE_RELAY_BIND", default_value = "0.0.0.0")]
+    pub bind: IpAddr,
+    /// PEM certificate chain: serve `wss://` directly (needs --tls-key).
+    #[arg(
+        long,
+        env = "ATMOSPHERE_RELAY_TLS_CERT",
+        requires = "tls_key",
+        value_name = "FILE"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(
+        long,
+        env = "ATMOSPHERE_RELAY_TLS_KEY",
+        requires = "tls_cert",
+        value_name = "FILE"
+    )]
+    pub tls_key: Option<PathBuf>,
+    /// Largest WebSocket frame or message forwarded, in bytes; bigger ones close the
+    /// session with 4413.
+    #[arg(long, env = "ATMOSPHERE_RELAY_MAX_FRAME_BYTES", default_value_t = 256 * 1024,
+          value_parser = clap::value_parser!(u64).range(1024..=64 * 1024 * 1024))]
+    pub max_frame_bytes: u64,
+    /// Live relayed sessions per mesh; more members get 4429.
+    #[arg(
+        long,
+        env = "ATMOSPHERE_RELAY_MAX_SESSIONS_PER_MESH",
+        default_value_t = 256
+    )]
+    pub max_sessions_per_mesh: usize,
+    /// Open member and host-control WebSockets per source IP; more get 4429.
+    #[arg(long, env = "ATMOSPHERE_RELAY_MAX_CONNS_PER_IP", default_value_t = 64)]
+    pub max_conns_per_ip: usize,
+    /// Deadline for TLS and HTTP headers, and for a host to answer the challenge (4408).
+    #[arg(long, env = "ATMOSPHERE_RELAY_HANDSHAKE_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub handshake_timeout: Duration,
+    /// Time the host has to dial the data socket after a member arrives; then the member
+    /// gets a `timeout` error and 4408.
+    #[arg(long, env = "ATMOSPHERE_RELAY_ACCEPT_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub accept_timeout: Duration,
+    /// Close a session or control socket after this long without any frame (pings count).
+    #[arg(long, env = "ATMOSPHERE_RELAY_IDLE_TIMEOUT", default_value = "120s", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
+    /// Behind a trusted reverse proxy: take the client IP (for the per-IP limit and logs)
+    /// from this header's last value, e.g. `X-Forwarded-For` or `X-Real-IP`. Do not set it
+    /// when clients connect directly: they could forge it.
+    #[arg(long, env = "ATMOSPHERE_RELAY_REAL_IP_HEADER", value_name = "HEADER")]
+    pub real_ip_header: Option<String>,
+}
 
-/// Runs the relay server until interrupted.
-pub async fn run(_args: Args) -> ExitCode {
-    ExitCode::from(1)
+impl Args {
+    fn limits(&self) -> anyhow::Result<server::Limits> {
+        let real_ip_header = match &self.real_ip_header {
+            None => None,
+            Some(h) => Some(
+                axum::http::HeaderName::from_bytes(h.trim().as_bytes()).map_err(|_| {
+                    anyhow::anyhow!("--real-ip-header {h:?} is not a valid header name")
+                })?,
+            ),
+        };
+        Ok(server::Limits {
+            max_frame_bytes: self.max_frame_bytes as usize,
+            max_sessions_per_mesh: self.max_sessions_per_mesh.max(1),
+            max_conns_per_ip: self.max_conns_per_ip.max(1),
+            handshake_timeout: nonzero(self.handshake_timeout),
+            accept_timeout: nonzero(self.accept_timeout),
+            idle_timeout: nonzero(self.idle_timeout),
+            real_ip_header,
+        })
+    }
+}
+
+fn nonzero(d: Duration) -> Duration {
+    d.max(Duration::from_millis(10))
+}
+
+/// Runs the relay server until interrupted (Ctrl-C or SIGTERM).
+pub async fn run(args: Args) -> ExitCode {
+    let limits = match args.limits() {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(c), Some(k)) => match tls::server_config(c, k) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return ExitCode::from(2);
+            }
+        },
+        _ => None,
+    };
+    let addr = SocketAddr::new(args.bind, args.port);
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: cannot listen on {addr}: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let local = listener.local_addr().unwrap_or(addr);
+    let scheme = if tls.is_some() { "wss" } else { "ws" };
+    tracing::info!(
+        max_frame_bytes = limits.max_frame_bytes,
+        max_sessions_per_mesh = limits.max_sessions_per_mesh,
+        max_conns_per_ip = limits.max_conns_per_ip,
+        handshake_timeout_ms = limits.handshake_timeout.as_millis() as u64,
+        accept_timeout_ms = limits.accept_timeout.as_millis() as u64,
+        idle_timeout_ms = limits.idle_timeout.as_millis() as u64,
+        "relay listening on {scheme}://{local} (hosts: /mesh/<mesh_id>/host, members: /mesh/<mesh_id>)"
+    );
+    let relay = server::Relay::new(limits);
+    tokio::select! {
+        r = server::serve(listener, tls, relay) => {
+            if let Err(e) = r {
+                eprintln!("error: {e}");
+                return ExitCode::from(1);
+            }
+        }
+        _ = shutdown_signal() => tracing::info!("relay shutting down"),
+    }
+    ExitCode::SUCCESS
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

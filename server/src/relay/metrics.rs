@@ -1,0 +1,327 @@
+//! Relay counters: plain atomics (no registry crate needed for a dozen series), rendered as
+//! Prometheus text for `GET /metrics` and summarised for `GET /health`.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// Why a connection was refused; the `reason` label of `atmosphere_relay_refusals_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// 4400: malformed mesh id, control message or path.
+    BadRequest,
+    /// 4401: signature or data-socket secret did not verify.
+    BadSignature,
+    /// 4403: key does not own the mesh id, or another key holds it.
+    MeshMismatch,
+    /// 4404: no host registered (member) or unknown session (data socket).
+    HostOffline,
+    /// 4408: handshake or host-accept deadline passed.
+    Timeout,
+    /// 4413: frame over the size limit.
+    TooLarge,
+    /// 4429: per-IP connection or per-mesh session limit.
+    TooMany,
+}
+
+impl Refusal {
+    const ALL: [Refusal; 7] = [
+        Refusal::BadRequest,
+        Refusal::BadSignature,
+        Refusal::MeshMismatch,
+        Refusal::HostOffline,
+        Refusal::Timeout,
+        Refusal::TooLarge,
+        Refusal::TooMany,
+    ];
+
+    /// Label value used in metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::BadRequest => "bad_request",
+            Refusal::BadSignature => "bad_signature",
+            Refusal::MeshMismatch => "mesh_mismatch",
+            Refusal::HostOffline => "host_offline",
+            Refusal::Timeout => "timeout",
+            Refusal::TooLarge => "too_large",
+            Refusal::TooMany => "too_many",
+        }
+    }
+
+    /// The WebSocket close code sent with this refusal.
+    pub fn close_code(self) -> u16 {
+        use atmosphere_shared::relay_proto::close;
+        match self {
+            Refusal::BadRequest => close::BAD_REQUEST,
+            Refusal::BadSignature => close::BAD_SIGNATURE,
+            Refusal::MeshMismatch => close::MESH_MISMATCH,
+            Refusal::HostOffline => close::HOST_OFFLINE,
+            Refusal::Timeout => close::TIMEOUT,
+            Refusal::TooLarge => close::TOO_LARGE,
+            Refusal::TooMany => close::TOO_MANY,
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Direction of forwarded traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Member → host.
+    ClientToHost,
+    /// Host → member.
+    HostToClient,
+}
+
+impl Direction {
+    fn as_str(self) -> &'static str {
+        match self {
+            Direction::ClientToHost => "client_to_host",
+            Direction::HostToClient => "host_to_client",
+        }
+    }
+}
+
+/// Kind of WebSocket connection, for the connection gauges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnKind {
+    /// A host control socket (`/mesh/{id}/host`).
+    Host,
+    /// A member socket (`/mesh/{id}`).
+    Client,
+    /// A host data socket (`/mesh/{id}/session/{sid}`).
+    Data,
+}
+
+impl ConnKind {
+    const ALL: [ConnKind; 3] = [ConnKind::Host, ConnKind::Client, ConnKind::Data];
+    fn as_str(self) -> &'static str {
+        match self {
+            ConnKind::Host => "host",
+            ConnKind::Client => "client",
+            ConnKind::Data => "data",
+        }
+    }
+}
+
+/// All relay counters. Relaxed atomics: each number is independent and only read for display.
+#[derive(Default)]
+pub struct Metrics {
+    conns: [AtomicU64; 3],
+    conns_total: [AtomicU64; 3],
+    /// Live sessions (waiting for the host or spliced).
+    pub sessions: AtomicU64,
+    sessions_total: AtomicU64,
+    spliced_total: AtomicU64,
+    bytes: [AtomicU64; 2],
+    frames: [AtomicU64; 2],
+    refusals: [AtomicU64; 7],
+    registrations_total: AtomicU64,
+}
+
+impl Metrics {
+    /// Counts a refusal.
+    pub fn refused(&self, r: Refusal) {
+        self.refusals[r.index()].fetch_add(1, Relaxed);
+    }
+
+    /// Counts one forwarded frame of `len` payload bytes.
+    pub fn forwarded(&self, d: Direction, len: usize) {
+        let i = d as usize;
+        self.frames[i].fetch_add(1, Relaxed);
+        self.bytes[i].fetch_add(len as u64, Relaxed);
+    }
+
+    /// A WebSocket of `kind` opened; the returned guard counts it until dropped.
+    pub fn conn_opened(self: &std::sync::Arc<Self>, kind: ConnKind) -> ConnGuard {
+        self.conns[kind as usize].fetch_add(1, Relaxed);
+        self.conns_total[kind as usize].fetch_add(1, Relaxed);
+        ConnGuard {
+            metrics: self.clone(),
+            kind,
+        }
+    }
+
+    /// A session slot was taken.
+    pub fn session_started(&self) {
+        self.sessions.fetch_add(1, Relaxed);
+        self.sessions_total.fetch_add(1, Relaxed);
+    }
+
+    /// A session slot was released.
+    pub fn session_ended(&self) {
+        self.sessions.fetch_sub(1, Relaxed);
+    }
+
+    /// A session got its host data socket and is now spliced.
+    pub fn session_spliced(&self) {
+        self.spliced_total.fetch_add(1, Relaxed);
+    }
+
+    /// A host registered (or re-registered).
+    pub fn registered(&self) {
+        self.registrations_total.fetch_add(1, Relaxed);
+    }
+
+    /// Open WebSocket connections of every kind.
+    pub fn connections(&self) -> u64 {
+        self.conns.iter().map(|c| c.load(Relaxed)).sum()
+    }
+
+    /// Prometheus text exposition.
+    pub fn render(&self, meshes: usize, uptime_secs: u64) -> String {
+        let mut s = String::with_capacity(2048);
+        let _ = writeln!(
+            s,
+            "# HELP atmosphere_relay_up_seconds Seconds since the relay started."
+        );
+        let _ = writeln!(s, "# TYPE atmosphere_relay_up_seconds gauge");
+        let _ = writeln!(s, "atmosphere_relay_up_seconds {uptime_secs}");
+        let _ = writeln!(
+            s,
+            "# HELP atmosphere_relay_meshes Meshes with a registered host."
+        );
+        let _ = writeln!(s, "# TYPE atmosphere_relay_meshes gauge");
+        let _ = writeln!(s, "atmosphere_relay_meshes {meshes}");
+        let _ = writeln!(
+            s,
+            "# HELP atmosphere_relay_connections Open WebSocket connections by kind."
+        );
+        let _ = writeln!(s, "# TYPE atmosphere_relay_connections gauge");
+        for k in ConnKind::ALL {
+            let _ = writeln!(
+                s,
+                "atmosphere_relay_connections{{kind=\"{}\"}} {}",
+                k.as_str(),
+                self.conns[k as usize].load(Relaxed)
+            );
+        }
+        let _ = writeln!(
+            s,
+            "# HELP atmosphere_relay_connections_total WebSocket connections accepted by kind."
+        );
+        let _ = writeln!(s, "# TYPE atmosphere_relay_connections_total counter");
+        for k in ConnKind::ALL {
+            let _ = writeln!(
+                s,
+                "atmosphere_relay_connections_total{{kind=\"{}\"}} {}",
+                k.as_str(),
+                self.conns_total[k as usize].load(Relaxed)
+            );
+        }
+        let _ = writeln!(
+            s,
+            "# HELP atmosphere_relay_sessions Live sessions (waiting for the host or spliced)."
+        );
+        let _ = writeln!(s, "# TYPE atmosphere_relay_sessions gauge");
+        let _ = writeln!(
+            s,
+            "atmosphere_relay_sessions {}",
+            self.sessions.load(Relaxed)
+        );
+        let _ = writeln!(
+            s,
+            "# HELP atmosphere_relay_sessions_total Sessions requested by members."
+        );
+        let _ = writeln!(s, "# TYPE atmosphere_relay_sessions_total counter");
+        let _ = writeln!(
+            s,
+            "atmosphere_relay_sessions_total {}",
+            self.sessions_total.load(Relaxed)
+        );
+        let _ = writeln!(s, "# HELP atmosphere_relay_sessions_spliced_total Sessions whose host dialed in and were spliced.");
+        let _ = writeln!(s, "# TYPE atmosphere_relay_sessions_spliced_total counter");
+        let _ = writeln!(
+            s,
+            "atmosphere_relay_sessions_spliced_total {}",
+            self.spliced_total.load(Relaxed)
+        );
+        let _ = writeln!(
+            s,
+            "# HELP atmosphere_relay_registrations_total Successful host registrations."
+        );
+        let _ = writeln!(s, "# TYPE atmosphere_relay_registrations_total counter");
+        let _ = writeln!(
+            s,
+            "atmosphere_relay_registrations_total {}",
+            self.registrations_total.load(Relaxed)
+        );
+        for (name, arr, help) in [
+            (
+                "atmosphere_relay_forwarded_bytes_total",
+                &self.bytes,
+                "Payload bytes forwarded by direction.",
+            ),
+            (
+                "atmosphere_relay_forwarded_frames_total",
+                &self.frames,
+                "Frames forwarded by direction.",
+            ),
+        ] {
+            let _ = writeln!(s, "# HELP {name} {help}");
+            let _ = writeln!(s, "# TYPE {name} counter");
+            for d in [Direction::ClientToHost, Direction::HostToClient] {
+                let _ = writeln!(
+                    s,
+                    "{name}{{direction=\"{}\"}} {}",
+                    d.as_str(),
+                    arr[d as usize].load(Relaxed)
+                );
+            }
+        }
+        let _ = writeln!(s, "# HELP atmosphere_relay_refusals_total Refused or failed connections by reason (close code).");
+        let _ = writeln!(s, "# TYPE atmosphere_relay_refusals_total counter");
+        for r in Refusal::ALL {
+            let _ = writeln!(
+                s,
+                "atmosphere_relay_refusals_total{{reason=\"{}\",code=\"{}\"}} {}",
+                r.as_str(),
+                r.close_code(),
+                self.refusals[r.index()].load(Relaxed)
+            );
+        }
+        s
+    }
+}
+
+/// Counts one open connection of a kind until dropped.
+pub struct ConnGuard {
+    metrics: std::sync::Arc<Metrics>,
+    kind: ConnKind,
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.metrics.conns[self.kind as usize].fetch_sub(1, Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn guards_and_render() {
+        let m = Arc::new(Metrics::default());
+        {
+            let _g = m.conn_opened(ConnKind::Client);
+            assert_eq!(m.connections(), 1);
+        }
+        assert_eq!(m.connections(), 0);
+        m.refused(Refusal::TooMany);
+        m.forwarded(Direction::HostToClient, 10);
+        let t = m.render(2, 5);
+        assert!(
+            t.contains("atmosphere_relay_refusals_total{reason=\"too_many\",code=\"4429\"} 1"),
+            "{t}"
+        );
+        assert!(
+            t.contains("atmosphere_relay_forwarded_bytes_total{direction=\"host_to_client\"} 10"),
+            "{t}"
+        );
+        assert!(t.contains("atmosphere_relay_meshes 2"), "{t}");
+    }
+}

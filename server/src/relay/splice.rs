@@ -1,0 +1,187 @@
+//! The splice: pipes frames between a member socket and its host data socket without
+//! reading them.
+//!
+//! Each direction forwards one frame, awaits the send (which flushes), then reads the next:
+//! a slow reader on one side stops the relay reading from the other, TCP flow control pushes
+//! back to the sender, and the relay's memory per session stays bounded by one frame (the
+//! frame limit) per direction. Text, binary, ping and pong frames are forwarded as they
+//! are; a close frame is forwarded with its code and reason, and then both sockets are
+//! closed. If one side vanishes (EOF, reset) the other is closed at once with 1001.
+
+use super::metrics::{Direction, Metrics, Refusal};
+use super::server::is_too_large;
+use atmosphere_shared::relay_proto::close;
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Going Away: the standard code for "the other side disconnected".
+const GOING_AWAY: u16 = 1001;
+
+/// How one direction of the pipe ended.
+enum PumpEnd {
+    /// The reader sent a close frame (forward it).
+    Closed(Option<CloseFrame>),
+    /// The reader's stream ended or failed without a close frame.
+    Gone,
+    /// The reader sent a frame over the size limit.
+    TooLarge,
+    /// Writing to the other side failed: it is gone.
+    WriteFailed,
+}
+
+async fn pump(
+    rx: &mut SplitStream<WebSocket>,
+    tx: &mut SplitSink<WebSocket, Message>,
+    dir: Direction,
+    metrics: &Metrics,
+    last_ms: &AtomicU64,
+    base: Instant,
+) -> PumpEnd {
+    loop {
+        let msg = match rx.next().await {
+            None => return PumpEnd::Gone,
+            Some(Err(e)) => {
+                return if is_too_large(e) {
+                    PumpEnd::TooLarge
+                } else {
+                    PumpEnd::Gone
+                }
+            }
+            Some(Ok(m)) => m,
+        };
+        last_ms.store(base.elapsed().as_millis() as u64, Ordering::Relaxed);
+        let len = match &msg {
+            Message::Close(f) => return PumpEnd::Closed(f.clone()),
+            Message::Text(t) => t.as_str().len(),
+            Message::Binary(b) | Message::Ping(b) | Message::Pong(b) => b.len(),
+        };
+        if tx.send(msg).await.is_err() {
+            return PumpEnd::WriteFailed;
+        }
+        metrics.forwarded(dir, len);
+    }
+}
+
+async fn idle_watch(last_ms: &AtomicU64, base: Instant, idle: Duration) {
+    loop {
+        let last = base + Duration::from_millis(last_ms.load(Ordering::Relaxed));
+        let due = last + idle;
+        if Instant::now() >= due {
+            return;
+        }
+        tokio::time::sleep_until(due).await;
+    }
+}
+
+async fn send_close(tx: &mut SplitSink<WebSocket, Message>, frame: Option<CloseFrame>) {
+    let _ = tokio::time::timeout(Duration::from_secs(1), tx.send(Message::Close(frame))).await;
+}
+
+fn frame(code: u16, reason: &str) -> Option<CloseFrame> {
+    Some(CloseFrame {
+        code,
+        reason: reason.into(),
+    })
+}
+
+/// Splices `client` and `host` until either side closes; returns a short description of
+/// how it ended (for logs).
+pub async fn splice(
+    client: WebSocket,
+    host: WebSocket,
+    metrics: &Metrics,
+    idle: Duration,
+    max_frame_bytes: usize,
+) -> &'static str {
+    let (mut c_tx, mut c_rx) = client.split();
+    let (mut h_tx, mut h_rx) = host.split();
+    let base = Instant::now();
+    let last_ms = AtomicU64::new(0);
+
+    enum End {
+        Client(PumpEnd),
+        Host(PumpEnd),
+        Idle,
+    }
+    let end = tokio::select! {
+        e = pump(&mut c_rx, &mut h_tx, Direction::ClientToHost, metrics, &last_ms, base) => End::Client(e),
+        e = pump(&mut h_rx, &mut c_tx, Direction::HostToClient, metrics, &last_ms, base) => End::Host(e),
+        _ = idle_watch(&last_ms, base, idle) => End::Idle,
+    };
+    let too_large = format!("frame over the relay limit of {max_frame_bytes} bytes");
+    let what = match end {
+        End::Client(e) => finish(e, &mut c_tx, &mut h_tx, &too_large, metrics).await,
+        End::Host(e) => finish(e, &mut h_tx, &mut c_tx, &too_large, metrics).await,
+        End::Idle => {
+            metrics.refused(Refusal::Timeout);
+            tracing::info!(
+                code = close::TIMEOUT,
+                "relayed session idle, closing both sides"
+            );
+            tokio::join!(
+                send_close(&mut c_tx, frame(close::TIMEOUT, "idle timeout")),
+                send_close(&mut h_tx, frame(close::TIMEOUT, "idle timeout"))
+            );
+            "idle timeout"
+        }
+    };
+    // Let both close handshakes complete (so each side sees its code), but not for long.
+    tokio::join!(drain(&mut c_rx), drain(&mut h_rx));
+    what
+}
+
+/// Reads (and drops) what is left until the peer's close arrives, for at most a second.
+async fn drain(rx: &mut SplitStream<WebSocket>) {
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while let Some(Ok(_)) = rx.next().await {}
+    })
+    .await;
+}
+
+/// Closes both sides after the direction reading from `r_tx`'s socket ended with `e`.
+async fn finish(
+    e: PumpEnd,
+    r_tx: &mut SplitSink<WebSocket, Message>,
+    w_tx: &mut SplitSink<WebSocket, Message>,
+    too_large: &str,
+    metrics: &Metrics,
+) -> &'static str {
+    match e {
+        PumpEnd::Closed(f) => {
+            // tungstenite already queued the close reply to the reader; forward the code.
+            send_close(w_tx, f).await;
+            "closed"
+        }
+        PumpEnd::Gone => {
+            send_close(w_tx, frame(GOING_AWAY, "the other side disconnected")).await;
+            "peer gone"
+        }
+        PumpEnd::WriteFailed => {
+            send_close(r_tx, frame(GOING_AWAY, "the other side disconnected")).await;
+            "peer gone"
+        }
+        PumpEnd::TooLarge => {
+            metrics.refused(Refusal::TooLarge);
+            tracing::info!(
+                code = close::TOO_LARGE,
+                reason = "too_large",
+                "relay refused frame: {too_large}"
+            );
+            tokio::join!(
+                send_close(r_tx, frame(close::TOO_LARGE, too_large)),
+                send_close(
+                    w_tx,
+                    frame(
+                        close::TOO_LARGE,
+                        "the other side sent a frame over the relay limit"
+                    )
+                )
+            );
+            "frame too large"
+        }
+    }
+}

@@ -1,0 +1,355 @@
+//! HTTP handlers of the host API. Admin routes are wrapped by `auth::require_admin` in
+//! the router; `health` and `metrics` are open.
+//!
+//! Every error is JSON: `{"error": "<code>", "message": "<human sentence>"}`.
+
+use super::AppState;
+use crate::session::{random_hex, MeshEvent};
+use crate::store::{self, NewInvite};
+use atmosphere_shared::api::{
+    ApiError, DeviceView, InviteView, MeshView, NetworkInfo, NetworkSnapshot, RelayState,
+    TokenRequest, TokenResponse,
+};
+use atmosphere_shared::link::Invite;
+use atmosphere_shared::path::PathKind;
+use atmosphere_shared::token::{Token, TOKEN_BYTES};
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures_util::Stream;
+use rand::RngCore;
+use std::convert::Infallible;
+use std::net::IpAddr;
+use std::time::Duration;
+use tokio::sync::broadcast::error::RecvError;
+use tracing::{info, warn};
+
+/// Default invite lifetime.
+pub const DEFAULT_TTL_SECS: u64 = 24 * 3600;
+/// Longest invite lifetime accepted.
+pub const MAX_TTL_SECS: u64 = 30 * 24 * 3600;
+/// Longest invite label accepted (characters).
+pub const MAX_LABEL_CHARS: usize = 200;
+/// Longest the very first mint waits for the first network discovery.
+const FIRST_DISCOVERY_WAIT: Duration = Duration::from_millis(1500);
+
+/// A JSON error answer.
+pub fn error(status: StatusCode, code: &str, message: &str) -> Response {
+    (
+        status,
+        Json(ApiError {
+            error: code.into(),
+            message: message.into(),
+        }),
+    )
+        .into_response()
+}
+
+fn internal(e: anyhow::Error) -> Response {
+    warn!(error = %e, "internal error in the API");
+    error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        "the host hit an internal error; see its log",
+    )
+}
+
+/// `POST /api/mesh/token`: mints an invite.
+pub async fn mint(State(st): State<AppState>, body: Bytes) -> Response {
+    let req: TokenRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        TokenRequest::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(r) => r,
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    &format!("the body is not a valid token request: {e}"),
+                )
+            }
+        }
+    };
+    let ttl = req.ttl_secs.unwrap_or(DEFAULT_TTL_SECS);
+    if ttl == 0 || ttl > MAX_TTL_SECS {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            &format!("ttl_secs must be between 1 and {MAX_TTL_SECS} (30 days)"),
+        );
+    }
+    if req.max_uses == Some(0) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "max_uses must be at least 1 (or null for unlimited)",
+        );
+    }
+    let label = req
+        .label
+        .as_deref()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string);
+    if label
+        .as_ref()
+        .is_some_and(|l| l.chars().count() > MAX_LABEL_CHARS)
+    {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            &format!("label must be at most {MAX_LABEL_CHARS} characters"),
+        );
+    }
+
+    let snap = st.network_snapshot().await;
+    let mut bytes = [0u8; TOKEN_BYTES];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    let token = Token::from_entropy(bytes);
+    let now = store::now_secs();
+    let expires = now + ttl as i64;
+    let inv = NewInvite {
+        id: random_hex(8),
+        token_hash: token.hash_hex(),
+        label: label.clone(),
+        created_at: now,
+        expires_at: expires,
+        max_uses: req.max_uses,
+    };
+    let invite_id = inv.id.clone();
+    if let Err(e) = st.store.call(move |c| store::insert_invite(c, &inv)).await {
+        return internal(e);
+    }
+    st.metrics.invite_minted();
+    st.hub.emit(MeshEvent::InviteMinted {
+        invite_id: invite_id.clone(),
+    });
+
+    let endpoints = snap.endpoints.clone();
+    let invite = Invite {
+        version: 2,
+        token: token.as_str().to_string(),
+        mesh_name: st.hub.mesh_name.clone(),
+        endpoints: endpoints.clone(),
+    };
+    let base = st.web_base(&snap);
+    let resp = TokenResponse {
+        token: token.as_str().to_string(),
+        mesh_id: st.hub.mesh_id.clone(),
+        mesh_name: st.hub.mesh_name.clone(),
+        endpoint: endpoints.legacy().map(str::to_string),
+        network_info: NetworkInfo {
+            local_ip: snap.local_ip.clone(),
+            public_ip: snap.public_ip.clone(),
+            is_behind_nat: snap.is_behind_nat,
+            stun_source: snap.stun_source.clone(),
+        },
+        qr_data: invite.to_v2_link(),
+        join_url: invite.to_web_link(&base),
+        endpoints,
+        expires_at: store::rfc3339(expires),
+        max_uses: req.max_uses,
+        invite_id: invite_id.clone(),
+    };
+    info!(invite_id = %invite_id, ttl_secs = ttl, max_uses = ?req.max_uses, label = ?label,
+        local = resp.endpoints.local.is_some(), public = resp.endpoints.public.is_some(),
+        relay = resp.endpoints.relay.is_some(), "invite minted");
+    Json(resp).into_response()
+}
+
+/// `GET /api/mesh`: mesh, invites, devices (with online state and path).
+pub async fn mesh(State(st): State<AppState>) -> Response {
+    let rows = st
+        .store
+        .call(|c| Ok((store::list_invites(c)?, store::list_devices(c)?)))
+        .await;
+    let (invites, devices) = match rows {
+        Ok(r) => r,
+        Err(e) => return internal(e),
+    };
+    let online = st.hub.online();
+    let view = MeshView {
+        mesh_id: st.hub.mesh_id.clone(),
+        mesh_name: st.hub.mesh_name.clone(),
+        invites: invites
+            .into_iter()
+            .map(|i| InviteView {
+                invite_id: i.id,
+                label: i.label,
+                created_at: store::rfc3339(i.created_at),
+                expires_at: store::rfc3339(i.expires_at),
+                max_uses: i.max_uses,
+                uses: i.uses,
+                revoked: i.revoked,
+            })
+            .collect(),
+        devices: devices
+            .into_iter()
+            .map(|d| {
+                let live = online.get(&d.id).copied();
+                DeviceView {
+                    path: live.or_else(|| d.last_path.as_deref().and_then(PathKind::parse)),
+                    online: live.is_some(),
+                    device_id: d.id,
+                    name: d.name,
+                    platform: d.platform,
+                    joined_at: store::rfc3339(d.joined_at),
+                    last_seen: d.last_seen.map(store::rfc3339),
+                }
+            })
+            .collect(),
+    };
+    Json(view).into_response()
+}
+
+/// `DELETE /api/mesh/invites/{id}` and `POST /api/mesh/invites/{id}/revoke`.
+pub async fn revoke(State(st): State<AppState>, Path(id): Path<String>) -> Response {
+    if id.len() > 64 {
+        return error(StatusCode::NOT_FOUND, "not_found", "no invite has this id");
+    }
+    let id2 = id.clone();
+    match st.store.call(move |c| store::revoke_invite(c, &id2)).await {
+        Ok(true) => {
+            info!(invite_id = %id, "invite revoked");
+            st.hub.emit(MeshEvent::InviteRevoked {
+                invite_id: id.clone(),
+            });
+            Json(serde_json::json!({ "invite_id": id, "revoked": true })).into_response()
+        }
+        Ok(false) => error(StatusCode::NOT_FOUND, "not_found", "no invite has this id"),
+        Err(e) => internal(e),
+    }
+}
+
+/// `GET /api/network`: the cached discovery snapshot plus the relay link state.
+pub async fn network(State(st): State<AppState>) -> Json<NetworkSnapshot> {
+    Json(st.snapshot_now())
+}
+
+/// `POST /api/network/refresh`: starts a discovery run now; answers the current snapshot.
+pub async fn refresh(State(st): State<AppState>) -> Json<NetworkSnapshot> {
+    st.discovery.refresh_now();
+    Json(st.snapshot_now())
+}
+
+/// `GET /api/auth`: 200 `{"admin":true}` when the caller is admin (the route is guarded).
+pub async fn whoami() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "admin": true }))
+}
+
+/// `GET /api/events`: Server-Sent Events, one `data:` JSON object per mesh change (see
+/// [`MeshEvent`] for the shapes). If the client falls behind, it gets
+/// `{"type":"resync"}` and should refetch `GET /api/mesh`.
+pub async fn events(
+    State(st): State<AppState>,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let rx = st.hub.subscribe();
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        match rx.recv().await {
+            Ok(ev) => {
+                let data = serde_json::to_string(&ev).unwrap_or_else(|_| "{}".into());
+                Some((Ok(Event::default().data(data)), rx))
+            }
+            Err(RecvError::Lagged(_)) => {
+                Some((Ok(Event::default().data(r#"{"type":"resync"}"#)), rx))
+            }
+            Err(RecvError::Closed) => None,
+        }
+    });
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+}
+
+/// `GET /health` (open).
+pub async fn health(State(st): State<AppState>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({
+        "status": "ok",
+        "mesh_id": st.hub.mesh_id,
+        "mesh_name": st.hub.mesh_name,
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_secs": st.started.elapsed().as_secs(),
+        "members_online": st.hub.online_count(),
+    }))
+}
+
+/// `GET /metrics` (open, Prometheus text).
+pub async fn metrics(State(st): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        st.metrics.render(st.hub.online_count()),
+    )
+        .into_response()
+}
+
+/// Unknown `/api/...` path.
+pub async fn not_found() -> Response {
+    error(StatusCode::NOT_FOUND, "not_found", "no such API endpoint")
+}
+
+impl AppState {
+    /// The snapshot with the relay endpoint and link state filled in.
+    pub fn snapshot_now(&self) -> NetworkSnapshot {
+        self.complete(self.discovery.snapshot())
+    }
+
+    /// The snapshot for minting: waits (briefly) only if the first discovery is not done.
+    async fn network_snapshot(&self) -> NetworkSnapshot {
+        let snap = self.discovery.snapshot();
+        let snap = if snap.updated_at.is_none() {
+            self.discovery.ready(FIRST_DISCOVERY_WAIT).await
+        } else {
+            snap
+        };
+        self.complete(snap)
+    }
+
+    fn complete(&self, mut snap: NetworkSnapshot) -> NetworkSnapshot {
+        // The advertised local address is a serve flag: honour it even if discovery has not
+        // reported yet.
+        if let Some(ip) = self.local_ip {
+            if snap.local_ip.is_none() {
+                snap.local_ip = Some(ip.to_string());
+            }
+            if snap.endpoints.local.is_none() {
+                snap.endpoints.local = Some(format!("ws://{}", host_port(ip, self.port)));
+            }
+        }
+        match &self.host_link {
+            Some(link) => {
+                snap.endpoints.relay = Some(link.invite_endpoint());
+                snap.relay = Some(link.state());
+            }
+            None => {
+                snap.endpoints.relay = None;
+                snap.relay = Some(RelayState::NotConfigured);
+            }
+        }
+        snap
+    }
+
+    /// Base of `join_url`: `--web-url`, else this host's UI on its local IP, else loopback.
+    fn web_base(&self, snap: &NetworkSnapshot) -> String {
+        if let Some(u) = &self.web_url {
+            return u.trim_end_matches('/').to_string();
+        }
+        let ip = snap
+            .local_ip
+            .as_deref()
+            .and_then(|s| s.parse::<IpAddr>().ok())
+            .unwrap_or(IpAddr::from([127, 0, 0, 1]));
+        format!("http://{}", host_port(ip, self.port))
+    }
+}
+
+/// `ip:port` with brackets around IPv6.
+pub fn host_port(ip: IpAddr, port: u16) -> String {
+    match ip {
+        IpAddr::V4(v4) => format!("{v4}:{port}"),
+        IpAddr::V6(v6) => format!("[{v6}]:{port}"),
+    }
+}

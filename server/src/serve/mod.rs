@@ -1,0 +1,506 @@
+//! `atmosphere serve`: the host. One listener (default `0.0.0.0:11451`) serves
+//!
+//! - the mesh WebSocket at `/` and `/api/ws` (→ [`crate::session`]),
+//! - the admin API under `/api/` ([`api`], guarded by [`auth`]),
+//! - `GET /health` and `GET /metrics` (open),
+//! - the web UI with an SPA fallback ([`web`]).
+//!
+//! Around it: SQLite persistence ([`crate::store`]), background network discovery
+//! ([`crate::discovery`]) and, with `--relay-url`, the control link to a relay whose
+//! relayed sessions enter the same session handler as direct ones.
+
+pub mod api;
+pub mod auth;
+pub mod metrics;
+pub mod web;
+
+use crate::discovery::{Discovery, DiscoveryConfig, DEFAULT_STUN_SERVERS};
+use crate::relay::host_link::{HostLink, HostLinkConfig, OnSession};
+use crate::session::{Hub, SessionConfig, Source};
+use crate::store::{self, Store};
+use crate::ws::FrameSocket;
+use anyhow::Context;
+use atmosphere_shared::mesh_id::mesh_id_from_public_key;
+use atmosphere_shared::wire::MAX_FRAME_BYTES;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State, WebSocketUpgrade};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{any, delete, get, post};
+use axum::Router;
+use metrics::Metrics;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tracing::{error, info, warn};
+
+/// Largest WebSocket frame/message the socket layer buffers. Slightly above the protocol
+/// limit so a frame just over [`MAX_FRAME_BYTES`] is read whole and answered `too_large`;
+/// anything bigger is cut off at its header without being buffered.
+pub const WS_BUFFER_LIMIT: usize = MAX_FRAME_BYTES + 16 * 1024;
+
+/// `atmosphere serve` flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// TCP port of the web UI, the API and the mesh WebSocket.
+    #[arg(long, default_value_t = 11451)]
+    pub port: u16,
+
+    /// Address to listen on (0.0.0.0 = every interface, so phones on the LAN can connect).
+    #[arg(long, default_value = "0.0.0.0")]
+    pub bind: IpAddr,
+
+    /// Directory for the database and the admin secret [default: the user's data directory,
+    /// e.g. ~/.local/share/atmosphere].
+    #[arg(long, env = "ATMOSPHERE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Mesh name shown in invites and the UI (renames an existing mesh) [default on first
+    /// start: "Home Mesh"].
+    #[arg(long)]
+    pub mesh_name: Option<String>,
+
+    /// STUN server HOST:PORT used to find the public IP; repeat for several. Replaces the
+    /// defaults (Google and Cloudflare). `none` disables STUN. Env: comma-separated list.
+    #[arg(
+        long = "stun-server",
+        value_name = "HOST:PORT",
+        env = "ATMOSPHERE_STUN_SERVERS",
+        value_delimiter = ','
+    )]
+    pub stun_servers: Vec<String>,
+
+    /// Relay base URL (ws:// or wss://); the host keeps a control link to it and invites get
+    /// a `relay` endpoint.
+    #[arg(long, value_name = "URL", env = "ATMOSPHERE_RELAY_URL")]
+    pub relay_url: Option<String>,
+
+    /// Directory of the built web UI (trunk's dist/) [default: ./dist, else dist/ of the
+    /// workspace the binary was built in].
+    #[arg(long, value_name = "DIR", env = "ATMOSPHERE_WEB_DIR")]
+    pub web_dir: Option<PathBuf>,
+
+    /// Base URL of the web UI that invite join links point to (e.g. https://mesh.example.com)
+    /// [default: this host's UI at http://LOCAL_IP:PORT].
+    #[arg(long, value_name = "URL", env = "ATMOSPHERE_WEB_URL")]
+    pub web_url: Option<String>,
+
+    /// Port advertised in the public endpoint (your router's forwarded port) [default: --port].
+    #[arg(long, value_name = "PORT", env = "ATMOSPHERE_PUBLIC_PORT")]
+    pub public_port: Option<u16>,
+
+    /// Public endpoint to advertise instead of the STUN-discovered one (ws:// or wss://,
+    /// e.g. behind a reverse proxy).
+    #[arg(long, value_name = "URL", env = "ATMOSPHERE_PUBLIC_URL")]
+    pub public_url: Option<String>,
+
+    /// LAN IP to advertise in the local endpoint [default: the address of the interface
+    /// that carries the default route].
+    #[arg(long, value_name = "IP", env = "ATMOSPHERE_LOCAL_IP")]
+    pub local_ip: Option<IpAddr>,
+
+    /// Milliseconds a member has to send its join frame (testing knob).
+    #[arg(long, hide = true, env = "ATMOSPHERE_HANDSHAKE_TIMEOUT_MS", default_value_t = atmosphere_shared::wire::HANDSHAKE_TIMEOUT_MS)]
+    pub handshake_timeout_ms: u64,
+
+    /// Milliseconds without any frame after which a session is closed (testing knob).
+    #[arg(
+        long,
+        hide = true,
+        env = "ATMOSPHERE_IDLE_TIMEOUT_MS",
+        default_value_t = 60_000
+    )]
+    pub idle_timeout_ms: u64,
+
+    /// Milliseconds between keepalive pings (testing knob).
+    #[arg(
+        long,
+        hide = true,
+        env = "ATMOSPHERE_PING_INTERVAL_MS",
+        default_value_t = 20_000
+    )]
+    pub ping_interval_ms: u64,
+
+    /// Failed credential attempts per source address per minute before `rate_limited`.
+    #[arg(
+        long,
+        hide = true,
+        env = "ATMOSPHERE_JOIN_FAILURE_LIMIT",
+        default_value_t = 10
+    )]
+    pub join_failure_limit: usize,
+}
+
+/// Shared state of the HTTP handlers; cheap to clone.
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+/// The contents of [`AppState`].
+pub struct Inner {
+    pub hub: Arc<Hub>,
+    pub store: Store,
+    pub discovery: Discovery,
+    pub host_link: Option<HostLink>,
+    pub admin_secret: String,
+    pub metrics: Arc<Metrics>,
+    /// The port actually listened on.
+    pub port: u16,
+    pub web_url: Option<String>,
+    pub local_ip: Option<IpAddr>,
+    pub web_dir: Option<PathBuf>,
+    pub started: Instant,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+/// A startup failure: message and exit code (2 = bad configuration, 1 = runtime).
+struct Fail(u8, anyhow::Error);
+
+/// Runs the host until Ctrl-C / SIGTERM.
+pub async fn run(args: Args) -> ExitCode {
+    match run_inner(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Fail(code, e)) => {
+            error!("{e:#}");
+            eprintln!("error: {e:#}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn validate_ws_url(flag: &str, s: &str) -> anyhow::Result<()> {
+    let u = url::Url::parse(s).with_context(|| format!("{flag} {s:?} is not a URL"))?;
+    anyhow::ensure!(
+        matches!(u.scheme(), "ws" | "wss" | "http" | "https") && u.host().is_some(),
+        "{flag} {s:?} must be a ws:// or wss:// URL with a host"
+    );
+    Ok(())
+}
+
+async fn run_inner(args: Args) -> Result<(), Fail> {
+    let cfg = |e: anyhow::Error| Fail(2, e);
+    if let Some(u) = &args.relay_url {
+        validate_ws_url("--relay-url", u).map_err(cfg)?;
+    }
+    if let Some(u) = &args.public_url {
+        validate_ws_url("--public-url", u).map_err(cfg)?;
+    }
+    if let Some(u) = &args.web_url {
+        let p = url::Url::parse(u)
+            .with_context(|| format!("--web-url {u:?} is not a URL"))
+            .map_err(cfg)?;
+        if !matches!(p.scheme(), "http" | "https") {
+            return Err(cfg(anyhow::anyhow!(
+                "--web-url {u:?} must be an http:// or https:// URL"
+            )));
+        }
+    }
+    if let Some(n) = &args.mesh_name {
+        if n.trim().is_empty() || n.chars().count() > 100 {
+            return Err(cfg(anyhow::anyhow!(
+                "--mesh-name must be 1 to 100 characters"
+            )));
+        }
+    }
+
+    // Data dir, admin secret, database, mesh identity.
+    let data_dir = match &args.data_dir {
+        Some(d) => d.clone(),
+        None => directories::ProjectDirs::from("", "", "atmosphere")
+            .map(|p| p.data_dir().to_path_buf())
+            .ok_or_else(|| {
+                cfg(anyhow::anyhow!(
+                    "cannot find a user data directory; pass --data-dir"
+                ))
+            })?,
+    };
+    create_private_dir(&data_dir)
+        .with_context(|| format!("cannot create the data dir {}", data_dir.display()))
+        .map_err(cfg)?;
+    let admin_secret = auth::load_or_create_secret(&data_dir).map_err(cfg)?;
+    let db_path = data_dir.join("atmosphere.db");
+    let store = Store::open(&db_path).map_err(cfg)?;
+    let mesh_name = args.mesh_name.clone();
+    let mesh = store
+        .call(move |c| store::load_or_create_mesh(c, mesh_name.as_deref().map(str::trim)))
+        .await
+        .map_err(cfg)?;
+    let mesh_id = mesh_id_from_public_key(&mesh.signing_key.verifying_key().to_bytes());
+
+    // Listen first, so discovery and links know the real port (and `--port 0` works).
+    let listener = tokio::net::TcpListener::bind((args.bind, args.port))
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {}:{} (is another host running?)",
+                args.bind, args.port
+            )
+        })
+        .map_err(|e| Fail(1, e))?;
+    let port = listener.local_addr().map_err(|e| Fail(1, e.into()))?.port();
+
+    let stun_servers: Vec<String> = {
+        let list: Vec<String> = args
+            .stun_servers
+            .iter()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+        if list.is_empty() {
+            DEFAULT_STUN_SERVERS.iter().map(|s| s.to_string()).collect()
+        } else if list.iter().any(|s| s.eq_ignore_ascii_case("none")) {
+            Vec::new()
+        } else {
+            list
+        }
+    };
+    let discovery = Discovery::spawn(DiscoveryConfig {
+        stun_servers: stun_servers.clone(),
+        listen_port: port,
+        public_port: args.public_port,
+        public_url: args.public_url.clone(),
+        local_ip: args.local_ip,
+        refresh_interval: Duration::from_secs(300),
+        stun_deadline: Duration::from_millis(1500),
+    });
+
+    let metrics = Arc::new(Metrics::default());
+    let hub = Hub::new(
+        mesh_id.clone(),
+        mesh.name.clone(),
+        store.clone(),
+        SessionConfig {
+            handshake_timeout: Duration::from_millis(args.handshake_timeout_ms.max(1)),
+            ping_interval: Duration::from_millis(args.ping_interval_ms.max(100)),
+            idle_timeout: Duration::from_millis(args.idle_timeout_ms.max(100)),
+            failure_limit: args.join_failure_limit.max(1),
+            ..SessionConfig::default()
+        },
+        metrics.clone(),
+    );
+
+    let host_link = args.relay_url.as_ref().map(|url| {
+        let hub = hub.clone();
+        let on_session: OnSession = Arc::new(move |sock, member: String| {
+            let hub = hub.clone();
+            tokio::spawn(
+                hub.serve_member(FrameSocket::from_tungstenite(sock), Source::relay(&member)),
+            );
+        });
+        HostLink::spawn(
+            HostLinkConfig {
+                relay_url: url.clone(),
+                signing_key: mesh.signing_key.clone(),
+            },
+            on_session,
+        )
+    });
+
+    let web_dir = web::resolve_web_dir(args.web_dir.as_deref());
+    match (&web_dir, &args.web_dir) {
+        (None, Some(d)) => warn!(
+            "--web-dir {} has no index.html; serving a placeholder page",
+            d.display()
+        ),
+        (None, None) => {
+            warn!("no web UI build found (run `trunk build --release`); serving a placeholder page")
+        }
+        (Some(d), _) => info!(dir = %d.display(), "serving the web UI"),
+    }
+
+    let state = AppState(Arc::new(Inner {
+        hub,
+        store,
+        discovery: discovery.clone(),
+        host_link,
+        admin_secret: admin_secret.clone(),
+        metrics,
+        port,
+        web_url: args.web_url.clone(),
+        local_ip: args.local_ip,
+        web_dir,
+        started: Instant::now(),
+    }));
+    let app = router(state);
+
+    info!(mesh_id = %mesh_id, mesh_name = %mesh.name, addr = %format!("{}:{port}", args.bind),
+        data_dir = %data_dir.display(), stun = %if stun_servers.is_empty() { "disabled".to_string() } else { stun_servers.join(",") },
+        relay = args.relay_url.as_deref().unwrap_or("none"), "atmosphere host listening");
+    let link_ip = if args.bind.is_unspecified() || args.bind.is_loopback() {
+        IpAddr::from([127, 0, 0, 1])
+    } else {
+        args.bind
+    };
+    println!("Mesh: {} ({mesh_id})", mesh.name);
+    println!(
+        "Admin link: http://{}/?admin={admin_secret}",
+        api::host_port(link_ip, port)
+    );
+    if args.bind.is_unspecified() {
+        // The LAN variant needs the local IP; print it once discovery knows (never block startup).
+        let d = discovery.clone();
+        let override_ip = args.local_ip;
+        let secret = admin_secret.clone();
+        tokio::spawn(async move {
+            let ip = match override_ip {
+                Some(ip) => Some(ip),
+                None => d
+                    .ready(Duration::from_secs(3))
+                    .await
+                    .local_ip
+                    .and_then(|s| s.parse::<IpAddr>().ok()),
+            };
+            if let Some(ip) = ip.filter(|ip| !ip.is_loopback()) {
+                println!(
+                    "Admin link (LAN): http://{}/?admin={secret}",
+                    api::host_port(ip, port)
+                );
+            }
+        });
+    }
+
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown_signal())
+    .await
+    .context("the HTTP server failed")
+    .map_err(|e| Fail(1, e))?;
+    info!("host stopped");
+    Ok(())
+}
+
+/// Creates the data dir readable only by the user (it holds the admin secret and keys).
+fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        b.mode(0o700);
+    }
+    b.create(dir)
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// The host's HTTP routes.
+pub fn router(state: AppState) -> Router {
+    let admin = Router::new()
+        .route("/api/mesh/token", post(api::mint))
+        .route("/api/mesh", get(api::mesh))
+        .route("/api/mesh/invites/{id}", delete(api::revoke))
+        .route("/api/mesh/invites/{id}/revoke", post(api::revoke))
+        .route("/api/network", get(api::network))
+        .route("/api/network/refresh", post(api::refresh))
+        .route("/api/events", get(api::events))
+        .route("/api/auth", get(api::whoami))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_admin,
+        ));
+    Router::new()
+        .route("/", get(root))
+        .route("/api/ws", get(ws_only))
+        .route("/health", get(api::health))
+        .route("/metrics", get(api::metrics))
+        .merge(admin)
+        .route("/api/{*rest}", any(api::not_found))
+        .fallback(web::serve)
+        .layer(DefaultBodyLimit::max(16 * 1024))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            common_headers,
+        ))
+        .with_state(state)
+}
+
+/// Counts requests and adds headers every answer should carry (and never CORS ones).
+async fn common_headers(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    let api = req.uri().path().starts_with("/api/");
+    let mut resp = next.run(req).await;
+    st.metrics.http_request(resp.status().as_u16());
+    let h = resp.headers_mut();
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    if api {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    resp
+}
+
+/// `GET /`: the mesh WebSocket when it is an upgrade (the seed's bare `ws://IP:11451`),
+/// else the web UI.
+async fn root(
+    st: State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    req: Request,
+) -> Response {
+    match ws {
+        Ok(ws) => upgrade(st.0, peer, ws),
+        Err(_) => web::serve(st, req).await,
+    }
+}
+
+/// `GET /api/ws`: the mesh WebSocket only.
+async fn ws_only(
+    State(st): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    match ws {
+        Ok(ws) => upgrade(st, peer, ws),
+        Err(_) => api::error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "this endpoint only accepts WebSocket upgrades",
+        ),
+    }
+}
+
+fn upgrade(st: AppState, peer: SocketAddr, ws: WebSocketUpgrade) -> Response {
+    let hub = st.hub.clone();
+    ws.max_message_size(WS_BUFFER_LIMIT)
+        .max_frame_size(WS_BUFFER_LIMIT)
+        .on_upgrade(move |sock| {
+            hub.serve_member(FrameSocket::from_axum(sock), Source::direct(peer))
+        })
+}

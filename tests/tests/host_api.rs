@@ -1,0 +1,541 @@
+//! The host's HTTP API against a real `atmosphere serve` process on loopback: the invite
+//! answer's shape and links, input limits, admin auth (bearer, cookie, 401s), no CORS,
+//! revocation, health/metrics, the SPA fallback, the event feed and `atmosphere token`.
+
+mod host_support;
+
+use atmosphere_shared::api::{TokenRequest, TokenResponse};
+use atmosphere_shared::link::Invite;
+use atmosphere_shared::mesh_id::is_valid_mesh_id;
+use atmosphere_shared::token::Token;
+use atmosphere_tests::{bin_path, Host};
+use host_support::{now_secs, rfc3339_secs};
+use reqwest::header;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn invite_answer_has_every_field_with_the_right_type() {
+    let host = Host::start().await;
+    let r = client()
+        .post(format!("{}/api/mesh/token", host.base()))
+        .bearer_auth(host.admin_secret())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    let local = format!("ws://127.0.0.1:{}", host.port);
+
+    let token = v["token"].as_str().expect("token is a string");
+    let parsed = Token::parse(token).expect("token parses with the shared codec");
+    assert_eq!(
+        parsed.as_str(),
+        token,
+        "token is returned in canonical form"
+    );
+    assert!(
+        is_valid_mesh_id(v["mesh_id"].as_str().expect("mesh_id string")),
+        "{v}"
+    );
+    assert_eq!(v["mesh_name"], "Home Mesh");
+    // Endpoints: exactly the three keys; the missing ones are null, not absent or invented.
+    let ep = v["endpoints"].as_object().expect("endpoints object");
+    assert_eq!(ep.len(), 3, "{v}");
+    assert_eq!(ep["local"], local.as_str());
+    assert!(ep["public"].is_null(), "no STUN → public is null: {v}");
+    assert!(
+        ep["relay"].is_null(),
+        "no relay configured → relay is null: {v}"
+    );
+    let ni = v["network_info"].as_object().expect("network_info object");
+    assert_eq!(ni["local_ip"], "127.0.0.1");
+    assert!(ni["public_ip"].is_null());
+    assert!(ni["is_behind_nat"].is_boolean());
+    assert!(ni["stun_source"].is_null() || ni["stun_source"].is_string());
+    assert_eq!(
+        v["endpoint"],
+        local.as_str(),
+        "legacy endpoint = first of public, local, relay"
+    );
+    assert!(v["max_uses"].is_null());
+    assert!(v["invite_id"].as_str().is_some_and(|s| !s.is_empty()));
+    // Default lifetime is 24 h.
+    let exp = rfc3339_secs(v["expires_at"].as_str().expect("expires_at string"));
+    assert!(
+        (exp - now_secs() - 24 * 3600).abs() < 120,
+        "expires_at {exp} is not ~24 h ahead"
+    );
+
+    // Both links decode with the shared codec to the same invite.
+    let resp: TokenResponse = serde_json::from_value(v.clone()).unwrap();
+    let qr = Invite::parse(&resp.qr_data).expect("qr_data parses");
+    assert!(
+        resp.qr_data.starts_with("atmosphere://join?"),
+        "{}",
+        resp.qr_data
+    );
+    assert_eq!(qr.version, 2);
+    assert_eq!(qr.token, token);
+    assert_eq!(qr.mesh_name, "Home Mesh");
+    assert_eq!(qr.endpoints, resp.endpoints);
+    let prefix = format!("http://127.0.0.1:{}/join#", host.port);
+    assert!(
+        resp.join_url.starts_with(&prefix),
+        "join_url carries the invite in the fragment: {}",
+        resp.join_url
+    );
+    let web = Invite::parse(&resp.join_url).expect("join_url parses");
+    assert_eq!(web.token, token);
+    assert_eq!(web.endpoints, resp.endpoints);
+
+    // Options are honoured and show in the admin's invite list.
+    let r = host
+        .mint(&TokenRequest {
+            ttl_secs: Some(600),
+            max_uses: Some(2),
+            label: Some("kitchen tablet".into()),
+        })
+        .await;
+    assert_eq!(r.max_uses, Some(2));
+    assert!((rfc3339_secs(&r.expires_at) - now_secs() - 600).abs() < 60);
+    let mesh = host.get_json("/api/mesh").await;
+    assert_eq!(mesh["mesh_id"], v["mesh_id"]);
+    let inv = mesh["invites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["invite_id"] == r.invite_id.as_str())
+        .unwrap();
+    assert_eq!(inv["label"], "kitchen tablet");
+    assert_eq!(inv["uses"], 0);
+    assert_eq!(inv["max_uses"], 2);
+    assert_eq!(inv["revoked"], false);
+    // The token itself is never listed.
+    assert!(
+        !mesh.to_string().contains(&r.token),
+        "GET /api/mesh must not reveal tokens"
+    );
+
+    // The network view has the snapshot and the relay state.
+    let net = host.get_json("/api/network").await;
+    assert_eq!(net["endpoints"]["local"], local.as_str());
+    assert_eq!(net["relay"]["state"], "not_configured");
+}
+
+#[tokio::test]
+async fn invite_requests_out_of_bounds_get_400_with_a_json_error() {
+    let host = Host::start().await;
+    let c = client();
+    let post = |body: String| {
+        c.post(format!("{}/api/mesh/token", host.base()))
+            .bearer_auth(host.admin_secret())
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(body)
+            .send()
+    };
+    for body in [
+        json!({"ttl_secs": 0}).to_string(),
+        json!({"ttl_secs": 31 * 24 * 3600}).to_string(),
+        json!({"max_uses": 0}).to_string(),
+        json!({"label": "x".repeat(201)}).to_string(),
+        "{not json".to_string(),
+        json!({"ttl_secs": "soon"}).to_string(),
+    ] {
+        let r = post(body.clone()).await.unwrap();
+        assert_eq!(r.status(), 400, "body {body}");
+        let e: Value = r.json().await.unwrap();
+        assert_eq!(e["error"], "bad_request", "body {body}: {e}");
+        assert!(e["message"].as_str().is_some_and(|m| m.len() > 10), "{e}");
+    }
+    // The limits themselves are accepted.
+    let r = post(json!({"ttl_secs": 30 * 24 * 3600, "label": "y".repeat(200)}).to_string())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // An oversized body is refused without a crash.
+    let r = post(format!("{{\"label\":\"{}\"}}", "z".repeat(100_000)))
+        .await
+        .unwrap();
+    assert!(r.status().is_client_error(), "{}", r.status());
+    assert!(host.get_json("/health").await["status"] == "ok");
+}
+
+#[tokio::test]
+async fn admin_api_needs_the_secret_and_sends_no_cors_headers() {
+    let host = Host::start().await;
+    let c = client();
+    let token_url = format!("{}/api/mesh/token", host.base());
+
+    // No auth, wrong bearer, wrong cookie: 401 with a JSON error, and never a CORS header.
+    let attempts = [
+        c.post(&token_url)
+            .header(header::ORIGIN, "https://evil.example"),
+        c.post(&token_url)
+            .bearer_auth("not-the-secret")
+            .header(header::ORIGIN, "https://evil.example"),
+        c.post(&token_url)
+            .header(header::COOKIE, "atmosphere_admin=guess"),
+        c.get(format!("{}/api/mesh", host.base())),
+        c.get(format!("{}/api/network", host.base())),
+        c.delete(format!("{}/api/mesh/invites/abc", host.base())),
+    ];
+    for a in attempts {
+        let r = a.send().await.unwrap();
+        assert_eq!(r.status(), 401);
+        assert!(r
+            .headers()
+            .get(header::ACCESS_CONTROL_ALLOW_ORIGIN)
+            .is_none());
+        let e: Value = r.json().await.unwrap();
+        assert_eq!(e["error"], "unauthorized");
+        assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+    // A CORS preflight from another origin gets no allow headers either.
+    let r = c
+        .request(reqwest::Method::OPTIONS, &token_url)
+        .header(header::ORIGIN, "https://evil.example")
+        .header("Access-Control-Request-Method", "POST")
+        .send()
+        .await
+        .unwrap();
+    assert!(r
+        .headers()
+        .get(header::ACCESS_CONTROL_ALLOW_ORIGIN)
+        .is_none());
+    assert!(r
+        .headers()
+        .get(header::ACCESS_CONTROL_ALLOW_METHODS)
+        .is_none());
+    // Even an authorised request that names an Origin gets no CORS header.
+    let r = c
+        .post(&token_url)
+        .bearer_auth(host.admin_secret())
+        .header(header::ORIGIN, "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r
+        .headers()
+        .get(header::ACCESS_CONTROL_ALLOW_ORIGIN)
+        .is_none());
+
+    // The secret file is private.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(host.data_dir.join("admin_secret"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(
+            mode & 0o077,
+            0,
+            "admin_secret must be readable by its owner only (mode {mode:o})"
+        );
+    }
+}
+
+#[tokio::test]
+async fn admin_link_sets_a_strict_cookie_and_drops_the_secret_from_the_url() {
+    let host = Host::start().await;
+    let c = client();
+    let secret = host.admin_secret();
+
+    // The startup output carries the admin link.
+    let out = host.proc.output();
+    assert!(
+        out.contains(&format!(
+            "Admin link: http://127.0.0.1:{}/?admin={secret}",
+            host.port
+        )),
+        "startup output lacks the admin link:\n{out}"
+    );
+
+    let r = c
+        .get(format!("{}/?admin={secret}", host.base()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()[header::LOCATION], "/");
+    let set_cookie = r.headers()[header::SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(set_cookie.contains("HttpOnly"), "{set_cookie}");
+    assert!(set_cookie.contains("SameSite=Strict"), "{set_cookie}");
+    let cookie = set_cookie.split(';').next().unwrap().to_string();
+
+    // The cookie authorises the admin API from the UI's own origin …
+    let host_hdr = format!("127.0.0.1:{}", host.port);
+    let r = c
+        .post(format!("{}/api/mesh/token", host.base()))
+        .header(header::COOKIE, &cookie)
+        .header(header::ORIGIN, format!("http://{host_hdr}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = c
+        .get(format!("{}/api/mesh", host.base()))
+        .header(header::COOKIE, &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // … but not a state-changing request another site makes with it.
+    let r = c
+        .post(format!("{}/api/mesh/token", host.base()))
+        .header(header::COOKIE, &cookie)
+        .header(header::ORIGIN, "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+
+    // A wrong admin link sets nothing.
+    let r = c
+        .get(format!("{}/?admin=wrong", host.base()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(r.headers().get(header::SET_COOKIE).is_none());
+}
+
+#[tokio::test]
+async fn revocation_health_metrics_and_routing() {
+    let host = Host::start().await;
+    let c = client();
+    let inv = host.mint(&TokenRequest::default()).await;
+
+    let r = c
+        .delete(format!(
+            "{}/api/mesh/invites/{}",
+            host.base(),
+            inv.invite_id
+        ))
+        .bearer_auth(host.admin_secret())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mesh = host.get_json("/api/mesh").await;
+    let listed = mesh["invites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["invite_id"] == inv.invite_id.as_str())
+        .unwrap();
+    assert_eq!(listed["revoked"], true);
+    let r = c
+        .post(format!(
+            "{}/api/mesh/invites/doesnotexist/revoke",
+            host.base()
+        ))
+        .bearer_auth(host.admin_secret())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+
+    // Open endpoints.
+    let h: Value = c
+        .get(format!("{}/health", host.base()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(h["status"], "ok");
+    assert_eq!(h["mesh_id"], inv.mesh_id.as_str());
+    assert!(h["version"].is_string() && h["uptime_secs"].is_u64());
+    assert_eq!(h["members_online"], 0);
+    let m = c
+        .get(format!("{}/metrics", host.base()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(m.contains("atmosphere_invites_minted_total 1"), "{m}");
+    assert!(m.contains("atmosphere_sessions_online 0"), "{m}");
+    assert!(
+        m.contains("atmosphere_joins_total{path=\"local\"} 0"),
+        "{m}"
+    );
+
+    // UI routes: `/join` (and other unknown pages) serve the SPA's HTML; unknown API paths
+    // are JSON 404s; /api/ws without an upgrade is a clear 400.
+    for page in ["/", "/join", "/some/deep/link"] {
+        let r = c
+            .get(format!("{}{page}", host.base()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{page}");
+        let ct = r.headers()[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert!(ct.starts_with("text/html"), "{page}: {ct}");
+    }
+    let r = c
+        .get(format!("{}/api/nope", host.base()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"], "not_found");
+    let r = c
+        .get(format!("{}/api/ws", host.base()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+}
+
+#[tokio::test]
+async fn event_feed_reports_invites() {
+    let host = Host::start().await;
+    let mut r = client()
+        .get(format!("{}/api/events", host.base()))
+        .bearer_auth(host.admin_secret())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()[header::CONTENT_TYPE]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let inv = host.mint(&TokenRequest::default()).await;
+    let mut seen = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !seen.contains("invite_minted") {
+        match tokio::time::timeout_at(deadline, r.chunk()).await {
+            Ok(Ok(Some(b))) => seen.push_str(&String::from_utf8_lossy(&b)),
+            other => panic!("no invite_minted event (got {seen:?}, {other:?})"),
+        }
+    }
+    let line = seen.lines().find(|l| l.contains("invite_minted")).unwrap();
+    let ev: Value = serde_json::from_str(line.trim_start_matches("data:").trim()).unwrap();
+    assert_eq!(
+        ev,
+        json!({"type":"invite_minted","invite_id": inv.invite_id})
+    );
+}
+
+#[tokio::test]
+async fn token_command_mints_through_the_running_host() {
+    let host = Host::start().await;
+    let dd = host.data_dir.to_str().unwrap().to_string();
+    let run = |args: Vec<String>| {
+        std::process::Command::new(bin_path())
+            .args(&args)
+            .env("ATMOSPHERE_STUN_SERVERS", "none")
+            .output()
+            .unwrap()
+    };
+    let s = |x: &str| x.to_string();
+
+    let out = run(vec![
+        s("token"),
+        s("--data-dir"),
+        dd.clone(),
+        s("--server"),
+        host.base(),
+        s("--json"),
+        s("--uses"),
+        s("3"),
+        s("--ttl"),
+        s("2h"),
+        s("--label"),
+        s("from cli"),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: TokenResponse =
+        serde_json::from_slice(&out.stdout).expect("--json prints the API answer");
+    assert_eq!(r.max_uses, Some(3));
+    Token::parse(&r.token).unwrap();
+    assert!((rfc3339_secs(&r.expires_at) - now_secs() - 7200).abs() < 60);
+    let mesh = host.get_json("/api/mesh").await;
+    assert!(mesh["invites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|i| i["label"] == "from cli"));
+
+    // Readable form: summary with every endpoint line and a QR code.
+    let out = run(vec![
+        s("token"),
+        s("--data-dir"),
+        dd.clone(),
+        s("--server"),
+        host.base(),
+    ]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Token:    ATM-"), "{text}");
+    assert!(
+        text.contains(&format!("local   ws://127.0.0.1:{}", host.port)),
+        "{text}"
+    );
+    assert!(text.contains("public  not available"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "Join link: http://127.0.0.1:{}/join#token=ATM-",
+            host.port
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains('▀') || text.contains('▄'),
+        "no terminal QR code:\n{text}"
+    );
+
+    // Clear errors: host not running, secret missing.
+    let out = run(vec![
+        s("token"),
+        s("--data-dir"),
+        dd.clone(),
+        s("--server"),
+        atmosphere_tests::refused_url().replace("ws://", "http://"),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is `atmosphere serve` running"),
+        "{:?}",
+        out
+    );
+    let empty = tempfile::tempdir().unwrap();
+    let out = run(vec![
+        s("token"),
+        s("--data-dir"),
+        empty.path().to_str().unwrap().into(),
+        s("--server"),
+        host.base(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("admin secret"),
+        "{:?}",
+        out
+    );
+}

@@ -1,0 +1,384 @@
+//! Mesh sessions against a real host process: joining with a token and a device credential,
+//! every refusal code, presence and messages between two members, keepalive/idle handling,
+//! bad input (each answered and closed while the host keeps serving others) and the join
+//! rate limit.
+
+mod host_support;
+
+use atmosphere_shared::api::TokenRequest;
+use atmosphere_shared::wire::MAX_FRAME_BYTES;
+use atmosphere_tests::Host;
+use futures_util::SinkExt;
+use host_support::{joined_ids, Member, Next, FRAME_WAIT};
+use serde_json::{json, Value};
+use std::time::Duration;
+use tokio_tungstenite::tungstenite::Message;
+
+fn req(max_uses: Option<u32>, ttl_secs: Option<u64>) -> TokenRequest {
+    TokenRequest {
+        ttl_secs,
+        max_uses,
+        label: None,
+    }
+}
+
+async fn device<'a>(mesh: &'a Value, id: &str) -> &'a Value {
+    mesh["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["device_id"] == id)
+        .unwrap_or_else(|| panic!("device {id} not in {mesh}"))
+}
+
+#[tokio::test]
+async fn token_join_then_rejoin_with_the_device_credential() {
+    let host = Host::start().await;
+    let inv = host.mint(&TokenRequest::default()).await;
+
+    // Both WebSocket paths work: `/` (the seed's bare ws://IP:PORT) and `/api/ws`.
+    let (mut m, joined) = Member::join_token(&host.ws_url(), &inv.token, "Pixel 8").await;
+    let (id, key) = joined_ids(&joined);
+    let key = key.expect("first join returns a device_key");
+    assert!(key.len() >= 32, "device key too short: {key}");
+    assert_eq!(joined["mesh_id"], inv.mesh_id.as_str());
+    assert_eq!(joined["mesh_name"], "Home Mesh");
+    assert_eq!(joined["peers"], json!([]));
+    assert_eq!(m.next_of_type("peers").await["peers"], json!([]));
+
+    // The admin sees the device online with its path, and the invite used once.
+    let mesh = host.get_json("/api/mesh").await;
+    let d = device(&mesh, &id).await;
+    assert_eq!(d["name"], "Pixel 8");
+    assert_eq!(d["platform"], "test");
+    assert_eq!(d["path"], "local");
+    assert_eq!(d["online"], true);
+    assert!(d["last_seen"].is_string());
+    let i = mesh["invites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["invite_id"] == inv.invite_id.as_str())
+        .unwrap();
+    assert_eq!(i["uses"], 1);
+    // The stored credential is a hash, not the key.
+    assert!(!mesh.to_string().contains(&key));
+
+    m.ws.close(None).await.unwrap();
+    let mut offline = false;
+    for _ in 0..50 {
+        let mesh = host.get_json("/api/mesh").await;
+        if device(&mesh, &id).await["online"] == false {
+            offline = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(offline, "device still online after it closed");
+
+    // Rejoin with the credential (on the other URL): same device, no new key.
+    let (_m2, again) = Member::rejoin(&format!("{}/api/ws", host.ws_url()), &id, &key).await;
+    let (id2, key2) = joined_ids(&again);
+    assert_eq!(id2, id);
+    assert!(
+        key2.is_none(),
+        "a rejoin must not hand out a new key: {again}"
+    );
+
+    // A wrong key or an unknown id is refused.
+    let (mut bad, _) = (Member::connect(&host.ws_url()).await, ());
+    bad.send(json!({"type":"join","device_id":id,"device_key":"wrong-key","path":"local"}))
+        .await;
+    bad.expect_error("unknown_device").await;
+    let (mut bad, first) = Member::rejoin(&host.ws_url(), "nosuchdevice", &key).await;
+    assert_eq!(first["code"], "unknown_device", "{first}");
+    bad.expect_closed(FRAME_WAIT).await;
+}
+
+#[tokio::test]
+async fn each_refused_token_gets_its_own_code() {
+    let host = Host::start().await;
+    let url = host.ws_url();
+
+    // Garbage and well-formed-but-unknown tokens.
+    for t in [
+        "hello",
+        "ATM-",
+        "ATM-AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        &"A".repeat(10_000),
+    ] {
+        let mut m = Member::connect(&url).await;
+        m.send(json!({"type":"join","token":t,"device":{"name":"x"},"path":"local"}))
+            .await;
+        m.expect_error("invalid_token").await;
+    }
+
+    // Expired.
+    let short = host.mint(&req(None, Some(1))).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let (mut m, first) = Member::join_token(&url, &short.token, "late").await;
+    assert_eq!(first["code"], "token_expired", "{first}");
+    m.expect_closed(FRAME_WAIT).await;
+
+    // Exhausted: one use, second device refused.
+    let once = host.mint(&req(Some(1), None)).await;
+    let (_a, first) = Member::join_token(&url, &once.token, "first").await;
+    joined_ids(&first);
+    let (mut b, first) = Member::join_token(&url, &once.token, "second").await;
+    assert_eq!(first["code"], "token_exhausted", "{first}");
+    b.expect_closed(FRAME_WAIT).await;
+
+    // Revoked.
+    let rev = host.mint(&TokenRequest::default()).await;
+    let r = reqwest::Client::new()
+        .delete(format!(
+            "{}/api/mesh/invites/{}",
+            host.base(),
+            rev.invite_id
+        ))
+        .bearer_auth(host.admin_secret())
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let (mut m, first) = Member::join_token(&url, &rev.token, "too late").await;
+    assert_eq!(first["code"], "token_revoked", "{first}");
+    m.expect_closed(FRAME_WAIT).await;
+
+    // A person-typed token (lowercase, spaces) is accepted.
+    let ok = host.mint(&TokenRequest::default()).await;
+    let typed = ok.token.to_lowercase().replacen("atm-", "atm- ", 1);
+    let (_m, first) = Member::join_token(&url, &typed, "typed").await;
+    joined_ids(&first);
+
+    // The refused devices were never created.
+    let mesh = host.get_json("/api/mesh").await;
+    assert_eq!(mesh["devices"].as_array().unwrap().len(), 2, "{mesh}");
+    let metrics = reqwest::get(format!("{}/metrics", host.base()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for code in [
+        "invalid_token",
+        "token_expired",
+        "token_exhausted",
+        "token_revoked",
+    ] {
+        assert!(
+            metrics.contains(&format!("atmosphere_refusals_total{{code=\"{code}\"}}")),
+            "{metrics}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn presence_and_messages_between_members() {
+    let host = Host::start().await;
+    let inv = host.mint(&TokenRequest::default()).await;
+    let url = host.ws_url();
+
+    let (mut a, ja) = Member::join_token(&url, &inv.token, "Alice").await;
+    let (a_id, _) = joined_ids(&ja);
+    a.next_of_type("peers").await;
+    let (mut b, jb) = Member::join_token(&url, &inv.token, "Bob").await;
+    let (b_id, _) = joined_ids(&jb);
+    // Bob sees Alice in his peer list; Alice is told Bob arrived.
+    let peers = jb["peers"].as_array().unwrap();
+    assert_eq!(peers.len(), 1);
+    assert_eq!(peers[0]["device_id"], a_id.as_str());
+    assert_eq!(peers[0]["name"], "Alice");
+    assert_eq!(peers[0]["path"], "local");
+    let pj = a.next_of_type("peer_joined").await;
+    assert_eq!(pj["peer"]["device_id"], b_id.as_str());
+    assert_eq!(pj["peer"]["name"], "Bob");
+    b.next_of_type("peers").await;
+
+    // Broadcast (to = null) reaches the others, not the sender.
+    b.send(json!({"type":"send","to":null,"body":{"text":"hi all"}}))
+        .await;
+    let msg = a.next_of_type("message").await;
+    assert_eq!(
+        msg,
+        json!({"type":"message","from":b_id,"body":{"text":"hi all"}})
+    );
+    // Direct message.
+    a.send(json!({"type":"send","to":b_id,"body":"just you"}))
+        .await;
+    let msg = b.next_of_type("message").await;
+    assert_eq!(msg["from"], a_id.as_str());
+    assert_eq!(msg["body"], "just you");
+    match b.next_within(Duration::from_millis(300)).await {
+        Next::Silent => {}
+        other => panic!("the sender's own broadcast must not echo back: {other:?}"),
+    }
+    let h: Value = reqwest::get(format!("{}/health", host.base()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(h["members_online"], 2);
+
+    // Bob leaves: Alice is told.
+    b.ws.close(None).await.unwrap();
+    let pl = a.next_of_type("peer_left").await;
+    assert_eq!(pl["device_id"], b_id.as_str());
+}
+
+#[tokio::test]
+async fn bad_input_is_answered_and_closed_while_others_keep_working() {
+    let host = Host::start_with(&[], &[("ATMOSPHERE_HANDSHAKE_TIMEOUT_MS", "600")]).await;
+    let inv = host.mint(&TokenRequest::default()).await;
+    let url = host.ws_url();
+
+    // A member that stays connected through all of this.
+    let (mut alice, ja) = Member::join_token(&url, &inv.token, "Alice").await;
+    let (a_id, _) = joined_ids(&ja);
+    alice.next_of_type("peers").await;
+
+    // Non-JSON first frame.
+    let mut m = Member::connect(&url).await;
+    m.send_text("this is not json".into()).await.unwrap();
+    m.expect_error("bad_request").await;
+    // Unknown message type.
+    let mut m = Member::connect(&url).await;
+    m.send(json!({"type":"teleport","to":"mars"})).await;
+    m.expect_error("bad_request").await;
+    // `send` before `join`.
+    let mut m = Member::connect(&url).await;
+    m.send(json!({"type":"send","to":null,"body":1})).await;
+    m.expect_error("bad_request").await;
+    // Binary frame.
+    let mut m = Member::connect(&url).await;
+    m.ws.send(Message::Binary(vec![1, 2, 3].into()))
+        .await
+        .unwrap();
+    m.expect_error("bad_request").await;
+    // Just over the frame limit: a clean too_large.
+    let mut m = Member::connect(&url).await;
+    m.send_text(format!(
+        "{{\"type\":\"join\",\"token\":\"{}\"}}",
+        "A".repeat(MAX_FRAME_BYTES)
+    ))
+    .await
+    .unwrap();
+    m.expect_error("too_large").await;
+    // 2 MiB frame: refused at its header (never buffered); the socket is closed quickly.
+    let mut m = Member::connect(&url).await;
+    let _ = m.send_text("x".repeat(2 * 1024 * 1024)).await; // may fail once the host hangs up
+    match m.next_within(FRAME_WAIT).await {
+        Next::Json(v) => {
+            eprintln!("2 MiB frame answered with {v}");
+            assert_eq!(v["code"], "too_large", "{v}");
+            m.expect_closed(FRAME_WAIT).await;
+        }
+        Next::Closed(why) => eprintln!("2 MiB frame: socket closed ({why})"),
+        Next::Silent => panic!("a 2 MiB frame left the socket hanging"),
+    }
+    // No join within the (shortened) handshake deadline.
+    let mut m = Member::connect(&url).await;
+    let t0 = std::time::Instant::now();
+    m.expect_error("timeout").await;
+    assert!(
+        t0.elapsed() < Duration::from_secs(4),
+        "handshake deadline not enforced: {:?}",
+        t0.elapsed()
+    );
+    // Bad input after joining ends that session only.
+    let (mut bob, jb) = Member::join_token(&url, &inv.token, "Bob").await;
+    joined_ids(&jb);
+    bob.next_of_type("peers").await;
+    bob.send_text("{\"type\":".into()).await.unwrap();
+    bob.expect_error("bad_request").await;
+
+    // The host still serves: a new member joins and Alice still gets messages.
+    let (mut carol, jc) = Member::join_token(&url, &inv.token, "Carol").await;
+    let (c_id, _) = joined_ids(&jc);
+    carol
+        .send(json!({"type":"send","to":a_id,"body":"still here?"}))
+        .await;
+    let msg = alice.next_of_type("message").await;
+    assert_eq!(msg["from"], c_id.as_str());
+    assert_eq!(msg["body"], "still here?");
+    assert_eq!(host.get_json("/health").await["status"], "ok");
+}
+
+#[tokio::test]
+async fn keepalive_pings_keep_a_member_and_silence_ends_it() {
+    // Pings every 200 ms; 1 s without any frame closes the session.
+    let host = Host::start_with(
+        &[],
+        &[
+            ("ATMOSPHERE_PING_INTERVAL_MS", "200"),
+            ("ATMOSPHERE_IDLE_TIMEOUT_MS", "1000"),
+        ],
+    )
+    .await;
+    let inv = host.mint(&TokenRequest::default()).await;
+    // A reading client answers pings (tungstenite does it while reading): it stays.
+    let (mut m, j) = Member::join_token(&host.ws_url(), &inv.token, "awake").await;
+    joined_ids(&j);
+    let mut pings = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(2500);
+    while tokio::time::Instant::now() < deadline {
+        use futures_util::StreamExt;
+        match tokio::time::timeout_at(deadline, m.ws.next()).await {
+            Err(_) => break,
+            Ok(Some(Ok(Message::Ping(_)))) => pings += 1,
+            Ok(Some(Ok(Message::Text(_)))) => {}
+            other => panic!("session ended although the member answered pings: {other:?}"),
+        }
+    }
+    assert!(pings >= 3, "host sent only {pings} pings in 2.5 s");
+
+    // A client that never reads never answers pings: the host closes it after the idle time.
+    let (mut quiet, j) = Member::join_token(&host.ws_url(), &inv.token, "asleep").await;
+    let (quiet_id, _) = joined_ids(&j);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let mesh = host.get_json("/api/mesh").await;
+    let d = mesh["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["device_id"] == quiet_id.as_str())
+        .unwrap();
+    assert_eq!(
+        d["online"], false,
+        "an unresponsive member must be dropped after the idle timeout"
+    );
+    quiet.expect_closed(FRAME_WAIT).await;
+}
+
+#[tokio::test]
+async fn token_guessing_from_one_address_is_rate_limited() {
+    let host = Host::start().await;
+    let url = host.ws_url();
+    let good = host.mint(&TokenRequest::default()).await;
+    // Successful joins do not count.
+    for i in 0..3 {
+        let (_m, j) = Member::join_token(&url, &good.token, &format!("ok{i}")).await;
+        joined_ids(&j);
+    }
+    for _ in 0..10 {
+        let (mut m, first) =
+            Member::join_token(&url, "ATM-BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB", "guess").await;
+        assert_eq!(first["code"], "invalid_token", "{first}");
+        m.expect_closed(FRAME_WAIT).await;
+    }
+    // Now even the right token is refused from this address, with its own code.
+    let (mut m, first) = Member::join_token(&url, &good.token, "after").await;
+    assert_eq!(first["code"], "rate_limited", "{first}");
+    m.expect_closed(FRAME_WAIT).await;
+    // And it is logged.
+    let mut logged = false;
+    for _ in 0..20 {
+        if host.proc.output().contains("rate limited") {
+            logged = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(logged, "no rate-limit log line:\n{}", host.proc.output());
+}

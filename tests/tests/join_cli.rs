@@ -1,0 +1,679 @@
+//! `atmosphere join` end to end: the real binary against a real `atmosphere serve` (real
+//! SQLite, real WebSockets) on 127.0.0.1. Links are built from a minted invite with the
+//! endpoints replaced (a black hole, a refused port, the host), so each test controls
+//! exactly which path works. Assertions are on what a user sees: the JSON-lines events, the
+//! exit code, and the host's own view of the member.
+
+use atmosphere_shared::api::{TokenRequest, TokenResponse};
+use atmosphere_shared::token::TOKEN_BYTES;
+use atmosphere_shared::{Endpoints, Invite, Token};
+use atmosphere_tests::{bin_path, refused_url, BlackHole, Host, Relay};
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// Upper bound for a join that should finish: far beyond any normal run, only there so a
+/// hung client fails the test instead of hanging it.
+const RUN_LIMIT: Duration = Duration::from_secs(40);
+
+/// One finished `atmosphere join`: its exit code, stdout JSON lines with the time each was
+/// read (relative to spawn), and stderr.
+struct JoinRun {
+    code: Option<i32>,
+    lines: Vec<(Duration, Value)>,
+    stderr: String,
+}
+
+impl JoinRun {
+    fn events(&self) -> Vec<&str> {
+        self.lines
+            .iter()
+            .map(|(_, v)| v["event"].as_str().unwrap_or("?"))
+            .collect()
+    }
+
+    fn find(&self, event: &str, path: Option<&str>) -> Option<&(Duration, Value)> {
+        self.lines
+            .iter()
+            .find(|(_, v)| v["event"] == event && path.is_none_or(|p| v["path"] == p))
+    }
+
+    fn dump(&self) -> String {
+        let out: Vec<String> = self
+            .lines
+            .iter()
+            .map(|(t, v)| format!("{:>6} ms {v}", t.as_millis()))
+            .collect();
+        format!(
+            "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+            self.code,
+            out.join("\n"),
+            self.stderr
+        )
+    }
+}
+
+fn join_command(args: &[&str]) -> Command {
+    let mut cmd = Command::new(bin_path());
+    cmd.arg("join")
+        .args(args)
+        .env_remove("ATMOSPHERE_DEVICE_NAME")
+        .env_remove("ATMOSPHERE_DEVICE_FILE")
+        .env("ATMOSPHERE_STUN_SERVERS", "none")
+        .env("RUST_LOG", "warn");
+    cmd
+}
+
+/// Reads `child`'s stdout line by line on a thread, stamping each line with its arrival.
+fn stamp_lines(child: &mut Child, t0: Instant) -> mpsc::Receiver<(Duration, String)> {
+    let stdout = child.stdout.take().expect("stdout piped");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send((t0.elapsed(), line)).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+fn parse_line(t: Duration, line: &str) -> (Duration, Value) {
+    let v = serde_json::from_str(line)
+        .unwrap_or_else(|e| panic!("--json printed a line that is not JSON ({e}): {line:?}"));
+    (t, v)
+}
+
+/// Runs `atmosphere join ARGS` to completion (blocking; call from `spawn_blocking` when the
+/// test also runs async servers such as a black hole).
+fn run_join_blocking(args: Vec<String>) -> JoinRun {
+    let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    let t0 = Instant::now();
+    let mut child = join_command(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn atmosphere join");
+    let rx = stamp_lines(&mut child, t0);
+    let mut stderr = child.stderr.take().unwrap();
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
+        s
+    });
+    let code = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.code();
+        }
+        if t0.elapsed() > RUN_LIMIT {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // stdout closes when the process exits; collect whatever it printed.
+    let lines = rx.iter().map(|(t, l)| parse_line(t, &l)).collect();
+    let stderr = err_reader.join().unwrap_or_default();
+    JoinRun {
+        code,
+        lines,
+        stderr,
+    }
+}
+
+async fn run_join(args: &[&str]) -> JoinRun {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    tokio::task::spawn_blocking(move || run_join_blocking(args))
+        .await
+        .unwrap()
+}
+
+/// The minted invite with its endpoints replaced, as a v2 link.
+fn link_with(minted: &TokenResponse, endpoints: Endpoints) -> String {
+    Invite::v2(minted.token.clone(), minted.mesh_name.clone(), endpoints).to_v2_link()
+}
+
+fn only_local(url: String) -> Endpoints {
+    Endpoints {
+        local: Some(url),
+        public: None,
+        relay: None,
+    }
+}
+
+async fn mint(host: &Host) -> TokenResponse {
+    host.mint(&TokenRequest::default()).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn once_json_connects_via_local_with_the_minted_link() {
+    let host = Host::start().await;
+    let minted = mint(&host).await;
+    // The host advertises 127.0.0.1 as its LAN address in tests, so the minted app link
+    // works exactly as a person would use it.
+    let run = run_join(&["--once", "--json", "--name", "Terminal A", &minted.qr_data]).await;
+    assert_eq!(run.code, Some(0), "{}", run.dump());
+    assert_eq!(run.events(), vec!["trying", "connected"], "{}", run.dump());
+    let trying = &run.lines[0].1;
+    assert_eq!(trying["path"], "local");
+    assert_eq!(trying["url"].as_str(), minted.endpoints.local.as_deref());
+    let connected = &run.lines[1].1;
+    assert_eq!(connected["path"], "local");
+    assert_eq!(connected["mesh_name"], minted.mesh_name.as_str());
+    assert!(connected["elapsed_ms"].is_u64(), "{connected}");
+
+    // The host recorded the member, its platform and the path it came in on.
+    let mesh = host.get_json("/api/mesh").await;
+    let devices = mesh["devices"].as_array().expect("devices list");
+    let me = devices
+        .iter()
+        .find(|d| d["name"] == "Terminal A")
+        .unwrap_or_else(|| panic!("joined device missing from /api/mesh: {mesh}"));
+    assert_eq!(me["platform"], "cli");
+    assert_eq!(me["path"], "local");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn readable_output_names_the_path_and_mesh() {
+    let host = Host::start().await;
+    let minted = mint(&host).await;
+    let link = link_with(&minted, only_local(host.ws_url()));
+    let out = tokio::task::spawn_blocking(move || {
+        join_command(&["--once", &link])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("trying local {}", host.ws_url())),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("connected via local in ")
+            && stdout.contains(&format!("to mesh '{}'", minted.mesh_name)),
+        "{stdout}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn black_holed_local_falls_back_to_public_after_the_stagger() {
+    let host = Host::start().await;
+    let hole = BlackHole::start().await;
+    let minted = mint(&host).await;
+    let link = link_with(
+        &minted,
+        Endpoints {
+            local: Some(hole.url()),
+            public: Some(host.ws_url()),
+            relay: None,
+        },
+    );
+    let run = run_join(&["--once", "--json", &link]).await;
+    assert_eq!(run.code, Some(0), "{}", run.dump());
+    // Local is not reported failed: it lost the race and was dropped.
+    assert_eq!(
+        run.events(),
+        vec!["trying", "trying", "connected"],
+        "{}",
+        run.dump()
+    );
+    let (t_local, local) = run.find("trying", Some("local")).unwrap();
+    let (t_public, _) = run.find("trying", Some("public")).unwrap();
+    assert_eq!(local["url"], hole.url());
+    assert!(
+        *t_public >= *t_local + Duration::from_millis(200),
+        "public started before the stagger: {}",
+        run.dump()
+    );
+    let (_, connected) = run.find("connected", None).unwrap();
+    assert_eq!(connected["path"], "public");
+    let elapsed = connected["elapsed_ms"].as_u64().unwrap();
+    assert!(
+        elapsed >= 200,
+        "connected before the stagger could have passed: {}",
+        run.dump()
+    );
+    // It did not sit out the black hole's 10 s attempt timeout.
+    assert!(elapsed < 10_000, "{}", run.dump());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refused_local_moves_to_public_without_waiting() {
+    let host = Host::start().await;
+    let minted = mint(&host).await;
+    let link = link_with(
+        &minted,
+        Endpoints {
+            local: Some(refused_url()),
+            public: Some(host.ws_url()),
+            relay: None,
+        },
+    );
+    // A huge stagger: public can only start early because local's failure starts it.
+    let run = run_join(&["--once", "--json", "--stagger-ms", "30000", &link]).await;
+    assert_eq!(run.code, Some(0), "{}", run.dump());
+    assert_eq!(
+        run.events(),
+        vec!["trying", "failed", "trying", "connected"],
+        "{}",
+        run.dump()
+    );
+    let (_, failed) = run.find("failed", Some("local")).unwrap();
+    assert_eq!(failed["reason"], "connection refused", "{}", run.dump());
+    assert_eq!(run.find("connected", None).unwrap().1["path"], "public");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn all_paths_failing_exits_1_with_every_reason() {
+    let host = Host::start().await;
+    let minted = mint(&host).await;
+    let link = link_with(
+        &minted,
+        Endpoints {
+            local: Some(refused_url()),
+            public: Some(refused_url()),
+            relay: None,
+        },
+    );
+    let run = run_join(&["--once", "--json", &link]).await;
+    assert_eq!(run.code, Some(1), "{}", run.dump());
+    assert_eq!(
+        run.events(),
+        vec!["trying", "failed", "trying", "failed", "error"],
+        "{}",
+        run.dump()
+    );
+    let (_, err) = run.lines.last().unwrap();
+    assert_eq!(err["code"], "all_failed");
+    let msg = err["message"].as_str().unwrap();
+    assert!(
+        msg.contains("local: connection refused") && msg.contains("public: connection refused"),
+        "{msg}"
+    );
+}
+
+/// Checks a refused credential: `failed` on the path that reached the host, then one
+/// `error` with the host's code, exit 1, and nothing tried after it.
+fn assert_refused(run: &JoinRun, code: &str) {
+    assert_eq!(run.code, Some(1), "{code}: {}", run.dump());
+    let err_at = run
+        .lines
+        .iter()
+        .position(|(_, v)| v["event"] == "error")
+        .unwrap_or_else(|| panic!("{code}: no error event: {}", run.dump()));
+    assert_eq!(run.lines[err_at].1["code"], code, "{}", run.dump());
+    assert!(run.lines[err_at].1["message"]
+        .as_str()
+        .is_some_and(|m| !m.is_empty()));
+    assert_eq!(
+        err_at,
+        run.lines.len() - 1,
+        "{code}: events after the error: {}",
+        run.dump()
+    );
+    let (_, failed) = run
+        .find("failed", Some("public"))
+        .expect("the refusing path is reported failed");
+    assert!(
+        failed["reason"].as_str().unwrap().contains(code),
+        "{}",
+        run.dump()
+    );
+    assert!(
+        run.find("trying", Some("relay")).is_none(),
+        "{code}: relay tried after a final error: {}",
+        run.dump()
+    );
+}
+
+/// Local is a black hole (still pending when the host answers on public), public is the
+/// host, relay would start 250 ms after public: a final error must stop both.
+async fn refused_run(host: &Host, token: &str, mesh_name: &str) -> JoinRun {
+    let hole = BlackHole::start().await;
+    let eps = Endpoints {
+        local: Some(hole.url()),
+        public: Some(host.ws_url()),
+        relay: Some(format!("{}/api/ws", host.ws_url())),
+    };
+    let link = Invite::v2(token, mesh_name, eps).to_v2_link();
+    // A long attempt timeout: exiting promptly proves the black-holed local was cancelled
+    // rather than waited out.
+    let t0 = Instant::now();
+    let run = run_join(&["--once", "--json", "--attempt-timeout-ms", "60000", &link]).await;
+    assert!(
+        t0.elapsed() < Duration::from_secs(30),
+        "did not stop at the refusal: {}",
+        run.dump()
+    );
+    run
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unknown_token_is_refused_with_invalid_token() {
+    let host = Host::start().await;
+    let minted = mint(&host).await;
+    // Well-formed but never minted.
+    let fake = Token::from_entropy([0x5a; TOKEN_BYTES]);
+    assert_ne!(fake.as_str(), minted.token);
+    let run = refused_run(&host, fake.as_str(), &minted.mesh_name).await;
+    assert_refused(&run, "invalid_token");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn expired_token_is_refused_with_token_expired() {
+    let host = Host::start().await;
+    let minted = host
+        .mint(&TokenRequest {
+            ttl_secs: Some(1),
+            ..Default::default()
+        })
+        .await;
+    tokio::time::sleep(Duration::from_millis(2_200)).await;
+    let run = refused_run(&host, &minted.token, &minted.mesh_name).await;
+    assert_refused(&run, "token_expired");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exhausted_token_is_refused_with_token_exhausted() {
+    let host = Host::start().await;
+    let minted = host
+        .mint(&TokenRequest {
+            max_uses: Some(1),
+            ..Default::default()
+        })
+        .await;
+    let first = run_join(&[
+        "--once",
+        "--json",
+        &link_with(&minted, only_local(host.ws_url())),
+    ])
+    .await;
+    assert_eq!(first.code, Some(0), "the one allowed use: {}", first.dump());
+    let run = refused_run(&host, &minted.token, &minted.mesh_name).await;
+    assert_refused(&run, "token_exhausted");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn revoked_token_is_refused_with_token_revoked() {
+    let host = Host::start().await;
+    let minted = mint(&host).await;
+    let r = reqwest::Client::new()
+        .post(format!(
+            "{}/api/mesh/invites/{}/revoke",
+            host.base(),
+            minted.invite_id
+        ))
+        .bearer_auth(host.admin_secret())
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "revoke failed: {}", r.status());
+    let run = refused_run(&host, &minted.token, &minted.mesh_name).await;
+    assert_refused(&run, "token_revoked");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn device_file_rejoins_without_the_token() {
+    let host = Host::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("device.json");
+    let file_s = file.to_str().unwrap();
+    // A single-use invite: the second join can only succeed with the stored credential.
+    let minted = host
+        .mint(&TokenRequest {
+            max_uses: Some(1),
+            ..Default::default()
+        })
+        .await;
+    let link = link_with(&minted, only_local(host.ws_url()));
+    let first = run_join(&["--once", "--json", "--device-file", file_s, &link]).await;
+    assert_eq!(first.code, Some(0), "{}", first.dump());
+    let cred: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    assert!(
+        cred["device_id"].as_str().is_some_and(|s| !s.is_empty()),
+        "{cred}"
+    );
+    assert!(
+        cred["device_key"].as_str().is_some_and(|s| !s.is_empty()),
+        "{cred}"
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "the credential must be private");
+    }
+
+    let second = run_join(&["--once", "--json", "--device-file", file_s, &link]).await;
+    assert_eq!(
+        second.code,
+        Some(0),
+        "rejoin with the credential: {}",
+        second.dump()
+    );
+    assert_eq!(second.find("connected", None).unwrap().1["path"], "local");
+    // Same device, not a second member.
+    let mesh = host.get_json("/api/mesh").await;
+    assert_eq!(mesh["devices"].as_array().unwrap().len(), 1, "{mesh}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn forged_device_credential_is_refused_with_unknown_device() {
+    let host = Host::start().await;
+    let minted = mint(&host).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("device.json");
+    write_file(
+        &file,
+        r#"{"mesh_id":"x","mesh_name":"x","device_id":"dev-forged","device_key":"not-a-real-key"}"#,
+    );
+    let link = link_with(&minted, only_local(host.ws_url()));
+    let run = run_join(&[
+        "--once",
+        "--json",
+        "--device-file",
+        file.to_str().unwrap(),
+        &link,
+    ])
+    .await;
+    assert_eq!(run.code, Some(1), "{}", run.dump());
+    assert_eq!(
+        run.lines.last().unwrap().1["code"],
+        "unknown_device",
+        "{}",
+        run.dump()
+    );
+}
+
+fn write_file(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_link_exits_2_with_a_reason() {
+    let run = run_join(&["--once", "--json", "atmosphere://join?mesh=Home"]).await;
+    assert_eq!(run.code, Some(2), "{}", run.dump());
+    assert_eq!(run.events(), vec!["error"], "{}", run.dump());
+    assert_eq!(run.lines[0].1["code"], "bad_link");
+    let run = run_join(&["--once", "not a link at all"]).await;
+    assert_eq!(run.code, Some(2));
+    assert!(run.stderr.contains("error:"), "{}", run.dump());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn staying_members_see_each_other_and_exchange_messages() {
+    let host = Host::start().await;
+    let minted = mint(&host).await;
+    let link = link_with(&minted, only_local(host.ws_url()));
+    let spawn = |name: &str| {
+        let t0 = Instant::now();
+        let mut child = join_command(&["--json", "--name", name, &link])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let rx = stamp_lines(&mut child, t0);
+        (child, rx)
+    };
+    let wait_for =
+        |rx: &mpsc::Receiver<(Duration, String)>, what: &dyn Fn(&Value) -> bool| -> Value {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let mut seen = Vec::new();
+            while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+                match rx.recv_timeout(left) {
+                    Ok((t, line)) => {
+                        let (_, v) = parse_line(t, &line);
+                        if what(&v) {
+                            return v;
+                        }
+                        seen.push(v);
+                    }
+                    Err(_) => break,
+                }
+            }
+            panic!("expected line never came; saw {seen:?}");
+        };
+
+    let (mut a, a_rx) = spawn("Alice");
+    wait_for(&a_rx, &|v| v["event"] == "connected");
+    let (mut b, b_rx) = spawn("Bob");
+    wait_for(&b_rx, &|v| v["event"] == "connected");
+    let joined = wait_for(&a_rx, &|v| v["event"] == "peer_joined");
+    assert_eq!(joined["peer"]["name"], "Bob");
+    let bob_id = joined["peer"]["device_id"].as_str().unwrap().to_string();
+
+    b.stdin
+        .as_mut()
+        .unwrap()
+        .write_all(b"hello from bob\n")
+        .unwrap();
+    let msg = wait_for(&a_rx, &|v| v["event"] == "message");
+    assert_eq!(msg["from"], bob_id.as_str());
+    assert_eq!(msg["body"], "hello from bob");
+
+    // Bob leaves: Alice is told.
+    let _ = b.kill();
+    let _ = b.wait();
+    let left = wait_for(&a_rx, &|v| v["event"] == "peer_left");
+    assert_eq!(left["device_id"], bob_id.as_str());
+    let _ = a.kill();
+    let _ = a.wait();
+}
+
+/// Waits until the host reports its relay control link as connected.
+async fn wait_relay_connected(host: &Host) {
+    let start = Instant::now();
+    loop {
+        let net = host.get_json("/api/network").await;
+        if net["relay"]["state"] == "connected" {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "host never reached its relay: {net}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn only_the_relay_works() {
+    let relay = Relay::start(&[]).await;
+    let host = Host::start_with(&["--relay-url", &relay.url()], &[]).await;
+    wait_relay_connected(&host).await;
+    let hole = BlackHole::start().await;
+    let minted = mint(&host).await;
+    let relay_ep = minted
+        .endpoints
+        .relay
+        .clone()
+        .expect("the invite carries a relay endpoint");
+    // No LAN (refused), no port forward (black hole): only the relay gets through.
+    let link = link_with(
+        &minted,
+        Endpoints {
+            local: Some(refused_url()),
+            public: Some(hole.url()),
+            relay: Some(relay_ep.clone()),
+        },
+    );
+    let run = run_join(&["--once", "--json", "--name", "Via Relay", &link]).await;
+    assert_eq!(run.code, Some(0), "{}", run.dump());
+    assert_eq!(
+        run.events(),
+        vec!["trying", "failed", "trying", "trying", "connected"],
+        "{}",
+        run.dump()
+    );
+    assert_eq!(
+        run.find("trying", Some("relay")).unwrap().1["url"],
+        relay_ep.as_str()
+    );
+    let (_, connected) = run.find("connected", None).unwrap();
+    assert_eq!(connected["path"], "relay");
+    assert_eq!(connected["mesh_name"], minted.mesh_name.as_str());
+    // The host sees a member that came in through the relay.
+    let mesh = host.get_json("/api/mesh").await;
+    let me = mesh["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["name"] == "Via Relay")
+        .cloned();
+    assert_eq!(
+        me.map(|d| d["path"].clone()),
+        Some(Value::from("relay")),
+        "{mesh}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn relay_without_its_host_is_a_failed_path_not_a_success() {
+    // A relay whose host is not connected accepts the socket but can never produce
+    // `joined`: the join must report that path failed (not connected) and exit 1.
+    let relay = Relay::start(&[]).await;
+    let host = Host::start().await;
+    let minted = mint(&host).await;
+    let mesh_id = &minted.mesh_id;
+    let link = link_with(
+        &minted,
+        Endpoints {
+            local: Some(refused_url()),
+            public: None,
+            relay: Some(format!("{}/mesh/{mesh_id}", relay.url())),
+        },
+    );
+    let run = run_join(&["--once", "--json", &link]).await;
+    assert_eq!(run.code, Some(1), "{}", run.dump());
+    assert!(run.find("connected", None).is_none(), "{}", run.dump());
+    let (_, failed) = run
+        .find("failed", Some("relay"))
+        .expect("relay reported failed");
+    assert!(
+        failed["reason"].as_str().unwrap().contains("host_offline"),
+        "{}",
+        run.dump()
+    );
+    assert_eq!(
+        run.lines.last().unwrap().1["code"],
+        "all_failed",
+        "{}",
+        run.dump()
+    );
+}

@@ -1,0 +1,219 @@
+//! The relay's admission rules, against a real `atmosphere relay` process on 127.0.0.1:
+//! who may register a mesh, what a member of an offline mesh sees, and the per-IP limit.
+//! Every refusal must arrive as its documented close code (docs/RELAY.md), promptly.
+
+mod relay_common;
+
+use atmosphere_shared::relay_proto::{b64_encode, close, HostMsg, RelayMsg};
+use atmosphere_tests::Relay;
+use relay_common::*;
+use std::time::{Duration, Instant};
+
+#[tokio::test]
+async fn squatter_with_another_key_is_refused_and_the_owner_keeps_the_mesh() {
+    let relay = Relay::start(&[]).await;
+    let owner = new_key();
+    let mesh = mesh_of(&owner);
+    let mut owner_ws = register_ok(&relay.url(), &owner).await;
+
+    // The squatter signs the fresh challenge correctly, but with its own key: the mesh id
+    // is not derived from that key.
+    let squatter = new_key();
+    let (mut ws, _, _) = register_raw(&relay.url(), &mesh, &squatter).await;
+    let end = read_until_close(&mut ws, Duration::from_secs(5)).await;
+    assert_eq!(end.code, Some(close::MESH_MISMATCH), "{end:?}");
+
+    // The owner is untouched: its control socket still gets session notices.
+    let mut member = connect(&format!("{}/mesh/{mesh}", relay.url())).await;
+    match next_relay_msg(&mut owner_ws).await {
+        RelayMsg::Session {
+            session_id, secret, ..
+        } => {
+            assert!(!session_id.is_empty() && !secret.is_empty());
+        }
+        other => panic!("expected a session notice, got {other:?}"),
+    }
+    drop(member.close(None).await);
+    let m = relay.metrics().await;
+    assert!(
+        m.contains("atmosphere_relay_refusals_total{reason=\"mesh_mismatch\",code=\"4403\"} 1"),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn replayed_signature_is_refused() {
+    let relay = Relay::start(&[]).await;
+    let key = new_key();
+    let mesh = mesh_of(&key);
+    // An eavesdropper captures a complete, valid registration...
+    let (mut first, _nonce, captured_sig) = register_raw(&relay.url(), &mesh, &key).await;
+    assert!(matches!(
+        next_relay_msg(&mut first).await,
+        RelayMsg::Registered { .. }
+    ));
+    drop(first);
+
+    // ...and presents it again: the relay's new challenge makes it worthless.
+    let mut ws = connect(&format!("{}/mesh/{mesh}/host", relay.url())).await;
+    assert!(matches!(
+        next_relay_msg(&mut ws).await,
+        RelayMsg::Challenge { .. }
+    ));
+    let replay = HostMsg::Register {
+        public_key: b64_encode(&key.verifying_key().to_bytes()),
+        signature: captured_sig,
+    };
+    send_json(&mut ws, &replay).await;
+    let end = read_until_close(&mut ws, Duration::from_secs(5)).await;
+    assert_eq!(end.code, Some(close::BAD_SIGNATURE), "{end:?}");
+
+    // The real key holder still registers fine.
+    let _ok = register_ok(&relay.url(), &key).await;
+}
+
+#[tokio::test]
+async fn member_of_an_offline_mesh_gets_host_offline_at_once() {
+    // Long deadlines: a relay that made the member wait for any of them would fail here.
+    let relay = Relay::start(&["--handshake-timeout", "30s", "--accept-timeout", "30s"]).await;
+    let start = Instant::now();
+    let mut ws = connect(&format!("{}/mesh/{}", relay.url(), unknown_mesh())).await;
+    let end = read_until_close(&mut ws, Duration::from_secs(10)).await;
+    let took = start.elapsed();
+    assert_eq!(end.code, Some(close::HOST_OFFLINE), "{end:?}");
+    assert_eq!(end.texts.len(), 1, "{end:?}");
+    let err: serde_json::Value = serde_json::from_str(&end.texts[0]).unwrap();
+    assert_eq!(err["type"], "error");
+    assert_eq!(err["code"], "host_offline");
+    assert!(
+        err["message"].as_str().unwrap().contains("not connected"),
+        "{err}"
+    );
+    assert!(
+        took < Duration::from_secs(5),
+        "the refusal took {took:?}, a deadline must not be involved"
+    );
+}
+
+#[tokio::test]
+async fn malformed_mesh_id_is_a_bad_request() {
+    let relay = Relay::start(&[]).await;
+    let mut ws = connect(&format!("{}/mesh/NOT-A-MESH", relay.url())).await;
+    let end = read_until_close(&mut ws, Duration::from_secs(5)).await;
+    assert_eq!(end.code, Some(close::BAD_REQUEST), "{end:?}");
+    let mut ws = connect(&format!("{}/mesh/NOT-A-MESH/host", relay.url())).await;
+    let end = read_until_close(&mut ws, Duration::from_secs(5)).await;
+    assert_eq!(end.code, Some(close::BAD_REQUEST), "{end:?}");
+}
+
+#[tokio::test]
+async fn silent_host_is_closed_at_the_handshake_deadline() {
+    let relay = Relay::start(&["--handshake-timeout", "300ms"]).await;
+    let mut ws = connect(&format!("{}/mesh/{}/host", relay.url(), unknown_mesh())).await;
+    assert!(matches!(
+        next_relay_msg(&mut ws).await,
+        RelayMsg::Challenge { .. }
+    ));
+    let end = read_until_close(&mut ws, Duration::from_secs(10)).await;
+    assert_eq!(end.code, Some(close::TIMEOUT), "{end:?}");
+}
+
+#[tokio::test]
+async fn second_host_with_the_same_key_replaces_the_first() {
+    let relay = Relay::start(&[]).await;
+    let key = new_key();
+    let mut old = register_ok(&relay.url(), &key).await;
+    let mut new = register_ok(&relay.url(), &key).await;
+    let end = read_until_close(&mut old, Duration::from_secs(5)).await;
+    assert_eq!(end.code, Some(close::REPLACED), "{end:?}");
+    // Members now reach the new connection.
+    let _member = connect(&format!("{}/mesh/{}", relay.url(), mesh_of(&key))).await;
+    assert!(matches!(
+        next_relay_msg(&mut new).await,
+        RelayMsg::Session { .. }
+    ));
+    assert_eq!(relay.health().await["meshes"], 1);
+}
+
+#[tokio::test]
+async fn too_many_connections_from_one_ip_get_4429() {
+    let relay = Relay::start(&["--max-conns-per-ip", "3", "--handshake-timeout", "30s"]).await;
+    // Three unregistered control sockets hold the IP's three slots.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut ws = connect(&format!("{}/mesh/{}/host", relay.url(), unknown_mesh())).await;
+        assert!(matches!(
+            next_relay_msg(&mut ws).await,
+            RelayMsg::Challenge { .. }
+        ));
+        held.push(ws);
+    }
+    let mut fourth = connect(&format!("{}/mesh/{}/host", relay.url(), unknown_mesh())).await;
+    let end = read_until_close(&mut fourth, Duration::from_secs(5)).await;
+    assert_eq!(end.code, Some(close::TOO_MANY), "{end:?}");
+
+    // A member from the same IP gets the same code plus a mesh error frame its client shows.
+    let mut member = connect(&format!("{}/mesh/{}", relay.url(), unknown_mesh())).await;
+    let end = read_until_close(&mut member, Duration::from_secs(5)).await;
+    assert_eq!(end.code, Some(close::TOO_MANY), "{end:?}");
+    assert!(
+        end.texts
+            .first()
+            .is_some_and(|t| t.contains("rate_limited")),
+        "{end:?}"
+    );
+
+    // Freeing a slot lets the next connection in.
+    drop(held.pop());
+    let start = Instant::now();
+    loop {
+        let mut ws = connect(&format!("{}/mesh/{}/host", relay.url(), unknown_mesh())).await;
+        if let RelayMsg::Challenge { .. } = next_relay_msg_or_close(&mut ws).await {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "slot was never released"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let m = relay.metrics().await;
+    assert!(
+        m.contains("atmosphere_relay_refusals_total{reason=\"too_many\",code=\"4429\"} 2"),
+        "{m}"
+    );
+}
+
+/// The first control message, or a fake `registered` if the socket was closed instead.
+async fn next_relay_msg_or_close(ws: &mut Ws) -> RelayMsg {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    while let Some(Ok(m)) = ws.next().await {
+        if let Message::Text(t) = m {
+            return serde_json::from_str(t.as_str()).unwrap();
+        }
+    }
+    RelayMsg::Registered {
+        mesh_id: String::new(),
+    }
+}
+
+#[tokio::test]
+async fn health_and_metrics_answer() {
+    let relay = Relay::start(&[]).await;
+    let h = relay.health().await;
+    assert_eq!(h["status"], "ok");
+    assert_eq!(h["meshes"], 0);
+    assert_eq!(h["sessions"], 0);
+    assert!(h["uptime_secs"].is_u64());
+    let m = relay.metrics().await;
+    for series in [
+        "atmosphere_relay_connections{kind=\"client\"}",
+        "atmosphere_relay_sessions ",
+        "atmosphere_relay_forwarded_bytes_total{direction=\"client_to_host\"}",
+        "atmosphere_relay_forwarded_frames_total{direction=\"host_to_client\"}",
+        "atmosphere_relay_refusals_total{reason=\"host_offline\",code=\"4404\"}",
+    ] {
+        assert!(m.contains(series), "missing {series} in\n{m}");
+    }
+}

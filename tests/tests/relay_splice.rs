@@ -1,0 +1,254 @@
+//! The splice, end to end through a real `atmosphere relay` process: a member socket on one
+//! side, the real `HostLink` (in this test process) on the other. Frames must pass both ways
+//! unchanged, endings must propagate promptly, nothing may leak after churn, and limits must
+//! be enforced with their documented codes.
+
+mod relay_common;
+
+use atmosphere_shared::relay_proto::{close, RelayMsg};
+use atmosphere_tests::Relay;
+use futures_util::{SinkExt, StreamExt};
+use relay_common::*;
+use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
+
+#[tokio::test]
+async fn frames_pass_both_ways_and_a_close_is_forwarded() {
+    let relay = Relay::start(&[]).await;
+    let mut host = TestHost::start(&relay.url()).await;
+    let mut member = connect(&host.member_url()).await;
+    // The member's first frame goes out before the host has even dialed in: it must not be lost.
+    member
+        .send(Message::text(r#"{"type":"join","path":"relay"}"#))
+        .await
+        .unwrap();
+    let mut h = host.next_session().await;
+    assert_eq!(
+        next_data(&mut h).await,
+        Message::text(r#"{"type":"join","path":"relay"}"#)
+    );
+
+    h.send(Message::text("hello member")).await.unwrap();
+    assert_eq!(next_data(&mut member).await, Message::text("hello member"));
+    member
+        .send(Message::binary(vec![0u8, 1, 2, 255]))
+        .await
+        .unwrap();
+    assert_eq!(
+        next_data(&mut h).await,
+        Message::binary(vec![0u8, 1, 2, 255])
+    );
+    let big = "x".repeat(100 * 1024);
+    h.send(Message::text(big.clone())).await.unwrap();
+    assert_eq!(next_data(&mut member).await, Message::text(big));
+
+    // A ping from the member reaches the host as a ping.
+    member
+        .send(Message::Ping(b"are you there".to_vec().into()))
+        .await
+        .unwrap();
+    let got_ping = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(Ok(m)) = h.next().await {
+            if let Message::Ping(p) = m {
+                return p.to_vec();
+            }
+        }
+        Vec::new()
+    })
+    .await
+    .unwrap();
+    assert_eq!(got_ping, b"are you there".to_vec());
+
+    // The member's close code and reason reach the host.
+    member
+        .close(Some(CloseFrame {
+            code: CloseCode::Normal,
+            reason: "bye".into(),
+        }))
+        .await
+        .unwrap();
+    let end = read_until_close(&mut h, Duration::from_secs(5)).await;
+    assert_eq!(end.code, Some(1000), "{end:?}");
+    assert_eq!(end.reason, "bye");
+
+    let m = relay.metrics().await;
+    assert!(
+        !m.contains("atmosphere_relay_forwarded_frames_total{direction=\"client_to_host\"} 0\n"),
+        "{m}"
+    );
+    assert!(
+        !m.contains("atmosphere_relay_forwarded_bytes_total{direction=\"host_to_client\"} 0\n"),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn when_one_side_vanishes_the_other_is_closed_promptly() {
+    // A long idle timeout: only the vanishing may end these sessions.
+    let relay = Relay::start(&["--idle-timeout", "300s"]).await;
+    let mut host = TestHost::start(&relay.url()).await;
+
+    // The member vanishes without a close frame (its TCP connection is simply dropped).
+    let member = connect(&host.member_url()).await;
+    let mut h = host.next_session().await;
+    drop(member);
+    let start = Instant::now();
+    let end = read_until_close(&mut h, Duration::from_secs(10)).await;
+    assert_eq!(end.code, Some(1001), "{end:?}");
+    assert!(start.elapsed() < Duration::from_secs(10));
+
+    // The host's data socket vanishes: the member is closed.
+    let mut member = connect(&host.member_url()).await;
+    let h = host.next_session().await;
+    drop(h);
+    let end = read_until_close(&mut member, Duration::from_secs(10)).await;
+    assert_eq!(end.code, Some(1001), "{end:?}");
+}
+
+#[tokio::test]
+async fn sessions_return_to_zero_after_200_sessions_of_churn() {
+    let relay = Relay::start(&[]).await;
+    let mut host = TestHost::start(&relay.url()).await;
+    for i in 0..200 {
+        let mut member = connect(&host.member_url()).await;
+        let mut h = host.next_session().await;
+        member.send(Message::text(format!("m{i}"))).await.unwrap();
+        assert_eq!(next_data(&mut h).await, Message::text(format!("m{i}")));
+        // Vary how sessions end: member closes, host closes, member vanishes, host vanishes.
+        match i % 4 {
+            0 => {
+                member.close(None).await.unwrap();
+                read_until_close(&mut h, Duration::from_secs(5)).await;
+            }
+            1 => {
+                h.close(None).await.unwrap();
+                read_until_close(&mut member, Duration::from_secs(5)).await;
+            }
+            2 => drop(member),
+            _ => drop(h),
+        }
+    }
+    let start = Instant::now();
+    let h = loop {
+        let h = relay.health().await;
+        if h["sessions"] == 0 && h["connections"] == 1 {
+            break h;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "sessions leaked: {h}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(h["meshes"], 1, "{h}");
+    let m = relay.metrics().await;
+    assert!(
+        m.contains("atmosphere_relay_sessions_spliced_total 200"),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn frame_over_the_limit_is_refused_with_4413() {
+    let relay = Relay::start(&["--max-frame-bytes", "4096"]).await;
+    let mut host = TestHost::start(&relay.url()).await;
+    let mut member = connect(&host.member_url()).await;
+    let mut h = host.next_session().await;
+    // Within the limit passes...
+    member.send(Message::text("y".repeat(4000))).await.unwrap();
+    assert_eq!(next_data(&mut h).await, Message::text("y".repeat(4000)));
+    // ...over it closes the sender with 4413 and tells the other side why.
+    let _ = member.send(Message::text("z".repeat(5000))).await;
+    let end = read_until_close(&mut member, Duration::from_secs(5)).await;
+    assert_eq!(end.code, Some(close::TOO_LARGE), "{end:?}");
+    let end = read_until_close(&mut h, Duration::from_secs(5)).await;
+    assert_eq!(end.code, Some(close::TOO_LARGE), "{end:?}");
+    let m = relay.metrics().await;
+    assert!(
+        m.contains("atmosphere_relay_refusals_total{reason=\"too_large\",code=\"4413\"} 1"),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn member_gets_timeout_when_the_host_never_dials_in() {
+    let relay = Relay::start(&["--accept-timeout", "300ms"]).await;
+    // A registered host that ignores session notices.
+    let key = new_key();
+    let mut control = register_ok(&relay.url(), &key).await;
+    let mut member = connect(&format!("{}/mesh/{}", relay.url(), mesh_of(&key))).await;
+    assert!(matches!(
+        next_relay_msg(&mut control).await,
+        RelayMsg::Session { .. }
+    ));
+    let end = read_until_close(&mut member, Duration::from_secs(10)).await;
+    assert_eq!(end.code, Some(close::TIMEOUT), "{end:?}");
+    assert!(
+        end.texts
+            .first()
+            .is_some_and(|t| t.contains("\"code\":\"timeout\"")),
+        "{end:?}"
+    );
+    assert_eq!(relay.health().await["sessions"], 0);
+}
+
+#[tokio::test]
+async fn data_socket_needs_the_session_secret() {
+    let relay = Relay::start(&[]).await;
+    let key = new_key();
+    let mesh = mesh_of(&key);
+    let mut control = register_ok(&relay.url(), &key).await;
+    let _member = connect(&format!("{}/mesh/{mesh}", relay.url())).await;
+    let RelayMsg::Session { session_id, .. } = next_relay_msg(&mut control).await else {
+        panic!()
+    };
+    // Without the secret (or with a wrong one) the data socket is refused with 4401.
+    let mut ws = connect(&format!("{}/mesh/{mesh}/session/{session_id}", relay.url())).await;
+    let end = read_until_close(&mut ws, Duration::from_secs(5)).await;
+    assert_eq!(end.code, Some(close::BAD_SIGNATURE), "{end:?}");
+    // An unknown session id is 4404.
+    let mut ws = connect(&format!("{}/mesh/{mesh}/session/00ff", relay.url())).await;
+    let end = read_until_close(&mut ws, Duration::from_secs(5)).await;
+    assert_eq!(end.code, Some(close::HOST_OFFLINE), "{end:?}");
+}
+
+#[tokio::test]
+async fn sessions_per_mesh_are_limited() {
+    let relay = Relay::start(&["--max-sessions-per-mesh", "2"]).await;
+    let mut host = TestHost::start(&relay.url()).await;
+    let _m1 = connect(&host.member_url()).await;
+    let _h1 = host.next_session().await;
+    let _m2 = connect(&host.member_url()).await;
+    let _h2 = host.next_session().await;
+    let mut m3 = connect(&host.member_url()).await;
+    let end = read_until_close(&mut m3, Duration::from_secs(5)).await;
+    assert_eq!(end.code, Some(close::TOO_MANY), "{end:?}");
+}
+
+#[tokio::test]
+async fn host_link_reconnects_after_the_relay_restarts() {
+    let mut relay = Relay::start(&[]).await;
+    let mut host = TestHost::start(&relay.url()).await;
+    relay.restart().await;
+    // The link notices, backs off, reconnects: members reach the host again.
+    host.wait_connected(Duration::from_secs(20)).await;
+    let start = Instant::now();
+    let mut member = loop {
+        let mut m = connect(&host.member_url()).await;
+        m.send(Message::text("again")).await.unwrap();
+        // Right after the restart the old registration may still be re-establishing.
+        match tokio::time::timeout(Duration::from_secs(3), host.sessions.recv()).await {
+            Ok(Some((mut h, _))) => {
+                assert_eq!(next_data(&mut h).await, Message::text("again"));
+                break m;
+            }
+            _ => assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "no session after restart"
+            ),
+        }
+    };
+    member.close(None).await.unwrap();
+}

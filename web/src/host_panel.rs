@@ -1,0 +1,564 @@
+//! The host view (`/`, admin): the JoinPanel. Mint an invite and show it as a QR code
+//! (the `join_url`), with the token, expiry and the app link; a Connectivity block that
+//! says at a glance which paths will work; outstanding invites (revocable) and member
+//! devices with their path, online state and last seen, refreshed live.
+//!
+//! Live updates: the host's `GET /api/events` (server-sent events) says when something
+//! changed; while that stream is not open (older host, proxy without streaming) the page
+//! polls every 2 s instead.
+
+use crate::api::{self, ApiFailure};
+use crate::qr;
+use atmosphere_shared::api::{DeviceView, InviteView, MeshView, NetworkSnapshot, RelayState, TokenRequest, TokenResponse};
+use leptos::prelude::*;
+use std::time::Duration;
+use wasm_bindgen::closure::Closure;
+use wasm_bindgen::JsCast;
+
+/// Polling period while the event stream is unavailable.
+const POLL_MS: u64 = 2_000;
+
+/// How healthy one connectivity row is (its color).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// Will work.
+    Good,
+    /// Might work / needs action.
+    Warn,
+    /// Will not work.
+    Bad,
+    /// Not set up.
+    Off,
+}
+
+impl Health {
+    fn class(self) -> &'static str {
+        match self {
+            Health::Good => "good",
+            Health::Warn => "warn",
+            Health::Bad => "bad",
+            Health::Off => "off",
+        }
+    }
+    fn word(self) -> &'static str {
+        match self {
+            Health::Good => "works",
+            Health::Warn => "needs setup",
+            Health::Bad => "not working",
+            Health::Off => "off",
+        }
+    }
+}
+
+/// One line of the Connectivity block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnRow {
+    pub label: &'static str,
+    pub health: Health,
+    pub value: String,
+    pub detail: String,
+}
+
+/// The port the mesh WebSocket listens on, read from an advertised endpoint URL.
+fn endpoint_port(net: &NetworkSnapshot) -> Option<String> {
+    let url = net.endpoints.local.as_deref().or(net.endpoints.public.as_deref())?;
+    let hostport = url.split("://").nth(1)?.split('/').next()?;
+    let port = hostport.rsplit_once(':')?.1;
+    port.chars().all(|c| c.is_ascii_digit()).then(|| port.to_string())
+}
+
+/// Turns the host's discovery snapshot into the rows a person reads.
+pub fn connectivity_rows(net: &NetworkSnapshot) -> Vec<ConnRow> {
+    let port = endpoint_port(net).unwrap_or_else(|| "11451".into());
+    let local = match &net.local_ip {
+        Some(ip) => ConnRow {
+            label: "Local",
+            health: Health::Good,
+            value: ip.clone(),
+            detail: "Devices on the same Wi-Fi/LAN connect directly.".into(),
+        },
+        None => ConnRow {
+            label: "Local",
+            health: Health::Bad,
+            value: "no LAN address".into(),
+            detail: "No network interface with a LAN address was found.".into(),
+        },
+    };
+    let stun_off = net.stun_source.is_none() && net.probes.is_empty();
+    let mut internet = match (&net.public_ip, net.cgnat) {
+        (_, true) => ConnRow {
+            label: "Internet",
+            health: Health::Bad,
+            value: net.public_ip.clone().unwrap_or_else(|| "behind carrier-grade NAT".into()),
+            detail: "Carrier-grade NAT (CGNAT): the provider shares one address among many customers, so a port forward will not help. Use a relay.".into(),
+        },
+        (Some(ip), false) if net.is_behind_nat => ConnRow {
+            label: "Internet",
+            health: Health::Warn,
+            value: ip.clone(),
+            detail: format!("Behind NAT: port forward required (router TCP {port} → this machine) for devices outside your network."),
+        },
+        (Some(ip), false) => ConnRow {
+            label: "Internet",
+            health: Health::Good,
+            value: ip.clone(),
+            detail: "Not behind NAT: reachable directly if no firewall blocks the port.".into(),
+        },
+        (None, false) if stun_off => ConnRow {
+            label: "Internet",
+            health: Health::Off,
+            value: "unknown".into(),
+            detail: "STUN is disabled, so the public address is not known.".into(),
+        },
+        (None, false) => ConnRow {
+            label: "Internet",
+            health: Health::Bad,
+            value: "unknown".into(),
+            detail: "No STUN server answered: the public address is not known.".into(),
+        },
+    };
+    if net.mapping_varies == Some(true) {
+        internet.detail.push_str(" STUN servers saw different mappings (endpoint-dependent NAT).");
+    }
+    if let Some(h) = &net.hint {
+        internet.detail.push(' ');
+        internet.detail.push_str(h);
+    }
+    let relay = match &net.relay {
+        None | Some(RelayState::NotConfigured) => ConnRow {
+            label: "Relay",
+            health: Health::Off,
+            value: "not configured".into(),
+            detail: "Start the host with --relay-url (or ATMOSPHERE_RELAY_URL) to reach it through any NAT.".into(),
+        },
+        Some(RelayState::Connecting { url }) => ConnRow {
+            label: "Relay",
+            health: Health::Warn,
+            value: "connecting".into(),
+            detail: format!("Registering with {url}…"),
+        },
+        Some(RelayState::Connected { url }) => ConnRow {
+            label: "Relay",
+            health: Health::Good,
+            value: "connected".into(),
+            detail: format!("Registered with {url}: devices anywhere can connect through it."),
+        },
+        Some(RelayState::Retrying { url, last_error, retry_in_ms }) => ConnRow {
+            label: "Relay",
+            health: Health::Bad,
+            value: "retrying".into(),
+            detail: format!("{url}: {last_error} (next try in {} s)", retry_in_ms.div_ceil(1000)),
+        },
+    };
+    let failed: Vec<String> =
+        net.probes.iter().filter_map(|p| p.error.as_ref().map(|e| format!("{}: {e}", p.server))).collect();
+    let stun = match &net.stun_source {
+        Some(src) => ConnRow {
+            label: "STUN",
+            health: if failed.is_empty() { Health::Good } else { Health::Warn },
+            value: src.clone(),
+            detail: if failed.is_empty() { "Public address discovered.".into() } else { format!("Some servers failed: {}", failed.join("; ")) },
+        },
+        None if stun_off => ConnRow {
+            label: "STUN",
+            health: Health::Off,
+            value: "disabled".into(),
+            detail: "ATMOSPHERE_STUN_SERVERS=none".into(),
+        },
+        None => ConnRow {
+            label: "STUN",
+            health: Health::Bad,
+            value: "no answer".into(),
+            detail: failed.join("; "),
+        },
+    };
+    vec![local, internet, relay, stun]
+}
+
+/// Milliseconds since the epoch of an RFC 3339 time (via the browser's date parser).
+fn parse_time(s: &str) -> Option<f64> {
+    let t = js_sys::Date::parse(s);
+    (!t.is_nan()).then_some(t)
+}
+
+/// "just now", "5 min ago", "in 23 h" — relative to `now_ms`.
+pub fn relative(t_ms: f64, now_ms: f64) -> String {
+    let d = (t_ms - now_ms) / 1000.0;
+    let (n, unit) = {
+        let a = d.abs();
+        if a < 45.0 {
+            return if d < 0.0 { "just now".into() } else { "in a moment".into() };
+        } else if a < 3600.0 {
+            ((a / 60.0).round(), "min")
+        } else if a < 86_400.0 * 2.0 {
+            ((a / 3600.0).round(), "h")
+        } else {
+            ((a / 86_400.0).round(), "days")
+        }
+    };
+    if d < 0.0 {
+        format!("{n} {unit} ago")
+    } else {
+        format!("in {n} {unit}")
+    }
+}
+
+fn when(s: &str) -> String {
+    match parse_time(s) {
+        Some(t) => relative(t, js_sys::Date::now()),
+        None => s.to_string(),
+    }
+}
+
+/// Writes text to the clipboard (async; failures are shown next to the button).
+fn copy(text: String, feedback: RwSignal<Option<String>>, what: &'static str) {
+    let Some(w) = web_sys::window() else { return };
+    let p = w.navigator().clipboard().write_text(&text);
+    leptos::task::spawn_local(async move {
+        let ok = wasm_bindgen_futures::JsFuture::from(p).await.is_ok();
+        feedback.set(Some(if ok { format!("{what} copied") } else { "Copy failed: select the text and copy it by hand".into() }));
+    });
+}
+
+/// Auth state of the page.
+#[derive(Debug, Clone, PartialEq)]
+enum Access {
+    Loading,
+    Ok,
+    NeedAdmin,
+    Unreachable(String),
+}
+
+#[derive(Clone, Copy)]
+struct Ctx {
+    access: RwSignal<Access>,
+    network: RwSignal<Option<NetworkSnapshot>>,
+    mesh: RwSignal<Option<MeshView>>,
+}
+
+async fn refresh(ctx: Ctx) {
+    let (mesh, net) = (api::get_json::<MeshView>("/api/mesh").await, api::get_json::<NetworkSnapshot>("/api/network").await);
+    match (&mesh, &net) {
+        (Err(ApiFailure::Unauthorized), _) | (_, Err(ApiFailure::Unauthorized)) => ctx.access.set(Access::NeedAdmin),
+        (Err(e), _) => ctx.access.set(Access::Unreachable(e.to_string())),
+        _ => ctx.access.set(Access::Ok),
+    }
+    if let Ok(m) = mesh {
+        ctx.mesh.set(Some(m));
+    }
+    if let Ok(n) = net {
+        ctx.network.set(Some(n));
+    }
+}
+
+/// Removes `?admin=…` from the address bar: the host has set its cookie by now, and the
+/// secret should not linger in history or on screen.
+fn hide_admin_secret() {
+    let Some(w) = web_sys::window() else { return };
+    let search = w.location().search().unwrap_or_default();
+    if search.contains("admin=") {
+        if let Ok(h) = w.history() {
+            let _ = h.replace_state_with_url(&wasm_bindgen::JsValue::NULL, "", Some("/"));
+        }
+    }
+}
+
+/// Opens the host's event stream; any event triggers a refresh. Returns a flag that is
+/// true while the stream is open, so the poller can stand down.
+fn subscribe(ctx: Ctx) -> StoredValue<bool> {
+    let open = StoredValue::new(false);
+    let Ok(es) = web_sys::EventSource::new("/api/events") else { return open };
+    let on_open = Closure::<dyn FnMut()>::new(move || open.set_value(true));
+    let on_change = Closure::<dyn FnMut()>::new(move || leptos::task::spawn_local(refresh(ctx)));
+    let es2 = es.clone();
+    let on_error = Closure::<dyn FnMut()>::new(move || {
+        open.set_value(false);
+        // A 404 (host without the stream) closes it for good: polling takes over.
+        if es2.ready_state() == web_sys::EventSource::CLOSED {
+            es2.close();
+        }
+    });
+    es.set_onopen(Some(on_open.as_ref().unchecked_ref()));
+    es.set_onmessage(Some(on_change.as_ref().unchecked_ref()));
+    // Named events some hosts use; each means "mesh state changed".
+    for name in ["mesh", "devices", "invites", "network", "change"] {
+        let _ = es.add_event_listener_with_callback(name, on_change.as_ref().unchecked_ref());
+    }
+    es.set_onerror(Some(on_error.as_ref().unchecked_ref()));
+    // The page lives as long as the stream: leak the callbacks on purpose.
+    on_open.forget();
+    on_change.forget();
+    on_error.forget();
+    open
+}
+
+/// The host view.
+#[component]
+pub fn HostPanel() -> impl IntoView {
+    let ctx = Ctx { access: RwSignal::new(Access::Loading), network: RwSignal::new(None), mesh: RwSignal::new(None) };
+    hide_admin_secret();
+    leptos::task::spawn_local(refresh(ctx));
+    let sse_open = subscribe(ctx);
+    // Polling fallback (also keeps "last seen" fresh); stops once the page is unauthorized.
+    let _ = set_interval_with_handle(
+        move || {
+            if !sse_open.get_value() && ctx.access.get_untracked() != Access::NeedAdmin {
+                leptos::task::spawn_local(refresh(ctx));
+            }
+        },
+        Duration::from_millis(POLL_MS),
+    );
+
+    view! {
+        <main class="page host">
+            <header class="top">
+                <h1>"Atmosphere"</h1>
+                {move || ctx.mesh.get().map(|m| view! { <p class="sub">"Mesh " <b>{m.mesh_name}</b></p> })}
+            </header>
+            {move || match ctx.access.get() {
+                Access::Loading => view! { <section class="card"><p class="muted">"Loading…"</p></section> }.into_any(),
+                Access::NeedAdmin => need_admin_view().into_any(),
+                Access::Unreachable(e) => view! {
+                    <section class="card banner bad">
+                        <h2 class="headline">"The host is not answering"</h2>
+                        <p>{e}</p>
+                        <p>"Is `atmosphere serve` still running?"</p>
+                    </section>
+                }.into_any(),
+                Access::Ok => view! {
+                    <JoinPanel ctx=ctx/>
+                    {connectivity_view(ctx)}
+                    {members_view(ctx)}
+                }.into_any(),
+            }}
+        </main>
+    }
+}
+
+fn need_admin_view() -> impl IntoView {
+    view! {
+        <section class="card banner warn" id="need-admin">
+            <h2 class="headline">"Admin access needed"</h2>
+            <p>"This page manages the mesh, so it needs the host's admin secret."</p>
+            <p>"Open the admin link printed by " <code>"atmosphere serve"</code> " ("
+                <code>"http://127.0.0.1:11451/?admin=…"</code> ")."</p>
+            <p class="muted">"Lost it? It is stored in the file " <code>"admin_secret"</code>
+                " in the host's data directory. To join this mesh from this device instead, open an invite link."</p>
+        </section>
+    }
+}
+
+#[component]
+fn JoinPanel(ctx: Ctx) -> impl IntoView {
+    let invite = RwSignal::new(None::<TokenResponse>);
+    let minting = RwSignal::new(false);
+    let error = RwSignal::new(None::<String>);
+    let feedback = RwSignal::new(None::<String>);
+    let mint = move || {
+        minting.set(true);
+        error.set(None);
+        feedback.set(None);
+        leptos::task::spawn_local(async move {
+            match api::post_json::<_, TokenResponse>("/api/mesh/token", &TokenRequest::default()).await {
+                Ok(t) => invite.set(Some(t)),
+                Err(ApiFailure::Unauthorized) => ctx.access.set(Access::NeedAdmin),
+                Err(e) => error.set(Some(format!("Could not create an invite: {e}"))),
+            }
+            minting.set(false);
+            refresh(ctx).await;
+        });
+    };
+    view! {
+        <section class="card invite">
+            <h2>"Invite a device"</h2>
+            <p class="muted">"Scan the code with a phone camera; the page that opens connects over the best path."</p>
+            <button id="generate" class="primary" on:click=move |_| mint() disabled=move || minting.get()>
+                {move || if minting.get() { "Generating…" } else { "Generate invite" }}
+            </button>
+            {move || error.get().map(|e| view! { <p class="error">{e}</p> })}
+            {move || invite.get().map(|t| invite_view(t, feedback))}
+        </section>
+    }
+}
+
+fn invite_view(t: TokenResponse, feedback: RwSignal<Option<String>>) -> impl IntoView {
+    let qr = match qr::svg_for(&t.join_url) {
+        Ok(svg) => view! { <div class="qr" id="invite-qr" inner_html=svg></div> }.into_any(),
+        Err(e) => view! { <p class="error">{e}</p> }.into_any(),
+    };
+    let (token, join_url, qr_data) = (t.token.clone(), t.join_url.clone(), t.qr_data.clone());
+    let paths: Vec<(String, Option<String>)> =
+        atmosphere_shared::PathKind::ALL.iter().map(|p| (p.to_string(), t.endpoints.get(*p).map(str::to_string))).collect();
+    let uses = match t.max_uses {
+        Some(1) => "single use".to_string(),
+        Some(n) => format!("up to {n} devices"),
+        None => "any number of devices".to_string(),
+    };
+    view! {
+        <div class="invite-body">
+            {qr}
+            <div class="invite-info">
+                <label>"Token"</label>
+                <div class="copy-row">
+                    <code id="invite-token" class="token">{t.token.clone()}</code>
+                    <button on:click=move |_| copy(token.clone(), feedback, "Token")>"Copy"</button>
+                </div>
+                <label>"Join link"</label>
+                <div class="copy-row">
+                    <a id="invite-link" class="link" href=t.join_url.clone() target="_blank">{t.join_url.clone()}</a>
+                    <button on:click=move |_| copy(join_url.clone(), feedback, "Join link")>"Copy"</button>
+                </div>
+                <button class="secondary" on:click=move |_| copy(qr_data.clone(), feedback, "App link")>"Copy app link"</button>
+                <p class="muted" id="invite-expiry">{format!("Expires {} ({}), {uses}.", when(&t.expires_at), t.expires_at)}</p>
+                <ul class="included">
+                    {paths.into_iter().map(|(p, url)| match url {
+                        Some(u) => view! { <li><span class=format!("badge {p}")>{p.clone()}</span>" "<span class="mono">{u}</span></li> }.into_any(),
+                        None => view! { <li class="muted"><span class="badge off">{p.clone()}</span>" not available"</li> }.into_any(),
+                    }).collect_view()}
+                </ul>
+                {move || feedback.get().map(|f| view! { <p class="note">{f}</p> })}
+            </div>
+        </div>
+    }
+}
+
+fn connectivity_view(ctx: Ctx) -> impl IntoView {
+    view! {
+        <section class="card">
+            <h2>"Connectivity"</h2>
+            {move || match ctx.network.get() {
+                None => view! { <p class="muted">"Discovering…"</p> }.into_any(),
+                Some(net) => view! {
+                    <ul class="conn" id="connectivity">
+                        {connectivity_rows(&net).into_iter().map(|r| view! {
+                            <li class=format!("conn-row {}", r.health.class()) data-row=r.label>
+                                <span class="dot"></span>
+                                <span class="conn-label">{r.label}</span>
+                                <span class="conn-value">{r.value}</span>
+                                <span class=format!("pill {}", r.health.class())>{r.health.word()}</span>
+                                <span class="conn-detail">{r.detail}</span>
+                            </li>
+                        }).collect_view()}
+                    </ul>
+                }.into_any(),
+            }}
+        </section>
+    }
+}
+
+fn members_view(ctx: Ctx) -> impl IntoView {
+    let revoke = move |id: String| {
+        leptos::task::spawn_local(async move {
+            let _ = api::delete(&format!("/api/mesh/invites/{id}")).await;
+            refresh(ctx).await;
+        });
+    };
+    view! {
+        <section class="card">
+            <h2>"Devices"</h2>
+            {move || {
+                let devices = ctx.mesh.get().map(|m| m.devices).unwrap_or_default();
+                if devices.is_empty() {
+                    view! { <p class="muted">"No devices yet. Generate an invite and scan it."</p> }.into_any()
+                } else {
+                    view! { <ul class="devices" id="devices">{devices.into_iter().map(device_view).collect_view()}</ul> }.into_any()
+                }
+            }}
+        </section>
+        <section class="card">
+            <h2>"Outstanding invites"</h2>
+            {move || {
+                let now = js_sys::Date::now();
+                let invites: Vec<InviteView> = ctx.mesh.get().map(|m| m.invites).unwrap_or_default().into_iter()
+                    .filter(|i| !i.revoked && parse_time(&i.expires_at).is_none_or(|t| t > now))
+                    .filter(|i| i.max_uses.is_none_or(|m| i.uses < m))
+                    .collect();
+                if invites.is_empty() {
+                    view! { <p class="muted">"None."</p> }.into_any()
+                } else {
+                    view! { <ul class="invites" id="invites">{invites.into_iter().map(|i| {
+                        let id = i.invite_id.clone();
+                        let uses = match i.max_uses { Some(m) => format!("{}/{m} used", i.uses), None => format!("{} used", i.uses) };
+                        view! {
+                            <li class="invite-row" data-invite=i.invite_id.clone()>
+                                <span class="name">{i.label.clone().unwrap_or_else(|| format!("Invite {}", short(&i.invite_id)))}</span>
+                                <span class="muted">{format!("created {}, expires {}, {uses}", when(&i.created_at), when(&i.expires_at))}</span>
+                                <button class="danger" on:click=move |_| revoke(id.clone())>"Revoke"</button>
+                            </li>
+                        }
+                    }).collect_view()}</ul> }.into_any()
+                }
+            }}
+        </section>
+    }
+}
+
+fn short(id: &str) -> String {
+    id.chars().take(8).collect()
+}
+
+fn device_view(d: DeviceView) -> impl IntoView {
+    let path = d.path.map(|p| p.as_str()).unwrap_or("—");
+    let seen = if d.online {
+        "online now".to_string()
+    } else {
+        d.last_seen.as_deref().map(|s| format!("last seen {}", when(s))).unwrap_or_else(|| "never connected".into())
+    };
+    let (id, platform) = (d.device_id.clone(), d.platform.clone());
+    view! {
+        <li class=if d.online { "device online" } else { "device offline" } data-device=id data-platform=platform data-path=path>
+            <span class="dot"></span>
+            <span class="name">{d.name}</span>
+            <span class="muted">{d.platform}</span>
+            <span class=format!("badge {path}")>{path}</span>
+            <span class="muted seen">{seen}</span>
+        </li>
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cgnat_says_port_forward_will_not_help() {
+        let net = NetworkSnapshot { public_ip: Some("100.64.1.2".into()), cgnat: true, is_behind_nat: true, ..Default::default() };
+        let rows = connectivity_rows(&net);
+        assert_eq!(rows[1].health, Health::Bad);
+        assert!(rows[1].detail.contains("port forward will not help"));
+    }
+
+    #[test]
+    fn nat_requires_port_forward_on_the_mesh_port() {
+        let mut net = NetworkSnapshot { public_ip: Some("203.0.113.5".into()), is_behind_nat: true, ..Default::default() };
+        net.endpoints.local = Some("ws://192.168.1.2:12345".into());
+        let rows = connectivity_rows(&net);
+        assert_eq!(rows[1].health, Health::Warn);
+        assert!(rows[1].detail.contains("port forward required"), "{}", rows[1].detail);
+        assert!(rows[1].detail.contains("12345"));
+    }
+
+    #[test]
+    fn relay_states() {
+        let mut net = NetworkSnapshot::default();
+        assert_eq!(connectivity_rows(&net)[2].value, "not configured");
+        net.relay = Some(RelayState::Retrying { url: "wss://r".into(), last_error: "refused".into(), retry_in_ms: 1500 });
+        let r = &connectivity_rows(&net)[2];
+        assert_eq!((r.health, r.value.as_str()), (Health::Bad, "retrying"));
+        assert!(r.detail.contains("refused") && r.detail.contains("2 s"));
+    }
+
+    #[test]
+    fn stun_disabled_is_off_not_broken() {
+        let rows = connectivity_rows(&NetworkSnapshot::default());
+        assert_eq!(rows[3].health, Health::Off);
+        assert_eq!(rows[1].health, Health::Off);
+    }
+
+    #[test]
+    fn relative_times() {
+        assert_eq!(relative(0.0, 10_000.0), "just now");
+        assert_eq!(relative(0.0, 600_000.0), "10 min ago");
+        assert_eq!(relative(86_400_000.0, 0.0), "in 24 h");
+    }
+}

@@ -1,0 +1,501 @@
+//! The Join view (`/join#…`, usually on a phone that scanned the host's QR code): decode
+//! the invite with the shared codec, race its endpoints with the shared policy (through
+//! [`crate::ws`]), show each path's progress live, remember the device credential, then
+//! show the mesh (members, their paths, a small message box).
+
+use crate::storage;
+use crate::ws::{self, Connector, ShellEvent};
+use atmosphere_shared::racing::{FailReason, Policy, RaceEvent};
+use atmosphere_shared::wire::{ClientMsg, DeviceInfo, ErrorCode, Peer, ServerMsg};
+use atmosphere_shared::{Invite, PathKind};
+use leptos::prelude::*;
+
+/// Progress of one endpoint row.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RowState {
+    Waiting,
+    Trying,
+    Failed(String),
+    Connected(u64),
+    /// Another path won first; this one was stopped.
+    NotNeeded,
+    /// The race ended (host refusal) before this path was tried.
+    NotTried,
+}
+
+/// One endpoint of the invite, as shown to the person.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    pub path: PathKind,
+    pub url: String,
+    pub state: RowState,
+}
+
+/// Where the page is.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Phase {
+    /// No invite in the address: only the paste box.
+    NoInvite,
+    /// The link could not be decoded.
+    BadLink(String),
+    Racing,
+    Connected { path: PathKind, elapsed_ms: u64, mesh_name: String, device_id: String },
+    /// The host refused the invite or credential; nothing else is tried.
+    Refused { title: String, detail: String },
+    AllFailed,
+    Disconnected { reason: String },
+}
+
+/// A chat line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Line {
+    pub from: String,
+    pub text: String,
+    pub mine: bool,
+}
+
+/// Most chat lines kept on screen.
+const MAX_LINES: usize = 200;
+/// Longest message a person may send (characters); the wire limit is larger.
+const MAX_MESSAGE_CHARS: usize = 2000;
+/// Longest link accepted in the paste box.
+const MAX_LINK_CHARS: usize = 8 * 1024;
+
+/// The page's reactive state; `Copy`, so callbacks can capture it freely.
+#[derive(Clone, Copy)]
+struct Ctx {
+    invite: RwSignal<Option<Invite>>,
+    rows: RwSignal<Vec<Row>>,
+    phase: RwSignal<Phase>,
+    members: RwSignal<Vec<Peer>>,
+    lines: RwSignal<Vec<Line>>,
+    connector: StoredValue<Option<Connector>, LocalStorage>,
+    /// Mesh id of the stored credential used for this attempt, if any.
+    used_credential: StoredValue<Option<String>>,
+}
+
+/// The sentence a person reads for a host refusal.
+pub fn refusal_words(code: ErrorCode, message: &str) -> (String, String) {
+    let (title, detail) = match code {
+        ErrorCode::TokenExpired => ("This invite has expired", "Ask the host for a new invite (a fresh QR code)."),
+        ErrorCode::TokenExhausted => ("This invite has been used up", "It allowed a limited number of devices. Ask the host for a new one."),
+        ErrorCode::TokenRevoked => ("This invite was revoked", "The host cancelled it. Ask the host for a new one."),
+        ErrorCode::InvalidToken => ("This invite is not valid", "The host does not know this invite. Check you scanned the latest QR code."),
+        ErrorCode::UnknownDevice => ("The host no longer knows this device", "Ask the host for a new invite."),
+        ErrorCode::RateLimited => ("Too many attempts", "Wait a minute and try again."),
+        _ => ("The host refused to let this device in", ""),
+    };
+    let detail = if message.is_empty() { detail.to_string() } else { format!("{detail} (host said: {message})") };
+    (title.to_string(), detail)
+}
+
+/// A failure reason in plain words.
+pub fn reason_words(reason: &FailReason) -> String {
+    match reason {
+        FailReason::Host { code: ErrorCode::HostOffline, .. } => {
+            "the host is offline (the relay has no host for this mesh right now)".into()
+        }
+        FailReason::Timeout { after_ms } => format!("no answer within {} s", after_ms.div_ceil(1000)),
+        other => other.to_string(),
+    }
+}
+
+/// A short name for this device from its user agent, e.g. "Android phone (browser)".
+pub fn device_name(user_agent: &str) -> String {
+    let ua = user_agent.to_ascii_lowercase();
+    let kind = if ua.contains("iphone") {
+        "iPhone"
+    } else if ua.contains("ipad") {
+        "iPad"
+    } else if ua.contains("android") {
+        "Android phone"
+    } else if ua.contains("mac os") {
+        "Mac"
+    } else if ua.contains("windows") {
+        "Windows PC"
+    } else if ua.contains("cros") {
+        "Chromebook"
+    } else if ua.contains("linux") {
+        "Linux PC"
+    } else {
+        "Device"
+    };
+    format!("{kind} (browser)")
+}
+
+fn page_is_https() -> bool {
+    web_sys::window().and_then(|w| w.location().protocol().ok()).is_some_and(|p| p == "https:")
+}
+
+fn user_agent() -> String {
+    web_sys::window().and_then(|w| w.navigator().user_agent().ok()).unwrap_or_default()
+}
+
+/// Starts (or restarts) the race for `invite`. `allow_credential`: rejoin with a stored
+/// device credential for this host when there is one.
+fn begin(ctx: Ctx, invite: Invite, allow_credential: bool) {
+    ctx.connector.update_value(|c| {
+        if let Some(c) = c.take() {
+            c.stop();
+        }
+    });
+    ctx.rows.set(
+        invite.endpoints.iter().map(|(path, url)| Row { path, url: url.to_string(), state: RowState::Waiting }).collect(),
+    );
+    ctx.members.set(Vec::new());
+    ctx.phase.set(Phase::Racing);
+    ctx.invite.set(Some(invite.clone()));
+
+    let stored = if allow_credential { storage::find_for_endpoints(invite.endpoints.iter().map(|(_, u)| u)) } else { None };
+    ctx.used_credential.set_value(stored.as_ref().map(|c| c.mesh_id.clone()));
+    let credential = match &stored {
+        Some(c) => ws::Credential::Device { device_id: c.device_id.clone(), device_key: c.device_key.clone() },
+        None => ws::Credential::Token {
+            token: invite.token.clone(),
+            device: DeviceInfo { name: device_name(&user_agent()), platform: "browser".into() },
+        },
+    };
+    let policy = Policy { page_is_https: page_is_https(), ..Policy::default() };
+    let inv = invite.clone();
+    let connector = Connector::start(&invite.endpoints, policy, credential, move |ev| on_event(ctx, &inv, stored.as_ref(), ev));
+    ctx.connector.set_value(Some(connector));
+}
+
+fn set_row(ctx: Ctx, path: PathKind, state: RowState) {
+    ctx.rows.update(|rows| {
+        if let Some(r) = rows.iter_mut().find(|r| r.path == path) {
+            r.state = state;
+        }
+    });
+}
+
+fn on_event(ctx: Ctx, invite: &Invite, stored: Option<&storage::Credential>, ev: ShellEvent) {
+    match ev {
+        ShellEvent::Race(RaceEvent::Trying { path, .. }) => set_row(ctx, path, RowState::Trying),
+        ShellEvent::Race(RaceEvent::Failed { path, reason }) => set_row(ctx, path, RowState::Failed(reason_words(&reason))),
+        ShellEvent::Race(RaceEvent::Connected { path, elapsed_ms }) => {
+            ctx.rows.update(|rows| {
+                for r in rows.iter_mut() {
+                    if r.path == path {
+                        r.state = RowState::Connected(elapsed_ms);
+                    } else if matches!(r.state, RowState::Trying | RowState::Waiting) {
+                        r.state = RowState::NotNeeded;
+                    }
+                }
+            });
+        }
+        ShellEvent::Race(RaceEvent::AllFailed { .. }) => ctx.phase.set(Phase::AllFailed),
+        ShellEvent::Race(RaceEvent::Fatal { code, message, .. }) => {
+            ctx.rows.update(|rows| {
+                for r in rows.iter_mut().filter(|r| matches!(r.state, RowState::Waiting | RowState::Trying)) {
+                    r.state = RowState::NotTried;
+                }
+            });
+            // A stale credential (the host was reset) is not the invite's fault: forget it
+            // and join with the invite's token instead.
+            if code == ErrorCode::UnknownDevice {
+                if let Some(c) = stored {
+                    storage::forget(&c.mesh_id);
+                    let inv = invite.clone();
+                    // Not from inside the shell's callback: restart on the next tick.
+                    leptos::prelude::queue_microtask(move || begin(ctx, inv, false));
+                    return;
+                }
+            }
+            let (title, detail) = refusal_words(code, &message);
+            ctx.phase.set(Phase::Refused { title, detail });
+        }
+        ShellEvent::Joined { path, elapsed_ms, joined } => {
+            if let ServerMsg::Joined { mesh_id, mesh_name, device_id, device_key, peers } = joined {
+                let key = device_key.or_else(|| stored.map(|c| c.device_key.clone()));
+                if let Some(device_key) = key {
+                    storage::save(storage::Credential {
+                        mesh_id,
+                        mesh_name: mesh_name.clone(),
+                        device_id: device_id.clone(),
+                        device_key,
+                        endpoints: invite.endpoints.iter().map(|(_, u)| u.to_string()).collect(),
+                    });
+                }
+                ctx.members.set(peers);
+                ctx.phase.set(Phase::Connected { path, elapsed_ms, mesh_name, device_id });
+            }
+        }
+        ShellEvent::Frame(msg) => on_frame(ctx, msg),
+        ShellEvent::SessionClosed { reason } => {
+            ctx.members.set(Vec::new());
+            ctx.phase.set(Phase::Disconnected { reason });
+        }
+    }
+}
+
+fn on_frame(ctx: Ctx, msg: ServerMsg) {
+    match msg {
+        ServerMsg::Peers { peers } => ctx.members.set(peers),
+        ServerMsg::PeerJoined { peer } => ctx.members.update(|m| {
+            m.retain(|p| p.device_id != peer.device_id);
+            m.push(peer);
+        }),
+        ServerMsg::PeerLeft { device_id } => ctx.members.update(|m| m.retain(|p| p.device_id != device_id)),
+        ServerMsg::Message { from, body } => {
+            let from = ctx
+                .members
+                .with_untracked(|m| m.iter().find(|p| p.device_id == from).map(|p| p.name.clone()))
+                .unwrap_or(from);
+            let text = match body {
+                serde_json::Value::String(s) => s,
+                other => other.to_string(),
+            };
+            push_line(ctx, Line { from, text, mine: false });
+        }
+        ServerMsg::Error { message, .. } => push_line(ctx, Line { from: "host".into(), text: message, mine: false }),
+        ServerMsg::Joined { .. } => {}
+    }
+}
+
+fn push_line(ctx: Ctx, line: Line) {
+    ctx.lines.update(|l| {
+        l.push(line);
+        let extra = l.len().saturating_sub(MAX_LINES);
+        l.drain(..extra);
+    });
+}
+
+fn current_link() -> Option<String> {
+    let loc = web_sys::window()?.location();
+    let href = loc.href().ok()?;
+    let has_params = !loc.hash().unwrap_or_default().is_empty() || !loc.search().unwrap_or_default().is_empty();
+    has_params.then_some(href)
+}
+
+/// The Join view.
+#[component]
+pub fn JoinPage() -> impl IntoView {
+    let ctx = Ctx {
+        invite: RwSignal::new(None),
+        rows: RwSignal::new(Vec::new()),
+        phase: RwSignal::new(Phase::NoInvite),
+        members: RwSignal::new(Vec::new()),
+        lines: RwSignal::new(Vec::new()),
+        connector: StoredValue::new_local(None),
+        used_credential: StoredValue::new(None),
+    };
+    if let Some(link) = current_link() {
+        match Invite::parse(&link) {
+            Ok(inv) => begin(ctx, inv, true),
+            Err(e) => ctx.phase.set(Phase::BadLink(e.to_string())),
+        }
+    }
+
+    let paste = RwSignal::new(String::new());
+    let paste_error = RwSignal::new(None::<String>);
+    let join_pasted = move || {
+        let text = paste.get_untracked();
+        let text = text.trim();
+        if text.len() > MAX_LINK_CHARS {
+            paste_error.set(Some("That link is far too long to be an invite.".into()));
+            return;
+        }
+        match Invite::parse(text) {
+            Ok(inv) => {
+                paste_error.set(None);
+                begin(ctx, inv, true);
+            }
+            Err(e) => paste_error.set(Some(format!("That is not an invite link: {e}"))),
+        }
+    };
+
+    view! {
+        <main class="page join">
+            <header class="top">
+                <h1>"Atmosphere"</h1>
+                {move || ctx.invite.get().map(|i| view! { <p class="sub">"Joining mesh " <b>{i.mesh_name}</b></p> })}
+            </header>
+            {move || status_view(ctx)}
+            {move || (!ctx.rows.get().is_empty()).then(|| view! {
+                <section class="card">
+                    <h2>"Paths"</h2>
+                    <ul class="paths">
+                        {ctx.rows.get().into_iter().map(row_view).collect_view()}
+                    </ul>
+                </section>
+            })}
+            {move || matches!(ctx.phase.get(), Phase::Connected { .. }).then(|| mesh_view(ctx))}
+            <section class="card paste">
+                <h2>"Have a link?"</h2>
+                <p class="muted">"Paste an invite link (atmosphere://join?…, or a http(s)://…/join#… link)."</p>
+                <textarea id="paste-link" rows="3" placeholder="atmosphere://join?token=ATM-…"
+                    prop:value=move || paste.get()
+                    on:input=move |ev| paste.set(event_target_value(&ev))></textarea>
+                <button id="paste-join" on:click=move |_| join_pasted()>"Join with this link"</button>
+                {move || paste_error.get().map(|e| view! { <p class="error">{e}</p> })}
+            </section>
+        </main>
+    }
+}
+
+fn status_view(ctx: Ctx) -> impl IntoView {
+    match ctx.phase.get() {
+        Phase::NoInvite => view! {
+            <section class="card banner">
+                <h2 class="headline">"No invite in this link"</h2>
+                <p>"Scan the QR code shown by the host, or paste an invite link below."</p>
+            </section>
+        }
+        .into_any(),
+        Phase::BadLink(e) => view! {
+            <section class="card banner bad">
+                <h2 class="headline">"This link is not a valid invite"</h2>
+                <p>{e}</p>
+            </section>
+        }
+        .into_any(),
+        Phase::Racing => view! {
+            <section class="card banner">
+                <h2 class="headline">"Connecting…"</h2>
+                <p>"Trying every way to reach the host; the first that answers wins."</p>
+            </section>
+        }
+        .into_any(),
+        Phase::Connected { path, elapsed_ms, mesh_name, .. } => view! {
+            <section class="card banner good">
+                <h2 class="headline" id="headline">{format!("Connected via {path}")}</h2>
+                <p>{format!("Member of \u{201c}{mesh_name}\u{201d} — joined in {elapsed_ms} ms.")}</p>
+            </section>
+        }
+        .into_any(),
+        Phase::Refused { title, detail } => view! {
+            <section class="card banner bad">
+                <h2 class="headline" id="headline">{title}</h2>
+                <p>{detail}</p>
+            </section>
+        }
+        .into_any(),
+        Phase::AllFailed => view! {
+            <section class="card banner bad">
+                <h2 class="headline" id="headline">"Could not reach the host"</h2>
+                <p>"Every path failed; the reason for each is below. Is the host running, and are you on its network or is a relay configured?"</p>
+                <button on:click=move |_| retry(ctx)>"Try again"</button>
+            </section>
+        }
+        .into_any(),
+        Phase::Disconnected { reason } => view! {
+            <section class="card banner warn">
+                <h2 class="headline" id="headline">"Disconnected from the host"</h2>
+                <p>{reason}</p>
+                <button on:click=move |_| retry(ctx)>"Reconnect"</button>
+            </section>
+        }
+        .into_any(),
+    }
+}
+
+fn retry(ctx: Ctx) {
+    if let Some(inv) = ctx.invite.get_untracked() {
+        begin(ctx, inv, true);
+    }
+}
+
+fn row_view(row: Row) -> impl IntoView {
+    let (class, text) = match &row.state {
+        RowState::Waiting => ("waiting", "waiting".to_string()),
+        RowState::Trying => ("trying", "trying…".to_string()),
+        RowState::Failed(r) => ("failed", format!("failed: {r}")),
+        RowState::Connected(ms) => ("connected", format!("connected in {ms} ms")),
+        RowState::NotNeeded => ("idle", "not needed".to_string()),
+        RowState::NotTried => ("idle", "not tried".to_string()),
+    };
+    view! {
+        <li class=format!("path-row {class}") data-path=row.path.as_str()>
+            <span class="dot"></span>
+            <span class="path-name">{row.path.as_str()}</span>
+            <span class="path-url">{row.url}</span>
+            <span class="path-state">{text}</span>
+        </li>
+    }
+}
+
+fn mesh_view(ctx: Ctx) -> impl IntoView {
+    let draft = RwSignal::new(String::new());
+    let send_error = RwSignal::new(None::<String>);
+    let send = move || {
+        let text: String = draft.get_untracked().trim().chars().take(MAX_MESSAGE_CHARS).collect();
+        if text.is_empty() {
+            return;
+        }
+        let msg = ClientMsg::Send { to: None, body: serde_json::Value::String(text.clone()) };
+        let res = ctx.connector.with_value(|c| c.as_ref().map(|c| c.send(&msg)));
+        match res {
+            Some(Ok(())) => {
+                draft.set(String::new());
+                send_error.set(None);
+                push_line(ctx, Line { from: "you".into(), text, mine: true });
+            }
+            Some(Err(e)) => send_error.set(Some(e)),
+            None => send_error.set(Some("not connected".into())),
+        }
+    };
+    let (my_path, my_id) = match ctx.phase.get_untracked() {
+        Phase::Connected { path, device_id, .. } => (path, device_id),
+        _ => (PathKind::Local, String::new()),
+    };
+    view! {
+        <section class="card">
+            <h2>"Members online"</h2>
+            <ul class="members">
+                <li class="member me"><span class="name">"This device"</span><span class=format!("badge {my_path}")>{my_path.as_str()}</span><span class="muted mono">{short_id(&my_id)}</span></li>
+                {move || ctx.members.get().into_iter().map(|p| view! {
+                    <li class="member">
+                        <span class="name">{p.name}</span>
+                        <span class=format!("badge {}", p.path)>{p.path.as_str()}</span>
+                        <span class="muted">{p.platform}</span>
+                    </li>
+                }).collect_view()}
+            </ul>
+        </section>
+        <section class="card">
+            <h2>"Messages"</h2>
+            <ul class="chat" id="chat">
+                {move || ctx.lines.get().into_iter().map(|l| view! {
+                    <li class=if l.mine { "line mine" } else { "line" }><b>{l.from}": "</b>{l.text}</li>
+                }).collect_view()}
+            </ul>
+            <div class="send-row">
+                <input id="message" type="text" placeholder="Message to everyone" maxlength="2000"
+                    prop:value=move || draft.get()
+                    on:input=move |ev| draft.set(event_target_value(&ev))
+                    on:keydown=move |ev: web_sys::KeyboardEvent| if ev.key() == "Enter" { send() } />
+                <button id="send" on:click=move |_| send()>"Send"</button>
+            </div>
+            {move || send_error.get().map(|e| view! { <p class="error">{e}</p> })}
+        </section>
+    }
+}
+
+fn short_id(id: &str) -> String {
+    id.chars().take(8).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expired_invite_reads_plainly() {
+        let (title, _) = refusal_words(ErrorCode::TokenExpired, "");
+        assert_eq!(title, "This invite has expired");
+    }
+
+    #[test]
+    fn device_names() {
+        assert_eq!(device_name("Mozilla/5.0 (Linux; Android 14; Pixel 8)"), "Android phone (browser)");
+        assert_eq!(device_name("Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X)"), "iPhone (browser)");
+        assert_eq!(device_name(""), "Device (browser)");
+    }
+
+    #[test]
+    fn host_offline_reason_is_plain() {
+        let r = FailReason::Host { code: ErrorCode::HostOffline, message: "no host".into() };
+        assert!(reason_words(&r).contains("host is offline"));
+    }
+}
