@@ -21,6 +21,7 @@ if [ "$want_test" = 1 ]; then
   command -v zbarimg >/dev/null || need_pkgs+=(zbar-tools)
   command -v nft >/dev/null || need_pkgs+=(nftables)
   command -v ip >/dev/null || need_pkgs+=(iproute2)
+  command -v nginx >/dev/null || need_pkgs+=(nginx-light)  # relay load-balancer test (docs/relay/nginx-lb.conf)
 fi
 command -v gzip >/dev/null || need_pkgs+=(gzip)
 if [ "${#need_pkgs[@]}" -gt 0 ]; then

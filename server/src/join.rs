@@ -650,13 +650,25 @@ fn describe_peer(p: &Peer) -> String {
 
 /// Prints one host frame of a live session.
 fn show(m: &ServerMsg, printer: &Printer, names: &mut HashMap<String, String>) {
+    // `names` is who is online now (device id → name), for readable lines and to skip
+    // presence lists that say nothing new (the host's first one repeats `joined`'s).
+    let mut left_name = None;
     match m {
         ServerMsg::PeerJoined { peer } => {
             names.insert(peer.device_id.clone(), peer.name.clone());
         }
         ServerMsg::Peers { peers } => {
-            names.extend(peers.iter().map(|p| (p.device_id.clone(), p.name.clone())));
+            let same = peers.len() == names.len()
+                && peers.iter().all(|p| names.contains_key(&p.device_id));
+            if same {
+                return;
+            }
+            *names = peers
+                .iter()
+                .map(|p| (p.device_id.clone(), p.name.clone()))
+                .collect();
         }
+        ServerMsg::PeerLeft { device_id } => left_name = names.remove(device_id),
         _ => {}
     }
     if printer.json {
@@ -666,8 +678,7 @@ fn show(m: &ServerMsg, printer: &Printer, names: &mut HashMap<String, String>) {
     match m {
         ServerMsg::PeerJoined { peer } => println!("+ {} joined", describe_peer(peer)),
         ServerMsg::PeerLeft { device_id } => {
-            let who = names.remove(device_id).unwrap_or_else(|| device_id.clone());
-            println!("- {who} left");
+            println!("- {} left", left_name.unwrap_or_else(|| device_id.clone()));
         }
         ServerMsg::Peers { peers } => {
             let list: Vec<String> = peers.iter().map(describe_peer).collect();

@@ -152,6 +152,14 @@ struct Kick {
 }
 
 impl Kick {
+    fn reason(&self) -> String {
+        self.reason
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .unwrap_or("kicked")
+            .to_string()
+    }
+
     fn kick(&self, reason: &'static str) {
         *self.reason.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
         self.notify.notify_one();
@@ -572,6 +580,13 @@ impl Hub {
             );
             peers
         };
+        // Even if this task panicked, the guard takes the member out of the presence table.
+        let presence = PresenceGuard {
+            hub: self.clone(),
+            device_id: me.device_id.clone(),
+            conn,
+            done: false,
+        };
         self.metrics.joined(me.path);
         info!(device_id = %me.device_id, name = %me.name, platform = %me.platform, path = %me.path,
             addr = %source.addr, new_device = a.device_key.is_some(), "member joined");
@@ -608,20 +623,7 @@ impl Hub {
         };
 
         // Leave: drop from presence unless a newer session of this device already took over.
-        let was_current = {
-            let mut members = self.lock_members();
-            let ours = members.get(&me.device_id).is_some_and(|m| m.conn == conn);
-            if ours {
-                members.remove(&me.device_id);
-                let left: Arc<str> = ServerMsg::PeerLeft {
-                    device_id: me.device_id.clone(),
-                }
-                .to_json()
-                .into();
-                self.fanout(&members, None, &left);
-            }
-            ours
-        };
+        let was_current = presence.finish();
         let id = me.device_id.clone();
         let path_s = me.path.as_str().to_string();
         if let Err(e) = self
@@ -689,14 +691,14 @@ impl Hub {
                 }
                 out = rx.recv() => {
                     let Some(text) = out else { return "dropped".into() };
-                    if let Err(r) = self.send_text(sock, text.to_string()).await {
-                        return r;
+                    // A member whose socket is full blocks here; a kick (queue overflow)
+                    // must still end it at once rather than after the write timeout.
+                    tokio::select! {
+                        r = self.send_text(sock, text.to_string()) => if let Err(r) = r { return r },
+                        _ = kick.notify.notified() => return kick.reason(),
                     }
                 }
-                _ = kick.notify.notified() => {
-                    let reason = kick.reason.lock().unwrap_or_else(|p| p.into_inner()).unwrap_or("kicked");
-                    return reason.to_string();
-                }
+                _ = kick.notify.notified() => return kick.reason(),
                 _ = ping.tick() => {
                     if let Err(r) = self.send_frame(sock, Frame::Ping(b"atmosphere".to_vec())).await {
                         return r;
@@ -745,6 +747,23 @@ impl Hub {
         }
     }
 
+    /// Takes session `conn` of `device_id` out of presence and tells the others, unless a
+    /// newer session of the same device replaced it. Returns whether it was current.
+    fn leave(&self, device_id: &str, conn: u64) -> bool {
+        let mut members = self.lock_members();
+        let ours = members.get(device_id).is_some_and(|m| m.conn == conn);
+        if ours {
+            members.remove(device_id);
+            let left: Arc<str> = ServerMsg::PeerLeft {
+                device_id: device_id.to_string(),
+            }
+            .to_json()
+            .into();
+            self.fanout(&members, None, &left);
+        }
+        ours
+    }
+
     /// Routes a `send` from `from` to one member or to everyone else.
     fn deliver(&self, from: &Peer, to: Option<&str>, body: serde_json::Value) {
         let frame: Arc<str> = ServerMsg::Message {
@@ -782,6 +801,30 @@ impl Hub {
                 m.kick.kick("too slow: outbound queue overflowed");
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+}
+
+/// Removes a session from the presence table when it ends, however it ends.
+struct PresenceGuard {
+    hub: Arc<Hub>,
+    device_id: String,
+    conn: u64,
+    done: bool,
+}
+
+impl PresenceGuard {
+    /// Leaves now; returns whether this session was still the device's current one.
+    fn finish(mut self) -> bool {
+        self.done = true;
+        self.hub.leave(&self.device_id, self.conn)
+    }
+}
+
+impl Drop for PresenceGuard {
+    fn drop(&mut self) {
+        if !self.done {
+            self.hub.leave(&self.device_id, self.conn);
         }
     }
 }

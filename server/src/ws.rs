@@ -32,13 +32,39 @@ pub enum RecvError {
     Broken(String),
 }
 
+/// Why sending failed (the text of the underlying library's error).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendError(pub String);
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+// `From` conversions rather than `sink_map_err`: that combinator's closure is `FnOnce` and
+// panics on a second error ("polled MapErr after completion").
+impl From<axum::Error> for SendError {
+    fn from(e: axum::Error) -> Self {
+        SendError(e.to_string())
+    }
+}
+
+impl From<tungstenite::Error> for SendError {
+    fn from(e: tungstenite::Error) -> Self {
+        SendError(e.to_string())
+    }
+}
+
 type FrameStream = Pin<Box<dyn Stream<Item = Result<Frame, RecvError>> + Send>>;
-type FrameSink = Pin<Box<dyn Sink<Frame, Error = String> + Send>>;
+type FrameSink = Pin<Box<dyn Sink<Frame, Error = SendError> + Send>>;
 
 /// A member socket as the session handler sees it.
 pub struct FrameSocket {
     rx: FrameStream,
     tx: FrameSink,
+    /// Set once the sink was closed or failed: later sends fail fast without touching it.
+    done: bool,
 }
 
 impl FrameSocket {
@@ -51,12 +77,11 @@ impl FrameSocket {
                 Err(e) => Some(Err(classify(e.into_inner()))),
             })
         });
-        let tx = tx
-            .sink_map_err(|e: axum::Error| e.to_string())
-            .with(|f: Frame| future::ready(Ok::<_, String>(to_axum_msg(f))));
+        let tx = tx.with(|f: Frame| future::ready(Ok::<_, SendError>(to_axum_msg(f))));
         FrameSocket {
             rx: Box::pin(rx),
             tx: Box::pin(tx),
+            done: false,
         }
     }
 
@@ -72,12 +97,11 @@ impl FrameSocket {
                 Err(e) => Some(Err(classify(Box::new(e)))),
             })
         });
-        let tx = tx
-            .sink_map_err(|e: tungstenite::Error| e.to_string())
-            .with(|f: Frame| future::ready(Ok::<_, String>(to_tungstenite_msg(f))));
+        let tx = tx.with(|f: Frame| future::ready(Ok::<_, SendError>(to_tungstenite_msg(f))));
         FrameSocket {
             rx: Box::pin(rx),
             tx: Box::pin(tx),
+            done: false,
         }
     }
 
@@ -87,17 +111,28 @@ impl FrameSocket {
     }
 
     /// Sends and flushes one frame.
-    pub async fn send(&mut self, frame: Frame) -> Result<(), String> {
-        self.tx.send(frame).await
+    pub async fn send(&mut self, frame: Frame) -> Result<(), SendError> {
+        if self.done {
+            return Err(SendError("the socket is closed".into()));
+        }
+        let r = self.tx.send(frame).await;
+        if r.is_err() {
+            self.done = true;
+        }
+        r
     }
 
-    /// Sends a close frame (best effort) and closes the sink.
+    /// Sends a close frame and closes the sink (best effort; idempotent).
     pub async fn close(&mut self, code: u16, reason: &str) {
+        if self.done {
+            return;
+        }
         let _ = self
             .tx
             .send(Frame::Close(Some((code, reason.to_string()))))
             .await;
         let _ = self.tx.close().await;
+        self.done = true;
     }
 }
 

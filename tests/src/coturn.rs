@@ -1,12 +1,12 @@
 //! A real STUN server for the tests: Debian's coturn (`turnserver`) in STUN-only mode on
-//! 127.0.0.1, on a free UDP port, killed when dropped. Nothing here leaves loopback.
+//! 127.0.0.1 (or ::1), on a free UDP port, killed when dropped. Nothing here leaves loopback.
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A running `turnserver --stun-only` on 127.0.0.1.
+/// A running `turnserver --stun-only` on a loopback address.
 pub struct Coturn {
     child: Child,
     addr: SocketAddr,
@@ -19,22 +19,29 @@ impl Coturn {
     /// request. Panics with a clear message when `turnserver` is not installed or never
     /// answers.
     pub fn start() -> Coturn {
+        Coturn::start_on(IpAddr::V4(Ipv4Addr::LOCALHOST))
+    }
+
+    /// Like [`Coturn::start`] on another loopback address (e.g. `::1` for IPv6 tests).
+    pub fn start_on(ip: IpAddr) -> Coturn {
+        assert!(
+            ip.is_loopback(),
+            "test STUN servers live on loopback only, not {ip}"
+        );
         let mut last_log = String::new();
         // A free port can be taken between our check and coturn's bind: retry a few times.
         for _ in 0..5 {
-            match Coturn::try_start() {
+            match Coturn::try_start(ip) {
                 Ok(c) => return c,
                 Err(log) => last_log = log,
             }
         }
-        panic!(
-            "coturn did not answer STUN on 127.0.0.1 after 5 tries; its last output:\n{last_log}"
-        );
+        panic!("coturn did not answer STUN on {ip} after 5 tries; its last output:\n{last_log}");
     }
 
-    fn try_start() -> Result<Coturn, String> {
+    fn try_start(ip: IpAddr) -> Result<Coturn, String> {
         let dir = tempfile::tempdir().unwrap();
-        let port = free_udp_port();
+        let port = free_udp_port_on(ip);
         let log = dir.path().join("turnserver.log");
         let out = std::fs::File::create(&log).unwrap();
         let err = out.try_clone().unwrap();
@@ -42,7 +49,7 @@ impl Coturn {
             .args([
                 // Ignore /etc/turnserver.conf (it may send logs to syslog or enable TLS).
                 "-n",
-                "--listening-ip=127.0.0.1",
+                &format!("--listening-ip={ip}"),
                 &format!("--listening-port={port}"),
                 "--stun-only",
                 "--no-cli",
@@ -71,7 +78,7 @@ impl Coturn {
         };
         let mut c = Coturn {
             child,
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            addr: SocketAddr::new(ip, port),
             log,
             _dir: dir,
         };
@@ -87,7 +94,7 @@ impl Coturn {
         Err(c.output())
     }
 
-    /// `127.0.0.1:PORT`.
+    /// `127.0.0.1:PORT` (or `[::1]:PORT`).
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
@@ -97,7 +104,8 @@ impl Coturn {
         self.addr.to_string()
     }
 
-    /// The `stun_source` name Atmosphere gives this server: `stun:127.0.0.1:PORT`.
+    /// The `stun_source` name Atmosphere gives this server: `stun:127.0.0.1:PORT`
+    /// (`stun:[::1]:PORT` for IPv6).
     pub fn stun_source(&self) -> String {
         format!("stun:{}", self.addr)
     }
@@ -117,11 +125,21 @@ impl Drop for Coturn {
 
 /// A UDP port that was free a moment ago on 127.0.0.1.
 pub fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
+    free_udp_port_on(IpAddr::V4(Ipv4Addr::LOCALHOST))
+}
+
+/// A UDP port that was free a moment ago on `ip`.
+pub fn free_udp_port_on(ip: IpAddr) -> u16 {
+    UdpSocket::bind(SocketAddr::new(ip, 0))
         .unwrap()
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// Whether this machine has IPv6 loopback (`::1`); IPv6 tests skip without it.
+pub fn has_ipv6_loopback() -> bool {
+    UdpSocket::bind("[::1]:0").is_ok()
 }
 
 /// A loopback UDP address where a socket receives and never answers (a dead STUN server
@@ -137,7 +155,7 @@ pub fn silent_udp() -> (UdpSocket, SocketAddr) {
 /// the same transaction id came back. The product's STUN client uses the stun-rs codec;
 /// this harness stays dependency-free for a 20-byte readiness check.
 fn binding_answered(addr: SocketAddr, wait: Duration) -> bool {
-    let Ok(sock) = UdpSocket::bind("127.0.0.1:0") else {
+    let Ok(sock) = UdpSocket::bind(SocketAddr::new(addr.ip(), 0)) else {
         return false;
     };
     let _ = sock.set_read_timeout(Some(wait));

@@ -258,7 +258,13 @@ impl Relay {
         let args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
         let tls = args.iter().any(|a| a == "--tls-cert");
         let proc = Relay::launch(port, &args, tmp.path());
-        let r = Relay { port, proc, args, tls, _tmp: tmp };
+        let r = Relay {
+            port,
+            proc,
+            args,
+            tls,
+            _tmp: tmp,
+        };
         r.wait_up().await;
         r
     }
@@ -286,9 +292,18 @@ impl Relay {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         } else {
-            wait_http_ok(&format!("{}/health", self.http_base()), Duration::from_secs(20)).await
+            wait_http_ok(
+                &format!("{}/health", self.http_base()),
+                Duration::from_secs(20),
+            )
+            .await
         };
-        assert!(up, "relay did not come up on port {}:\n{}", self.port, self.proc.output());
+        assert!(
+            up,
+            "relay did not come up on port {}:\n{}",
+            self.port,
+            self.proc.output()
+        );
     }
 
     /// Kills the relay and starts a new process on the same port with the same flags.
@@ -323,11 +338,21 @@ impl Relay {
 
     /// `GET /health` as JSON (plain relays only).
     pub async fn health(&self) -> serde_json::Value {
-        reqwest::get(format!("{}/health", self.http_base())).await.unwrap().json().await.unwrap()
+        reqwest::get(format!("{}/health", self.http_base()))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
     }
 
     /// `GET /metrics` text (plain relays only).
     pub async fn metrics(&self) -> String {
-        reqwest::get(format!("{}/metrics", self.http_base())).await.unwrap().text().await.unwrap()
+        reqwest::get(format!("{}/metrics", self.http_base()))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
     }
 }

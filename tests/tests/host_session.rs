@@ -225,6 +225,11 @@ async fn presence_and_messages_between_members() {
     b.ws.close(None).await.unwrap();
     let pl = a.next_of_type("peer_left").await;
     assert_eq!(pl["device_id"], b_id.as_str());
+    assert!(
+        !host.proc.output().contains("panicked"),
+        "{}",
+        host.proc.output()
+    );
 }
 
 #[tokio::test]
@@ -303,6 +308,11 @@ async fn bad_input_is_answered_and_closed_while_others_keep_working() {
     assert_eq!(msg["from"], c_id.as_str());
     assert_eq!(msg["body"], "still here?");
     assert_eq!(host.get_json("/health").await["status"], "ok");
+    assert!(
+        !host.proc.output().contains("panicked"),
+        "{}",
+        host.proc.output()
+    );
 }
 
 #[tokio::test]
@@ -381,4 +391,63 @@ async fn token_guessing_from_one_address_is_rate_limited() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(logged, "no rate-limit log line:\n{}", host.proc.output());
+}
+
+#[tokio::test]
+async fn a_member_that_stops_reading_is_dropped_without_slowing_the_others() {
+    let host = Host::start().await;
+    let inv = host.mint(&TokenRequest::default()).await;
+    let url = host.ws_url();
+    let (mut alice, ja) = Member::join_token(&url, &inv.token, "Alice").await;
+    joined_ids(&ja);
+    // Stalled: joins, then never reads again.
+    let (_stalled, js) = Member::join_token(&url, &inv.token, "Stalled").await;
+    let (stalled_id, _) = joined_ids(&js);
+    let (mut bob, jb) = Member::join_token(&url, &inv.token, "Bob").await;
+    let (b_id, _) = joined_ids(&jb);
+
+    // ~48 MB of broadcasts: far more than the stalled member's queue and socket buffers.
+    const N: usize = 800;
+    let chunk = "m".repeat(60_000);
+    let reader = tokio::spawn(async move {
+        let mut got = 0;
+        while got < N {
+            let v = alice.next_of_type("message").await;
+            assert_eq!(v["from"], b_id.as_str());
+            got += 1;
+        }
+        got
+    });
+    for i in 0..N {
+        bob.send(json!({"type":"send","to":null,"body":{"i":i,"pad":chunk}}))
+            .await;
+    }
+    let got = tokio::time::timeout(Duration::from_secs(60), reader)
+        .await
+        .expect("Alice was held up")
+        .unwrap();
+    assert_eq!(got, N);
+
+    let mut dropped = false;
+    for _ in 0..100 {
+        let mesh = host.get_json("/api/mesh").await;
+        let d = mesh["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["device_id"] == stalled_id.as_str())
+            .unwrap();
+        if d["online"] == false {
+            dropped = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(dropped, "the stalled member was never dropped");
+    assert!(
+        host.proc.output().contains("cannot keep up"),
+        "{}",
+        host.proc.output()
+    );
+    assert!(!host.proc.output().contains("panicked"));
 }

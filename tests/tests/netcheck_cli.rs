@@ -1,7 +1,7 @@
 //! `atmosphere netcheck` as a person runs it, against a real coturn STUN server on
 //! loopback. Every run names its STUN servers (flag or env): never the public defaults.
 
-use atmosphere_tests::coturn::{silent_udp, Coturn};
+use atmosphere_tests::coturn::{has_ipv6_loopback, silent_udp, Coturn};
 use atmosphere_tests::{bin_path, free_port};
 use serde_json::Value;
 use std::process::{Command, Output};
@@ -259,4 +259,57 @@ fn help_explains_flags_and_env() {
     ] {
         assert!(text.contains(want), "--help lacks {want}:\n{text}");
     }
+}
+
+#[test]
+fn ipv6_server_and_mixed_families() {
+    if !has_ipv6_loopback() {
+        eprintln!("skipped: this machine has no ::1");
+        return;
+    }
+    let v6 = Coturn::start_on("::1".parse().unwrap());
+    let v4 = Coturn::start();
+    assert!(
+        v6.stun_source().starts_with("stun:[::1]:"),
+        "{}",
+        v6.stun_source()
+    );
+
+    let j = json_of(&netcheck(
+        &["--json", "--stun-server", &v6.server_arg()],
+        "none",
+    ));
+    assert_eq!(j["public_ip"], "::1", "XOR-MAPPED-ADDRESS over IPv6: {j:#}");
+    assert_eq!(j["stun_source"], v6.stun_source());
+    let mapped: std::net::SocketAddr = j["probes"][0]["mapped"].as_str().unwrap().parse().unwrap();
+    assert!(mapped.is_ipv6(), "{j:#}");
+    assert!(
+        j["endpoints"]["public"]
+            .as_str()
+            .unwrap()
+            .starts_with("ws://[::1]:"),
+        "IPv6 endpoint in brackets: {j:#}"
+    );
+
+    let j = json_of(&netcheck(
+        &[
+            "--json",
+            "--stun-server",
+            &v6.server_arg(),
+            "--stun-server",
+            &v4.server_arg(),
+        ],
+        "none",
+    ));
+    let probes = j["probes"].as_array().unwrap();
+    assert!(
+        probes.iter().all(|p| p["mapped"].is_string()),
+        "both families answer: {j:#}"
+    );
+    assert_eq!(j["public_ip"], "127.0.0.1", "IPv4 answer preferred: {j:#}");
+    assert_eq!(
+        j["mapping_varies"],
+        Value::Null,
+        "one answer per family cannot be compared: {j:#}"
+    );
 }

@@ -234,20 +234,31 @@ struct Ctx {
     access: RwSignal<Access>,
     network: RwSignal<Option<NetworkSnapshot>>,
     mesh: RwSignal<Option<MeshView>>,
+    /// The invite on screen; kept here so it survives re-renders of the panel.
+    invite: RwSignal<Option<TokenResponse>>,
 }
 
 async fn refresh(ctx: Ctx) {
     let (mesh, net) = (api::get_json::<MeshView>("/api/mesh").await, api::get_json::<NetworkSnapshot>("/api/network").await);
-    match (&mesh, &net) {
-        (Err(ApiFailure::Unauthorized), _) | (_, Err(ApiFailure::Unauthorized)) => ctx.access.set(Access::NeedAdmin),
-        (Err(e), _) => ctx.access.set(Access::Unreachable(e.to_string())),
-        _ => ctx.access.set(Access::Ok),
-    }
+    let access = match (&mesh, &net) {
+        (Err(ApiFailure::Unauthorized), _) | (_, Err(ApiFailure::Unauthorized)) => Access::NeedAdmin,
+        (Err(e), _) => Access::Unreachable(e.to_string()),
+        _ => Access::Ok,
+    };
+    // Setting a signal always notifies; re-rendering the panel would drop what it shows.
+    set_if_changed(ctx.access, access);
     if let Ok(m) = mesh {
-        ctx.mesh.set(Some(m));
+        set_if_changed(ctx.mesh, Some(m));
     }
     if let Ok(n) = net {
-        ctx.network.set(Some(n));
+        set_if_changed(ctx.network, Some(n));
+    }
+}
+
+/// Sets `sig` only when the value differs, so an unchanged poll does not rebuild the DOM.
+fn set_if_changed<T: PartialEq + Send + Sync + 'static>(sig: RwSignal<T>, value: T) {
+    if sig.with_untracked(|v| *v != value) {
+        sig.set(value);
     }
 }
 
@@ -295,7 +306,12 @@ fn subscribe(ctx: Ctx) -> StoredValue<bool> {
 /// The host view.
 #[component]
 pub fn HostPanel() -> impl IntoView {
-    let ctx = Ctx { access: RwSignal::new(Access::Loading), network: RwSignal::new(None), mesh: RwSignal::new(None) };
+    let ctx = Ctx {
+        access: RwSignal::new(Access::Loading),
+        network: RwSignal::new(None),
+        mesh: RwSignal::new(None),
+        invite: RwSignal::new(None),
+    };
     hide_admin_secret();
     leptos::task::spawn_local(refresh(ctx));
     let sse_open = subscribe(ctx);
@@ -350,7 +366,7 @@ fn need_admin_view() -> impl IntoView {
 
 #[component]
 fn JoinPanel(ctx: Ctx) -> impl IntoView {
-    let invite = RwSignal::new(None::<TokenResponse>);
+    let invite = ctx.invite;
     let minting = RwSignal::new(false);
     let error = RwSignal::new(None::<String>);
     let feedback = RwSignal::new(None::<String>);

@@ -85,7 +85,8 @@ pub fn refusal_words(code: ErrorCode, message: &str) -> (String, String) {
         ErrorCode::RateLimited => ("Too many attempts", "Wait a minute and try again."),
         _ => ("The host refused to let this device in", ""),
     };
-    let detail = if message.is_empty() { detail.to_string() } else { format!("{detail} (host said: {message})") };
+    // Known codes have our own sentence; for others the host's message is the best we have.
+    let detail = if detail.is_empty() && !message.is_empty() { message.to_string() } else { detail.to_string() };
     (title.to_string(), detail)
 }
 
@@ -96,6 +97,7 @@ pub fn reason_words(reason: &FailReason) -> String {
             "the host is offline (the relay has no host for this mesh right now)".into()
         }
         FailReason::Timeout { after_ms } => format!("no answer within {} s", after_ms.div_ceil(1000)),
+        FailReason::Host { message, .. } if !message.is_empty() => format!("the host said: {message}"),
         other => other.to_string(),
     }
 }

@@ -35,7 +35,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 /// Largest WebSocket frame/message the socket layer buffers. Slightly above the protocol
 /// limit so a frame just over [`MAX_FRAME_BYTES`] is read whole and answered `too_large`;
@@ -140,17 +140,27 @@ pub struct AppState(Arc<Inner>);
 
 /// The contents of [`AppState`].
 pub struct Inner {
+    /// Live sessions, presence and the event feed.
     pub hub: Arc<Hub>,
+    /// The SQLite store.
     pub store: Store,
+    /// Background network discovery (cached snapshot).
     pub discovery: Discovery,
+    /// The relay control link, with `--relay-url`.
     pub host_link: Option<HostLink>,
+    /// Contents of `<data-dir>/admin_secret`.
     pub admin_secret: String,
+    /// Counters for `/metrics`.
     pub metrics: Arc<Metrics>,
     /// The port actually listened on.
     pub port: u16,
+    /// `--web-url`: base of invite join links.
     pub web_url: Option<String>,
+    /// `--local-ip`: the advertised LAN address.
     pub local_ip: Option<IpAddr>,
+    /// The web UI build being served, if any.
     pub web_dir: Option<PathBuf>,
+    /// Start time (for `uptime_secs`).
     pub started: Instant,
 }
 
@@ -169,7 +179,6 @@ pub async fn run(args: Args) -> ExitCode {
     match run_inner(args).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(Fail(code, e)) => {
-            error!("{e:#}");
             eprintln!("error: {e:#}");
             ExitCode::from(code)
         }
