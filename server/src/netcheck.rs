@@ -11,8 +11,11 @@
 //!   "stun_source": "stun:host:port",         // the server that gave public_ip, or null
 //!   "is_behind_nat": true,
 //!   "mapping_varies": false,                 // null with fewer than two answers
-//!   "cgnat": false,
+//!   "cgnat": false,                          // 100.64.0.0/10 here, in STUN or on the path
+//!   "cgnat_hop": "100.64.0.1",               // the first 100.64.0.0/10 router on the path, or null
 //!   "hint": "human sentence" ,               // or null
+//!   "path": {"target": "ip:port", "error": null,   // TTL-limited probes toward the STUN
+//!            "hops": [{"ttl": 1, "addr": "192.168.1.1", "destination": false}]},  // server; or null
 //!   "endpoints": {"local": "ws://…", "public": "ws://…" , "relay": "ws(s)://…"},
 //!   "probes": [{"server": "stun:host:port", "mapped": "ip:port", "rtt_ms": 12, "error": null}],
 //!   "relay": {"url": "wss://…", "status": "reachable|unreachable|not_configured|invalid",
@@ -24,7 +27,7 @@
 //! The exit code is 0 whatever the network says: netcheck reports, it does not judge.
 
 use crate::discovery::{self, DiscoveryConfig};
-use atmosphere_shared::api::{NetworkSnapshot, StunProbe};
+use atmosphere_shared::api::{NetworkSnapshot, PathTrace, StunProbe};
 use atmosphere_shared::link::Endpoints;
 use serde::Serialize;
 use std::net::{IpAddr, SocketAddr};
@@ -35,7 +38,9 @@ use tokio::net::TcpStream;
 const JSON_HELP: &str = "\
 With --json, prints one JSON object:
   {\"local_ip\", \"local_ips\": [..], \"public_ip\", \"stun_source\", \"is_behind_nat\",
-   \"mapping_varies\" (null with fewer than two answers), \"cgnat\", \"hint\",
+   \"mapping_varies\" (null with fewer than two answers), \"cgnat\", \"cgnat_hop\", \"hint\",
+   \"path\": {\"target\": \"ip:port\", \"hops\": [{\"ttl\", \"addr\", \"destination\"}], \"error\"}
+     (a short traceroute toward the first STUN server that answered; null without one),
    \"endpoints\": {\"local\", \"public\", \"relay\"},
    \"probes\": [{\"server\": \"stun:host:port\", \"mapped\": \"ip:port\", \"rtt_ms\", \"error\"}],
    \"relay\": {\"url\", \"status\": \"reachable|unreachable|not_configured|invalid\", \"error\",
@@ -67,7 +72,8 @@ pub struct Args {
     pub json: bool,
 
     /// Deadline in milliseconds for the STUN round (all servers in parallel, with
-    /// retransmits) and, separately, for the relay check (100..=60000).
+    /// retransmits) and, separately, for the relay check (100..=60000). The path probe
+    /// toward the STUN server that answered follows STUN and has its own 1.5 s limit.
     #[arg(long, value_name = "MS", default_value_t = 2000,
           value_parser = clap::value_parser!(u64).range(100..=60000))]
     pub timeout_ms: u64,
@@ -141,7 +147,11 @@ pub struct Report {
     pub is_behind_nat: bool,
     pub mapping_varies: Option<bool>,
     pub cgnat: bool,
+    /// The first router on the path to the STUN server with a 100.64.0.0/10 address.
+    pub cgnat_hop: Option<String>,
     pub hint: Option<String>,
+    /// The routers toward the STUN server (null when no STUN server answered).
+    pub path: Option<PathTrace>,
     pub endpoints: Endpoints,
     pub probes: Vec<StunProbe>,
     pub relay: RelayCheck,
@@ -162,7 +172,9 @@ impl Report {
             is_behind_nat: snap.is_behind_nat,
             mapping_varies: snap.mapping_varies,
             cgnat: snap.cgnat,
+            cgnat_hop: snap.cgnat_hop,
             hint: snap.hint,
+            path: snap.path,
             endpoints,
             probes: snap.probes,
             relay,
@@ -426,9 +438,31 @@ pub fn render_table(r: &Report, stun_disabled: bool) -> String {
         None => "unknown (needs two STUN answers)",
     };
     row(&mut o, "NAT mapping", mapping);
-    row(&mut o, "carrier-grade NAT", yes_no(r.cgnat));
+    let cgnat = match (&r.cgnat_hop, r.cgnat) {
+        (Some(hop), _) => format!("yes (router {hop} on the path is in 100.64.0.0/10)"),
+        (None, c) => yes_no(c).to_string(),
+    };
+    row(&mut o, "carrier-grade NAT", &cgnat);
     if let Some(h) = &r.hint {
         row(&mut o, "hint", h);
+    }
+
+    if let Some(p) = &r.path {
+        let _ = writeln!(o, "Path to {}", p.target);
+        for h in &p.hops {
+            let addr = h.addr.as_deref().unwrap_or("* (no answer)");
+            let note = if h.destination {
+                "  (the STUN server)"
+            } else if r.cgnat_hop.as_deref() == h.addr.as_deref() && h.addr.is_some() {
+                "  (carrier-grade NAT, 100.64.0.0/10)"
+            } else {
+                ""
+            };
+            row(&mut o, &format!("hop {}", h.ttl), &format!("{addr}{note}"));
+        }
+        if let Some(e) = &p.error {
+            row(&mut o, "note", e);
+        }
     }
 
     let _ = writeln!(o, "Relay");
@@ -455,6 +489,61 @@ pub fn render_table(r: &Report, stun_disabled: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn table_shows_the_carrier_nat_hop() {
+        use atmosphere_shared::api::PathHop;
+        let hop = |ttl: u8, addr: Option<&str>, destination: bool| PathHop {
+            ttl,
+            addr: addr.map(str::to_string),
+            destination,
+        };
+        let snap = NetworkSnapshot {
+            cgnat: true,
+            cgnat_hop: Some("100.64.0.1".into()),
+            path: Some(PathTrace {
+                target: "203.0.113.10:3478".into(),
+                hops: vec![
+                    hop(1, Some("192.168.1.1"), false),
+                    hop(2, Some("100.64.0.1"), false),
+                    hop(3, None, false),
+                    hop(4, Some("203.0.113.10"), true),
+                ],
+                error: None,
+            }),
+            ..Default::default()
+        };
+        let t = render_table(&Report::new(snap, RelayCheck::not_configured()), false);
+        assert!(
+            t.contains("yes (router 100.64.0.1 on the path is in 100.64.0.0/10)"),
+            "{t}"
+        );
+        assert!(t.contains("Path to 203.0.113.10:3478"), "{t}");
+        assert!(
+            t.lines()
+                .any(|l| l.contains("hop 2") && l.contains("100.64.0.1  (carrier-grade NAT")),
+            "{t}"
+        );
+        assert!(
+            t.lines()
+                .any(|l| l.contains("hop 3") && l.contains("no answer")),
+            "{t}"
+        );
+        assert!(
+            t.lines()
+                .any(|l| l.contains("hop 4") && l.contains("the STUN server")),
+            "{t}"
+        );
+        let json = serde_json::to_value(Report::new(
+            NetworkSnapshot::default(),
+            RelayCheck::not_configured(),
+        ))
+        .unwrap();
+        assert!(
+            json["path"].is_null() && json["cgnat_hop"].is_null(),
+            "{json}"
+        );
+    }
 
     #[tokio::test]
     async fn relay_check_states() {

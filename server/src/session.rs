@@ -13,8 +13,9 @@
 //!    session is closed.
 //! 3. **End**: removed from presence, others get `peer_left`, `last_seen` is stored.
 //!
-//! A slow member never blocks the others: every member has a bounded outbound queue that
-//! others fill with `try_send`; when it overflows the member is dropped.
+//! A slow member never blocks the others: every member has a bounded outbound queue. A
+//! sender facing a full queue waits a short grace (flow control for bursts); a member whose
+//! queue stays full is dropped.
 //! Bad input (non-JSON, unknown type, binary, oversized frames) gets `bad_request` or
 //! `too_large` and a close; nothing a member sends can panic the host.
 
@@ -55,6 +56,9 @@ pub struct SessionConfig {
     pub outbound_queue: usize,
     /// Longest a single write to a member may take.
     pub write_timeout: Duration,
+    /// How long a sender waits for a recipient with a full queue before that recipient is
+    /// considered stalled and dropped.
+    pub slow_grace: Duration,
 }
 
 impl Default for SessionConfig {
@@ -67,6 +71,7 @@ impl Default for SessionConfig {
             failure_window: Duration::from_secs(60),
             outbound_queue: 256,
             write_timeout: Duration::from_secs(10),
+            slow_grace: Duration::from_secs(2),
         }
     }
 }
@@ -686,7 +691,7 @@ impl Hub {
                             return self.protocol_error(sock, ErrorCode::BadRequest,
                                 "already joined; join is only valid as the first frame".into()).await;
                         }
-                        Ok(ClientMsg::Send { to, body }) => self.deliver(me, to.as_deref(), body),
+                        Ok(ClientMsg::Send { to, body }) => self.deliver(me, to.as_deref(), body).await,
                     }
                 }
                 out = rx.recv() => {
@@ -765,42 +770,71 @@ impl Hub {
     }
 
     /// Routes a `send` from `from` to one member or to everyone else.
-    fn deliver(&self, from: &Peer, to: Option<&str>, body: serde_json::Value) {
+    ///
+    /// Flow control: a recipient whose queue is full makes the *sender* wait (its session
+    /// reads no further frames meanwhile), so a flood is paced to its readers and memory stays
+    /// bounded. A recipient that makes no room within [`SessionConfig::slow_grace`] is
+    /// stalled and is dropped; the sender then carries on. Nobody else waits on it.
+    async fn deliver(&self, from: &Peer, to: Option<&str>, body: serde_json::Value) {
         let frame: Arc<str> = ServerMsg::Message {
             from: from.device_id.clone(),
             body,
         }
         .to_json()
         .into();
-        let members = self.lock_members();
-        match to {
-            None => self.fanout(&members, Some(&from.device_id), &frame),
-            Some(id) => match members.get(id) {
-                Some(m) => Self::offer(id, m, &frame),
-                None => {
-                    debug!(from = %from.device_id, to = %id, "message for a device that is not online dropped")
+        let mut waiting = Vec::new();
+        {
+            let members = self.lock_members();
+            let targets: Vec<(&String, &Member)> = match to {
+                None => members
+                    .iter()
+                    .filter(|(id, _)| **id != from.device_id)
+                    .collect(),
+                Some(id) => match members.get_key_value(id) {
+                    Some(t) => vec![t],
+                    None => {
+                        debug!(from = %from.device_id, to = %id, "message for a device that is not online dropped");
+                        vec![]
+                    }
+                },
+            };
+            for (id, m) in targets {
+                if let Err(mpsc::error::TrySendError::Full(f)) = m.tx.try_send(frame.clone()) {
+                    waiting.push((id.clone(), m.tx.clone(), m.kick.clone(), f));
                 }
-            },
+            }
         }
+        let grace = self.cfg.slow_grace;
+        futures_util::future::join_all(waiting.into_iter().map(|(id, tx, kick, f)| async move {
+            if timeout(grace, tx.send(f)).await.is_err() {
+                warn!(device_id = %id, "member cannot keep up (outbound queue full); dropping it");
+                kick.kick("too slow: outbound queue stayed full");
+            }
+        }))
+        .await;
     }
 
-    /// Queues `frame` for every member except `except`.
+    /// Queues a host-originated frame (presence) for every member except `except`. Never
+    /// waits: a full queue gets the frame from a short-lived task, or the member is dropped.
     fn fanout(&self, members: &HashMap<String, Member>, except: Option<&str>, frame: &Arc<str>) {
         for (id, m) in members.iter() {
-            if Some(id.as_str()) != except {
-                Self::offer(id, m, frame);
+            if Some(id.as_str()) == except {
+                continue;
             }
-        }
-    }
-
-    fn offer(id: &str, m: &Member, frame: &Arc<str>) {
-        match m.tx.try_send(frame.clone()) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                warn!(device_id = %id, "member cannot keep up (outbound queue full); dropping it");
-                m.kick.kick("too slow: outbound queue overflowed");
+            if let Err(mpsc::error::TrySendError::Full(f)) = m.tx.try_send(frame.clone()) {
+                let (id, tx, kick, grace) = (
+                    id.clone(),
+                    m.tx.clone(),
+                    m.kick.clone(),
+                    self.cfg.slow_grace,
+                );
+                tokio::spawn(async move {
+                    if timeout(grace, tx.send(f)).await.is_err() {
+                        warn!(device_id = %id, "member cannot keep up (outbound queue full); dropping it");
+                        kick.kick("too slow: outbound queue stayed full");
+                    }
+                });
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
         }
     }
 }

@@ -93,6 +93,41 @@ pub struct NetworkSnapshot {
     pub relay: Option<RelayState>,
     /// RFC 3339 time of the last completed discovery (None before the first).
     pub updated_at: Option<String>,
+    /// The routers on the way to the STUN server that answered (TTL-limited probes), or
+    /// `None` when no path probe ran (STUN disabled or unanswered, or not yet done).
+    #[serde(default)]
+    pub path: Option<PathTrace>,
+    /// The first router on that path with a 100.64.0.0/10 address (carrier-grade NAT), as
+    /// `ip`; it sets `cgnat` even when this machine and STUN only saw ordinary addresses.
+    #[serde(default)]
+    pub cgnat_hop: Option<String>,
+}
+
+/// A short traceroute toward the STUN server that answered (TTL 1, 2, … until the server
+/// itself answers or the hop limit is reached).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PathTrace {
+    /// `ip:port` of the STUN server the probes were sent to.
+    pub target: String,
+    /// One entry per TTL probed, nearest first.
+    #[serde(default)]
+    pub hops: Vec<PathHop>,
+    /// Why the trace is missing or incomplete (unsupported OS, IPv6 target, socket error).
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// One TTL of a [`PathTrace`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PathHop {
+    /// The IP TTL of the probe (1 = the first router).
+    pub ttl: u8,
+    /// Who answered (an ICMP time-exceeded source, or the server itself); `None` when
+    /// nothing answered within the deadline (many routers stay silent).
+    pub addr: Option<String>,
+    /// True when this is the STUN server itself (the end of the path).
+    #[serde(default)]
+    pub destination: bool,
 }
 
 /// An outstanding invite as the admin sees it (never the token itself).

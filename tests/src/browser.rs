@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 /// The built web UI (`trunk build --release` output): `$ATMOSPHERE_WEB_DIST`, else
 /// `<repo>/dist`. Panics with the command to run when it is missing.
 pub fn web_dist() -> PathBuf {
-    let dir = std::env::var_os("ATMOSPHERE_WEB_DIST").map(PathBuf::from).unwrap_or_else(|| repo_root().join("dist"));
+    let dir = std::env::var_os("ATMOSPHERE_WEB_DIST")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("dist"));
     assert!(
         dir.join("index.html").is_file(),
         "the web bundle is missing: {} has no index.html.\n\
@@ -26,12 +28,17 @@ pub fn web_dist() -> PathBuf {
 }
 
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// `target/browser-screenshots/<test>/` (created; not committed).
 pub fn screenshot_dir(test: &str) -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join("target"));
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"));
     let dir = target.join("browser-screenshots").join(test);
     std::fs::create_dir_all(&dir).unwrap();
     dir
@@ -124,12 +131,20 @@ impl Browser {
             .connect(&url)
             .await
             .unwrap_or_else(|e| panic!("cannot open a Chromium session through {url}: {e}"));
-        Browser { client, driver, _profile: profile, shots }
+        Browser {
+            client,
+            driver,
+            _profile: profile,
+            shots,
+        }
     }
 
     /// Navigates to `url`.
     pub async fn goto(&self, url: &str) {
-        self.client.goto(url).await.unwrap_or_else(|e| panic!("goto {url}: {e}"));
+        self.client
+            .goto(url)
+            .await
+            .unwrap_or_else(|e| panic!("goto {url}: {e}"));
     }
 
     /// Saves a screenshot of the viewport as `<name>.png` and returns its path.
@@ -142,7 +157,11 @@ impl Browser {
 
     /// Saves a screenshot of the first element matching `css` as `<name>.png`.
     pub async fn element_screenshot(&self, css: &str, name: &str) -> PathBuf {
-        let el = self.client.find(Locator::Css(css)).await.unwrap_or_else(|e| panic!("find {css}: {e}"));
+        let el = self
+            .client
+            .find(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("find {css}: {e}"));
         let png = el.screenshot().await.expect("element screenshot");
         let path = self.shots.join(format!("{name}.png"));
         std::fs::write(&path, png).unwrap();
@@ -158,7 +177,12 @@ impl Browser {
     /// Texts of every element matching `css`.
     pub async fn texts(&self, css: &str) -> Vec<String> {
         let mut out = Vec::new();
-        for el in self.client.find_all(Locator::Css(css)).await.unwrap_or_default() {
+        for el in self
+            .client
+            .find_all(Locator::Css(css))
+            .await
+            .unwrap_or_default()
+        {
             out.push(el.text().await.unwrap_or_default());
         }
         out
@@ -171,7 +195,12 @@ impl Browser {
 
     /// Polls until the text of `css` satisfies `pred`; returns it. On timeout saves a
     /// screenshot `<name>-timeout.png` and panics with what the page showed.
-    pub async fn wait_text(&self, css: &str, within: Duration, pred: impl Fn(&str) -> bool) -> String {
+    pub async fn wait_text(
+        &self,
+        css: &str,
+        within: Duration,
+        pred: impl Fn(&str) -> bool,
+    ) -> String {
         let start = Instant::now();
         loop {
             if let Some(t) = self.text(css).await {
@@ -180,7 +209,12 @@ impl Browser {
                 }
             }
             if start.elapsed() > within {
-                let shot = self.screenshot(&format!("timeout-{}", css.replace(|c: char| !c.is_alphanumeric(), "_"))).await;
+                let shot = self
+                    .screenshot(&format!(
+                        "timeout-{}",
+                        css.replace(|c: char| !c.is_alphanumeric(), "_")
+                    ))
+                    .await;
                 panic!(
                     "`{css}` did not reach the expected text within {within:?}; it shows {:?}.\nPage text:\n{}\nScreenshot: {}",
                     self.text(css).await,
@@ -194,19 +228,34 @@ impl Browser {
 
     /// Clicks the first element matching `css`.
     pub async fn click(&self, css: &str) {
-        let el = self.client.find(Locator::Css(css)).await.unwrap_or_else(|e| panic!("find {css}: {e}"));
-        el.click().await.unwrap_or_else(|e| panic!("click {css}: {e}"));
+        let el = self
+            .client
+            .find(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("find {css}: {e}"));
+        el.click()
+            .await
+            .unwrap_or_else(|e| panic!("click {css}: {e}"));
     }
 
     /// Types `text` into the first element matching `css`.
     pub async fn type_into(&self, css: &str, text: &str) {
-        let el = self.client.find(Locator::Css(css)).await.unwrap_or_else(|e| panic!("find {css}: {e}"));
-        el.send_keys(text).await.unwrap_or_else(|e| panic!("type into {css}: {e}"));
+        let el = self
+            .client
+            .find(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("find {css}: {e}"));
+        el.send_keys(text)
+            .await
+            .unwrap_or_else(|e| panic!("type into {css}: {e}"));
     }
 
     /// Runs JavaScript in the page and returns its JSON result.
     pub async fn js(&self, script: &str) -> serde_json::Value {
-        self.client.execute(script, vec![]).await.unwrap_or_else(|e| panic!("js {script}: {e}"))
+        self.client
+            .execute(script, vec![])
+            .await
+            .unwrap_or_else(|e| panic!("js {script}: {e}"))
     }
 
     /// Ends the session and the driver.
@@ -231,7 +280,11 @@ pub fn zbar_decode(png: &Path) -> Vec<String> {
         .arg(png)
         .output()
         .expect("run zbarimg (apt-get install -y zbar-tools)");
-    String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).filter(|l| !l.is_empty()).collect()
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .filter(|l| !l.is_empty())
+        .collect()
 }
 
 /// A TCP listener on 127.0.0.1 that counts the connections it accepts (and holds them
@@ -256,7 +309,11 @@ impl CountingListener {
                 held.push(s);
             }
         });
-        CountingListener { addr, count, _task: task }
+        CountingListener {
+            addr,
+            count,
+            _task: task,
+        }
     }
 
     /// `ws://127.0.0.1:PORT` + `path`.

@@ -12,7 +12,30 @@ use atmosphere_shared::api::TokenRequest;
 use atmosphere_shared::{Endpoints, Invite};
 use atmosphere_tests::browser::{web_dist, zbar_decode, Browser, CountingListener, Screen};
 use atmosphere_tests::{BlackHole, Host, Relay};
+use futures_util::{SinkExt, StreamExt};
 use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::Message;
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// The next JSON text frame on `ws` that satisfies `pred` (others are skipped).
+async fn next_json(ws: &mut Ws, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + UI;
+    loop {
+        let frame = tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .expect("no matching frame from the host in time")
+            .expect("host closed the socket")
+            .expect("websocket error");
+        if let Message::Text(t) = frame {
+            let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+            if pred(&v) {
+                return v;
+            }
+        }
+    }
+}
 
 const UI: Duration = Duration::from_secs(15);
 
@@ -44,9 +67,17 @@ async fn qr_on_host_page_decodes_to_join_url_and_phone_connects_via_local() {
     let admin = Browser::start("qr_and_local_join", Screen::Desktop).await;
 
     // The admin link sets the cookie; the page then shows the JoinPanel.
-    admin.goto(&format!("{}/?admin={}", host.base(), host.admin_secret())).await;
-    admin.wait_text("#generate", UI, |t| t == "Generate invite").await;
-    admin.wait_text("#connectivity", UI, |t| t.contains("Local") && t.contains("127.0.0.1")).await;
+    admin
+        .goto(&format!("{}/?admin={}", host.base(), host.admin_secret()))
+        .await;
+    admin
+        .wait_text("#generate", UI, |t| t == "Generate invite")
+        .await;
+    admin
+        .wait_text("#connectivity", UI, |t| {
+            t.contains("Local") && t.contains("127.0.0.1")
+        })
+        .await;
     admin.screenshot("1-host-panel").await;
     assert!(
         !admin.body_text().await.contains(&host.admin_secret()),
@@ -54,46 +85,112 @@ async fn qr_on_host_page_decodes_to_join_url_and_phone_connects_via_local() {
     );
 
     admin.click("#generate").await;
-    let token = admin.wait_text("#invite-token", UI, |t| t.starts_with("ATM-")).await;
+    let token = admin
+        .wait_text("#invite-token", UI, |t| t.starts_with("ATM-"))
+        .await;
     admin.screenshot("2-invite").await;
     let qr_png = admin.element_screenshot("#invite-qr", "3-invite-qr").await;
     let decoded = zbar_decode(&qr_png);
     let join_url = admin.text("#invite-link").await.expect("join link shown");
-    assert_eq!(decoded, vec![join_url.clone()], "the QR must encode exactly the join link");
+    assert_eq!(
+        decoded,
+        vec![join_url.clone()],
+        "the QR must encode exactly the join link"
+    );
 
     // The on-screen link is the API's `join_url` for this token (fragment carries it).
     let inv = Invite::parse(&join_url).expect("join_url parses with the shared codec");
     assert_eq!(inv.token, token);
-    assert!(join_url.starts_with(&format!("{}/join#", host.base())), "{join_url}");
+    assert!(
+        join_url.starts_with(&format!("{}/join#", host.base())),
+        "{join_url}"
+    );
+    // The API builds `join_url` with the shared codec from the invite's endpoints: the
+    // scanned text must be exactly that link for this token.
     let api_mint = host.mint(&TokenRequest::default()).await;
-    assert!(api_mint.join_url.starts_with(&format!("{}/join#", host.base())));
+    let expected = Invite::v2(
+        token.clone(),
+        api_mint.mesh_name.clone(),
+        api_mint.endpoints.clone(),
+    )
+    .to_web_link(&host.base());
+    assert_eq!(decoded[0], expected);
+    assert_eq!(
+        api_mint.join_url,
+        Invite::v2(
+            api_mint.token.clone(),
+            api_mint.mesh_name.clone(),
+            api_mint.endpoints.clone()
+        )
+        .to_web_link(&host.base())
+    );
     // The admin's outstanding invites list shows the new invite(s).
-    admin.wait_text("#invites", UI, |t| t.contains("Revoke")).await;
+    admin
+        .wait_text("#invites", UI, |t| t.contains("Revoke"))
+        .await;
 
     // A phone opens the scanned link.
     let phone = Browser::start("qr_and_local_join", Screen::Phone).await;
     phone.goto(&decoded[0]).await;
-    phone.wait_text("#headline", UI, |t| t == "Connected via local").await;
-    phone.wait_text(".path-row[data-path=local]", UI, |t| t.contains("connected in")).await;
+    phone
+        .wait_text("#headline", UI, |t| t == "Connected via local")
+        .await;
+    phone
+        .wait_text(".path-row[data-path=local]", UI, |t| {
+            t.contains("connected in")
+        })
+        .await;
     phone.screenshot("4-phone-connected").await;
 
     let devs = devices(&host).await;
     assert_eq!(devs.len(), 1, "{devs:?}");
-    assert_eq!((devs[0].1.as_str(), devs[0].2.as_str()), ("browser", "local"), "{devs:?}");
-    assert!(devs[0].0.contains("Android"), "device name from the user agent: {devs:?}");
+    assert_eq!(
+        (devs[0].1.as_str(), devs[0].2.as_str()),
+        ("browser", "local"),
+        "{devs:?}"
+    );
+    assert!(
+        devs[0].0.contains("Android"),
+        "device name from the user agent: {devs:?}"
+    );
 
     // The host page lists it live (SSE or polling), online on path local.
     admin
-        .wait_text("#devices", UI, |t| t.contains("Android phone") && t.contains("local") && t.contains("online"))
+        .wait_text("#devices", UI, |t| {
+            t.contains("Android phone") && t.contains("local") && t.contains("online")
+        })
         .await;
     admin.screenshot("5-host-lists-device").await;
 
-    // A message typed on the phone goes through the mesh session without an error.
+    // Another member (a native WebSocket client) appears in the phone's member list, and
+    // messages flow both ways through the mesh.
+    let (mut ws, _) = tokio_tungstenite::connect_async(host.ws_url())
+        .await
+        .expect("native member connects");
+    let join = serde_json::json!({"type":"join","token": api_mint.token,"device":{"name":"Laptop CLI","platform":"cli"},"path":"local"});
+    ws.send(Message::text(join.to_string())).await.unwrap();
+    let joined = next_json(&mut ws, |v| v["type"] == "joined" || v["type"] == "error").await;
+    assert_eq!(joined["type"], "joined", "{joined}");
+    phone
+        .wait_text(".members", UI, |t| t.contains("Laptop CLI"))
+        .await;
+
     phone.type_into("#message", "hello from the phone").await;
     phone.click("#send").await;
-    phone.wait_text("#chat", UI, |t| t.contains("hello from the phone")).await;
-    assert!(phone.text(".send-row + .error").await.is_none());
-    phone.screenshot("6-phone-message").await;
+    phone
+        .wait_text("#chat", UI, |t| t.contains("hello from the phone"))
+        .await;
+    let got = next_json(&mut ws, |v| v["type"] == "message").await;
+    assert_eq!(got["body"], "hello from the phone", "{got}");
+
+    let send = serde_json::json!({"type":"send","to":null,"body":"hi phone, from the laptop"});
+    ws.send(Message::text(send.to_string())).await.unwrap();
+    phone
+        .wait_text("#chat", UI, |t| {
+            t.contains("Laptop CLI: hi phone, from the laptop")
+        })
+        .await;
+    phone.screenshot("6-phone-messages").await;
 
     phone.close().await;
     admin.close().await;
@@ -104,9 +201,17 @@ async fn page_without_admin_cookie_explains_how_to_get_in() {
     let host = host_with_ui(&[]).await;
     let b = Browser::start("no_admin", Screen::Desktop).await;
     b.goto(&host.base()).await;
-    let t = b.wait_text("#need-admin", UI, |t| t.contains("admin link")).await;
-    assert!(t.contains("atmosphere serve") && t.contains("?admin="), "{t}");
-    assert!(b.text("#generate").await.is_none(), "no invite button without admin auth");
+    let t = b
+        .wait_text("#need-admin", UI, |t| t.contains("admin link"))
+        .await;
+    assert!(
+        t.contains("atmosphere serve") && t.contains("?admin="),
+        "{t}"
+    );
+    assert!(
+        b.text("#generate").await.is_none(),
+        "no invite button without admin auth"
+    );
     b.screenshot("need-admin").await;
     b.close().await;
 }
@@ -123,54 +228,94 @@ async fn phone_connects_via_relay_when_direct_paths_are_black_holes() {
     }
     let inv = host.mint(&TokenRequest::default()).await;
     let holes = (BlackHole::start().await, BlackHole::start().await);
-    let relay_ep = inv.endpoints.relay.clone().expect("invite carries the relay endpoint");
+    let relay_ep = inv
+        .endpoints
+        .relay
+        .clone()
+        .expect("invite carries the relay endpoint");
     let link = Invite::v2(
         inv.token,
         inv.mesh_name,
-        Endpoints { local: Some(holes.0.url()), public: Some(holes.1.url()), relay: Some(relay_ep) },
+        Endpoints {
+            local: Some(holes.0.url()),
+            public: Some(holes.1.url()),
+            relay: Some(relay_ep),
+        },
     )
     .to_web_link(&host.base());
 
     let phone = Browser::start("relay_join", Screen::Phone).await;
     phone.goto(&link).await;
-    phone.wait_text("#headline", UI, |t| t == "Connected via relay").await;
+    phone
+        .wait_text("#headline", UI, |t| t == "Connected via relay")
+        .await;
     // Staggered racing: the black holes cost 250 ms each, not a timeout.
-    let relay_row = phone.wait_text(".path-row[data-path=relay]", UI, |t| t.contains("connected in")).await;
+    let relay_row = phone
+        .wait_text(".path-row[data-path=relay]", UI, |t| {
+            t.contains("connected in")
+        })
+        .await;
     let ms: u64 = relay_row
         .split("connected in ")
         .nth(1)
         .and_then(|s| s.split_whitespace().next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no elapsed time in {relay_row:?}"));
-    assert!(ms < 5_000, "relay should win after two staggers, not after timeouts: {relay_row}");
+    assert!(
+        ms < 5_000,
+        "relay should win after two staggers, not after timeouts: {relay_row}"
+    );
     phone.screenshot("phone-connected-via-relay").await;
     let devs = devices(&host).await;
-    assert_eq!(devs.iter().filter(|d| d.2 == "relay").count(), 1, "{devs:?}");
+    assert_eq!(
+        devs.iter().filter(|d| d.2 == "relay").count(),
+        1,
+        "{devs:?}"
+    );
     phone.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_invite_is_explained_and_relay_is_never_tried() {
     let host = host_with_ui(&[]).await;
-    let inv = host.mint(&TokenRequest { ttl_secs: Some(1), ..Default::default() }).await;
+    let inv = host
+        .mint(&TokenRequest {
+            ttl_secs: Some(1),
+            ..Default::default()
+        })
+        .await;
     tokio::time::sleep(Duration::from_millis(2_100)).await;
     // The relay endpoint is a listener that counts connections: it must see none.
     let relay = CountingListener::start().await;
     let link = Invite::v2(
         inv.token,
         inv.mesh_name,
-        Endpoints { local: inv.endpoints.local.clone(), public: None, relay: Some(relay.url("/mesh/x")) },
+        Endpoints {
+            local: inv.endpoints.local.clone(),
+            public: None,
+            relay: Some(relay.url("/mesh/x")),
+        },
     )
     .to_web_link(&host.base());
 
     let phone = Browser::start("expired_invite", Screen::Phone).await;
     phone.goto(&link).await;
-    phone.wait_text("#headline", UI, |t| t == "This invite has expired").await;
-    phone.wait_text(".path-row[data-path=relay]", UI, |t| t.contains("not tried")).await;
+    phone
+        .wait_text("#headline", UI, |t| t == "This invite has expired")
+        .await;
+    phone
+        .wait_text(".path-row[data-path=relay]", UI, |t| {
+            t.contains("not tried")
+        })
+        .await;
     phone.screenshot("phone-invite-expired").await;
     // Give a wrongly started relay attempt time to show up before asserting it did not.
     tokio::time::sleep(Duration::from_millis(800)).await;
-    assert_eq!(relay.count(), 0, "the relay must not be tried after a final token error");
+    assert_eq!(
+        relay.count(),
+        0,
+        "the relay must not be tried after a final token error"
+    );
     assert!(devices(&host).await.is_empty());
     phone.close().await;
 }
@@ -180,21 +325,69 @@ async fn reload_rejoins_with_stored_credential_without_a_second_device() {
     let host = host_with_ui(&[]).await;
     // A single-use invite: a second token join would be refused, so success after the
     // reload proves the stored device credential was used.
-    let inv = host.mint(&TokenRequest { max_uses: Some(1), ..Default::default() }).await;
+    let inv = host
+        .mint(&TokenRequest {
+            max_uses: Some(1),
+            ..Default::default()
+        })
+        .await;
     let phone = Browser::start("reload_rejoin", Screen::Phone).await;
     phone.goto(&inv.join_url).await;
-    phone.wait_text("#headline", UI, |t| t == "Connected via local").await;
+    phone
+        .wait_text("#headline", UI, |t| t == "Connected via local")
+        .await;
     phone.screenshot("1-first-join").await;
     let first = devices(&host).await;
     assert_eq!(first.len(), 1, "{first:?}");
     let stored = phone.js("return Object.keys(localStorage).filter(k => k.startsWith('atmosphere.device.')).length").await;
-    assert_eq!(stored, serde_json::json!(1), "the device credential is stored");
+    assert_eq!(
+        stored,
+        serde_json::json!(1),
+        "the device credential is stored"
+    );
 
     phone.client.refresh().await.unwrap();
-    phone.wait_text("#headline", UI, |t| t == "Connected via local").await;
+    phone
+        .wait_text("#headline", UI, |t| t == "Connected via local")
+        .await;
     phone.screenshot("2-after-reload").await;
     let after = devices(&host).await;
-    assert_eq!(after.len(), 1, "a reload must not create a second device: {after:?}");
+    assert_eq!(
+        after.len(),
+        1,
+        "a reload must not create a second device: {after:?}"
+    );
     assert_eq!(after[0].0, first[0].0);
     phone.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paste_box_accepts_an_app_link_on_a_desktop() {
+    let host = host_with_ui(&[]).await;
+    let inv = host.mint(&TokenRequest::default()).await;
+    let b = Browser::start("paste_link", Screen::Desktop).await;
+    b.goto(&format!("{}/join", host.base())).await;
+    b.wait_text("#headline", UI, |t| t == "No invite in this link")
+        .await;
+
+    b.type_into("#paste-link", "not a link").await;
+    b.click("#paste-join").await;
+    b.wait_text(".paste .error", UI, |t| t.contains("not an invite link"))
+        .await;
+
+    // The seed's v2 app link (`qr_data`), as a desktop user would paste it.
+    b.client
+        .find(fantoccini::Locator::Css("#paste-link"))
+        .await
+        .unwrap()
+        .clear()
+        .await
+        .unwrap();
+    b.type_into("#paste-link", &inv.qr_data).await;
+    b.click("#paste-join").await;
+    b.wait_text("#headline", UI, |t| t == "Connected via local")
+        .await;
+    b.screenshot("desktop-pasted-link").await;
+    assert_eq!(devices(&host).await.len(), 1);
+    b.close().await;
 }

@@ -54,19 +54,31 @@ async fn send(method: &str, path: &str, body: Option<String>) -> Result<(u16, St
     if let Some(b) = &body {
         init.set_body(&JsValue::from_str(b));
     }
-    let req = Request::new_with_str_and_init(path, &init).map_err(|e| ApiFailure::Network(js_err(e)))?;
+    let req =
+        Request::new_with_str_and_init(path, &init).map_err(|e| ApiFailure::Network(js_err(e)))?;
     if body.is_some() {
         let _ = req.headers().set("Content-Type", "application/json");
     }
-    let resp = JsFuture::from(window.fetch_with_request(&req)).await.map_err(|e| ApiFailure::Network(js_err(e)))?;
-    let resp: Response = resp.dyn_into().map_err(|e| ApiFailure::Network(js_err(e)))?;
+    let resp = JsFuture::from(window.fetch_with_request(&req))
+        .await
+        .map_err(|e| ApiFailure::Network(js_err(e)))?;
+    let resp: Response = resp
+        .dyn_into()
+        .map_err(|e| ApiFailure::Network(js_err(e)))?;
     let status = resp.status();
     let text = match resp.text() {
-        Ok(p) => JsFuture::from(p).await.ok().and_then(|t| t.as_string()).unwrap_or_default(),
+        Ok(p) => JsFuture::from(p)
+            .await
+            .ok()
+            .and_then(|t| t.as_string())
+            .unwrap_or_default(),
         Err(_) => String::new(),
     };
     if text.len() > MAX_BODY_BYTES {
-        return Err(ApiFailure::Decode(format!("answer of {} bytes is too large", text.len())));
+        return Err(ApiFailure::Decode(format!(
+            "answer of {} bytes is too large",
+            text.len()
+        )));
     }
     if status == 401 || status == 403 {
         return Err(ApiFailure::Unauthorized);
@@ -87,7 +99,10 @@ pub async fn get_json<T: DeserializeOwned>(path: &str) -> Result<T, ApiFailure> 
 }
 
 /// `POST path` with a JSON body, answer parsed as JSON.
-pub async fn post_json<B: Serialize, T: DeserializeOwned>(path: &str, body: &B) -> Result<T, ApiFailure> {
+pub async fn post_json<B: Serialize, T: DeserializeOwned>(
+    path: &str,
+    body: &B,
+) -> Result<T, ApiFailure> {
     let body = serde_json::to_string(body).map_err(|e| ApiFailure::Decode(e.to_string()))?;
     let (_, text) = send("POST", path, Some(body)).await?;
     serde_json::from_str(&text).map_err(|e| ApiFailure::Decode(e.to_string()))

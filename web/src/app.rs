@@ -14,7 +14,9 @@ pub fn is_join_path(path: &str) -> bool {
 /// The whole app.
 #[component]
 pub fn App() -> impl IntoView {
-    let path = web_sys::window().and_then(|w| w.location().pathname().ok()).unwrap_or_default();
+    let path = web_sys::window()
+        .and_then(|w| w.location().pathname().ok())
+        .unwrap_or_default();
     if is_join_path(&path) {
         view! { <JoinPage/> }.into_any()
     } else {

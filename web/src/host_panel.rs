@@ -9,7 +9,9 @@
 
 use crate::api::{self, ApiFailure};
 use crate::qr;
-use atmosphere_shared::api::{DeviceView, InviteView, MeshView, NetworkSnapshot, RelayState, TokenRequest, TokenResponse};
+use atmosphere_shared::api::{
+    DeviceView, InviteView, MeshView, NetworkSnapshot, RelayState, TokenRequest, TokenResponse,
+};
 use leptos::prelude::*;
 use std::time::Duration;
 use wasm_bindgen::closure::Closure;
@@ -61,10 +63,16 @@ pub struct ConnRow {
 
 /// The port the mesh WebSocket listens on, read from an advertised endpoint URL.
 fn endpoint_port(net: &NetworkSnapshot) -> Option<String> {
-    let url = net.endpoints.local.as_deref().or(net.endpoints.public.as_deref())?;
+    let url = net
+        .endpoints
+        .local
+        .as_deref()
+        .or(net.endpoints.public.as_deref())?;
     let hostport = url.split("://").nth(1)?.split('/').next()?;
     let port = hostport.rsplit_once(':')?.1;
-    port.chars().all(|c| c.is_ascii_digit()).then(|| port.to_string())
+    port.chars()
+        .all(|c| c.is_ascii_digit())
+        .then(|| port.to_string())
 }
 
 /// Turns the host's discovery snapshot into the rows a person reads.
@@ -118,7 +126,9 @@ pub fn connectivity_rows(net: &NetworkSnapshot) -> Vec<ConnRow> {
         },
     };
     if net.mapping_varies == Some(true) {
-        internet.detail.push_str(" STUN servers saw different mappings (endpoint-dependent NAT).");
+        internet
+            .detail
+            .push_str(" STUN servers saw different mappings (endpoint-dependent NAT).");
     }
     if let Some(h) = &net.hint {
         internet.detail.push(' ');
@@ -150,14 +160,25 @@ pub fn connectivity_rows(net: &NetworkSnapshot) -> Vec<ConnRow> {
             detail: format!("{url}: {last_error} (next try in {} s)", retry_in_ms.div_ceil(1000)),
         },
     };
-    let failed: Vec<String> =
-        net.probes.iter().filter_map(|p| p.error.as_ref().map(|e| format!("{}: {e}", p.server))).collect();
+    let failed: Vec<String> = net
+        .probes
+        .iter()
+        .filter_map(|p| p.error.as_ref().map(|e| format!("{}: {e}", p.server)))
+        .collect();
     let stun = match &net.stun_source {
         Some(src) => ConnRow {
             label: "STUN",
-            health: if failed.is_empty() { Health::Good } else { Health::Warn },
+            health: if failed.is_empty() {
+                Health::Good
+            } else {
+                Health::Warn
+            },
             value: src.clone(),
-            detail: if failed.is_empty() { "Public address discovered.".into() } else { format!("Some servers failed: {}", failed.join("; ")) },
+            detail: if failed.is_empty() {
+                "Public address discovered.".into()
+            } else {
+                format!("Some servers failed: {}", failed.join("; "))
+            },
         },
         None if stun_off => ConnRow {
             label: "STUN",
@@ -187,7 +208,11 @@ pub fn relative(t_ms: f64, now_ms: f64) -> String {
     let (n, unit) = {
         let a = d.abs();
         if a < 45.0 {
-            return if d < 0.0 { "just now".into() } else { "in a moment".into() };
+            return if d < 0.0 {
+                "just now".into()
+            } else {
+                "in a moment".into()
+            };
         } else if a < 3600.0 {
             ((a / 60.0).round(), "min")
         } else if a < 86_400.0 * 2.0 {
@@ -216,7 +241,11 @@ fn copy(text: String, feedback: RwSignal<Option<String>>, what: &'static str) {
     let p = w.navigator().clipboard().write_text(&text);
     leptos::task::spawn_local(async move {
         let ok = wasm_bindgen_futures::JsFuture::from(p).await.is_ok();
-        feedback.set(Some(if ok { format!("{what} copied") } else { "Copy failed: select the text and copy it by hand".into() }));
+        feedback.set(Some(if ok {
+            format!("{what} copied")
+        } else {
+            "Copy failed: select the text and copy it by hand".into()
+        }));
     });
 }
 
@@ -239,9 +268,14 @@ struct Ctx {
 }
 
 async fn refresh(ctx: Ctx) {
-    let (mesh, net) = (api::get_json::<MeshView>("/api/mesh").await, api::get_json::<NetworkSnapshot>("/api/network").await);
+    let (mesh, net) = (
+        api::get_json::<MeshView>("/api/mesh").await,
+        api::get_json::<NetworkSnapshot>("/api/network").await,
+    );
     let access = match (&mesh, &net) {
-        (Err(ApiFailure::Unauthorized), _) | (_, Err(ApiFailure::Unauthorized)) => Access::NeedAdmin,
+        (Err(ApiFailure::Unauthorized), _) | (_, Err(ApiFailure::Unauthorized)) => {
+            Access::NeedAdmin
+        }
         (Err(e), _) => Access::Unreachable(e.to_string()),
         _ => Access::Ok,
     };
@@ -278,7 +312,9 @@ fn hide_admin_secret() {
 /// true while the stream is open, so the poller can stand down.
 fn subscribe(ctx: Ctx) -> StoredValue<bool> {
     let open = StoredValue::new(false);
-    let Ok(es) = web_sys::EventSource::new("/api/events") else { return open };
+    let Ok(es) = web_sys::EventSource::new("/api/events") else {
+        return open;
+    };
     let on_open = Closure::<dyn FnMut()>::new(move || open.set_value(true));
     let on_change = Closure::<dyn FnMut()>::new(move || leptos::task::spawn_local(refresh(ctx)));
     let es2 = es.clone();
@@ -375,7 +411,9 @@ fn JoinPanel(ctx: Ctx) -> impl IntoView {
         error.set(None);
         feedback.set(None);
         leptos::task::spawn_local(async move {
-            match api::post_json::<_, TokenResponse>("/api/mesh/token", &TokenRequest::default()).await {
+            match api::post_json::<_, TokenResponse>("/api/mesh/token", &TokenRequest::default())
+                .await
+            {
                 Ok(t) => invite.set(Some(t)),
                 Err(ApiFailure::Unauthorized) => ctx.access.set(Access::NeedAdmin),
                 Err(e) => error.set(Some(format!("Could not create an invite: {e}"))),
@@ -403,8 +441,10 @@ fn invite_view(t: TokenResponse, feedback: RwSignal<Option<String>>) -> impl Int
         Err(e) => view! { <p class="error">{e}</p> }.into_any(),
     };
     let (token, join_url, qr_data) = (t.token.clone(), t.join_url.clone(), t.qr_data.clone());
-    let paths: Vec<(String, Option<String>)> =
-        atmosphere_shared::PathKind::ALL.iter().map(|p| (p.to_string(), t.endpoints.get(*p).map(str::to_string))).collect();
+    let paths: Vec<(String, Option<String>)> = atmosphere_shared::PathKind::ALL
+        .iter()
+        .map(|p| (p.to_string(), t.endpoints.get(*p).map(str::to_string)))
+        .collect();
     let uses = match t.max_uses {
         Some(1) => "single use".to_string(),
         Some(n) => format!("up to {n} devices"),
@@ -518,7 +558,10 @@ fn device_view(d: DeviceView) -> impl IntoView {
     let seen = if d.online {
         "online now".to_string()
     } else {
-        d.last_seen.as_deref().map(|s| format!("last seen {}", when(s))).unwrap_or_else(|| "never connected".into())
+        d.last_seen
+            .as_deref()
+            .map(|s| format!("last seen {}", when(s)))
+            .unwrap_or_else(|| "never connected".into())
     };
     let (id, platform) = (d.device_id.clone(), d.platform.clone());
     view! {
@@ -538,7 +581,12 @@ mod tests {
 
     #[test]
     fn cgnat_says_port_forward_will_not_help() {
-        let net = NetworkSnapshot { public_ip: Some("100.64.1.2".into()), cgnat: true, is_behind_nat: true, ..Default::default() };
+        let net = NetworkSnapshot {
+            public_ip: Some("100.64.1.2".into()),
+            cgnat: true,
+            is_behind_nat: true,
+            ..Default::default()
+        };
         let rows = connectivity_rows(&net);
         assert_eq!(rows[1].health, Health::Bad);
         assert!(rows[1].detail.contains("port forward will not help"));
@@ -546,11 +594,19 @@ mod tests {
 
     #[test]
     fn nat_requires_port_forward_on_the_mesh_port() {
-        let mut net = NetworkSnapshot { public_ip: Some("203.0.113.5".into()), is_behind_nat: true, ..Default::default() };
+        let mut net = NetworkSnapshot {
+            public_ip: Some("203.0.113.5".into()),
+            is_behind_nat: true,
+            ..Default::default()
+        };
         net.endpoints.local = Some("ws://192.168.1.2:12345".into());
         let rows = connectivity_rows(&net);
         assert_eq!(rows[1].health, Health::Warn);
-        assert!(rows[1].detail.contains("port forward required"), "{}", rows[1].detail);
+        assert!(
+            rows[1].detail.contains("port forward required"),
+            "{}",
+            rows[1].detail
+        );
         assert!(rows[1].detail.contains("12345"));
     }
 
@@ -558,7 +614,11 @@ mod tests {
     fn relay_states() {
         let mut net = NetworkSnapshot::default();
         assert_eq!(connectivity_rows(&net)[2].value, "not configured");
-        net.relay = Some(RelayState::Retrying { url: "wss://r".into(), last_error: "refused".into(), retry_in_ms: 1500 });
+        net.relay = Some(RelayState::Retrying {
+            url: "wss://r".into(),
+            last_error: "refused".into(),
+            retry_in_ms: 1500,
+        });
         let r = &connectivity_rows(&net)[2];
         assert_eq!((r.health, r.value.as_str()), (Health::Bad, "retrying"));
         assert!(r.detail.contains("refused") && r.detail.contains("2 s"));

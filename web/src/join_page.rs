@@ -39,11 +39,21 @@ pub enum Phase {
     /// The link could not be decoded.
     BadLink(String),
     Racing,
-    Connected { path: PathKind, elapsed_ms: u64, mesh_name: String, device_id: String },
+    Connected {
+        path: PathKind,
+        elapsed_ms: u64,
+        mesh_name: String,
+        device_id: String,
+    },
     /// The host refused the invite or credential; nothing else is tried.
-    Refused { title: String, detail: String },
+    Refused {
+        title: String,
+        detail: String,
+    },
     AllFailed,
-    Disconnected { reason: String },
+    Disconnected {
+        reason: String,
+    },
 }
 
 /// A chat line.
@@ -58,6 +68,8 @@ pub struct Line {
 const MAX_LINES: usize = 200;
 /// Longest message a person may send (characters); the wire limit is larger.
 const MAX_MESSAGE_CHARS: usize = 2000;
+/// Delay before the automatic reconnect after the session closed.
+const AUTO_RECONNECT_MS: u64 = 2_000;
 /// Longest link accepted in the paste box.
 const MAX_LINK_CHARS: usize = 8 * 1024;
 
@@ -70,34 +82,56 @@ struct Ctx {
     members: RwSignal<Vec<Peer>>,
     lines: RwSignal<Vec<Line>>,
     connector: StoredValue<Option<Connector>, LocalStorage>,
-    /// Mesh id of the stored credential used for this attempt, if any.
-    used_credential: StoredValue<Option<String>>,
 }
 
 /// The sentence a person reads for a host refusal.
 pub fn refusal_words(code: ErrorCode, message: &str) -> (String, String) {
     let (title, detail) = match code {
-        ErrorCode::TokenExpired => ("This invite has expired", "Ask the host for a new invite (a fresh QR code)."),
-        ErrorCode::TokenExhausted => ("This invite has been used up", "It allowed a limited number of devices. Ask the host for a new one."),
-        ErrorCode::TokenRevoked => ("This invite was revoked", "The host cancelled it. Ask the host for a new one."),
-        ErrorCode::InvalidToken => ("This invite is not valid", "The host does not know this invite. Check you scanned the latest QR code."),
-        ErrorCode::UnknownDevice => ("The host no longer knows this device", "Ask the host for a new invite."),
+        ErrorCode::TokenExpired => (
+            "This invite has expired",
+            "Ask the host for a new invite (a fresh QR code).",
+        ),
+        ErrorCode::TokenExhausted => (
+            "This invite has been used up",
+            "It allowed a limited number of devices. Ask the host for a new one.",
+        ),
+        ErrorCode::TokenRevoked => (
+            "This invite was revoked",
+            "The host cancelled it. Ask the host for a new one.",
+        ),
+        ErrorCode::InvalidToken => (
+            "This invite is not valid",
+            "The host does not know this invite. Check you scanned the latest QR code.",
+        ),
+        ErrorCode::UnknownDevice => (
+            "The host no longer knows this device",
+            "Ask the host for a new invite.",
+        ),
         ErrorCode::RateLimited => ("Too many attempts", "Wait a minute and try again."),
         _ => ("The host refused to let this device in", ""),
     };
     // Known codes have our own sentence; for others the host's message is the best we have.
-    let detail = if detail.is_empty() && !message.is_empty() { message.to_string() } else { detail.to_string() };
+    let detail = if detail.is_empty() && !message.is_empty() {
+        message.to_string()
+    } else {
+        detail.to_string()
+    };
     (title.to_string(), detail)
 }
 
 /// A failure reason in plain words.
 pub fn reason_words(reason: &FailReason) -> String {
     match reason {
-        FailReason::Host { code: ErrorCode::HostOffline, .. } => {
-            "the host is offline (the relay has no host for this mesh right now)".into()
+        FailReason::Host {
+            code: ErrorCode::HostOffline,
+            ..
+        } => "the host is offline (the relay has no host for this mesh right now)".into(),
+        FailReason::Timeout { after_ms } => {
+            format!("no answer within {} s", after_ms.div_ceil(1000))
         }
-        FailReason::Timeout { after_ms } => format!("no answer within {} s", after_ms.div_ceil(1000)),
-        FailReason::Host { message, .. } if !message.is_empty() => format!("the host said: {message}"),
+        FailReason::Host { message, .. } if !message.is_empty() => {
+            format!("the host said: {message}")
+        }
         other => other.to_string(),
     }
 }
@@ -126,11 +160,15 @@ pub fn device_name(user_agent: &str) -> String {
 }
 
 fn page_is_https() -> bool {
-    web_sys::window().and_then(|w| w.location().protocol().ok()).is_some_and(|p| p == "https:")
+    web_sys::window()
+        .and_then(|w| w.location().protocol().ok())
+        .is_some_and(|p| p == "https:")
 }
 
 fn user_agent() -> String {
-    web_sys::window().and_then(|w| w.navigator().user_agent().ok()).unwrap_or_default()
+    web_sys::window()
+        .and_then(|w| w.navigator().user_agent().ok())
+        .unwrap_or_default()
 }
 
 /// Starts (or restarts) the race for `invite`. `allow_credential`: rejoin with a stored
@@ -142,24 +180,46 @@ fn begin(ctx: Ctx, invite: Invite, allow_credential: bool) {
         }
     });
     ctx.rows.set(
-        invite.endpoints.iter().map(|(path, url)| Row { path, url: url.to_string(), state: RowState::Waiting }).collect(),
+        invite
+            .endpoints
+            .iter()
+            .map(|(path, url)| Row {
+                path,
+                url: url.to_string(),
+                state: RowState::Waiting,
+            })
+            .collect(),
     );
     ctx.members.set(Vec::new());
     ctx.phase.set(Phase::Racing);
     ctx.invite.set(Some(invite.clone()));
 
-    let stored = if allow_credential { storage::find_for_endpoints(invite.endpoints.iter().map(|(_, u)| u)) } else { None };
-    ctx.used_credential.set_value(stored.as_ref().map(|c| c.mesh_id.clone()));
+    let stored = if allow_credential {
+        storage::find_for_endpoints(invite.endpoints.iter().map(|(_, u)| u))
+    } else {
+        None
+    };
     let credential = match &stored {
-        Some(c) => ws::Credential::Device { device_id: c.device_id.clone(), device_key: c.device_key.clone() },
+        Some(c) => ws::Credential::Device {
+            device_id: c.device_id.clone(),
+            device_key: c.device_key.clone(),
+        },
         None => ws::Credential::Token {
             token: invite.token.clone(),
-            device: DeviceInfo { name: device_name(&user_agent()), platform: "browser".into() },
+            device: DeviceInfo {
+                name: device_name(&user_agent()),
+                platform: "browser".into(),
+            },
         },
     };
-    let policy = Policy { page_is_https: page_is_https(), ..Policy::default() };
+    let policy = Policy {
+        page_is_https: page_is_https(),
+        ..Policy::default()
+    };
     let inv = invite.clone();
-    let connector = Connector::start(&invite.endpoints, policy, credential, move |ev| on_event(ctx, &inv, stored.as_ref(), ev));
+    let connector = Connector::start(&invite.endpoints, policy, credential, move |ev| {
+        on_event(ctx, &inv, stored.as_ref(), ev)
+    });
     ctx.connector.set_value(Some(connector));
 }
 
@@ -174,7 +234,9 @@ fn set_row(ctx: Ctx, path: PathKind, state: RowState) {
 fn on_event(ctx: Ctx, invite: &Invite, stored: Option<&storage::Credential>, ev: ShellEvent) {
     match ev {
         ShellEvent::Race(RaceEvent::Trying { path, .. }) => set_row(ctx, path, RowState::Trying),
-        ShellEvent::Race(RaceEvent::Failed { path, reason }) => set_row(ctx, path, RowState::Failed(reason_words(&reason))),
+        ShellEvent::Race(RaceEvent::Failed { path, reason }) => {
+            set_row(ctx, path, RowState::Failed(reason_words(&reason)))
+        }
         ShellEvent::Race(RaceEvent::Connected { path, elapsed_ms }) => {
             ctx.rows.update(|rows| {
                 for r in rows.iter_mut() {
@@ -189,7 +251,10 @@ fn on_event(ctx: Ctx, invite: &Invite, stored: Option<&storage::Credential>, ev:
         ShellEvent::Race(RaceEvent::AllFailed { .. }) => ctx.phase.set(Phase::AllFailed),
         ShellEvent::Race(RaceEvent::Fatal { code, message, .. }) => {
             ctx.rows.update(|rows| {
-                for r in rows.iter_mut().filter(|r| matches!(r.state, RowState::Waiting | RowState::Trying)) {
+                for r in rows
+                    .iter_mut()
+                    .filter(|r| matches!(r.state, RowState::Waiting | RowState::Trying))
+                {
                     r.state = RowState::NotTried;
                 }
             });
@@ -207,8 +272,19 @@ fn on_event(ctx: Ctx, invite: &Invite, stored: Option<&storage::Credential>, ev:
             let (title, detail) = refusal_words(code, &message);
             ctx.phase.set(Phase::Refused { title, detail });
         }
-        ShellEvent::Joined { path, elapsed_ms, joined } => {
-            if let ServerMsg::Joined { mesh_id, mesh_name, device_id, device_key, peers } = joined {
+        ShellEvent::Joined {
+            path,
+            elapsed_ms,
+            joined,
+        } => {
+            if let ServerMsg::Joined {
+                mesh_id,
+                mesh_name,
+                device_id,
+                device_key,
+                peers,
+            } = joined
+            {
                 let key = device_key.or_else(|| stored.map(|c| c.device_key.clone()));
                 if let Some(device_key) = key {
                     storage::save(storage::Credential {
@@ -216,17 +292,36 @@ fn on_event(ctx: Ctx, invite: &Invite, stored: Option<&storage::Credential>, ev:
                         mesh_name: mesh_name.clone(),
                         device_id: device_id.clone(),
                         device_key,
-                        endpoints: invite.endpoints.iter().map(|(_, u)| u.to_string()).collect(),
+                        endpoints: invite
+                            .endpoints
+                            .iter()
+                            .map(|(_, u)| u.to_string())
+                            .collect(),
                     });
                 }
                 ctx.members.set(peers);
-                ctx.phase.set(Phase::Connected { path, elapsed_ms, mesh_name, device_id });
+                ctx.phase.set(Phase::Connected {
+                    path,
+                    elapsed_ms,
+                    mesh_name,
+                    device_id,
+                });
             }
         }
         ShellEvent::Frame(msg) => on_frame(ctx, msg),
         ShellEvent::SessionClosed { reason } => {
             ctx.members.set(Vec::new());
             ctx.phase.set(Phase::Disconnected { reason });
+            // One automatic reconnect (a host restart, a Wi-Fi hiccup); if that race fails
+            // too, the page stays on "Could not reach the host" with a button.
+            leptos::prelude::set_timeout(
+                move || {
+                    if matches!(ctx.phase.get_untracked(), Phase::Disconnected { .. }) {
+                        retry(ctx);
+                    }
+                },
+                std::time::Duration::from_millis(AUTO_RECONNECT_MS),
+            );
         }
     }
 }
@@ -238,19 +333,39 @@ fn on_frame(ctx: Ctx, msg: ServerMsg) {
             m.retain(|p| p.device_id != peer.device_id);
             m.push(peer);
         }),
-        ServerMsg::PeerLeft { device_id } => ctx.members.update(|m| m.retain(|p| p.device_id != device_id)),
+        ServerMsg::PeerLeft { device_id } => ctx
+            .members
+            .update(|m| m.retain(|p| p.device_id != device_id)),
         ServerMsg::Message { from, body } => {
             let from = ctx
                 .members
-                .with_untracked(|m| m.iter().find(|p| p.device_id == from).map(|p| p.name.clone()))
+                .with_untracked(|m| {
+                    m.iter()
+                        .find(|p| p.device_id == from)
+                        .map(|p| p.name.clone())
+                })
                 .unwrap_or(from);
             let text = match body {
                 serde_json::Value::String(s) => s,
                 other => other.to_string(),
             };
-            push_line(ctx, Line { from, text, mine: false });
+            push_line(
+                ctx,
+                Line {
+                    from,
+                    text,
+                    mine: false,
+                },
+            );
         }
-        ServerMsg::Error { message, .. } => push_line(ctx, Line { from: "host".into(), text: message, mine: false }),
+        ServerMsg::Error { message, .. } => push_line(
+            ctx,
+            Line {
+                from: "host".into(),
+                text: message,
+                mine: false,
+            },
+        ),
         ServerMsg::Joined { .. } => {}
     }
 }
@@ -266,7 +381,8 @@ fn push_line(ctx: Ctx, line: Line) {
 fn current_link() -> Option<String> {
     let loc = web_sys::window()?.location();
     let href = loc.href().ok()?;
-    let has_params = !loc.hash().unwrap_or_default().is_empty() || !loc.search().unwrap_or_default().is_empty();
+    let has_params =
+        !loc.hash().unwrap_or_default().is_empty() || !loc.search().unwrap_or_default().is_empty();
     has_params.then_some(href)
 }
 
@@ -280,7 +396,6 @@ pub fn JoinPage() -> impl IntoView {
         members: RwSignal::new(Vec::new()),
         lines: RwSignal::new(Vec::new()),
         connector: StoredValue::new_local(None),
-        used_credential: StoredValue::new(None),
     };
     if let Some(link) = current_link() {
         match Invite::parse(&link) {
@@ -340,21 +455,21 @@ fn status_view(ctx: Ctx) -> impl IntoView {
     match ctx.phase.get() {
         Phase::NoInvite => view! {
             <section class="card banner">
-                <h2 class="headline">"No invite in this link"</h2>
+                <h2 class="headline" id="headline">"No invite in this link"</h2>
                 <p>"Scan the QR code shown by the host, or paste an invite link below."</p>
             </section>
         }
         .into_any(),
         Phase::BadLink(e) => view! {
             <section class="card banner bad">
-                <h2 class="headline">"This link is not a valid invite"</h2>
+                <h2 class="headline" id="headline">"This link is not a valid invite"</h2>
                 <p>{e}</p>
             </section>
         }
         .into_any(),
         Phase::Racing => view! {
             <section class="card banner">
-                <h2 class="headline">"Connecting…"</h2>
+                <h2 class="headline" id="headline">"Connecting…"</h2>
                 <p>"Trying every way to reach the host; the first that answers wins."</p>
             </section>
         }
@@ -421,24 +536,43 @@ fn mesh_view(ctx: Ctx) -> impl IntoView {
     let draft = RwSignal::new(String::new());
     let send_error = RwSignal::new(None::<String>);
     let send = move || {
-        let text: String = draft.get_untracked().trim().chars().take(MAX_MESSAGE_CHARS).collect();
+        let text: String = draft
+            .get_untracked()
+            .trim()
+            .chars()
+            .take(MAX_MESSAGE_CHARS)
+            .collect();
         if text.is_empty() {
             return;
         }
-        let msg = ClientMsg::Send { to: None, body: serde_json::Value::String(text.clone()) };
-        let res = ctx.connector.with_value(|c| c.as_ref().map(|c| c.send(&msg)));
+        let msg = ClientMsg::Send {
+            to: None,
+            body: serde_json::Value::String(text.clone()),
+        };
+        let res = ctx
+            .connector
+            .with_value(|c| c.as_ref().map(|c| c.send(&msg)));
         match res {
             Some(Ok(())) => {
                 draft.set(String::new());
                 send_error.set(None);
-                push_line(ctx, Line { from: "you".into(), text, mine: true });
+                push_line(
+                    ctx,
+                    Line {
+                        from: "you".into(),
+                        text,
+                        mine: true,
+                    },
+                );
             }
             Some(Err(e)) => send_error.set(Some(e)),
             None => send_error.set(Some("not connected".into())),
         }
     };
     let (my_path, my_id) = match ctx.phase.get_untracked() {
-        Phase::Connected { path, device_id, .. } => (path, device_id),
+        Phase::Connected {
+            path, device_id, ..
+        } => (path, device_id),
         _ => (PathKind::Local, String::new()),
     };
     view! {
@@ -490,14 +624,23 @@ mod tests {
 
     #[test]
     fn device_names() {
-        assert_eq!(device_name("Mozilla/5.0 (Linux; Android 14; Pixel 8)"), "Android phone (browser)");
-        assert_eq!(device_name("Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X)"), "iPhone (browser)");
+        assert_eq!(
+            device_name("Mozilla/5.0 (Linux; Android 14; Pixel 8)"),
+            "Android phone (browser)"
+        );
+        assert_eq!(
+            device_name("Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X)"),
+            "iPhone (browser)"
+        );
         assert_eq!(device_name(""), "Device (browser)");
     }
 
     #[test]
     fn host_offline_reason_is_plain() {
-        let r = FailReason::Host { code: ErrorCode::HostOffline, message: "no host".into() };
+        let r = FailReason::Host {
+            code: ErrorCode::HostOffline,
+            message: "no host".into(),
+        };
         assert!(reason_words(&r).contains("host is offline"));
     }
 }

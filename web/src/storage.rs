@@ -32,7 +32,9 @@ fn storage() -> Option<web_sys::Storage> {
 
 /// Every stored credential (unreadable entries are skipped).
 fn all() -> Vec<Credential> {
-    let Some(s) = storage() else { return Vec::new() };
+    let Some(s) = storage() else {
+        return Vec::new();
+    };
     let n = s.length().unwrap_or(0);
     (0..n)
         .filter_map(|i| s.key(i).ok().flatten())
@@ -44,9 +46,13 @@ fn all() -> Vec<Credential> {
 }
 
 /// The credential for a mesh reachable at any of `endpoint_urls`, if this browser has one.
-pub fn find_for_endpoints<'a>(endpoint_urls: impl IntoIterator<Item = &'a str>) -> Option<Credential> {
+pub fn find_for_endpoints<'a>(
+    endpoint_urls: impl IntoIterator<Item = &'a str>,
+) -> Option<Credential> {
     let urls: Vec<&str> = endpoint_urls.into_iter().collect();
-    all().into_iter().find(|c| c.endpoints.iter().any(|e| urls.contains(&e.as_str())))
+    all()
+        .into_iter()
+        .find(|c| c.endpoints.iter().any(|e| urls.contains(&e.as_str())))
 }
 
 /// Saves (or updates) the credential of a mesh, merging the endpoint URLs it was reached on.

@@ -7,7 +7,7 @@
 //! Callbacks never run the UI while the shell's state is borrowed: events are collected
 //! first and handed to the listener afterwards, so a listener may call back into the shell.
 
-use atmosphere_shared::racing::{AttemptId, FailReason, Output, Outcome, Policy, Race, RaceEvent};
+use atmosphere_shared::racing::{AttemptId, FailReason, Outcome, Output, Policy, Race, RaceEvent};
 use atmosphere_shared::wire::{ClientMsg, DeviceInfo, ServerMsg, MAX_FRAME_BYTES};
 use atmosphere_shared::{Endpoints, PathKind};
 use std::cell::RefCell;
@@ -24,7 +24,10 @@ pub enum Credential {
     /// First join through an invite token.
     Token { token: String, device: DeviceInfo },
     /// Rejoin with the credential the host gave this browser earlier.
-    Device { device_id: String, device_key: String },
+    Device {
+        device_id: String,
+        device_key: String,
+    },
 }
 
 /// What the page learns from the shell.
@@ -33,7 +36,11 @@ pub enum ShellEvent {
     /// A step of the race (trying, failed, connected, all failed, fatal).
     Race(RaceEvent),
     /// The race was won: the host's `joined` on `path`; the socket is now the session.
-    Joined { path: PathKind, elapsed_ms: u64, joined: ServerMsg },
+    Joined {
+        path: PathKind,
+        elapsed_ms: u64,
+        joined: ServerMsg,
+    },
     /// A frame from the host on the live session.
     Frame(ServerMsg),
     /// The session socket closed (host stopped, network changed, …).
@@ -123,12 +130,20 @@ impl Connector {
     /// Sends a frame on the live session. Errors are plain sentences for the UI.
     pub fn send(&self, msg: &ClientMsg) -> Result<(), String> {
         let inner = self.inner.borrow();
-        let sock = inner.session.and_then(|id| inner.sockets.get(&id)).ok_or("not connected")?;
+        let sock = inner
+            .session
+            .and_then(|id| inner.sockets.get(&id))
+            .ok_or("not connected")?;
         let text = serde_json::to_string(msg).map_err(|e| e.to_string())?;
         if text.len() > MAX_FRAME_BYTES {
-            return Err(format!("message too large ({} bytes, limit {MAX_FRAME_BYTES})", text.len()));
+            return Err(format!(
+                "message too large ({} bytes, limit {MAX_FRAME_BYTES})",
+                text.len()
+            ));
         }
-        sock.ws.send_with_str(&text).map_err(|_| "the connection is closed".to_string())
+        sock.ws
+            .send_with_str(&text)
+            .map_err(|_| "the connection is closed".to_string())
     }
 
     /// Closes every socket and timer; no further events are delivered.
@@ -136,8 +151,8 @@ impl Connector {
         let mut inner = self.inner.borrow_mut();
         inner.stopped = true;
         if let Some(t) = inner.timer.take() {
-                t.clear();
-            }
+            t.clear();
+        }
         let socks: Vec<Sock> = inner.sockets.drain().map(|(_, s)| s).collect();
         for s in &socks {
             s.shut();
@@ -204,7 +219,10 @@ impl Connector {
     }
 
     fn weak_clone(&self) -> WeakConnector {
-        WeakConnector { inner: Rc::downgrade(&self.inner), listener: self.listener.clone() }
+        WeakConnector {
+            inner: Rc::downgrade(&self.inner),
+            listener: self.listener.clone(),
+        }
     }
 
     /// Opens the socket for one attempt; a synchronous refusal (bad URL, blocked scheme)
@@ -217,7 +235,9 @@ impl Connector {
                     .ok()
                     .and_then(|m| m.as_string())
                     .unwrap_or_else(|| "the browser refused this address".into());
-                inner.race.handle_failed(id, FailReason::Connect(why), now_ms());
+                inner
+                    .race
+                    .handle_failed(id, FailReason::Connect(why), now_ms());
                 return;
             }
         };
@@ -259,14 +279,21 @@ impl Connector {
     fn on_open(&self, id: AttemptId) {
         let mut inner = self.inner.borrow_mut();
         let frame = {
-            let Some(sock) = inner.sockets.get(&id) else { return };
+            let Some(sock) = inner.sockets.get(&id) else {
+                return;
+            };
             join_frame(&inner.credential, sock.path)
         };
-        let Some(sock) = inner.sockets.get_mut(&id) else { return };
+        let Some(sock) = inner.sockets.get_mut(&id) else {
+            return;
+        };
         sock.opened = true;
         if sock.ws.send_with_str(&frame).is_err() {
             drop(inner);
-            self.fail(id, FailReason::Connect("could not send the join request".into()));
+            self.fail(
+                id,
+                FailReason::Connect("could not send the join request".into()),
+            );
         }
     }
 
@@ -293,11 +320,20 @@ impl Connector {
                 {
                     let mut inner = self.inner.borrow_mut();
                     inner.race.handle_joined(id, now_ms());
-                    if let Some(Outcome::Connected { id: won, path, elapsed_ms }) = inner.race.outcome().cloned() {
+                    if let Some(Outcome::Connected {
+                        id: won,
+                        path,
+                        elapsed_ms,
+                    }) = inner.race.outcome().cloned()
+                    {
                         if won == id {
                             inner.session = Some(id);
                             // Queued behind the race's own `Connected` event by pump().
-                            let ev = ShellEvent::Joined { path, elapsed_ms, joined: msg };
+                            let ev = ShellEvent::Joined {
+                                path,
+                                elapsed_ms,
+                                joined: msg,
+                            };
                             drop(inner);
                             self.pump();
                             self.inner.borrow_mut().pending.push(ev);
@@ -353,7 +389,9 @@ impl Connector {
         let reason = if opened {
             FailReason::ClosedBeforeJoined
         } else {
-            FailReason::Connect("could not connect (refused, unreachable or not an Atmosphere host)".into())
+            FailReason::Connect(
+                "could not connect (refused, unreachable or not an Atmosphere host)".into(),
+            )
         };
         self.fail(id, reason);
     }
@@ -403,7 +441,10 @@ impl WeakConnector {
         if inner.borrow().stopped {
             return None;
         }
-        Some(Connector { inner, listener: self.listener.clone() })
+        Some(Connector {
+            inner,
+            listener: self.listener.clone(),
+        })
     }
 }
 
@@ -417,7 +458,10 @@ pub fn join_frame(cred: &Credential, path: PathKind) -> String {
             device_key: None,
             path,
         },
-        Credential::Device { device_id, device_key } => ClientMsg::Join {
+        Credential::Device {
+            device_id,
+            device_key,
+        } => ClientMsg::Join {
             token: None,
             device: None,
             device_id: Some(device_id.clone()),

@@ -1,16 +1,24 @@
 //! Background network discovery: local IPs, public IP via STUN, NAT and CGNAT flags.
 //!
 //! One *round* finds the local addresses (no packet sent, see [`local`]), asks every
-//! configured STUN server for our mapped address (see [`stun`]) and turns the result into a
-//! [`NetworkSnapshot`] with the pure rules of [`nat`]. [`Discovery`] runs a round at start,
-//! then every `refresh_interval` and on [`Discovery::refresh_now`], and keeps the latest
-//! snapshot in a `watch` channel so readers (invite minting, `GET /api/network`) never wait
-//! on the network. A round publishes as soon as the first STUN answer arrives, so one dead
-//! server among several does not delay the public endpoint; the full per-server picture
-//! replaces it when the round ends.
+//! configured STUN server for our mapped address (see [`stun`]), traces the first few hops
+//! toward the first STUN server that answered (see [`path_probe`]: a 100.64.0.0/10 router
+//! on the way means carrier-grade NAT even when this machine and STUN only see ordinary
+//! addresses) and turns the result into a [`NetworkSnapshot`] with the pure rules of
+//! [`nat`]. [`Discovery`] runs a round at start, then every `refresh_interval` and on
+//! [`Discovery::refresh_now`], and keeps the latest snapshot in a `watch` channel so readers
+//! (invite minting, `GET /api/network`) never wait on the network.
+//!
+//! A round publishes as soon as the first STUN answer arrives, so one dead server among
+//! several does not delay the public endpoint, again when STUN is done, and a last time
+//! with the path verdict. `updated_at` is set only by that last, complete snapshot (until
+//! then a later round's snapshots keep the previous round's time and path), while
+//! [`Discovery::ready`] — what the very first invite waits for — already returns at the
+//! first STUN answer: the path probe never delays minting.
 
 pub mod local;
 pub mod nat;
+pub mod path_probe;
 pub mod stun;
 
 use atmosphere_shared::api::NetworkSnapshot;
@@ -21,6 +29,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::{watch, Notify};
 
 pub use local::LocalInfo;
+pub use path_probe::{PathOptions, Trace};
 pub use stun::{ProbeOutcome, StunOptions, StunServer};
 
 /// Default STUN servers when neither `--stun-server` nor `ATMOSPHERE_STUN_SERVERS` is set.
@@ -118,13 +127,15 @@ fn now_rfc3339() -> String {
 }
 
 /// Turns one round's findings into the API snapshot. `stun_finished` says whether every
-/// probe has its final outcome (it controls the "no STUN server answered" hint).
-/// `endpoints.relay` and `relay` are left empty for `serve` to fill.
+/// probe has its final outcome (it controls the "no STUN server answered" hint); `path` is
+/// the trace toward the STUN server, if one ran. `endpoints.relay`, `relay` and
+/// `updated_at` are left empty for the caller to fill.
 pub fn build_snapshot(
     cfg: &DiscoveryConfig,
     local: &LocalInfo,
     outcomes: &[ProbeOutcome],
     stun_finished: bool,
+    path: Option<&Trace>,
 ) -> NetworkSnapshot {
     // The first answer wins; IPv4 answers before IPv6 ones, because the local endpoint and
     // most NAT port forwards are IPv4.
@@ -139,7 +150,9 @@ pub fn build_snapshot(
     own.extend(advertised);
     let behind_nat = nat::is_behind_nat(public_ip, &own);
     let public_cgnat = public_ip.is_some_and(nat::is_cgnat);
+    let cgnat_hop = path.and_then(Trace::cgnat_hop);
     let cgnat = public_cgnat
+        || cgnat_hop.is_some()
         || local
             .addrs
             .iter()
@@ -164,6 +177,7 @@ pub fn build_snapshot(
     let hint = nat::hint(&nat::HintInput {
         cgnat,
         public_cgnat,
+        cgnat_hop,
         behind_nat,
         mapping_varies,
         local_ip: advertised,
@@ -192,14 +206,35 @@ pub fn build_snapshot(
         },
         relay: None,
         updated_at: None,
+        path: path.map(Trace::to_api),
+        cgnat_hop: cgnat_hop.map(|(_, ip)| ip.to_string()),
     }
 }
 
+/// How far a round was when it published a snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// The first STUN answer of a round with several servers (others still out).
+    FirstAnswer,
+    /// Every STUN probe has its outcome; the path probe is still running.
+    StunDone,
+    /// The round is complete (`updated_at` is set).
+    Complete,
+}
+
 /// Runs one discovery round. `publish` gets an early snapshot when the first STUN answer
-/// arrives (only if some probes are still out) and always the final one.
-pub async fn run_round<F>(cfg: &DiscoveryConfig, mut publish: F) -> NetworkSnapshot
+/// arrives (only if some probes are still out), one when STUN is done (only if a path probe
+/// follows) and always the complete one, which is also returned with the round's trace.
+/// Intermediate snapshots carry `prev_path` (the previous round's trace), so the CGNAT
+/// verdict does not flicker while the new trace runs. The path probe only ever targets the
+/// first configured STUN server that answered; with STUN disabled nothing is probed.
+pub async fn run_round<F>(
+    cfg: &DiscoveryConfig,
+    prev_path: Option<&Trace>,
+    mut publish: F,
+) -> (NetworkSnapshot, Option<Trace>)
 where
-    F: FnMut(NetworkSnapshot),
+    F: FnMut(NetworkSnapshot, Stage),
 {
     let local = local::discover(cfg.local_ip);
     let outcomes = if cfg.stun_servers.is_empty() {
@@ -210,31 +245,45 @@ where
         stun::probe_servers(&cfg.stun_servers, cfg.stun_options(), |first| {
             if !early_sent && total > 1 {
                 early_sent = true;
-                let mut snap = build_snapshot(cfg, &local, std::slice::from_ref(first), false);
-                snap.updated_at = Some(now_rfc3339());
-                publish(snap);
+                let snap =
+                    build_snapshot(cfg, &local, std::slice::from_ref(first), false, prev_path);
+                publish(snap, Stage::FirstAnswer);
             }
         })
         .await
     };
-    let mut snap = build_snapshot(cfg, &local, &outcomes, true);
+    let path = match path_probe::choose_target(&outcomes) {
+        Some(target) => {
+            publish(
+                build_snapshot(cfg, &local, &outcomes, true, prev_path),
+                Stage::StunDone,
+            );
+            Some(path_probe::trace(target, PathOptions::default()).await)
+        }
+        None => None,
+    };
+    let mut snap = build_snapshot(cfg, &local, &outcomes, true, path.as_ref());
     snap.updated_at = Some(now_rfc3339());
     tracing::debug!(
         local_ip = ?snap.local_ip,
         public_ip = ?snap.public_ip,
         stun_source = ?snap.stun_source,
+        cgnat_hop = ?snap.cgnat_hop,
         "network discovery round finished"
     );
     for p in snap.probes.iter().filter(|p| p.error.is_some()) {
         tracing::debug!(server = %p.server, error = ?p.error, "STUN probe failed");
     }
-    publish(snap.clone());
-    snap
+    if let Some(e) = path.as_ref().and_then(|t| t.error.as_deref()) {
+        tracing::debug!(error = e, "path probe incomplete");
+    }
+    publish(snap.clone(), Stage::Complete);
+    (snap, path)
 }
 
 /// One discovery round without a background task (used by `atmosphere netcheck`).
 pub async fn discover_once(cfg: &DiscoveryConfig) -> NetworkSnapshot {
-    run_round(cfg, |_| {}).await
+    run_round(cfg, None, |_, _| {}).await.0
 }
 
 /// Handle to the background discovery task; cheap to clone. The task stops when the last
@@ -242,6 +291,9 @@ pub async fn discover_once(cfg: &DiscoveryConfig) -> NetworkSnapshot {
 #[derive(Clone)]
 pub struct Discovery {
     rx: watch::Receiver<NetworkSnapshot>,
+    /// Becomes true once the first round knows its public side (first STUN answer, STUN
+    /// done, or the round's end), which is before `updated_at` when a path probe follows.
+    public_known: watch::Receiver<bool>,
     refresh: Arc<Notify>,
 }
 
@@ -250,11 +302,16 @@ impl Discovery {
     /// The snapshot already carries the local addresses when this returns (they need no
     /// network); the public side follows when the first round finishes.
     pub fn spawn(config: DiscoveryConfig) -> Discovery {
-        let initial = build_snapshot(&config, &local::discover(config.local_ip), &[], false);
+        let initial = build_snapshot(&config, &local::discover(config.local_ip), &[], false, None);
         let (tx, rx) = watch::channel(initial);
+        let (known_tx, public_known) = watch::channel(false);
         let refresh = Arc::new(Notify::new());
-        tokio::spawn(background(config, tx, refresh.clone()));
-        Discovery { rx, refresh }
+        tokio::spawn(background(config, tx, known_tx, refresh.clone()));
+        Discovery {
+            rx,
+            public_known,
+            refresh,
+        }
     }
 
     /// The cached snapshot (never waits on the network). `endpoints.local`/`public` are filled
@@ -263,12 +320,13 @@ impl Discovery {
         self.rx.borrow().clone()
     }
 
-    /// Waits until the first discovery has published (first STUN answer, or the round's
-    /// end), at most `max_wait`, then returns the snapshot (used when minting the very
-    /// first invite).
+    /// Waits until the first discovery knows the public side (first STUN answer, all STUN
+    /// outcomes, or the round's end — not the path probe that may follow), at most
+    /// `max_wait`, then returns the snapshot (used when minting the very first invite).
+    /// `updated_at` may still be `None` then: it marks the complete round.
     pub async fn ready(&self, max_wait: Duration) -> NetworkSnapshot {
-        let mut rx = self.rx.clone();
-        let _ = tokio::time::timeout(max_wait, rx.wait_for(|s| s.updated_at.is_some())).await;
+        let mut known = self.public_known.clone();
+        let _ = tokio::time::timeout(max_wait, known.wait_for(|k| *k)).await;
         self.snapshot()
     }
 
@@ -285,29 +343,51 @@ impl Discovery {
 }
 
 /// The facts whose change is worth an info log line: local IP, public IP, STUN source,
-/// behind NAT, CGNAT.
-type LogKey = (Option<String>, Option<String>, Option<String>, bool, bool);
+/// behind NAT, CGNAT, the CGNAT hop.
+type LogKey = (
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    bool,
+    bool,
+    Option<String>,
+);
 
 /// The background loop: a round, then wait for the interval or a refresh request.
 async fn background(
     cfg: DiscoveryConfig,
     tx: watch::Sender<NetworkSnapshot>,
+    public_known: watch::Sender<bool>,
     refresh: Arc<Notify>,
 ) {
     let interval = cfg.refresh_interval.max(MIN_REFRESH_INTERVAL);
     // What was last logged: one info line per change, not one per round.
     let mut logged: Option<LogKey> = None;
+    // The last complete round's trace and time, carried by the next round's partial
+    // snapshots.
+    let mut path: Option<Trace> = None;
+    let mut updated_at: Option<String> = None;
     loop {
-        let snap = tokio::select! {
-            s = run_round(&cfg, |s| { tx.send_replace(s); }) => s,
+        let publish = |mut s: NetworkSnapshot, stage: Stage| {
+            if stage != Stage::Complete {
+                s.updated_at = updated_at.clone();
+            }
+            tx.send_replace(s);
+            public_known.send_replace(true);
+        };
+        let (snap, trace) = tokio::select! {
+            r = run_round(&cfg, path.as_ref(), publish) => r,
             _ = tx.closed() => return,
         };
+        path = trace;
+        updated_at = snap.updated_at.clone();
         let key = (
             snap.local_ip.clone(),
             snap.public_ip.clone(),
             snap.stun_source.clone(),
             snap.is_behind_nat,
             snap.cgnat,
+            snap.cgnat_hop.clone(),
         );
         if logged.as_ref() != Some(&key) {
             tracing::info!(
@@ -316,6 +396,7 @@ async fn background(
                 stun_source = ?snap.stun_source,
                 behind_nat = snap.is_behind_nat,
                 cgnat = snap.cgnat,
+                cgnat_hop = ?snap.cgnat_hop,
                 hint = ?snap.hint,
                 "network discovery"
             );
@@ -402,7 +483,7 @@ mod tests {
             outcome("stun:b:2", Some("73.45.123.89:5000"), Some(0)),
             outcome("stun:c:3", None, None),
         ];
-        let s = build_snapshot(&cfg, &lan(), &outs, true);
+        let s = build_snapshot(&cfg, &lan(), &outs, true, None);
         assert_eq!(s.public_ip.as_deref(), Some("73.45.123.89"));
         assert_eq!(
             s.stun_source.as_deref(),
@@ -433,7 +514,7 @@ mod tests {
     #[test]
     fn snapshot_without_answers_invents_nothing() {
         let cfg = DiscoveryConfig::new(11451, strings(&["a:1"]));
-        let s = build_snapshot(&cfg, &lan(), &[outcome("stun:a:1", None, None)], true);
+        let s = build_snapshot(&cfg, &lan(), &[outcome("stun:a:1", None, None)], true, None);
         assert_eq!(s.public_ip, None);
         assert_eq!(s.endpoints.public, None);
         assert_eq!(s.public_port, None);
@@ -443,7 +524,7 @@ mod tests {
 
         let mut cfg = DiscoveryConfig::new(11451, Vec::new());
         cfg.public_url = Some("wss://home.example.com".into());
-        let s = build_snapshot(&cfg, &lan(), &[], true);
+        let s = build_snapshot(&cfg, &lan(), &[], true, None);
         assert_eq!(
             s.endpoints.public.as_deref(),
             Some("wss://home.example.com")
@@ -466,10 +547,61 @@ mod tests {
             &local,
             &[outcome("stun:a:1", Some("203.0.113.9:1"), Some(0))],
             true,
+            None,
         );
         assert!(s.cgnat);
         assert!(s.is_behind_nat);
         assert!(s.hint.unwrap().contains("carrier-grade NAT"));
+    }
+
+    #[test]
+    fn snapshot_flags_cgnat_found_on_the_path() {
+        // 192.168.x host, STUN sees an ordinary public address, but hop 2 is 100.64.0.1:
+        // the home router's WAN is inside the ISP's carrier-grade NAT.
+        use path_probe::{Hop, Trace};
+        let cfg = DiscoveryConfig::new(11451, strings(&["a:1"]));
+        let outs = [outcome("stun:a:1", Some("198.51.100.4:40000"), Some(0))];
+        let hop = |ttl: u8, addr: &str, destination: bool| Hop {
+            ttl,
+            addr: Some(addr.parse().unwrap()),
+            destination,
+        };
+        let trace = Trace {
+            target: "203.0.113.10:3478".parse().unwrap(),
+            hops: vec![
+                hop(1, "192.168.86.1", false),
+                hop(2, "100.64.0.1", false),
+                hop(3, "203.0.113.10", true),
+            ],
+            error: None,
+        };
+        let plain = build_snapshot(&cfg, &lan(), &outs, true, None);
+        assert!(!plain.cgnat);
+        assert!(plain.hint.unwrap().contains("forward TCP port"));
+
+        let s = build_snapshot(&cfg, &lan(), &outs, true, Some(&trace));
+        assert!(s.cgnat);
+        assert!(s.is_behind_nat);
+        assert_eq!(s.cgnat_hop.as_deref(), Some("100.64.0.1"));
+        let hint = s.hint.unwrap();
+        assert!(hint.contains("carrier-grade NAT"), "{hint}");
+        assert!(hint.contains("Hop 2"), "{hint}");
+        assert!(!hint.contains("forward TCP port"), "{hint}");
+        let path = s.path.unwrap();
+        assert_eq!(path.target, "203.0.113.10:3478");
+        assert_eq!(path.hops.len(), 3);
+        assert!(path.hops[2].destination);
+
+        // The JSON carries both new fields; an old snapshot without them still parses.
+        let json =
+            serde_json::to_value(build_snapshot(&cfg, &lan(), &outs, true, Some(&trace))).unwrap();
+        assert_eq!(json["cgnat_hop"], "100.64.0.1");
+        assert_eq!(json["path"]["hops"][1]["addr"], "100.64.0.1");
+        let mut old = json.clone();
+        old.as_object_mut().unwrap().remove("path");
+        old.as_object_mut().unwrap().remove("cgnat_hop");
+        let back: NetworkSnapshot = serde_json::from_value(old).unwrap();
+        assert_eq!(back.path, None);
     }
 
     #[test]
@@ -486,6 +618,7 @@ mod tests {
             &local,
             &[outcome("stun:a:1", Some("[2001:db8::5]:999"), Some(0))],
             true,
+            None,
         );
         assert_eq!(
             s.endpoints.local.as_deref(),

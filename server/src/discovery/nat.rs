@@ -78,6 +78,9 @@ pub fn mapping_varies(mapped: &[SocketAddr]) -> Option<bool> {
 pub struct HintInput {
     pub cgnat: bool,
     pub public_cgnat: bool,
+    /// The first router on the path to the STUN server with a 100.64.0.0/10 address, and
+    /// its TTL (see `path_probe`).
+    pub cgnat_hop: Option<(u8, IpAddr)>,
     pub behind_nat: bool,
     pub mapping_varies: Option<bool>,
     pub local_ip: Option<IpAddr>,
@@ -98,6 +101,10 @@ pub fn hint(i: &HintInput) -> Option<String> {
                 "The address STUN reported is itself in 100.64.0.0/10, so it is not reachable from the internet"
                     .to_string(),
             );
+        } else if let Some((ttl, ip)) = i.cgnat_hop {
+            parts.push(format!(
+                "Hop {ttl} on the way to the STUN server ({ip}) has a carrier-grade NAT address (100.64.0.0/10), so your router's internet side is inside the ISP's NAT"
+            ));
         }
     } else if i.behind_nat && !i.public_url_set {
         let port = i.public_port.unwrap_or(i.listen_port);
@@ -228,6 +235,16 @@ mod tests {
         .unwrap();
         assert!(cg.contains("carrier-grade NAT"), "{cg}");
         assert!(!cg.contains("forward TCP port"), "{cg}");
+        let hop = hint(&HintInput {
+            cgnat: true,
+            behind_nat: true,
+            cgnat_hop: Some((2, ip("100.64.0.1"))),
+            ..base.clone()
+        })
+        .unwrap();
+        assert!(hop.contains("use a relay"), "{hop}");
+        assert!(hop.contains("Hop 2") && hop.contains("100.64.0.1"), "{hop}");
+        assert!(!hop.contains("forward TCP port"), "{hop}");
         let nat = hint(&HintInput {
             behind_nat: true,
             public_port: Some(8443),

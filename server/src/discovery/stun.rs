@@ -195,8 +195,8 @@ struct Pending {
     done: bool,
 }
 
-/// Encodes a Binding request with the given transaction id.
-fn binding_request(tid: TransactionId) -> Result<Vec<u8>, String> {
+/// Encodes a Binding request with the given transaction id (also the path probe's payload).
+pub(crate) fn binding_request(tid: TransactionId) -> Result<Vec<u8>, String> {
     let msg = StunMessageBuilder::new(BINDING, MessageClass::Request)
         .with_transaction_id(tid)
         .build();
