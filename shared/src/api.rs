@@ -55,9 +55,17 @@ pub struct TokenResponse {
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum RelayState {
     NotConfigured,
-    Connecting { url: String },
-    Connected { url: String },
-    Retrying { url: String, last_error: String, retry_in_ms: u64 },
+    Connecting {
+        url: String,
+    },
+    Connected {
+        url: String,
+    },
+    Retrying {
+        url: String,
+        last_error: String,
+        retry_in_ms: u64,
+    },
 }
 
 /// One STUN server's answer in a discovery run.

@@ -20,7 +20,9 @@ pub fn mesh_id_from_public_key(public_key: &[u8; 32]) -> String {
 
 /// Whether `s` has the shape of a mesh id (cheap check before any lookup).
 pub fn is_valid_mesh_id(s: &str) -> bool {
-    s.len() == 26 && s.bytes().all(|b| b.is_ascii_lowercase() || (b'2'..=b'7').contains(&b))
+    s.len() == 26
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || (b'2'..=b'7').contains(&b))
 }
 
 #[cfg(test)]

@@ -78,16 +78,25 @@ pub enum ServerMsg {
         peers: Vec<Peer>,
     },
     /// Full presence list (excluding the receiver).
-    Peers { peers: Vec<Peer> },
-    PeerJoined { peer: Peer },
-    PeerLeft { device_id: String },
+    Peers {
+        peers: Vec<Peer>,
+    },
+    PeerJoined {
+        peer: Peer,
+    },
+    PeerLeft {
+        device_id: String,
+    },
     /// A message from another member.
     Message {
         from: String,
         body: serde_json::Value,
     },
     /// A refusal or protocol error; the host closes the socket after sending it.
-    Error { code: ErrorCode, message: String },
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
 }
 
 /// Machine-readable error codes of [`ServerMsg::Error`].
@@ -150,7 +159,10 @@ impl ClientMsg {
     /// Parses one text frame, enforcing [`MAX_FRAME_BYTES`].
     pub fn parse(text: &str) -> Result<Self, String> {
         if text.len() > MAX_FRAME_BYTES {
-            return Err(format!("frame of {} bytes exceeds {MAX_FRAME_BYTES}", text.len()));
+            return Err(format!(
+                "frame of {} bytes exceeds {MAX_FRAME_BYTES}",
+                text.len()
+            ));
         }
         serde_json::from_str(text).map_err(|e| e.to_string())
     }
@@ -174,7 +186,12 @@ mod tests {
         )
         .unwrap();
         match m {
-            ClientMsg::Join { token, device, path, .. } => {
+            ClientMsg::Join {
+                token,
+                device,
+                path,
+                ..
+            } => {
                 assert_eq!(token.as_deref(), Some("ATM-X"));
                 assert_eq!(device.unwrap().name, "Pixel 8");
                 assert_eq!(path, PathKind::Local);
@@ -185,8 +202,15 @@ mod tests {
 
     #[test]
     fn error_frame_shape() {
-        let s = ServerMsg::Error { code: ErrorCode::TokenExpired, message: "expired".into() }.to_json();
-        assert_eq!(s, r#"{"type":"error","code":"token_expired","message":"expired"}"#);
+        let s = ServerMsg::Error {
+            code: ErrorCode::TokenExpired,
+            message: "expired".into(),
+        }
+        .to_json();
+        assert_eq!(
+            s,
+            r#"{"type":"error","code":"token_expired","message":"expired"}"#
+        );
     }
 
     #[test]

@@ -21,7 +21,10 @@ pub fn bin_path() -> PathBuf {
     if let Some(p) = std::env::var_os("ATMOSPHERE_BIN") {
         return PathBuf::from(p);
     }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"));
@@ -36,7 +39,11 @@ pub fn bin_path() -> PathBuf {
 
 /// A port that was free a moment ago on 127.0.0.1.
 pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A `ws://` URL on which nothing listens: connecting fails fast with "connection refused".
@@ -86,7 +93,10 @@ impl Proc {
         cmd.args(args)
             .env("ATMOSPHERE_STUN_SERVERS", "none")
             .env_remove("ATMOSPHERE_RELAY_URL")
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);
@@ -154,18 +164,33 @@ impl Host {
             free_port(),
             data_dir,
             extra_args.iter().map(|s| s.to_string()).collect(),
-            env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            env.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         )
         .await;
         h._tmp = Some(tmp);
         h
     }
 
-    async fn launch(port: u16, data_dir: PathBuf, extra_args: Vec<String>, env: Vec<(String, String)>) -> Host {
+    async fn launch(
+        port: u16,
+        data_dir: PathBuf,
+        extra_args: Vec<String>,
+        env: Vec<(String, String)>,
+    ) -> Host {
         std::fs::create_dir_all(&data_dir).unwrap();
         let port_s = port.to_string();
         let dd = data_dir.to_str().unwrap().to_string();
-        let mut args: Vec<&str> = vec!["serve", "--port", &port_s, "--bind", "127.0.0.1", "--data-dir", &dd];
+        let mut args: Vec<&str> = vec![
+            "serve",
+            "--port",
+            &port_s,
+            "--bind",
+            "127.0.0.1",
+            "--data-dir",
+            &dd,
+        ];
         // The advertised local endpoint must be dialable from the tests: loopback.
         if !extra_args.iter().any(|a| a == "--local-ip") {
             args.extend(["--local-ip", "127.0.0.1"]);
@@ -179,14 +204,27 @@ impl Host {
         let url = format!("http://127.0.0.1:{port}/health");
         let up = wait_http_ok(&url, Duration::from_secs(20)).await;
         assert!(up, "host did not come up on {url}:\n{}", proc.output());
-        Host { port, data_dir, proc, extra_args, env, _tmp: None }
+        Host {
+            port,
+            data_dir,
+            proc,
+            extra_args,
+            env,
+            _tmp: None,
+        }
     }
 
     /// Stops the host and starts it again on the same port and data dir.
     pub async fn restart(mut self) -> Host {
         self.proc.kill();
         let tmp = self._tmp.take();
-        let mut h = Host::launch(self.port, self.data_dir.clone(), self.extra_args.clone(), self.env.clone()).await;
+        let mut h = Host::launch(
+            self.port,
+            self.data_dir.clone(),
+            self.extra_args.clone(),
+            self.env.clone(),
+        )
+        .await;
         h._tmp = tmp;
         h
     }
@@ -203,7 +241,10 @@ impl Host {
 
     /// The admin secret the host wrote into its data dir.
     pub fn admin_secret(&self) -> String {
-        std::fs::read_to_string(self.data_dir.join("admin_secret")).unwrap().trim().to_string()
+        std::fs::read_to_string(self.data_dir.join("admin_secret"))
+            .unwrap()
+            .trim()
+            .to_string()
     }
 
     /// Mints an invite through the API with the admin bearer token.
