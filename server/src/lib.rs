@@ -13,6 +13,7 @@
 
 pub mod cli;
 pub mod discovery;
+pub mod http;
 pub mod inspect;
 pub mod join;
 pub mod netcheck;

@@ -451,3 +451,31 @@ async fn a_member_that_stops_reading_is_dropped_without_slowing_the_others() {
     );
     assert!(!host.proc.output().contains("panicked"));
 }
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_request_head_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let host = Host::start_with(&[], &[("ATMOSPHERE_HANDSHAKE_TIMEOUT_MS", "600")]).await;
+    // Slow-loris: a request line and one header, then silence.
+    let mut slow = tokio::net::TcpStream::connect(("127.0.0.1", host.port))
+        .await
+        .unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), slow.read_to_end(&mut buf)).await;
+    assert!(
+        read.is_ok(),
+        "the host kept a half-sent request open for 10 s"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(400),
+        "closed before the deadline"
+    );
+    // Meanwhile and afterwards the host serves everyone else.
+    let inv = host.mint(&req(None, None)).await;
+    let (_m, joined) = Member::join_token(&host.ws_url(), &inv.token, "after").await;
+    assert_eq!(joined["type"], "joined");
+}

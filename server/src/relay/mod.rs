@@ -143,36 +143,7 @@ pub async fn run(args: Args) -> ExitCode {
         "relay listening on {scheme}://{local} (hosts: /mesh/<mesh_id>/host, members: /mesh/<mesh_id>)"
     );
     let relay = server::Relay::new(limits);
-    tokio::select! {
-        r = server::serve(listener, tls, relay) => {
-            if let Err(e) = r {
-                eprintln!("error: {e}");
-                return ExitCode::from(1);
-            }
-        }
-        _ = shutdown_signal() => tracing::info!("relay shutting down"),
-    }
+    server::serve(listener, tls, relay, crate::http::shutdown_signal()).await;
+    tracing::info!("relay shutting down");
     ExitCode::SUCCESS
-}
-
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = tokio::signal::ctrl_c().await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }

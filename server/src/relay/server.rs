@@ -20,11 +20,11 @@ use atmosphere_shared::relay_proto::{
 };
 use atmosphere_shared::wire::{ErrorCode, ServerMsg};
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{header, HeaderMap, HeaderName};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Extension, Json, Router};
+use axum::{Json, Router};
 use rand::RngCore;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -65,10 +65,6 @@ impl Default for Limits {
         }
     }
 }
-
-/// The TCP peer address of the connection a request arrived on (inserted by the accept loop).
-#[derive(Debug, Clone, Copy)]
-pub struct PeerAddr(pub SocketAddr);
 
 /// Commands to a host's control-socket task.
 enum HostCmd {
@@ -323,7 +319,7 @@ async fn host_ws(
     ws: WebSocketUpgrade,
     State(relay): State<Arc<Relay>>,
     Path(mesh_id): Path<String>,
-    Extension(PeerAddr(peer)): Extension<PeerAddr>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Response {
     let ip = relay.client_ip(peer, &headers);
@@ -532,7 +528,7 @@ async fn client_ws(
     ws: WebSocketUpgrade,
     State(relay): State<Arc<Relay>>,
     Path(mesh_id): Path<String>,
-    Extension(PeerAddr(peer)): Extension<PeerAddr>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Response {
     let ip = relay.client_ip(peer, &headers);
@@ -680,7 +676,7 @@ async fn data_ws(
     ws: WebSocketUpgrade,
     State(relay): State<Arc<Relay>>,
     Path((mesh_id, session_id)): Path<(String, String)>,
-    Extension(PeerAddr(peer)): Extension<PeerAddr>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Response {
     let ip = relay.client_ip(peer, &headers);
@@ -744,62 +740,20 @@ pub(crate) fn is_too_large(e: axum::Error) -> bool {
     }
 }
 
-/// Serves the relay on `listener` until the process ends: TLS (when configured) and the
+/// Serves the relay on `listener` until `shutdown` completes: TLS (when configured) and the
 /// HTTP/1.1 upgrade run in a task per connection, both under the handshake deadline, so a
 /// slow or silent client costs one task for at most that long.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
     relay: Arc<Relay>,
-) -> std::io::Result<()> {
-    let app = router(relay.clone());
-    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
-    let handshake = relay.limits.handshake_timeout;
-    loop {
-        let (tcp, peer) = match listener.accept().await {
-            Ok(x) => x,
-            Err(e) => {
-                // Typically EMFILE: back off briefly instead of spinning.
-                tracing::warn!("accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = tcp.set_nodelay(true);
-        let app = app.clone();
-        let acceptor = acceptor.clone();
-        tokio::spawn(async move {
-            match acceptor {
-                None => serve_conn(tcp, peer, app, handshake).await,
-                Some(acc) => match tokio::time::timeout(handshake, acc.accept(tcp)).await {
-                    Ok(Ok(tls)) => serve_conn(tls, peer, app, handshake).await,
-                    Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
-                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                },
-            }
-        });
-    }
-}
-
-async fn serve_conn<I>(io: I, peer: SocketAddr, app: Router, handshake: Duration)
-where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-        req.extensions_mut().insert(PeerAddr(peer));
-        let mut app = app.clone();
-        async move { tower_service::Service::call(&mut app, req).await }
-    });
-    let mut b = hyper::server::conn::http1::Builder::new();
-    b.timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(handshake)
-        .max_buf_size(64 * 1024);
-    let conn = b
-        .serve_connection(hyper_util::rt::TokioIo::new(io), svc)
-        .with_upgrades();
-    if let Err(e) = conn.await {
-        tracing::debug!(%peer, "connection ended: {e}");
-    }
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let options = crate::http::ServeOptions {
+        header_timeout: relay.limits.handshake_timeout,
+        tls,
+    };
+    crate::http::serve(listener, router(relay), options, shutdown).await
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ pub mod auth;
 pub mod metrics;
 pub mod web;
 
-use crate::discovery::{Discovery, DiscoveryConfig, DEFAULT_STUN_SERVERS};
+use crate::discovery::{Discovery, DiscoveryConfig};
 use crate::relay::host_link::{HostLink, HostLinkConfig, OnSession};
 use crate::session::{Hub, SessionConfig, Source};
 use crate::store::{self, Store};
@@ -256,21 +256,8 @@ async fn run_inner(args: Args) -> Result<(), Fail> {
         .map_err(|e| Fail(1, e))?;
     let port = listener.local_addr().map_err(|e| Fail(1, e.into()))?.port();
 
-    let stun_servers: Vec<String> = {
-        let list: Vec<String> = args
-            .stun_servers
-            .iter()
-            .map(|s| s.trim().to_string())
-            .filter(|s| !s.is_empty())
-            .collect();
-        if list.is_empty() {
-            DEFAULT_STUN_SERVERS.iter().map(|s| s.to_string()).collect()
-        } else if list.iter().any(|s| s.eq_ignore_ascii_case("none")) {
-            Vec::new()
-        } else {
-            list
-        }
-    };
+    // clap already merged `--stun-server` flags and ATMOSPHERE_STUN_SERVERS (flags win).
+    let stun_servers = DiscoveryConfig::stun_servers_from(&args.stun_servers, None);
     let discovery = Discovery::spawn(DiscoveryConfig {
         stun_servers: stun_servers.clone(),
         listen_port: port,
@@ -376,14 +363,13 @@ async fn run_inner(args: Args) -> Result<(), Fail> {
         });
     }
 
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown_signal())
-    .await
-    .context("the HTTP server failed")
-    .map_err(|e| Fail(1, e))?;
+    // A request head must arrive within the same deadline as a member's `join` frame
+    // (slow-loris guard: a silent or trickling client cannot hold a socket for long).
+    let options = crate::http::ServeOptions {
+        header_timeout: Duration::from_millis(args.handshake_timeout_ms.max(1)),
+        tls: None,
+    };
+    crate::http::serve(listener, app, options, crate::http::shutdown_signal()).await;
     info!("host stopped");
     Ok(())
 }
@@ -401,26 +387,6 @@ fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
         b.mode(0o700);
     }
     b.create(dir)
-}
-
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = tokio::signal::ctrl_c().await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
 }
 
 /// The host's HTTP routes.
