@@ -265,6 +265,14 @@ async fn phone_connects_via_relay_when_direct_paths_are_black_holes() {
         ms < 5_000,
         "relay should win after two staggers, not after timeouts: {relay_row}"
     );
+    // The black-holed paths were attempted and stopped, not silently skipped.
+    for path in ["local", "public"] {
+        phone
+            .wait_text(&format!(".path-row[data-path={path}]"), UI, |t| {
+                t.contains("stopped, relay won")
+            })
+            .await;
+    }
     phone.screenshot("phone-connected-via-relay").await;
     let devs = devices(&host).await;
     assert_eq!(

@@ -17,8 +17,13 @@ pub enum RowState {
     Trying,
     Failed(String),
     Connected(u64),
-    /// Another path won first; this one was stopped.
+    /// Another path won before this one was started.
     NotNeeded,
+    /// This path was still being tried when another one won (e.g. a black-holed LAN
+    /// address): the person sees it was attempted, not skipped.
+    Stopped {
+        winner: PathKind,
+    },
     /// The race ended (host refusal) before this path was tried.
     NotTried,
 }
@@ -242,7 +247,9 @@ fn on_event(ctx: Ctx, invite: &Invite, stored: Option<&storage::Credential>, ev:
                 for r in rows.iter_mut() {
                     if r.path == path {
                         r.state = RowState::Connected(elapsed_ms);
-                    } else if matches!(r.state, RowState::Trying | RowState::Waiting) {
+                    } else if r.state == RowState::Trying {
+                        r.state = RowState::Stopped { winner: path };
+                    } else if r.state == RowState::Waiting {
                         r.state = RowState::NotNeeded;
                     }
                 }
@@ -520,6 +527,7 @@ fn row_view(row: Row) -> impl IntoView {
         RowState::Failed(r) => ("failed", format!("failed: {r}")),
         RowState::Connected(ms) => ("connected", format!("connected in {ms} ms")),
         RowState::NotNeeded => ("idle", "not needed".to_string()),
+        RowState::Stopped { winner } => ("idle", format!("no answer yet — stopped, {winner} won")),
         RowState::NotTried => ("idle", "not tried".to_string()),
     };
     view! {
