@@ -16,6 +16,7 @@ pub mod discovery;
 pub mod http;
 pub mod inspect;
 pub mod join;
+pub mod limits;
 pub mod netcheck;
 pub mod relay;
 pub mod serve;

@@ -332,6 +332,20 @@ impl Hub {
         self.live(sock, source, admitted).await;
     }
 
+    /// Refuses a socket before its handshake (e.g. too many connections from its address),
+    /// through the same path as any refusal: the member gets a mesh error frame its client
+    /// shows, and the refusal is logged and counted.
+    pub async fn turn_away(
+        &self,
+        mut sock: FrameSocket,
+        source: &Source,
+        code: ErrorCode,
+        message: String,
+    ) {
+        self.refuse(&mut sock, source, Refusal::new(code, message))
+            .await;
+    }
+
     /// Sends the error frame, logs the refusal, counts it, closes the socket.
     async fn refuse(&self, sock: &mut FrameSocket, source: &Source, r: Refusal) {
         let blocked_now = if r.credential_failure {

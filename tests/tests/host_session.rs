@@ -479,3 +479,44 @@ async fn a_client_that_never_finishes_its_request_head_is_cut_off() {
     let (_m, joined) = Member::join_token(&host.ws_url(), &inv.token, "after").await;
     assert_eq!(joined["type"], "joined");
 }
+
+#[tokio::test]
+async fn too_many_sockets_from_one_address_are_turned_away_with_rate_limited() {
+    let host = Host::start_with(&["--max-conns-per-ip", "3"], &[]).await;
+    let inv = host.mint(&req(None, None)).await;
+    let mut held = Vec::new();
+    for i in 0..3 {
+        let (m, joined) = Member::join_token(&host.ws_url(), &inv.token, &format!("m{i}")).await;
+        assert_eq!(joined["type"], "joined", "{joined}");
+        held.push(m);
+    }
+    // The fourth socket from 127.0.0.1 gets a mesh error frame it can show, then a close.
+    let mut fourth = Member::connect(&host.ws_url()).await;
+    let refused = fourth.next_json().await;
+    assert_eq!(refused["type"], "error", "{refused}");
+    assert_eq!(refused["code"], "rate_limited", "{refused}");
+    assert!(
+        refused["message"]
+            .as_str()
+            .unwrap()
+            .contains("too many connections"),
+        "{refused}"
+    );
+    // A member that leaves frees its slot.
+    drop(held.pop());
+    let mut joined_again = false;
+    for _ in 0..40 {
+        let mut m = Member::connect(&host.ws_url()).await;
+        m.send(json!({"type":"join","token":inv.token,"device":{"name":"again","platform":"test"},"path":"local"}))
+            .await;
+        if m.next_json().await["type"] == "joined" {
+            joined_again = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        joined_again,
+        "the slot of a departed member was never released"
+    );
+}

@@ -13,6 +13,7 @@
 
 use super::metrics::{ConnKind, Metrics, Refusal};
 use super::splice::splice;
+use crate::limits::{IpPermit, PerIpLimiter};
 use atmosphere_shared::mesh_id::{is_valid_mesh_id, mesh_id_from_public_key};
 use atmosphere_shared::relay_proto::{
     b64_decode, b64_encode, registration_message, HostMsg, RelayMsg, MAX_CONTROL_FRAME_BYTES,
@@ -91,7 +92,6 @@ struct Registry {
     hosts: HashMap<String, HostEntry>,
     pending: HashMap<String, Pending>,
     sessions_per_mesh: HashMap<String, usize>,
-    per_ip: HashMap<IpAddr, usize>,
 }
 
 /// One relay's shared state.
@@ -102,12 +102,14 @@ pub struct Relay {
     started: Instant,
     next_generation: AtomicU64,
     reg: Mutex<Registry>,
+    per_ip: Arc<PerIpLimiter>,
 }
 
 impl Relay {
     /// A relay with these limits and no hosts.
     pub fn new(limits: Limits) -> Arc<Relay> {
         Arc::new(Relay {
+            per_ip: PerIpLimiter::new(limits.max_conns_per_ip),
             limits,
             metrics: Arc::new(Metrics::default()),
             started: Instant::now(),
@@ -133,20 +135,8 @@ impl Relay {
     }
 
     /// Takes one connection slot for `ip`, or `None` when the IP is at its limit.
-    fn take_ip_slot(self: &Arc<Self>, ip: IpAddr) -> Option<IpSlot> {
-        let mut reg = self.reg();
-        let n = reg.per_ip.entry(ip).or_insert(0);
-        if *n >= self.limits.max_conns_per_ip {
-            if *n == 0 {
-                reg.per_ip.remove(&ip);
-            }
-            return None;
-        }
-        *n += 1;
-        Some(IpSlot {
-            relay: self.clone(),
-            ip,
-        })
+    fn take_ip_slot(&self, ip: IpAddr) -> Option<IpPermit> {
+        self.per_ip.try_acquire(ip)
     }
 
     fn client_ip(&self, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
@@ -224,24 +214,6 @@ struct Ctx {
     kind: &'static str,
     ip: IpAddr,
     mesh: String,
-}
-
-/// Holds one per-IP connection slot until dropped.
-struct IpSlot {
-    relay: Arc<Relay>,
-    ip: IpAddr,
-}
-
-impl Drop for IpSlot {
-    fn drop(&mut self) {
-        let mut reg = self.relay.reg();
-        if let Some(n) = reg.per_ip.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                reg.per_ip.remove(&self.ip);
-            }
-        }
-    }
 }
 
 /// Holds one session slot of a mesh (and its pending entry) until dropped.
@@ -765,19 +737,5 @@ mod tests {
         assert!(ct_eq(b"abc", b"abc"));
         assert!(!ct_eq(b"abc", b"abd"));
         assert!(!ct_eq(b"abc", b"ab"));
-    }
-
-    #[test]
-    fn ip_slots_are_limited_and_released() {
-        let relay = Relay::new(Limits {
-            max_conns_per_ip: 2,
-            ..Limits::default()
-        });
-        let ip: IpAddr = "127.0.0.1".parse().unwrap();
-        let a = relay.take_ip_slot(ip).unwrap();
-        let _b = relay.take_ip_slot(ip).unwrap();
-        assert!(relay.take_ip_slot(ip).is_none());
-        drop(a);
-        assert!(relay.take_ip_slot(ip).is_some());
     }
 }

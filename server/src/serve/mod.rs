@@ -15,13 +15,14 @@ pub mod metrics;
 pub mod web;
 
 use crate::discovery::{Discovery, DiscoveryConfig};
+use crate::limits::PerIpLimiter;
 use crate::relay::host_link::{HostLink, HostLinkConfig, OnSession};
 use crate::session::{Hub, SessionConfig, Source};
 use crate::store::{self, Store};
 use crate::ws::FrameSocket;
 use anyhow::Context;
 use atmosphere_shared::mesh_id::mesh_id_from_public_key;
-use atmosphere_shared::wire::MAX_FRAME_BYTES;
+use atmosphere_shared::wire::{ErrorCode, MAX_FRAME_BYTES};
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State, WebSocketUpgrade};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -102,6 +103,16 @@ pub struct Args {
     #[arg(long, value_name = "IP", env = "ATMOSPHERE_LOCAL_IP")]
     pub local_ip: Option<IpAddr>,
 
+    /// Most mesh WebSockets open at once from one IP address; more are refused with
+    /// `rate_limited` (relayed members arrive through the relay link and are not counted).
+    #[arg(
+        long,
+        value_name = "N",
+        env = "ATMOSPHERE_MAX_CONNS_PER_IP",
+        default_value_t = 32
+    )]
+    pub max_conns_per_ip: usize,
+
     /// Milliseconds a member has to send its join frame (testing knob).
     #[arg(long, hide = true, env = "ATMOSPHERE_HANDSHAKE_TIMEOUT_MS", default_value_t = atmosphere_shared::wire::HANDSHAKE_TIMEOUT_MS)]
     pub handshake_timeout_ms: u64,
@@ -140,6 +151,8 @@ pub struct AppState(Arc<Inner>);
 
 /// The contents of [`AppState`].
 pub struct Inner {
+    /// Caps direct mesh WebSockets per source address.
+    pub per_ip: Arc<PerIpLimiter>,
     /// Live sessions, presence and the event feed.
     pub hub: Arc<Hub>,
     /// The SQLite store.
@@ -313,6 +326,7 @@ async fn run_inner(args: Args) -> Result<(), Fail> {
     }
 
     let state = AppState(Arc::new(Inner {
+        per_ip: PerIpLimiter::new(args.max_conns_per_ip),
         hub,
         store,
         discovery: discovery.clone(),
@@ -472,10 +486,22 @@ async fn ws_only(
 }
 
 fn upgrade(st: AppState, peer: SocketAddr, ws: WebSocketUpgrade) -> Response {
+    let permit = st.per_ip.try_acquire(peer.ip());
+    let max = st.per_ip.max();
     let hub = st.hub.clone();
     ws.max_message_size(WS_BUFFER_LIMIT)
         .max_frame_size(WS_BUFFER_LIMIT)
-        .on_upgrade(move |sock| {
-            hub.serve_member(FrameSocket::from_axum(sock), Source::direct(peer))
+        .on_upgrade(move |sock| async move {
+            let sock = FrameSocket::from_axum(sock);
+            let source = Source::direct(peer);
+            match permit {
+                // The permit lives as long as the session.
+                Some(_permit) => hub.serve_member(sock, source).await,
+                None => {
+                    let why = format!("too many connections from {} (limit {max})", peer.ip());
+                    hub.turn_away(sock, &source, ErrorCode::RateLimited, why)
+                        .await
+                }
+            }
         })
 }
