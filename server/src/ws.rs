@@ -5,6 +5,13 @@
 //! [`FrameSocket`] (a boxed stream of [`Frame`]s plus a boxed sink), so `session` has exactly
 //! one code path for every member, as the architecture requires.
 
+/// Initial read buffer of every server-side WebSocket (host members, relay sockets).
+/// tungstenite's default is 128 KiB per socket, allocated up front: an idle relayed session
+/// (two sockets) then costs ~260 KiB of RSS. Larger frames still grow the buffer on demand,
+/// so this trades a few more read calls on big messages for memory that scales with
+/// thousands of idle members (see docs/BENCHMARKS.md).
+pub const SOCKET_READ_BUFFER: usize = 4 * 1024;
+
 use axum::extract::ws::{self as axum_ws, WebSocket};
 use futures_util::{future, Sink, SinkExt, Stream, StreamExt};
 use std::pin::Pin;

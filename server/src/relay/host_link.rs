@@ -253,6 +253,7 @@ impl Link {
         let on_session = self.on_session.clone();
         tokio::spawn(async move {
             let cfg = WebSocketConfig::default()
+                .read_buffer_size(crate::ws::SOCKET_READ_BUFFER)
                 .max_frame_size(Some(DATA_MAX_BYTES))
                 .max_message_size(Some(DATA_MAX_BYTES));
             match dial(&url, Some(&secret), cfg).await {

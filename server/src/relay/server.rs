@@ -283,7 +283,9 @@ async fn metrics(State(relay): State<Arc<Relay>>) -> Response {
 }
 
 fn configure(ws: WebSocketUpgrade, max: usize) -> WebSocketUpgrade {
-    ws.max_frame_size(max).max_message_size(max)
+    ws.max_frame_size(max)
+        .max_message_size(max)
+        .read_buffer_size(crate::ws::SOCKET_READ_BUFFER)
 }
 
 /// `GET /mesh/{mesh_id}/host`: a host's control socket.

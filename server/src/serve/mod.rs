@@ -491,6 +491,7 @@ fn upgrade(st: AppState, peer: SocketAddr, ws: WebSocketUpgrade) -> Response {
     let hub = st.hub.clone();
     ws.max_message_size(WS_BUFFER_LIMIT)
         .max_frame_size(WS_BUFFER_LIMIT)
+        .read_buffer_size(crate::ws::SOCKET_READ_BUFFER)
         .on_upgrade(move |sock| async move {
             let sock = FrameSocket::from_axum(sock);
             let source = Source::direct(peer);
