@@ -31,7 +31,10 @@ pub fn run(rep: &mut Report, dist: &Path) -> Result<()> {
         }
     }
     if files.is_empty() {
-        bail!("no .wasm or .js in {} (run `trunk build --release`)", dist.display());
+        bail!(
+            "no .wasm or .js in {} (run `trunk build --release`)",
+            dist.display()
+        );
     }
     files.sort();
     let (mut raw_total, mut gz_total) = (0u64, 0u64);
@@ -43,7 +46,11 @@ pub fn run(rep: &mut Report, dist: &Path) -> Result<()> {
         raw_total += raw;
         gz_total += gz;
         let name = f.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-        parts.push(format!("{name}: {} raw, {} gzip", kib(raw as f64 / 1024.0), kib(gz as f64 / 1024.0)));
+        parts.push(format!(
+            "{name}: {} raw, {} gzip",
+            kib(raw as f64 / 1024.0),
+            kib(gz as f64 / 1024.0)
+        ));
         rawj.push(serde_json::json!({"file": name, "raw_bytes": raw, "gzip_bytes": gz}));
     }
     let gz_kib = gz_total as f64 / 1024.0;

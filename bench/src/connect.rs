@@ -180,7 +180,10 @@ pub async fn run(rep: &mut Report, runs: usize, seq_runs: usize) -> Result<()> {
     }
 
     // Racing and floor interleaved (and the sequential policy where it is fast).
-    eprintln!("  racing / floor: {runs} runs x {} scenarios", scenarios.len());
+    eprintln!(
+        "  racing / floor: {runs} runs x {} scenarios",
+        scenarios.len()
+    );
     for i in 0..runs {
         for (s, out) in scenarios.iter().zip(samples.iter_mut()) {
             let name = format!("bench-{}-{i}", s.key);
@@ -257,9 +260,7 @@ pub async fn run(rep: &mut Report, runs: usize, seq_runs: usize) -> Result<()> {
             k => {
                 let budget = stagger * k as f64 + 50.0;
                 (
-                    format!(
-                        "racing ≤ floor + stagger×{k} + 50 ms = floor + {budget:.0} ms"
-                    ),
+                    format!("racing ≤ floor + stagger×{k} + 50 ms = floor + {budget:.0} ms"),
                     Some(over <= budget),
                 )
             }
@@ -271,7 +272,10 @@ pub async fn run(rep: &mut Report, runs: usize, seq_runs: usize) -> Result<()> {
         };
         rep.fig(
             1,
-            format!("Time to connected {} → `{}` (median elapsed_ms)", s.title, s.wins),
+            format!(
+                "Time to connected {} → `{}` (median elapsed_ms)",
+                s.title, s.wins
+            ),
             target,
             format!(
                 "racing {} · sequential {} · floor {} · racing − floor = {} \

@@ -3,22 +3,29 @@
 //! One invite with `max_uses: null`; 1,000 WebSockets to `ws://127.0.0.1:PORT/` each send the
 //! mesh protocol's `join` with it and wait for `joined`. Every device keeps reading (as a real
 //! client would: presence updates for each later join arrive on every open socket), and the
-//! host's RSS is read from `/proc/PID/status` once all are in.
+//! host's RSS is read from `/proc/PID/status` once all are in. Devices dial from 25 per
+//! loopback source address, under the host's default per-address connection limit.
 
 use crate::report::{kib, Report};
-use crate::util::{dial, rss_kib};
+use crate::util::{dial_from, rss_kib};
 use anyhow::{bail, Context, Result};
 use atmosphere_shared::api::TokenRequest;
 use atmosphere_shared::wire::{ClientMsg, DeviceInfo, ServerMsg};
 use atmosphere_shared::PathKind;
 use atmosphere_tests::Host;
 use futures_util::{SinkExt, StreamExt};
+use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::Message;
 
 /// Joins one device and returns a task that keeps reading its socket until aborted.
 async fn join_device(url: String, token: String, i: usize) -> Result<tokio::task::JoinHandle<()>> {
-    let mut ws = dial(&url).await?;
+    // The host allows 32 open mesh sockets per source address (`--max-conns-per-ip`), as a
+    // home network would never need more; 1,000 phones have many addresses, so the devices
+    // come from 127.0.1.1, 127.0.1.2, … (25 each) and the host keeps its default limits.
+    let group = i / 25;
+    let src = Ipv4Addr::new(127, 0, 1 + (group / 250) as u8, 1 + (group % 250) as u8);
+    let mut ws = dial_from(src, &url).await?;
     let join = ClientMsg::Join {
         token: Some(token),
         device: Some(DeviceInfo {
@@ -29,7 +36,8 @@ async fn join_device(url: String, token: String, i: usize) -> Result<tokio::task
         device_key: None,
         path: PathKind::Local,
     };
-    ws.send(Message::text(serde_json::to_string(&join)?)).await?;
+    ws.send(Message::text(serde_json::to_string(&join)?))
+        .await?;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let m = tokio::time::timeout_at(deadline.into(), ws.next())
@@ -39,7 +47,9 @@ async fn join_device(url: String, token: String, i: usize) -> Result<tokio::task
         if let Message::Text(t) = m {
             match serde_json::from_str::<ServerMsg>(t.as_str()) {
                 Ok(ServerMsg::Joined { .. }) => break,
-                Ok(ServerMsg::Error { code, message }) => bail!("host refused join: {code}: {message}"),
+                Ok(ServerMsg::Error { code, message }) => {
+                    bail!("host refused join: {code}: {message}")
+                }
                 _ => continue,
             }
         }
@@ -84,7 +94,13 @@ pub async fn run(rep: &mut Report, devices: usize) -> Result<()> {
     let loaded = rss_kib(pid)? as f64;
     let health = host.get_json("/health").await;
     let online = health["members_online"].as_u64();
-    rep.fig(5, "Host RSS, idle (STUN disabled, one invite minted)", "— (reported)", kib(idle), None);
+    rep.fig(
+        5,
+        "Host RSS, idle (STUN disabled, one invite minted)",
+        "— (reported)",
+        kib(idle),
+        None,
+    );
     let mut first_errors = errors.clone();
     first_errors.truncate(3);
     rep.fig(

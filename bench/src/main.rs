@@ -81,6 +81,14 @@ struct Args {
     #[arg(long, default_value = "docs/BENCHMARKS.md")]
     out: PathBuf,
 
+    /// Internal: run the read-buffer probe child with this `read_buffer_size` (0 = default).
+    #[arg(long, hide = true)]
+    probe_read_buffer: Option<usize>,
+
+    /// Internal: sockets opened by the read-buffer probe child.
+    #[arg(long, hide = true, default_value_t = 2000)]
+    probe_sockets: usize,
+
     /// Where the raw results go.
     #[arg(long, default_value = "target/bench/results.json")]
     json: PathBuf,
@@ -88,6 +96,19 @@ struct Args {
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
+    if let Some(rb) = args.probe_read_buffer {
+        let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+        return match rt.block_on(relay::read_buffer_probe_child(rb, args.probe_sockets)) {
+            Ok(kib) => {
+                println!("{kib:.2}");
+                std::process::ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("probe: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("bench/ sits in the workspace")
@@ -109,6 +130,15 @@ fn main() -> std::process::ExitCode {
     std::env::set_var("RUST_LOG", "warn");
     // 20,000 relayed sessions are 40,000 sockets on each side; children inherit the limit.
     let nofile = util::raise_nofile(200_000);
+    // Each relayed session is two sockets in the relay and two in this process; stay under
+    // the open-file limit (a container may cap it below what the ramp wants).
+    let fd_cap = (nofile.saturating_sub(1000) / 2 / 1000 * 1000) as usize;
+    let max_sessions = args.max_sessions.min(fd_cap.max(1000));
+    if max_sessions < args.max_sessions {
+        eprintln!(
+            "note: the open-file limit ({nofile}) caps the idle-session ramp at {max_sessions} sessions"
+        );
+    }
     let machine = Machine::probe();
     eprintln!(
         "atmosphere-bench: {} ({} cores, Linux {}), load {}, open-file limit {nofile}, binary {}",
@@ -131,7 +161,7 @@ fn main() -> std::process::ExitCode {
             eprintln!("== {section}");
             let r = match section.as_str() {
                 "connect" => connect::run(&mut rep, args.runs, args.seq_runs).await,
-                "relay" => relay::run(&mut rep, args.reps, args.secs, args.max_sessions).await,
+                "relay" => relay::run(&mut rep, args.reps, args.secs, max_sessions, nofile).await,
                 "mint" => mint::run(&mut rep, args.cold_runs).await,
                 "bundle" => bundle::run(&mut rep, &root.join(&args.dist)),
                 "host" => host::run(&mut rep, args.devices).await,
@@ -146,11 +176,20 @@ fn main() -> std::process::ExitCode {
     });
     let date = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
     let date = date.get(..10).unwrap_or(&date).to_string();
-    let command = if args.only.len() == 5 {
-        "scripts/bench.sh".to_string()
-    } else {
-        format!("scripts/bench.sh --only {}", args.only.join(","))
-    };
+    let command = "scripts/bench.sh".to_string();
+    let ran: Vec<u8> = args
+        .only
+        .iter()
+        .filter_map(|s| match s.as_str() {
+            "connect" => Some(1),
+            "relay" => Some(2),
+            "mint" => Some(3),
+            "bundle" => Some(4),
+            "host" => Some(5),
+            _ => None,
+        })
+        .collect();
+    rep.merge_previous(&root.join(&args.json), &ran, &date);
     if let Err(e) = rep.write(
         &root.join(&args.out),
         &root.join(&args.json),

@@ -88,7 +88,12 @@ pub async fn run(rep: &mut Report, cold_runs: usize) -> Result<()> {
         3,
         "Invite minting, warm, STUN disabled (1,000 requests)",
         "p50 < 1 ms",
-        format!("p50 {} · p99 {} · max {}", ms(p50), ms(p99), ms(percentile(&v, 100.0))),
+        format!(
+            "p50 {} · p99 {} · max {}",
+            ms(p50),
+            ms(p99),
+            ms(percentile(&v, 100.0))
+        ),
         Some(p50 < 1.0),
     );
     raw.insert("warm_no_stun_ms".into(), serde_json::json!(v));
@@ -129,7 +134,10 @@ pub async fn run(rep: &mut Report, cold_runs: usize) -> Result<()> {
         ),
         Some(worst <= deadline_ms),
     );
-    let (p50, p99) = (percentile(&warm_silent, 50.0), percentile(&warm_silent, 99.0));
+    let (p50, p99) = (
+        percentile(&warm_silent, 50.0),
+        percentile(&warm_silent, 99.0),
+    );
     rep.fig(
         3,
         "Invite minting, warm, STUN server silent (1,000 requests)",

@@ -239,7 +239,11 @@ async fn rtts<A: Ws, B: Ws>(mut near: A, mut far: B, warm: usize, n: usize) -> R
 
 /// Runs `pairs` throughput measurements at once; returns the aggregate MB/s and msgs/s over
 /// the union of their receive windows.
-async fn aggregate<A: Ws, B: Ws>(pairs: Vec<(A, B)>, size: usize, dur: Duration) -> Result<(f64, f64)> {
+async fn aggregate<A: Ws, B: Ws>(
+    pairs: Vec<(A, B)>,
+    size: usize,
+    dur: Duration,
+) -> Result<(f64, f64)> {
     let tasks: Vec<_> = pairs
         .into_iter()
         .map(|(a, b)| tokio::spawn(throughput(a, b, size, dur)))
@@ -256,7 +260,13 @@ async fn aggregate<A: Ws, B: Ws>(pairs: Vec<(A, B)>, size: usize, dur: Duration)
 }
 
 /// Runs section 2.
-pub async fn run(rep: &mut Report, reps: usize, secs: f64, max_sessions: usize) -> Result<()> {
+pub async fn run(
+    rep: &mut Report,
+    reps: usize,
+    secs: f64,
+    max_sessions: usize,
+    nofile: u64,
+) -> Result<()> {
     let dur = Duration::from_secs_f64(secs);
     let relay = Relay::start(RELAY_FLAGS).await;
     let mut host = BenchHost::start(&relay.url()).await?;
@@ -300,21 +310,26 @@ pub async fn run(rep: &mut Report, reps: usize, secs: f64, max_sessions: usize) 
         );
     }
 
-    // Round trips.
-    let n = 2000;
+    // Round trips: many short rounds, relay and direct alternating, so a change in machine
+    // load (other builds) lands on both sides alike.
+    let rounds = reps * 4;
+    let n = 500;
     let mut via_all = Vec::new();
     let mut dir_all = Vec::new();
-    for _ in 0..reps {
+    for _ in 0..rounds {
         let (m, h) = host.pair().await?;
-        via_all.extend(rtts(m, h, 200, n).await?);
+        via_all.extend(rtts(m, h, 100, n).await?);
         let (c, s) = direct.pair().await?;
-        dir_all.extend(rtts(c, s, 200, n).await?);
+        dir_all.extend(rtts(c, s, 100, n).await?);
     }
     let (v50, v99) = (percentile(&via_all, 50.0), percentile(&via_all, 99.0));
     let (d50, d99) = (percentile(&dir_all, 50.0), percentile(&dir_all, 99.0));
     rep.fig(
         2,
-        format!("Relay added latency, round trip of a 32-byte message ({} samples each)", via_all.len()),
+        format!(
+            "Relay added latency, round trip of a 32-byte message ({} samples each, {rounds} alternating rounds)",
+            via_all.len()
+        ),
         "≤ 100 µs p50 added",
         format!(
             "added p50 {:.0} µs, p99 {:.0} µs (relay RTT p50 {v50:.0} / p99 {v99:.0} µs; direct RTT p50 {d50:.0} / p99 {d99:.0} µs)",
@@ -322,6 +337,42 @@ pub async fn run(rep: &mut Report, reps: usize, secs: f64, max_sessions: usize) 
             v99 - d99
         ),
         Some(v50 - d50 <= 100.0),
+    );
+    // Diagnosis of the added latency: the same rounds while one nice-19 busy loop keeps a
+    // vCPU from halting. On a VM (cpuidle driver haltpoll) waking a halted vCPU costs tens of
+    // µs, and a relayed round trip wakes the relay process twice; a direct pair wakes none.
+    let mut spinner = std::process::Command::new("nice")
+        .args(["-n", "19", "sh", "-c", "while :; do :; done"])
+        .spawn()
+        .context("starting the busy-loop spinner")?;
+    let mut via_awake = Vec::new();
+    let mut dir_awake = Vec::new();
+    let awake = async {
+        for _ in 0..rounds / 2 {
+            let (m, h) = host.pair().await?;
+            via_awake.extend(rtts(m, h, 100, n).await?);
+            let (c, s) = direct.pair().await?;
+            dir_awake.extend(rtts(c, s, 100, n).await?);
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    let _ = spinner.kill();
+    let _ = spinner.wait();
+    awake?;
+    let (a50, ad50) = (percentile(&via_awake, 50.0), percentile(&dir_awake, 50.0));
+    let idle_driver = std::fs::read_to_string("/sys/devices/system/cpu/cpuidle/current_driver")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into());
+    rep.fig(
+        2,
+        "Diagnosis: relay added latency p50 with one vCPU kept awake (nice-19 busy loop)",
+        format!("— (cpuidle driver: {idle_driver})"),
+        format!(
+            "added p50 {:.0} µs (relay RTT p50 {a50:.0} µs; direct RTT p50 {ad50:.0} µs)",
+            a50 - ad50
+        ),
+        None,
     );
     raw.insert(
         "rtt_us".into(),
@@ -349,7 +400,10 @@ pub async fn run(rep: &mut Report, reps: usize, secs: f64, max_sessions: usize) 
         2,
         "Relay throughput, 64 pairs at once, 64 KiB messages (aggregate)",
         "— (reported; ≥ 50 % of direct by analogy)",
-        format!("relay {v:.1} MB/s · direct {d:.1} MB/s · relay/direct = {:.0} %", v / d * 100.0),
+        format!(
+            "relay {v:.1} MB/s · direct {d:.1} MB/s · relay/direct = {:.0} %",
+            v / d * 100.0
+        ),
         None,
     );
     raw.insert(
@@ -360,7 +414,7 @@ pub async fn run(rep: &mut Report, reps: usize, secs: f64, max_sessions: usize) 
     drop(relay);
 
     // Idle sessions: a fresh relay process, so its baseline is clean.
-    scale(rep, &mut raw, max_sessions).await?;
+    scale(rep, &mut raw, max_sessions, nofile).await?;
     rep.raw("relay", serde_json::Value::Object(raw));
     Ok(())
 }
@@ -370,6 +424,7 @@ async fn scale(
     rep: &mut Report,
     raw: &mut serde_json::Map<String, serde_json::Value>,
     max_sessions: usize,
+    nofile: u64,
 ) -> Result<()> {
     const GIB_KIB: f64 = 1024.0 * 1024.0;
     let relay = Relay::start(RELAY_FLAGS).await;
@@ -385,12 +440,16 @@ async fn scale(
     let mut members: Vec<ClientWs> = Vec::new();
     let mut datas: Vec<DataSocket> = Vec::new();
     let mut steps = Vec::new();
-    let mut stop_reason = format!("reached --max-sessions {max_sessions}");
+    let mut stop_reason = format!(
+        "ramp stopped at {max_sessions} sessions (--max-sessions, capped by the open-file limit {nofile}: 2 sockets per session in the relay)"
+    );
     let started = Instant::now();
-    let mut plan: Vec<usize> = [1000, 2000, 5000, 10_000, 15_000, 20_000, 30_000, 40_000, 50_000]
-        .into_iter()
-        .filter(|&n| n < max_sessions)
-        .collect();
+    let mut plan: Vec<usize> = [
+        1000, 2000, 4000, 6000, 10_000, 15_000, 20_000, 30_000, 40_000, 50_000,
+    ]
+    .into_iter()
+    .filter(|&n| n < max_sessions)
+    .collect();
     plan.push(max_sessions);
     for target in plan {
         // Members come from 127.0.0.2, 127.0.0.3, … (20,000 per source address) so their
@@ -485,7 +544,29 @@ async fn scale(
         Some(per_session <= 20.0),
     );
     let (max_text, measured_max) = if last_rss >= GIB_KIB {
-        (format!("{held} sessions (measured: RSS reached 1 GiB)"), true)
+        // Crossed 1 GiB during the last step: interpolate between the last two readings.
+        let prev = steps
+            .len()
+            .checked_sub(2)
+            .and_then(|i| steps.get(i))
+            .map(|s| {
+                (
+                    s["members"].as_f64().unwrap_or(0.0),
+                    s["rss_kib"].as_f64().unwrap_or(base),
+                )
+            })
+            .unwrap_or((0.0, base));
+        let slope = (last_rss - prev.1) / (held as f64 - prev.0).max(1.0);
+        let n = prev.0 + (GIB_KIB - prev.1) / slope.max(0.001);
+        (
+            format!(
+                "≈ {n:.0} sessions (measured: {:.0} sessions at {}, {held} at {}; interpolated between them)",
+                prev.0,
+                kib(prev.1),
+                kib(last_rss)
+            ),
+            true,
+        )
     } else {
         let n = ((GIB_KIB - base) / per_session.max(0.001)).floor();
         (
@@ -505,6 +586,33 @@ async fn scale(
         format!("{max_text}; {stop_reason}"),
         None,
     );
+    // Where the idle memory goes: tungstenite zero-fills its whole read buffer (default
+    // 128 KiB) on the first read of every socket, and the relay reads both sockets of each
+    // session. The same measurement with smaller buffers shows what a configured relay
+    // would hold.
+    let mut probe = serde_json::Map::new();
+    let mut parts = Vec::new();
+    for rb in [0usize, 16 * 1024, 4 * 1024] {
+        let k = read_buffer_probe(rb, 2000)?;
+        let label = if rb == 0 {
+            "default 128 KiB".to_string()
+        } else {
+            format!("{} KiB", rb / 1024)
+        };
+        parts.push(format!("{label}: {k:.1} KiB"));
+        probe.insert(label, serde_json::json!(k));
+    }
+    rep.fig(
+        2,
+        "Diagnosis: RSS per idle loopback WebSocket pair (server read pending, client 4 KiB buffer) by the server's read_buffer_size",
+        "— (explains the per-session figure: the relay holds 2 server sockets per session)",
+        parts.join(" · "),
+        None,
+    );
+    raw.insert(
+        "read_buffer_probe_kib_per_socket".into(),
+        serde_json::Value::Object(probe),
+    );
     raw.insert(
         "idle_sessions".into(),
         serde_json::json!({"baseline_rss_kib": base, "steps": steps, "stop": stop_reason,
@@ -516,4 +624,83 @@ async fn scale(
     drop(host);
     drop(relay);
     Ok(())
+}
+
+/// The memory one idle, read-polled server WebSocket costs, in KiB, with tungstenite's
+/// `read_buffer_size` set to `read_buffer` bytes (0 = the library default, 128 KiB, which is
+/// what the relay's axum sockets use). Runs in a child process of the bench (see
+/// [`read_buffer_probe_child`]) so each configuration starts from a clean heap.
+pub fn read_buffer_probe(read_buffer: usize, sockets: usize) -> Result<f64> {
+    let exe = std::env::current_exe()?;
+    let out = std::process::Command::new(exe)
+        .args([
+            "--probe-read-buffer",
+            &read_buffer.to_string(),
+            "--probe-sockets",
+            &sockets.to_string(),
+        ])
+        .stderr(std::process::Stdio::inherit())
+        .output()?;
+    if !out.status.success() {
+        bail!("read-buffer probe failed: {}", out.status);
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .context("probe printed no number")
+}
+
+/// Child side of [`read_buffer_probe`]: accepts `sockets` WebSockets with that read buffer,
+/// keeps a read pending on each (as the relay's pumps do), and prints the RSS growth of
+/// this process per server socket in KiB. The clients use a 4 KiB read buffer and never
+/// read, so their share is small and the same for every configuration.
+pub async fn read_buffer_probe_child(read_buffer: usize, sockets: usize) -> Result<f64> {
+    use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+    let server_cfg = if read_buffer == 0 {
+        WebSocketConfig::default()
+    } else {
+        WebSocketConfig::default().read_buffer_size(read_buffer)
+    };
+    let client_cfg = WebSocketConfig::default().read_buffer_size(4096);
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = l.local_addr()?;
+    let url = format!("ws://{addr}");
+    let (tx, mut accepted) = mpsc::unbounded_channel::<()>();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let tx = tx.clone();
+            let mut stop = stop_rx.clone();
+            tokio::spawn(async move {
+                if let Ok(mut ws) =
+                    tokio_tungstenite::accept_async_with_config(s, Some(server_cfg)).await
+                {
+                    let _ = tx.send(());
+                    tokio::select! {
+                        _ = async { while let Some(Ok(_)) = ws.next().await {} } => {}
+                        _ = stop.changed() => {}
+                    }
+                }
+            });
+        }
+    });
+    let pid = std::process::id();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = rss_kib(pid)? as f64;
+    let mut clients = Vec::with_capacity(sockets);
+    for _ in 0..sockets {
+        let tcp = tokio::net::TcpStream::connect(addr).await?;
+        let (ws, _) =
+            tokio_tungstenite::client_async_with_config(url.as_str(), tcp, Some(client_cfg))
+                .await?;
+        clients.push(ws);
+    }
+    for _ in 0..sockets {
+        accepted.recv().await.context("accept loop ended")?;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = rss_kib(pid)? as f64;
+    let _ = stop_tx.send(true);
+    drop(clients);
+    Ok((after - before) / sockets as f64)
 }

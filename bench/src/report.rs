@@ -14,7 +14,7 @@ const BEGIN: &str = "<!-- bench:begin -->";
 const END: &str = "<!-- bench:end -->";
 
 /// One row of the results table.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Figure {
     /// Section number of issue 7 (1 = connect time … 5 = host memory).
     pub section: u8,
@@ -26,6 +26,9 @@ pub struct Figure {
     pub measured: String,
     /// `Some(true)` met, `Some(false)` missed, `None` no target.
     pub met: Option<bool>,
+    /// Day of the run that measured it (rows kept from an earlier run keep their date).
+    #[serde(default)]
+    pub date: String,
 }
 
 /// Everything one run produced.
@@ -54,6 +57,7 @@ impl Report {
             target: target.into(),
             measured: measured.into(),
             met,
+            date: String::new(),
         };
         eprintln!(
             "  [{}] {}: {} (target {})",
@@ -67,6 +71,35 @@ impl Report {
             f.target
         );
         self.figures.push(f);
+    }
+
+    /// Dates this run's rows, then adds the rows of sections this run skipped from the
+    /// previous `results.json` (a partial run must not drop the other figures).
+    pub fn merge_previous(&mut self, json: &Path, ran: &[u8], date: &str) {
+        for f in &mut self.figures {
+            if f.date.is_empty() {
+                f.date = date.to_string();
+            }
+        }
+        let Ok(text) = std::fs::read_to_string(json) else {
+            return;
+        };
+        let Ok(old) = serde_json::from_str::<serde_json::Value>(&text) else {
+            return;
+        };
+        let old_date = old["date"].as_str().unwrap_or_default().to_string();
+        let Ok(figs) = serde_json::from_value::<Vec<Figure>>(old["figures"].clone()) else {
+            return;
+        };
+        for mut f in figs {
+            if !ran.contains(&f.section) {
+                if f.date.is_empty() {
+                    f.date = old_date.clone();
+                }
+                self.figures.push(f);
+            }
+        }
+        self.figures.sort_by_key(|f| f.section);
     }
 
     /// Stores raw numbers under `key`.
@@ -107,7 +140,7 @@ impl Report {
                 esc(&f.target),
                 esc(&f.measured),
                 met,
-                date,
+                if f.date.is_empty() { date } else { &f.date },
                 mach
             ));
         }
@@ -161,7 +194,9 @@ impl Report {
 }
 
 fn short_cpu(cpu: &str) -> String {
-    cpu.replace("(R)", "").replace("(TM)", "").replace("  ", " ")
+    cpu.replace("(R)", "")
+        .replace("(TM)", "")
+        .replace("  ", " ")
 }
 
 fn esc(s: &str) -> String {
