@@ -52,16 +52,8 @@ Missing values are null. The exit code is 0 whatever the network says.";
 #[derive(Debug, clap::Args)]
 #[command(after_long_help = JSON_HELP)]
 pub struct Args {
-    /// STUN server to ask, HOST:PORT (repeat the flag for several; they replace the
-    /// defaults stun.l.google.com:19302 and stun.cloudflare.com:3478). The env var takes a
-    /// comma list; `none` disables STUN. Flags win over the env var.
-    #[arg(
-        long = "stun-server",
-        value_name = "HOST:PORT",
-        env = "ATMOSPHERE_STUN_SERVERS",
-        value_delimiter = ','
-    )]
-    pub stun_servers: Vec<String>,
+    #[command(flatten)]
+    pub stun: crate::discovery::StunArgs,
 
     /// Relay to check: a TCP connect and a WebSocket handshake to this ws:// or wss:// URL.
     #[arg(long, value_name = "URL", env = "ATMOSPHERE_RELAY_URL")]
@@ -333,10 +325,7 @@ pub async fn check_relay(relay_url: Option<&str>, timeout: Duration) -> RelayChe
 /// Runs the check and prints the report; exit 0.
 pub async fn run(args: Args) -> ExitCode {
     let timeout = Duration::from_millis(args.timeout_ms);
-    let mut cfg = DiscoveryConfig::new(
-        args.port,
-        DiscoveryConfig::stun_servers_from(&args.stun_servers, None),
-    );
+    let mut cfg = DiscoveryConfig::new(args.port, args.stun.servers());
     cfg.stun_deadline = timeout;
     cfg.local_ip = args.local_ip;
     cfg.public_port = args.public_port;

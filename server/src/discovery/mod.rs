@@ -43,6 +43,29 @@ pub const DEFAULT_STUN_DEADLINE: Duration = Duration::from_secs(2);
 /// Background rounds never run more often than this, whatever the config says.
 const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(1);
 
+/// The `--stun-server` flag shared by `serve` and `netcheck` (flattened into both).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct StunArgs {
+    /// STUN server HOST:PORT used to find the public IP; repeat for several. Replaces the
+    /// defaults (stun.l.google.com:19302 and stun.cloudflare.com:3478). The env var takes a
+    /// comma list; `none` disables STUN. Flags win over the env var.
+    #[arg(
+        long = "stun-server",
+        value_name = "HOST:PORT",
+        env = "ATMOSPHERE_STUN_SERVERS",
+        value_delimiter = ','
+    )]
+    pub stun_servers: Vec<String>,
+}
+
+impl StunArgs {
+    /// The servers to query (empty = STUN disabled), per [`DiscoveryConfig::stun_servers_from`].
+    pub fn servers(&self) -> Vec<String> {
+        // clap already merged the flags and the env var (flags win).
+        DiscoveryConfig::stun_servers_from(&self.stun_servers, None)
+    }
+}
+
 /// What discovery needs to know; built by `serve` and `netcheck` from flags and env.
 #[derive(Debug, Clone)]
 pub struct DiscoveryConfig {

@@ -64,15 +64,8 @@ pub struct Args {
     #[arg(long)]
     pub mesh_name: Option<String>,
 
-    /// STUN server HOST:PORT used to find the public IP; repeat for several. Replaces the
-    /// defaults (Google and Cloudflare). `none` disables STUN. Env: comma-separated list.
-    #[arg(
-        long = "stun-server",
-        value_name = "HOST:PORT",
-        env = "ATMOSPHERE_STUN_SERVERS",
-        value_delimiter = ','
-    )]
-    pub stun_servers: Vec<String>,
+    #[command(flatten)]
+    pub stun: crate::discovery::StunArgs,
 
     /// Relay base URL (ws:// or wss://); the host keeps a control link to it and invites get
     /// a `relay` endpoint.
@@ -270,7 +263,7 @@ async fn run_inner(args: Args) -> Result<(), Fail> {
     let port = listener.local_addr().map_err(|e| Fail(1, e.into()))?.port();
 
     // clap already merged `--stun-server` flags and ATMOSPHERE_STUN_SERVERS (flags win).
-    let stun_servers = DiscoveryConfig::stun_servers_from(&args.stun_servers, None);
+    let stun_servers = args.stun.servers();
     let discovery = Discovery::spawn(DiscoveryConfig {
         stun_servers: stun_servers.clone(),
         listen_port: port,
