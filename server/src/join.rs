@@ -11,7 +11,9 @@
 //! prints presence and messages and sends each line typed on stdin as a broadcast.
 //!
 //! Exit codes: 0 connected (and, without `--once`, left with Ctrl-C), 1 all paths failed,
-//! the host refused the credential, or the session was lost, 2 bad link or usage.
+//! the host refused the credential, or (with `--no-reconnect`) the session was lost,
+//! 2 bad link or usage. Without `--once` a lost session is re-established with the
+//! device credential, with capped backoff.
 
 use atmosphere_shared::racing::{
     AttemptId, FailReason, Outcome, Output, Policy, Race, RaceEvent, DEFAULT_ATTEMPT_TIMEOUT_MS,
@@ -43,14 +45,17 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 #[derive(Debug, clap::Args)]
 #[command(after_help = "\
 Exit codes: 0 connected; 1 every path failed, the host refused the token/device \
-(invalid_token, token_expired, token_exhausted, token_revoked, unknown_device) or the \
-session was lost; 2 bad link or usage.
+(invalid_token, token_expired, token_exhausted, token_revoked, unknown_device) or, with \
+--no-reconnect, the session was lost; 2 bad link or usage.
 
 With --json, stdout carries one JSON object per line:
   {\"event\":\"trying\",\"path\":\"local\",\"url\":\"ws://…\"}
   {\"event\":\"failed\",\"path\":\"local\",\"reason\":\"connection refused\"}
   {\"event\":\"connected\",\"path\":\"public\",\"mesh_name\":\"Home\",\"elapsed_ms\":262}
-  {\"event\":\"error\",\"code\":\"token_expired\",\"message\":\"…\"}")]
+  {\"event\":\"error\",\"code\":\"token_expired\",\"message\":\"…\"}
+Without --once, presence and messages follow (peers, peer_joined, peer_left, message); a \
+lost session prints {\"event\":\"disconnected\",\"reason\":…} and \
+{\"event\":\"reconnecting\",\"in_ms\":1000}, then the new trying/connected lines.")]
 pub struct Args {
     /// The invite: `atmosphere://join?token=…&mesh=…&endpoints=…` (v2), the legacy
     /// `…&endpoint=ws://…` (v1), or the web form `http(s)://HOST/join#…`.
@@ -96,6 +101,13 @@ pub struct Args {
     /// this flag nothing is stored.
     #[arg(long, env = "ATMOSPHERE_DEVICE_FILE")]
     pub device_file: Option<PathBuf>,
+
+    /// Without --once, exit 1 when the connection to the host is lost instead of
+    /// reconnecting. By default the session is re-established with this device's credential
+    /// over whichever path works then, retrying with capped backoff (1 s doubling to 30 s)
+    /// until Ctrl-C or a final refusal (e.g. the host removed the device).
+    #[arg(long)]
+    pub no_reconnect: bool,
 }
 
 /// What `--device-file` stores: the credential the host handed out on the first join.
@@ -135,6 +147,9 @@ enum Report {
 /// Prints the race's events and the session's traffic in the chosen format.
 struct Printer {
     json: bool,
+    /// Set while re-establishing a lost session: a round in which every path failed is not
+    /// the end (the next `reconnecting` line follows), so it is not printed as an `error`.
+    retrying: std::cell::Cell<bool>,
 }
 
 impl Printer {
@@ -145,6 +160,9 @@ impl Printer {
     }
 
     fn race_event(&self, ev: &RaceEvent, mesh_name: Option<&str>) {
+        if self.retrying.get() && matches!(ev, RaceEvent::AllFailed { .. }) {
+            return;
+        }
         if self.json {
             self.line(&ev.to_json_line(mesh_name));
         } else if matches!(ev, RaceEvent::AllFailed { .. } | RaceEvent::Fatal { .. }) {
@@ -175,6 +193,40 @@ impl Printer {
         }
     }
 
+    /// The live session ended and will be re-established:
+    /// `{"event":"disconnected","reason":…}`.
+    fn disconnected(&self, reason: &str) {
+        self.retrying.set(true);
+        if self.json {
+            #[derive(Serialize)]
+            struct Line<'a> {
+                event: &'static str,
+                reason: &'a str,
+            }
+            let line = Line {
+                event: "disconnected",
+                reason,
+            };
+            self.line(&serde_json::to_string(&line).expect("serialises"));
+        } else {
+            eprintln!("disconnected: {reason}");
+        }
+    }
+
+    /// The next reconnection round starts after `delay`:
+    /// `{"event":"reconnecting","in_ms":…}`.
+    fn reconnecting(&self, delay: Duration) {
+        let in_ms = delay.as_millis() as u64;
+        if self.json {
+            self.line(&format!(r#"{{"event":"reconnecting","in_ms":{in_ms}}}"#));
+        } else {
+            eprintln!(
+                "reconnecting in {:.1} s (Ctrl-C to stop)",
+                delay.as_secs_f64()
+            );
+        }
+    }
+
     fn info(&self, text: &str) {
         if !self.json {
             println!("{text}");
@@ -195,7 +247,10 @@ fn server_line(m: &ServerMsg) -> String {
 
 /// Runs `atmosphere join` and returns the exit code (see the module docs).
 pub async fn run(args: Args) -> ExitCode {
-    let printer = Printer { json: args.json };
+    let printer = Printer {
+        json: args.json,
+        retrying: std::cell::Cell::new(false),
+    };
     let invite = match Invite::parse(&args.link) {
         Ok(i) => i,
         Err(e) => {
@@ -249,7 +304,7 @@ pub async fn run(args: Args) -> ExitCode {
 
     let (ws, joined) = match race(&invite, policy, &join, &printer).await {
         Ok(won) => won,
-        Err(code) => return code,
+        Err(_) => return ExitCode::from(1),
     };
 
     if let (Some(path), Some(key)) = (&args.device_file, &joined.device_key) {
@@ -270,7 +325,58 @@ pub async fn run(args: Args) -> ExitCode {
         close(ws).await;
         return ExitCode::SUCCESS;
     }
-    session(ws, joined, &printer).await
+    // Reconnections rejoin as this device (never spend another invite use).
+    let mut join = join;
+    if let Some(key) = &joined.device_key {
+        join.credential = Some((joined.device_id.clone(), key.clone()));
+    }
+    let mut stdin = StdinLines::new();
+    let (mut ws, mut joined) = (ws, joined);
+    loop {
+        match session(ws, &joined, &printer, &mut stdin).await {
+            SessionEnd::Left => return ExitCode::SUCCESS,
+            SessionEnd::Lost(reason) if args.no_reconnect || join.credential.is_none() => {
+                printer.error("disconnected", &reason);
+                return ExitCode::from(1);
+            }
+            SessionEnd::Lost(reason) => printer.disconnected(&reason),
+        }
+        match reconnect(&invite, policy, &join, &printer).await {
+            Some(won) => (ws, joined) = won,
+            None => return ExitCode::from(1),
+        }
+    }
+}
+
+/// First retry delay after a lost session, and the cap of its doubling.
+const RECONNECT_FIRST: Duration = Duration::from_secs(1);
+const RECONNECT_MAX: Duration = Duration::from_secs(30);
+
+/// Races the endpoints again until one joins (`Some`), a final refusal arrives or the person
+/// presses Ctrl-C (`None`; the refusal was already printed). Waits with capped exponential
+/// backoff between rounds, so a host that is restarting is not hammered.
+async fn reconnect(
+    invite: &Invite,
+    policy: Policy,
+    join: &JoinFrame,
+    printer: &Printer,
+) -> Option<(Box<Ws>, Box<Joined>)> {
+    let mut delay = RECONNECT_FIRST;
+    loop {
+        printer.reconnecting(delay);
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = tokio::signal::ctrl_c() => {
+                printer.info("left the mesh");
+                return None;
+            }
+        }
+        match race(invite, policy, join, printer).await {
+            Ok(won) => return Some(won),
+            Err(Outcome::Fatal { .. }) => return None,
+            Err(_) => delay = (delay * 2).min(RECONNECT_MAX),
+        }
+    }
 }
 
 /// How this device introduces itself in every attempt's `join` frame.
@@ -310,7 +416,7 @@ async fn race(
     policy: Policy,
     join: &JoinFrame,
     printer: &Printer,
-) -> Result<(Box<Ws>, Box<Joined>), ExitCode> {
+) -> Result<(Box<Ws>, Box<Joined>), Outcome> {
     let t0 = Instant::now();
     let now_ms = move || t0.elapsed().as_millis() as u64;
     let mut race = Race::from_endpoints(&invite.endpoints, policy, 0);
@@ -357,7 +463,7 @@ async fn race(
                         .expect("the winner's joined was recorded");
                     Ok((ws, j))
                 }
-                Outcome::AllFailed { .. } | Outcome::Fatal { .. } => Err(ExitCode::from(1)),
+                failed @ (Outcome::AllFailed { .. } | Outcome::Fatal { .. }) => Err(failed),
             };
         }
         let timer = race.poll_timeout();
@@ -571,9 +677,37 @@ async fn close(mut ws: Box<Ws>) {
     let _ = tokio::time::timeout(CLOSE_GRACE, WebSocketStream::close(&mut *ws, None)).await;
 }
 
+/// How a live session ended.
+enum SessionEnd {
+    /// The person pressed Ctrl-C; the socket was closed cleanly.
+    Left,
+    /// The host or the network ended it (the reason, for the person).
+    Lost(String),
+}
+
+/// Lines typed on stdin, read once for the whole run (sessions come and go on reconnect).
+struct StdinLines {
+    rx: mpsc::Receiver<Result<String, String>>,
+    open: bool,
+}
+
+impl StdinLines {
+    fn new() -> StdinLines {
+        StdinLines {
+            rx: stdin_lines(),
+            open: true,
+        }
+    }
+}
+
 /// Connected without `--once`: print presence and messages, send stdin lines as
-/// broadcasts, until Ctrl-C (exit 0) or the host goes away (exit 1).
-async fn session(mut ws: Box<Ws>, joined: Box<Joined>, printer: &Printer) -> ExitCode {
+/// broadcasts, until Ctrl-C or the host goes away.
+async fn session(
+    mut ws: Box<Ws>,
+    joined: &Joined,
+    printer: &Printer,
+    stdin: &mut StdinLines,
+) -> SessionEnd {
     let mut names: HashMap<String, String> = joined
         .peers
         .iter()
@@ -590,8 +724,6 @@ async fn session(mut ws: Box<Ws>, joined: Box<Joined>, printer: &Printer) -> Exi
         println!("online: {}", list.join(", "));
         println!("type a line to send it to everyone, Ctrl-C to leave");
     }
-    let mut lines = stdin_lines();
-    let mut stdin_open = true;
     loop {
         tokio::select! {
             msg = ws.next() => match msg {
@@ -601,23 +733,16 @@ async fn session(mut ws: Box<Ws>, joined: Box<Joined>, printer: &Printer) -> Exi
                 },
                 Some(Ok(Message::Close(frame))) => {
                     let why = frame.map(|f| f.reason.to_string()).filter(|r| !r.is_empty());
-                    printer.error("disconnected", &format!(
+                    return SessionEnd::Lost(format!(
                         "the host closed the connection{}",
                         why.map(|r| format!(": {r}")).unwrap_or_default()
                     ));
-                    return ExitCode::from(1);
                 }
                 Some(Ok(_)) => {}
-                Some(Err(e)) => {
-                    printer.error("disconnected", &format!("connection lost: {}", stream_reason(e)));
-                    return ExitCode::from(1);
-                }
-                None => {
-                    printer.error("disconnected", "connection lost");
-                    return ExitCode::from(1);
-                }
+                Some(Err(e)) => return SessionEnd::Lost(format!("connection lost: {}", stream_reason(e))),
+                None => return SessionEnd::Lost("connection lost".into()),
             },
-            line = lines.recv(), if stdin_open => match line {
+            line = stdin.rx.recv(), if stdin.open => match line {
                 Some(Ok(line)) => {
                     let frame = serde_json::to_string(&ClientMsg::Send {
                         to: None,
@@ -627,18 +752,17 @@ async fn session(mut ws: Box<Ws>, joined: Box<Joined>, printer: &Printer) -> Exi
                     if frame.len() > MAX_FRAME_BYTES {
                         eprintln!("not sent: the line is longer than a frame may be ({MAX_FRAME_BYTES} bytes)");
                     } else if let Err(e) = ws.send(Message::text(frame)).await {
-                        printer.error("disconnected", &format!("connection lost: {}", stream_reason(e)));
-                        return ExitCode::from(1);
+                        return SessionEnd::Lost(format!("connection lost: {}", stream_reason(e)));
                     }
                 }
                 Some(Err(e)) => eprintln!("not sent: {e}"),
                 // End of input: keep listening (e.g. `join LINK < /dev/null` as a monitor).
-                None => stdin_open = false,
+                None => stdin.open = false,
             },
             _ = tokio::signal::ctrl_c() => {
                 close(ws).await;
                 printer.info("left the mesh");
-                return ExitCode::SUCCESS;
+                return SessionEnd::Left;
             }
         }
     }

@@ -531,30 +531,11 @@ async fn staying_members_see_each_other_and_exchange_messages() {
         let rx = stamp_lines(&mut child, t0);
         (child, rx)
     };
-    let wait_for =
-        |rx: &mpsc::Receiver<(Duration, String)>, what: &dyn Fn(&Value) -> bool| -> Value {
-            let deadline = Instant::now() + Duration::from_secs(20);
-            let mut seen = Vec::new();
-            while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-                match rx.recv_timeout(left) {
-                    Ok((t, line)) => {
-                        let (_, v) = parse_line(t, &line);
-                        if what(&v) {
-                            return v;
-                        }
-                        seen.push(v);
-                    }
-                    Err(_) => break,
-                }
-            }
-            panic!("expected line never came; saw {seen:?}");
-        };
-
     let (mut a, a_rx) = spawn("Alice");
-    wait_for(&a_rx, &|v| v["event"] == "connected");
+    wait_line(&a_rx, &|v| v["event"] == "connected");
     let (mut b, b_rx) = spawn("Bob");
-    wait_for(&b_rx, &|v| v["event"] == "connected");
-    let joined = wait_for(&a_rx, &|v| v["event"] == "peer_joined");
+    wait_line(&b_rx, &|v| v["event"] == "connected");
+    let joined = wait_line(&a_rx, &|v| v["event"] == "peer_joined");
     assert_eq!(joined["peer"]["name"], "Bob");
     let bob_id = joined["peer"]["device_id"].as_str().unwrap().to_string();
 
@@ -563,14 +544,14 @@ async fn staying_members_see_each_other_and_exchange_messages() {
         .unwrap()
         .write_all(b"hello from bob\n")
         .unwrap();
-    let msg = wait_for(&a_rx, &|v| v["event"] == "message");
+    let msg = wait_line(&a_rx, &|v| v["event"] == "message");
     assert_eq!(msg["from"], bob_id.as_str());
     assert_eq!(msg["body"], "hello from bob");
 
     // Bob leaves: Alice is told.
     let _ = b.kill();
     let _ = b.wait();
-    let left = wait_for(&a_rx, &|v| v["event"] == "peer_left");
+    let left = wait_line(&a_rx, &|v| v["event"] == "peer_left");
     assert_eq!(left["device_id"], bob_id.as_str());
     let _ = a.kill();
     let _ = a.wait();
@@ -676,4 +657,67 @@ async fn relay_without_its_host_is_a_failed_path_not_a_success() {
         "{}",
         run.dump()
     );
+}
+
+/// Waits up to 20 s for a `--json` line matching `what`; panics with what was seen.
+fn wait_line(rx: &mpsc::Receiver<(Duration, String)>, what: &dyn Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen = Vec::new();
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        match rx.recv_timeout(left) {
+            Ok((t, line)) => {
+                let (_, v) = parse_line(t, &line);
+                if what(&v) {
+                    return v;
+                }
+                seen.push(v);
+            }
+            Err(_) => break,
+        }
+    }
+    panic!("expected line never came; saw {seen:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_staying_member_reconnects_with_its_credential_after_the_host_restarts() {
+    let host = Host::start().await;
+    // A single-use invite: the reconnection cannot be the token again, it must be the
+    // device credential from the first join.
+    let minted = host
+        .mint(&TokenRequest {
+            max_uses: Some(1),
+            ..TokenRequest::default()
+        })
+        .await;
+    let link = link_with(&minted, only_local(host.ws_url()));
+    let t0 = Instant::now();
+    let mut child = join_command(&["--json", "--name", "Stayer", &link])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let rx = stamp_lines(&mut child, t0);
+    wait_line(&rx, &|v| v["event"] == "connected");
+
+    let host = host.restart().await;
+    let lost = wait_line(&rx, &|v| v["event"] == "disconnected");
+    assert!(lost["reason"].is_string(), "{lost}");
+    wait_line(&rx, &|v| {
+        v["event"] == "reconnecting" && v["in_ms"].is_u64()
+    });
+    let again = wait_line(&rx, &|v| v["event"] == "connected" || v["event"] == "error");
+    assert_eq!(again["event"], "connected", "{again}");
+    assert_eq!(again["path"], "local");
+
+    let mesh = host.get_json("/api/mesh").await;
+    let devices = mesh["devices"].as_array().unwrap();
+    assert_eq!(
+        devices.len(),
+        1,
+        "reconnecting created a second device: {mesh}"
+    );
+    assert_eq!(devices[0]["online"], true, "{mesh}");
+    let _ = child.kill();
+    let _ = child.wait();
 }
