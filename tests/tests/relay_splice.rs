@@ -252,3 +252,61 @@ async fn host_link_reconnects_after_the_relay_restarts() {
     };
     member.close(None).await.unwrap();
 }
+
+/// Resident memory of a process in KiB (from /proc).
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_side_that_stops_reading_slows_its_peer_and_relay_memory_stays_bounded() {
+    let relay = Relay::start(&["--idle-timeout", "300s"]).await;
+    let mut host = TestHost::start(&relay.url()).await;
+    let member = connect(&host.member_url()).await;
+    let mut h = host.next_session().await;
+    let (mut tx, _rx) = member.split();
+    let rss_before = rss_kib(relay.proc.child.id());
+
+    // The host side reads nothing. The member writes 64 KiB frames for two seconds: without
+    // backpressure the relay would buffer all of it (gigabytes on loopback).
+    let frame = vec![7u8; 64 * 1024];
+    let mut sent: u64 = 0;
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            if tx.send(Message::binary(frame.clone())).await.is_err() {
+                break;
+            }
+            sent += frame.len() as u64;
+        }
+    })
+    .await;
+    let grown_kib = rss_kib(relay.proc.child.id()).saturating_sub(rss_before);
+    eprintln!("accepted {sent} bytes from the member; relay RSS grew {grown_kib} KiB");
+    assert!(
+        sent < 64 * 1024 * 1024,
+        "the member pushed {sent} bytes at a peer that reads nothing: no backpressure"
+    );
+    assert!(
+        grown_kib < 32 * 1024,
+        "relay RSS grew by {grown_kib} KiB while its peer was not reading"
+    );
+
+    // Once the host reads, everything that was accepted arrives, in order and intact.
+    let mut got: u64 = 0;
+    while got < sent {
+        match next_data(&mut h).await {
+            Message::Binary(b) => {
+                assert!(b.iter().all(|&x| x == 7));
+                got += b.len() as u64;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(got, sent);
+}
