@@ -107,7 +107,20 @@ impl Source {
 
     /// A relayed socket; `member` is the member's address as the relay described it.
     pub fn relay(member: &str) -> Source {
-        let host = member.rsplit_once(':').map(|(h, _)| h).unwrap_or(member);
+        // The relay reports a bare IP (`198.51.100.4`, `2001:db8::7`); tolerate `ip:port` and
+        // `[v6]:port` too. Splitting at the last ':' blindly would cut an IPv6 address and
+        // put different members in one rate-limit bucket.
+        let ip = member
+            .parse::<std::net::IpAddr>()
+            .or_else(|_| member.parse::<std::net::SocketAddr>().map(|a| a.ip()));
+        let host = match ip {
+            Ok(ip) => ip.to_string(),
+            Err(_) => member
+                .rsplit_once(':')
+                .map(|(h, _)| h)
+                .unwrap_or(member)
+                .to_string(),
+        };
         Source {
             transport: Transport::Relay,
             addr: format!("relay({member})"),
@@ -993,6 +1006,25 @@ mod tests {
             "x".repeat(MAX_FRAME_BYTES)
         );
         assert_eq!(parse_frame(&big).unwrap_err().code, ErrorCode::TooLarge);
+    }
+
+    #[test]
+    fn relayed_sources_are_rate_limited_per_member_ip() {
+        assert_eq!(Source::relay("198.51.100.4").rate_key, "relay:198.51.100.4");
+        assert_eq!(
+            Source::relay("198.51.100.4:4431").rate_key,
+            "relay:198.51.100.4"
+        );
+        assert_eq!(Source::relay("2001:db8::7").rate_key, "relay:2001:db8::7");
+        assert_eq!(
+            Source::relay("[2001:db8::7]:4431").rate_key,
+            "relay:2001:db8::7"
+        );
+        assert_ne!(
+            Source::relay("2001:db8::7").rate_key,
+            Source::relay("2001:db8::8").rate_key,
+            "two IPv6 members must not share a rate-limit bucket"
+        );
     }
 
     #[test]

@@ -165,7 +165,11 @@ async fn invite_requests_out_of_bounds_get_400_with_a_json_error() {
     let r = post(format!("{{\"label\":\"{}\"}}", "z".repeat(100_000)))
         .await
         .unwrap();
-    assert!(r.status().is_client_error(), "{}", r.status());
+    assert_eq!(r.status(), 413);
+    // ...with the API's JSON error shape, like every other API error.
+    let e: Value = r.json().await.expect("the 413 answer is JSON");
+    assert_eq!(e["error"], "too_large", "{e}");
+    assert!(e["message"].as_str().is_some_and(|m| m.len() > 10), "{e}");
     assert!(host.get_json("/health").await["status"] == "ok");
 }
 
@@ -538,4 +542,61 @@ async fn token_command_mints_through_the_running_host() {
         "{:?}",
         out
     );
+}
+
+/// An `http(s)://` relay or public URL would be written into every invite, and every client
+/// rejects an invite with a non-WebSocket endpoint (the whole invite, not just that path),
+/// while the relay link could never connect. `serve` must refuse such a flag at startup.
+#[test]
+fn serve_refuses_http_urls_for_websocket_endpoints() {
+    for (flag, url) in [
+        ("--relay-url", "http://127.0.0.1:1"),
+        ("--relay-url", "https://relay.example"),
+        ("--public-url", "http://home.example:11451"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let port = atmosphere_tests::free_port().to_string();
+        let mut child = std::process::Command::new(bin_path())
+            .args([
+                "serve",
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &port,
+                "--data-dir",
+            ])
+            .arg(dir.path())
+            .args([flag, url])
+            .env("ATMOSPHERE_STUN_SERVERS", "none")
+            .env_remove("ATMOSPHERE_RELAY_URL")
+            .env_remove("ATMOSPHERE_PUBLIC_URL")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // A host that accepted the flag would keep running: give it a few seconds, then stop it.
+        let start = std::time::Instant::now();
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break Some(s);
+            }
+            if start.elapsed() > Duration::from_secs(5) {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            status.and_then(|s| s.code()),
+            Some(2),
+            "serve {flag} {url} should exit 2 at once; stderr:\n{stderr}"
+        );
+        assert!(
+            stderr.contains(flag) && stderr.contains("ws://"),
+            "the error should name {flag} and say ws://: {stderr}"
+        );
+    }
 }

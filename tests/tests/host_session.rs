@@ -520,3 +520,52 @@ async fn too_many_sockets_from_one_address_are_turned_away_with_rate_limited() {
         "the slot of a departed member was never released"
     );
 }
+
+/// Eight phones redeem a one-use invite at the same instant (all sockets open, then every
+/// `join` sent together): exactly one is admitted, every other gets `token_exhausted`, and
+/// the host stores exactly one device.
+#[tokio::test]
+async fn a_one_use_invite_raced_by_many_sockets_admits_exactly_one() {
+    let host = Host::start().await;
+    let url = host.ws_url();
+    let once = host.mint(&req(Some(1), None)).await;
+    let mut members = Vec::new();
+    for _ in 0..8 {
+        members.push(Member::connect(&url).await);
+    }
+    let answers = futures_util::future::join_all(members.into_iter().enumerate().map(
+        |(i, mut m)| {
+            let token = once.token.clone();
+            async move {
+                m.send(json!({"type":"join","token":token,"device":{"name":format!("racer {i}")},"path":"local"}))
+                    .await;
+                let first = m.next_json().await;
+                (m, first)
+            }
+        },
+    ))
+    .await;
+    let joined = answers
+        .iter()
+        .filter(|(_, v)| v["type"] == "joined")
+        .count();
+    let exhausted = answers
+        .iter()
+        .filter(|(_, v)| v["code"] == "token_exhausted")
+        .count();
+    assert_eq!(
+        (joined, exhausted),
+        (1, 7),
+        "{:?}",
+        answers.iter().map(|(_, v)| v).collect::<Vec<_>>()
+    );
+    let mesh = host.get_json("/api/mesh").await;
+    assert_eq!(mesh["devices"].as_array().unwrap().len(), 1, "{mesh}");
+    let inv = mesh["invites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["invite_id"] == once.invite_id.as_str())
+        .unwrap();
+    assert_eq!(inv["uses"], 1, "{inv}");
+}

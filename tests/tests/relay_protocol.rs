@@ -223,3 +223,51 @@ async fn health_and_metrics_answer() {
         assert!(m.contains(series), "missing {series} in\n{m}");
     }
 }
+
+/// Behind a proxy that adds its own `X-Forwarded-For` line (HAProxy's `option forwardfor`
+/// does), a client can send a forged line first. The relay must take the last value the
+/// proxy wrote, not the client's: otherwise a fresh forged address per connection escapes
+/// the per-IP limit.
+#[tokio::test]
+async fn the_real_ip_header_uses_the_last_line_a_proxy_appended() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let relay = Relay::start(&[
+        "--real-ip-header",
+        "X-Forwarded-For",
+        "--max-conns-per-ip",
+        "1",
+        "--handshake-timeout",
+        "30s",
+    ])
+    .await;
+    let url = format!("{}/mesh/{}/host", relay.url(), unknown_mesh());
+    let dial = |forged: &'static str| {
+        let mut req = url.as_str().into_client_request().unwrap();
+        let h = req.headers_mut();
+        h.append("x-forwarded-for", forged.parse().unwrap());
+        h.append("x-forwarded-for", "198.51.100.1".parse().unwrap());
+        async move {
+            tokio::time::timeout(
+                Duration::from_secs(10),
+                tokio_tungstenite::connect_async(req),
+            )
+            .await
+            .unwrap()
+            .unwrap()
+            .0
+        }
+    };
+    // Both connections come from 198.51.100.1 (the proxy's line); only one slot.
+    let mut first = dial("203.0.113.1").await;
+    assert!(matches!(
+        next_relay_msg(&mut first).await,
+        RelayMsg::Challenge { .. }
+    ));
+    let mut second = dial("203.0.113.2").await;
+    let end = read_until_close(&mut second, Duration::from_secs(5)).await;
+    assert_eq!(
+        end.code,
+        Some(close::TOO_MANY),
+        "a forged first header line escaped the per-IP limit: {end:?}"
+    );
+}

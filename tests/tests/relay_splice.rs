@@ -310,3 +310,49 @@ async fn a_side_that_stops_reading_slows_its_peer_and_relay_memory_stays_bounded
     }
     assert_eq!(got, sent);
 }
+
+/// While a session is spliced, the relay holds three sockets: the host's control socket, the
+/// member and the host's data socket. `/health` and `/metrics` must count all of them (the
+/// data socket lives on in the splice after its upgrade handler hands it over), and none
+/// once the session ended.
+#[tokio::test]
+async fn a_spliced_session_counts_its_data_socket_until_it_ends() {
+    let relay = Relay::start(&[]).await;
+    let mut host = TestHost::start(&relay.url()).await;
+    let mut member = connect(&host.member_url()).await;
+    let mut h = host.next_session().await;
+    member.send(Message::text("hi")).await.unwrap();
+    assert_eq!(next_data(&mut h).await, Message::text("hi"));
+
+    let health = relay.health().await;
+    assert_eq!(health["sessions"], 1, "{health}");
+    assert_eq!(
+        health["connections"], 3,
+        "control + member + data: {health}"
+    );
+    let m = relay.metrics().await;
+    assert!(
+        m.contains("atmosphere_relay_connections{kind=\"data\"} 1\n"),
+        "{m}"
+    );
+
+    member.close(None).await.unwrap();
+    read_until_close(&mut h, Duration::from_secs(5)).await;
+    let start = Instant::now();
+    loop {
+        let health = relay.health().await;
+        if health["sessions"] == 0 && health["connections"] == 1 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "leaked: {health}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let m = relay.metrics().await;
+    assert!(
+        m.contains("atmosphere_relay_connections{kind=\"data\"} 0\n"),
+        "{m}"
+    );
+}

@@ -11,7 +11,7 @@
 //! session id → member waiting for its host, per-mesh session counts and per-IP connection
 //! counts. Every entry is owned by a guard whose `Drop` removes it, so no exit path leaks.
 
-use super::metrics::{ConnKind, Metrics, Refusal};
+use super::metrics::{ConnGuard, ConnKind, Metrics, Refusal};
 use super::splice::splice;
 use crate::limits::{IpPermit, PerIpLimiter};
 use atmosphere_shared::mesh_id::{is_valid_mesh_id, mesh_id_from_public_key};
@@ -84,7 +84,9 @@ struct HostEntry {
 struct Pending {
     mesh_id: String,
     secret: String,
-    tx: oneshot::Sender<WebSocket>,
+    /// The host's data socket, with its connection-count guard: the socket lives on in the
+    /// member's task (the splice), so it must stay counted there until the splice ends.
+    tx: oneshot::Sender<(WebSocket, ConnGuard)>,
 }
 
 #[derive(Default)]
@@ -141,8 +143,12 @@ impl Relay {
 
     fn client_ip(&self, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
         if let Some(h) = &self.limits.real_ip_header {
+            // The last value of the last line: a proxy may append its own header line after
+            // one the client forged (HAProxy's `option forwardfor` does).
             if let Some(ip) = headers
-                .get(h)
+                .get_all(h)
+                .iter()
+                .next_back()
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.rsplit(',').next())
                 .and_then(|v| v.trim().parse::<IpAddr>().ok())
@@ -620,7 +626,7 @@ async fn client_session(relay: Arc<Relay>, ws: WebSocket, mesh_id: String, ctx: 
     }
     // The member's first frames (its `join`) wait in the socket buffer until the splice
     // starts: nothing is read here, so nothing is buffered in the relay.
-    let host_ws = match tokio::time::timeout(relay.limits.accept_timeout, rx).await {
+    let (host_ws, _data_conn) = match tokio::time::timeout(relay.limits.accept_timeout, rx).await {
         Ok(Ok(h)) => h,
         _ => {
             let why = format!(
@@ -663,7 +669,7 @@ async fn data_ws(
     // Data sockets are exempt from the per-IP limit: they are authenticated and bounded by
     // the per-mesh session limit, and a busy host would otherwise starve its own members.
     configure(ws, max).on_upgrade(move |socket| async move {
-        let _conn = relay.metrics.conn_opened(ConnKind::Data);
+        let conn = relay.metrics.conn_opened(ConnKind::Data);
         let ctx = Ctx { kind: "data", ip, mesh: mesh_id.clone() };
         let checked = {
             let mut reg = relay.reg();
@@ -679,7 +685,7 @@ async fn data_ws(
         match checked {
             Err((r, why)) => relay.refuse(socket, r, why, None, &ctx).await,
             Ok(Some(tx)) => {
-                if let Err(mut socket) = tx.send(socket) {
+                if let Err((mut socket, _conn)) = tx.send((socket, conn)) {
                     relay.metrics.refused(Refusal::Timeout);
                     tracing::info!(code = Refusal::Timeout.close_code(), mesh = %mesh_id, "data socket arrived after the member left");
                     close_and_drain(&mut socket, Refusal::Timeout.close_code(), "the member is gone").await;

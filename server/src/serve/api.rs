@@ -58,7 +58,27 @@ fn internal(e: anyhow::Error) -> Response {
 }
 
 /// `POST /api/mesh/token`: mints an invite.
-pub async fn mint(State(st): State<AppState>, body: Bytes) -> Response {
+pub async fn mint(
+    State(st): State<AppState>,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    // axum's own rejection (e.g. over the body limit) is plain text; keep the JSON shape.
+    let body = match body {
+        Ok(b) => b,
+        Err(e) => {
+            let status = e.status();
+            let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
+                "too_large"
+            } else {
+                "bad_request"
+            };
+            return error(
+                status,
+                code,
+                &format!("the request body could not be read: {}", e.body_text()),
+            );
+        }
+    };
     let req: TokenRequest = if body.iter().all(u8::is_ascii_whitespace) {
         TokenRequest::default()
     } else {

@@ -191,10 +191,12 @@ pub async fn run(args: Args) -> ExitCode {
     }
 }
 
+/// Checks a URL that ends up as an invite endpoint. Only `ws://`/`wss://`: clients reject a
+/// whole invite that carries any other scheme, and the relay link dials only WebSockets.
 fn validate_ws_url(flag: &str, s: &str) -> anyhow::Result<()> {
     let u = url::Url::parse(s).with_context(|| format!("{flag} {s:?} is not a URL"))?;
     anyhow::ensure!(
-        matches!(u.scheme(), "ws" | "wss" | "http" | "https") && u.host().is_some(),
+        matches!(u.scheme(), "ws" | "wss") && u.host().is_some(),
         "{flag} {s:?} must be a ws:// or wss:// URL with a host"
     );
     Ok(())
