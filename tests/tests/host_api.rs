@@ -600,3 +600,29 @@ fn serve_refuses_http_urls_for_websocket_endpoints() {
         );
     }
 }
+
+#[tokio::test]
+async fn the_admin_link_redirect_never_leaves_the_host() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let host = Host::start().await;
+    let secret = host.admin_secret();
+    // `//evil.example/` as a Location would send the browser to another origin.
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", host.port))
+        .await
+        .unwrap();
+    let req = format!(
+        "GET //evil.example/?admin={secret} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).await.unwrap();
+    let location = resp
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("location: ")
+                .or_else(|| l.strip_prefix("Location: "))
+        })
+        .unwrap_or_else(|| panic!("no redirect: {resp}"));
+    assert_eq!(location.trim(), "/", "{resp}");
+    assert!(resp.contains("atmosphere_admin") || resp.to_lowercase().contains("set-cookie"));
+}

@@ -62,6 +62,9 @@ pub const SILENCE_LIMIT: Duration = Duration::from_secs(45);
 /// Largest frame accepted on a data socket: above the mesh protocol's own limit, so the
 /// session handler (not the transport) reports oversize frames with its clear error.
 const DATA_MAX_BYTES: usize = 1024 * 1024;
+/// Data sockets being dialled at once. The relay asks for one per waiting member; a relay
+/// that floods session notices must not make the host open connections without bound.
+const MAX_PENDING_DIALS: usize = 64;
 
 struct Inner {
     endpoint: String,
@@ -95,6 +98,7 @@ impl HostLink {
             key: config.signing_key,
             on_session,
             state: state.clone(),
+            dials: Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_DIALS)),
         };
         let task = tokio::spawn(link.run()).abort_handle();
         HostLink {
@@ -127,6 +131,8 @@ struct Link {
     key: ed25519_dalek::SigningKey,
     on_session: OnSession,
     state: Arc<Mutex<RelayState>>,
+    /// Permits for in-flight data-socket dials ([`MAX_PENDING_DIALS`]).
+    dials: Arc<tokio::sync::Semaphore>,
 }
 
 /// Retry delay for the `attempt`-th consecutive failure: 250 ms · 2^attempt capped at 30 s,
@@ -249,9 +255,14 @@ impl Link {
             tracing::warn!("relay sent a malformed session id; ignoring");
             return;
         }
+        let Ok(permit) = self.dials.clone().try_acquire_owned() else {
+            tracing::warn!(%remote, "{MAX_PENDING_DIALS} relayed sessions are already being opened; ignoring one more (the relay times it out)");
+            return;
+        };
         let url = format!("{}/mesh/{}/session/{}", self.base, self.mesh_id, session_id);
         let on_session = self.on_session.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let cfg = WebSocketConfig::default()
                 .read_buffer_size(crate::ws::SOCKET_READ_BUFFER)
                 .max_frame_size(Some(DATA_MAX_BYTES))

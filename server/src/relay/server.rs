@@ -470,8 +470,17 @@ async fn host_control(relay: Arc<Relay>, mut ws: WebSocket, mesh_id: String, ctx
         tokio::select! {
             cmd = rx.recv() => match cmd {
                 Some(HostCmd::Session(m)) => {
-                    if ws.send(Message::Text(to_json(&m).into())).await.is_err() {
-                        break;
+                    // A host that stops reading must not pin this task (and its IP slot):
+                    // the notice has to leave within the handshake deadline, else the
+                    // control socket is dropped and the host's link reconnects.
+                    let send = ws.send(Message::Text(to_json(&m).into()));
+                    match tokio::time::timeout(relay.limits.handshake_timeout, send).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => break,
+                        Err(_) => {
+                            tracing::warn!(mesh = %mesh_id, ip = %ctx.ip, "host is not reading its control socket; dropping it");
+                            break;
+                        }
                     }
                 }
                 Some(HostCmd::Replaced) | None => {

@@ -130,7 +130,13 @@ pub fn admin_login(st: &AppState, path: &str, query: Option<&str>) -> Option<Res
                 .into_response(),
         );
     }
-    let mut location = path.to_string();
+    // Redirect within this host only: a path such as `//evil.example` would be read by the
+    // browser as another origin.
+    let mut location = if path.starts_with('/') && !path.starts_with("//") && !path.contains('\\') {
+        path.to_string()
+    } else {
+        "/".to_string()
+    };
     if !rest.is_empty() {
         location.push('?');
         location.push_str(
