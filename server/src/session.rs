@@ -91,8 +91,24 @@ pub struct Source {
     pub transport: Transport,
     /// Human description for logs, e.g. `192.0.2.7:51234` or `relay(198.51.100.4:4431)`.
     pub addr: String,
-    /// Rate-limit bucket (the source IP; for relayed members what the relay reported).
+    /// Rate-limit bucket (the source IP, IPv6 by /64; for relayed members what the relay
+    /// reported).
     pub rate_key: String,
+}
+
+/// The rate-limit bucket of an address. One IPv6 subscriber usually holds a whole /64, so
+/// per-address buckets would let it guess tokens from 2^64 "different" sources.
+fn rate_bucket(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.to_string(),
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let s = v6.segments();
+                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        },
+    }
 }
 
 impl Source {
@@ -101,7 +117,7 @@ impl Source {
         Source {
             transport: Transport::Direct,
             addr: peer.to_string(),
-            rate_key: peer.ip().to_string(),
+            rate_key: rate_bucket(peer.ip()),
         }
     }
 
@@ -114,7 +130,7 @@ impl Source {
             .parse::<std::net::IpAddr>()
             .or_else(|_| member.parse::<std::net::SocketAddr>().map(|a| a.ip()));
         let host = match ip {
-            Ok(ip) => ip.to_string(),
+            Ok(ip) => rate_bucket(ip),
             Err(_) => member
                 .rsplit_once(':')
                 .map(|(h, _)| h)
@@ -1015,16 +1031,30 @@ mod tests {
             Source::relay("198.51.100.4:4431").rate_key,
             "relay:198.51.100.4"
         );
-        assert_eq!(Source::relay("2001:db8::7").rate_key, "relay:2001:db8::7");
         assert_eq!(
-            Source::relay("[2001:db8::7]:4431").rate_key,
-            "relay:2001:db8::7"
+            Source::relay("2001:db8:0:1::7").rate_key,
+            "relay:2001:db8:0:1::/64"
+        );
+        assert_eq!(
+            Source::relay("[2001:db8:0:1::7]:4431").rate_key,
+            "relay:2001:db8:0:1::/64"
         );
         assert_ne!(
-            Source::relay("2001:db8::7").rate_key,
-            Source::relay("2001:db8::8").rate_key,
-            "two IPv6 members must not share a rate-limit bucket"
+            Source::relay("2001:db8:0:1::7").rate_key,
+            Source::relay("2001:db8:0:2::7").rate_key,
+            "members in different /64s must not share a rate-limit bucket"
         );
+    }
+
+    #[test]
+    fn one_ipv6_subscriber_is_one_bucket_however_many_addresses_it_uses() {
+        let a: std::net::SocketAddr = "[2001:db8:0:1::7]:5000".parse().unwrap();
+        let b: std::net::SocketAddr = "[2001:db8:0:1:ffff::9]:5001".parse().unwrap();
+        assert_eq!(Source::direct(a).rate_key, Source::direct(b).rate_key);
+        let v4: std::net::SocketAddr = "192.0.2.7:1".parse().unwrap();
+        assert_eq!(Source::direct(v4).rate_key, "192.0.2.7");
+        let mapped: std::net::SocketAddr = "[::ffff:192.0.2.7]:1".parse().unwrap();
+        assert_eq!(Source::direct(mapped).rate_key, "192.0.2.7");
     }
 
     #[test]
