@@ -208,9 +208,17 @@ struct Member {
     kick: Arc<Kick>,
 }
 
+/// Sources tracked before stale ones are swept out.
+const RATE_SWEEP_ABOVE: usize = 4096;
+/// Sweeps happen at most this often, so a flood of distinct sources costs one full scan
+/// per interval rather than one per failed join.
+const RATE_SWEEP_EVERY: Duration = Duration::from_secs(1);
+
 /// Per-source sliding window of failed credential attempts.
+#[derive(Default)]
 struct RateLimiter {
     failures: HashMap<String, VecDeque<Instant>>,
+    last_sweep: Option<Instant>,
 }
 
 impl RateLimiter {
@@ -232,8 +240,12 @@ impl RateLimiter {
 
     /// Records a failure; returns the number of failures in the window.
     fn record(&mut self, key: &str, now: Instant, window: Duration) -> usize {
-        if self.failures.len() > 4096 {
+        let sweep_due = self
+            .last_sweep
+            .is_none_or(|t| now.duration_since(t) >= RATE_SWEEP_EVERY);
+        if self.failures.len() > RATE_SWEEP_ABOVE && sweep_due {
             // Bound memory under a distributed attack: forget sources with no recent failure.
+            self.last_sweep = Some(now);
             self.failures.retain(|_, q| {
                 Self::prune(q, now, window);
                 !q.is_empty()
@@ -311,9 +323,7 @@ impl Hub {
             metrics,
             events,
             members: Mutex::new(HashMap::new()),
-            limiter: Mutex::new(RateLimiter {
-                failures: HashMap::new(),
-            }),
+            limiter: Mutex::new(RateLimiter::default()),
             next_conn: AtomicU64::new(1),
         })
     }
@@ -997,9 +1007,7 @@ mod tests {
 
     #[test]
     fn rate_limiter_blocks_after_limit_and_forgets_after_window() {
-        let mut rl = RateLimiter {
-            failures: HashMap::new(),
-        };
+        let mut rl = RateLimiter::default();
         let w = Duration::from_secs(60);
         let t0 = Instant::now();
         for i in 1..=3 {
@@ -1008,6 +1016,33 @@ mod tests {
         assert!(rl.is_blocked("a", t0, 3, w));
         assert!(!rl.is_blocked("b", t0, 3, w));
         assert!(!rl.is_blocked("a", t0 + w, 3, w));
+    }
+
+    #[test]
+    fn rate_limiter_sweeps_stale_sources_at_most_once_a_second() {
+        let mut rl = RateLimiter::default();
+        let w = Duration::from_secs(60);
+        let t0 = Instant::now();
+        for i in 0..=RATE_SWEEP_ABOVE {
+            rl.record(&format!("old{i}"), t0, w);
+        }
+        // A window later the old sources are stale: the next failure sweeps them out.
+        let t1 = t0 + w;
+        rl.record("new0", t1, w);
+        assert_eq!(rl.failures.len(), 1, "stale sources were not swept");
+        // Refill past the threshold within the same second: no second scan yet.
+        for i in 0..=RATE_SWEEP_ABOVE {
+            rl.record(&format!("burst{i}"), t1 - w, w);
+        }
+        let before = rl.failures.len();
+        rl.record("new1", t1 + Duration::from_millis(500), w);
+        assert_eq!(rl.failures.len(), before + 1, "swept twice within a second");
+        rl.record("new2", t1 + RATE_SWEEP_EVERY, w);
+        assert_eq!(
+            rl.failures.len(),
+            3,
+            "the next due sweep keeps only live sources"
+        );
     }
 
     #[test]
