@@ -84,7 +84,15 @@ pub fn client_config() -> Result<Arc<rustls::ClientConfig>> {
     Ok(Arc::new(cfg))
 }
 
-/// A tokio-tungstenite connector for `wss://` URLs using [`client_config`].
+/// A tokio-tungstenite connector for `wss://` URLs using [`client_config`]. The config is
+/// built once per process: the host dials a `wss://` data socket for every relayed member,
+/// and rebuilding the root store (and re-reading the CA files) each time would be wasted
+/// blocking work on the async path.
 pub fn connector() -> Result<tokio_tungstenite::Connector> {
-    Ok(tokio_tungstenite::Connector::Rustls(client_config()?))
+    static CONFIG: std::sync::OnceLock<std::result::Result<Arc<rustls::ClientConfig>, String>> =
+        std::sync::OnceLock::new();
+    match CONFIG.get_or_init(|| client_config().map_err(|e| format!("{e:#}"))) {
+        Ok(cfg) => Ok(tokio_tungstenite::Connector::Rustls(cfg.clone())),
+        Err(e) => Err(anyhow!("{e}")),
+    }
 }
