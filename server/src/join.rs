@@ -389,23 +389,11 @@ struct JoinFrame {
 
 impl JoinFrame {
     fn for_path(&self, path: PathKind) -> String {
-        let msg = match &self.credential {
-            Some((id, key)) => ClientMsg::Join {
-                token: None,
-                device: None,
-                device_id: Some(id.clone()),
-                device_key: Some(key.clone()),
-                path,
-            },
-            None => ClientMsg::Join {
-                token: Some(self.token.clone()),
-                device: Some(self.device.clone()),
-                device_id: None,
-                device_key: None,
-                path,
-            },
-        };
-        serde_json::to_string(&msg).expect("ClientMsg always serialises")
+        match &self.credential {
+            Some((id, key)) => ClientMsg::rejoin(id, key, path),
+            None => ClientMsg::join_with_token(&self.token, self.device.clone(), path),
+        }
+        .to_json()
     }
 }
 

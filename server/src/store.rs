@@ -178,7 +178,8 @@ impl Store {
         .context("database task failed")?
     }
 
-    /// Runs `f` on the calling thread (startup code only).
+    /// Runs `f` on the calling thread (unit tests only; async code uses [`Store::call`]).
+    #[cfg(test)]
     pub fn call_blocking<R>(
         &self,
         f: impl FnOnce(&mut Connection) -> anyhow::Result<R>,

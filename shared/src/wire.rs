@@ -156,6 +156,33 @@ impl std::fmt::Display for ErrorCode {
 }
 
 impl ClientMsg {
+    /// The first frame of a first join through an invite.
+    pub fn join_with_token(token: &str, device: DeviceInfo, path: PathKind) -> ClientMsg {
+        ClientMsg::Join {
+            token: Some(token.to_string()),
+            device: Some(device),
+            device_id: None,
+            device_key: None,
+            path,
+        }
+    }
+
+    /// The first frame of a rejoin with the credential a previous `joined` handed out.
+    pub fn rejoin(device_id: &str, device_key: &str, path: PathKind) -> ClientMsg {
+        ClientMsg::Join {
+            token: None,
+            device: None,
+            device_id: Some(device_id.to_string()),
+            device_key: Some(device_key.to_string()),
+            path,
+        }
+    }
+
+    /// Serialises to a JSON text frame.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("ClientMsg always serialises")
+    }
+
     /// Parses one text frame, enforcing [`MAX_FRAME_BYTES`].
     pub fn parse(text: &str) -> Result<Self, String> {
         if text.len() > MAX_FRAME_BYTES {
@@ -210,6 +237,22 @@ mod tests {
         assert_eq!(
             s,
             r#"{"type":"error","code":"token_expired","message":"expired"}"#
+        );
+    }
+
+    #[test]
+    fn join_constructors_match_the_contract() {
+        let dev = DeviceInfo {
+            name: "P".into(),
+            platform: "cli".into(),
+        };
+        assert_eq!(
+            ClientMsg::join_with_token("ATM-X", dev, PathKind::Public).to_json(),
+            r#"{"type":"join","token":"ATM-X","device":{"name":"P","platform":"cli"},"path":"public"}"#
+        );
+        assert_eq!(
+            ClientMsg::rejoin("d1", "k1", PathKind::Relay).to_json(),
+            r#"{"type":"join","device_id":"d1","device_key":"k1","path":"relay"}"#
         );
     }
 

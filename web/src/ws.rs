@@ -450,24 +450,14 @@ impl WeakConnector {
 
 /// The first frame on a socket opened for `path`.
 pub fn join_frame(cred: &Credential, path: PathKind) -> String {
-    let msg = match cred {
-        Credential::Token { token, device } => ClientMsg::Join {
-            token: Some(token.clone()),
-            device: Some(device.clone()),
-            device_id: None,
-            device_key: None,
-            path,
-        },
+    match cred {
+        Credential::Token { token, device } => {
+            ClientMsg::join_with_token(token, device.clone(), path)
+        }
         Credential::Device {
             device_id,
             device_key,
-        } => ClientMsg::Join {
-            token: None,
-            device: None,
-            device_id: Some(device_id.clone()),
-            device_key: Some(device_key.clone()),
-            path,
-        },
-    };
-    serde_json::to_string(&msg).unwrap_or_default()
+        } => ClientMsg::rejoin(device_id, device_key, path),
+    }
+    .to_json()
 }
