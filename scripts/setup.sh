@@ -56,6 +56,6 @@ if [ -z "$wb_version" ]; then
 fi
 if ! wasm-bindgen --version 2>/dev/null | grep -q " $wb_version\$"; then
   step "cargo install wasm-bindgen-cli $wb_version (about 2 minutes, once)"
-  # Without --locked: with it, the install fails to resolve webpki-roots (TOOLCHAIN.md).
+  # Without --locked: with it, the install fails to resolve its webpki-roots dependency.
   cargo install wasm-bindgen-cli --version "$wb_version"
 fi

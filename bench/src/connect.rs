@@ -1,11 +1,12 @@
 //! Section 1: time to connected, per scenario, with the real `atmosphere join --once --json`
 //! process against a real host and relay on loopback.
 //!
-//! Every scenario is run three ways: the racing policy (default flags), the seed's strictly
-//! sequential policy (`--sequential --attempt-timeout-ms 10000`) and the physical floor (a
-//! link that lists only the winning endpoint, so nothing else can cost time). The figure is
-//! the process's own `elapsed_ms` (race start → host's `joined`); the wall time of the whole
-//! process (spawn → exit, including start-up and the clean close) is kept in the raw data.
+//! Every scenario is run three ways: the racing policy (default flags), the original
+//! design's strictly sequential policy (`--sequential --attempt-timeout-ms 10000`) and the
+//! physical floor (a link that lists only the winning endpoint, so nothing else can cost
+//! time). The figure is the process's own `elapsed_ms` (race start → host's `joined`); the
+//! wall time of the whole process (spawn → exit, including start-up and the clean close) is
+//! kept in the raw data.
 //! Racing and floor runs are interleaved, so both see the same machine load.
 
 use crate::report::{ms, Report};

@@ -1,5 +1,6 @@
 //! JSON shapes of the host's HTTP API, shared by the server (which produces them), the CLI
-//! (`atmosphere token`) and the web app (which consumes them). Field names are contracts.
+//! (`atmosphere token`) and the web app (which consumes them). Field names are contracts,
+//! documented with examples in `docs/PROTOCOL.md`.
 
 use crate::link::Endpoints;
 use crate::path::PathKind;
@@ -19,7 +20,7 @@ pub struct TokenRequest {
     pub label: Option<String>,
 }
 
-/// `network_info` of an invite: the seed's discovery summary.
+/// `network_info` of an invite: the discovery summary of the original design's invite answer.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetworkInfo {
     pub local_ip: Option<String>,
@@ -28,7 +29,7 @@ pub struct NetworkInfo {
     pub stun_source: Option<String>,
 }
 
-/// Answer of `POST /api/mesh/token` (a superset of the seed's shape).
+/// Answer of `POST /api/mesh/token` (a superset of the original design's invite answer).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenResponse {
     pub token: String,

@@ -13,14 +13,15 @@
 //!   parameter is an error (which one would the user have meant?).
 //! - Values are percent-decoded; in `token` and `mesh`, `+` also means a space (HTML form
 //!   encoding), so `Tom+%26+Jerry` and `Tom%20%26%20Jerry` are the same name.
-//! - `endpoints` may be the raw, unencoded JSON exactly as the seed prints it
-//!   (`endpoints={"local":"ws://…"}`). Raw JSON may contain `&` inside its strings, so when
-//!   the value starts with `{` the parser finds the end of the JSON object instead of
-//!   splitting at the next `&`. Browsers encode `"` as `%22` in a fragment but leave `{`
-//!   alone, and that half-encoded form is accepted too. Raw JSON is read verbatim when it
-//!   is valid; otherwise only the escapes a browser adds are undone, so a `%XX` that was
-//!   already inside an endpoint URL normally survives (a literal `%22` inside a URL of a
-//!   browser-mangled raw link is the one ambiguity left; generated links have none).
+//! - `endpoints` may be the raw, unencoded JSON exactly as the original design's examples
+//!   print it (`endpoints={"local":"ws://…"}`). Raw JSON may contain `&` inside its
+//!   strings, so when the value starts with `{` the parser finds the end of the JSON object
+//!   instead of splitting at the next `&`. Browsers encode `"` as `%22` in a fragment but
+//!   leave `{` alone, and that half-encoded form is accepted too. Raw JSON is read verbatim
+//!   when it is valid; otherwise only the escapes a browser adds are undone, so a `%XX`
+//!   that was already inside an endpoint URL normally survives (a literal `%22` inside a
+//!   URL of a browser-mangled raw link is the one ambiguity left; generated links have
+//!   none).
 //! - After the `?`, everything up to the end is parameters, including a `#`: the generator
 //!   always encodes `#`, so a raw one can only come from a hand-written link, where reading
 //!   it as part of the value is the kinder interpretation.
@@ -96,7 +97,8 @@ impl Endpoints {
             .filter_map(move |p| self.get(p).map(|u| (p, u)))
     }
 
-    /// The seed's legacy single `endpoint`: the first of public, local, relay that exists.
+    /// The legacy single endpoint (a v1 link's `endpoint`, the invite answer's `endpoint`):
+    /// the first of public, local, relay that exists.
     pub fn legacy(&self) -> Option<&str> {
         self.public
             .as_deref()
@@ -658,8 +660,9 @@ fn reject_controls(field: &'static str, s: &str) -> Result<(), LinkError> {
     Ok(())
 }
 
-/// Decodes the v2 `endpoints` value: raw JSON (as the seed prints it), half-encoded JSON
-/// (as a browser leaves it) or fully percent-encoded JSON (as generators write it).
+/// Decodes the v2 `endpoints` value: raw JSON (as the original design's examples print it),
+/// half-encoded JSON (as a browser leaves it) or fully percent-encoded JSON (as generators
+/// write it).
 fn parse_endpoints_json(raw: &str) -> Result<Endpoints, LinkError> {
     let raw = raw.trim();
     if raw.is_empty() {

@@ -21,8 +21,8 @@
 //! - A host error whose code is final ([`ErrorCode::is_final`]: token and device-credential
 //!   errors) stops everything: every path leads to the same host, so trying the relay after
 //!   "token expired" would only waste time and hide the real reason.
-//! - [`Policy::sequential`] reproduces the seed's behaviour: one attempt at a time, the next
-//!   only after the previous failed or timed out.
+//! - [`Policy::strictly_sequential`] is the original design's policy: one attempt at a time,
+//!   the next only after the previous failed or timed out.
 //! - In a page served over https, `ws://` candidates can never connect (mixed content), so
 //!   they are reported as blocked at once and never started.
 //!
@@ -85,8 +85,9 @@ impl Default for Policy {
 }
 
 impl Policy {
-    /// The seed's behaviour: strictly sequential local → public → relay, 10 s per attempt.
-    pub fn sequential_seed() -> Self {
+    /// The sequential policy of the original design: local → public → relay strictly one
+    /// after another, each with the full 10 s deadline (`atmosphere join --sequential`).
+    pub fn strictly_sequential() -> Self {
         Policy {
             sequential: true,
             ..Policy::default()
@@ -176,7 +177,7 @@ pub enum RaceEvent {
 }
 
 impl RaceEvent {
-    /// The CLI's JSON-lines shape (ARCHITECTURE.md, `atmosphere join`):
+    /// The CLI's JSON-lines shape (`docs/PROTOCOL.md`, `atmosphere join --json`):
     /// `{"event":"trying","path","url"}`, `{"event":"failed","path","reason"}`,
     /// `{"event":"connected","path","mesh_name","elapsed_ms"}`,
     /// `{"event":"error","code","message"}`. `mesh_name` comes from the shell (it is in the

@@ -1,5 +1,5 @@
-//! Link codec: the seed's own examples, v1 links, the web form, round trips of arbitrary
-//! invites (proptest), and every malformed-link error.
+//! Link codec: the original design's example links, v1 links, the web form, round trips of
+//! arbitrary invites (proptest), and every malformed-link error.
 
 use atmosphere_shared::link::{Endpoints, Invite, LinkError, MAX_LINK_LEN};
 use atmosphere_shared::token::{Token, TOKEN_BYTES};
@@ -14,7 +14,7 @@ fn eps(local: Option<&str>, public: Option<&str>, relay: Option<&str>) -> Endpoi
     }
 }
 
-fn seed_endpoints() -> Endpoints {
+fn spec_endpoints() -> Endpoints {
     eps(
         Some("ws://192.168.86.237:11451"),
         Some("ws://73.45.123.89:11451"),
@@ -30,15 +30,15 @@ fn err(link: &str) -> LinkError {
 }
 
 // ---------------------------------------------------------------------------------------
-// The seed's examples, verbatim.
+// The original design's example links, verbatim.
 
-/// The seed's `qr_data` with its `{...}` filled in by the seed's own `endpoints` example.
-const SEED_V2: &str = r#"atmosphere://join?token=ATM-XXX&mesh=Home&endpoints={"local":"ws://192.168.86.237:11451","public":"ws://73.45.123.89:11451","relay":"wss://relay.atmosphere.io/mesh/abc123"}"#;
+/// The original design's `qr_data` with its `{...}` filled in by its own `endpoints` example.
+const SPEC_V2_LINK: &str = r#"atmosphere://join?token=ATM-XXX&mesh=Home&endpoints={"local":"ws://192.168.86.237:11451","public":"ws://73.45.123.89:11451","relay":"wss://relay.atmosphere.io/mesh/abc123"}"#;
 
 #[test]
-fn seed_v2_link_with_raw_json() {
-    let inv = Invite::parse(SEED_V2).unwrap();
-    assert_eq!(inv, Invite::v2("ATM-XXX", "Home", seed_endpoints()));
+fn spec_v2_link_with_raw_json() {
+    let inv = Invite::parse(SPEC_V2_LINK).unwrap();
+    assert_eq!(inv, Invite::v2("ATM-XXX", "Home", spec_endpoints()));
     assert_eq!(
         inv.to_inspect_json(),
         r#"{"version":2,"token":"ATM-XXX","mesh_name":"Home","endpoints":{"local":"ws://192.168.86.237:11451","public":"ws://73.45.123.89:11451","relay":"wss://relay.atmosphere.io/mesh/abc123"}}"#
@@ -46,17 +46,17 @@ fn seed_v2_link_with_raw_json() {
 }
 
 #[test]
-fn seed_v2_link_with_the_pretty_printed_endpoints_block() {
-    // The seed prints the endpoints object over several lines; pasted into a link it is
-    // still JSON (whitespace between tokens).
+fn spec_v2_link_with_the_pretty_printed_endpoints_block() {
+    // The original design prints the endpoints object over several lines; pasted into a
+    // link it is still JSON (whitespace between tokens).
     let link = "atmosphere://join?token=ATM-XXX&mesh=Home%20Mesh&endpoints={\n    \"local\": \"ws://192.168.86.237:11451\",\n    \"public\": \"ws://73.45.123.89:11451\",\n    \"relay\": \"wss://relay.atmosphere.io/mesh/abc123\"\n  }";
     let inv = Invite::parse(link).unwrap();
-    assert_eq!(inv, Invite::v2("ATM-XXX", "Home Mesh", seed_endpoints()));
+    assert_eq!(inv, Invite::v2("ATM-XXX", "Home Mesh", spec_endpoints()));
 }
 
 #[test]
-fn seed_android_example_with_null_relay() {
-    // The seed's Kotlin example: local and public, `relay = null`.
+fn spec_android_example_with_null_relay() {
+    // The original design's Kotlin example: local and public, `relay = null`.
     let link = r#"atmosphere://join?token=ATM-XXX&mesh=Home&endpoints={"local":"ws://192.168.86.237:11451","public":"ws://73.45.123.89:11451","relay":null}"#;
     let inv = Invite::parse(link).unwrap();
     assert_eq!(inv.endpoints.relay, None);
@@ -66,8 +66,8 @@ fn seed_android_example_with_null_relay() {
 }
 
 #[test]
-fn seed_qr_format_lines_verbatim() {
-    // "New Format (v2)" and "Legacy Format (v1)" exactly as the seed prints them.
+fn spec_qr_format_lines_verbatim() {
+    // "New Format (v2)" and "Legacy Format (v1)" exactly as the original design prints them.
     let v2 = r#"atmosphere://join?token=ATM-XXX&mesh=NAME&endpoints={"local":"ws://...","public":"ws://...","relay":"wss://..."}"#;
     let v1 = "atmosphere://join?token=ATM-XXX&mesh=NAME&endpoint=ws://...";
     let inv2 = Invite::parse(v2).unwrap();
@@ -84,8 +84,9 @@ fn seed_qr_format_lines_verbatim() {
 }
 
 #[test]
-fn seed_qr_data_placeholder_is_not_json() {
-    // The seed's `qr_data` literally says `endpoints={...}`: a placeholder, not JSON.
+fn spec_qr_data_placeholder_is_not_json() {
+    // The original design's `qr_data` literally says `endpoints={...}`: a placeholder, not
+    // JSON.
     let e = err("atmosphere://join?token=ATM-XXX&mesh=Home&endpoints={...}");
     assert!(matches!(e, LinkError::BadEndpointsJson { .. }), "{e:?}");
     assert!(e.to_string().starts_with("endpoints:"), "{e}");
@@ -96,7 +97,7 @@ fn seed_qr_data_placeholder_is_not_json() {
 
 #[test]
 fn generated_v2_link_is_percent_encoded_and_parses_back() {
-    let inv = Invite::v2("ATM-XXX", "Tom & Jerry #1 100% +", seed_endpoints());
+    let inv = Invite::v2("ATM-XXX", "Tom & Jerry #1 100% +", spec_endpoints());
     let link = inv.to_v2_link();
     assert!(link.starts_with("atmosphere://join?token=ATM-XXX&mesh=Tom%20%26%20Jerry%20%231%20100%25%20%2B&endpoints=%7B%22local%22"), "{link}");
     assert!(!link.contains(['{', '"', ' ', '#']), "{link}");
@@ -174,8 +175,8 @@ fn parameters_in_any_order_and_keys_in_any_case() {
 
 #[test]
 fn surrounding_whitespace_is_ignored() {
-    let inv = Invite::parse(&format!("  \n{SEED_V2}\n ")).unwrap();
-    assert_eq!(inv.endpoints, seed_endpoints());
+    let inv = Invite::parse(&format!("  \n{SPEC_V2_LINK}\n ")).unwrap();
+    assert_eq!(inv.endpoints, spec_endpoints());
 }
 
 // ---------------------------------------------------------------------------------------
@@ -210,7 +211,7 @@ fn v1_private_address_is_local_and_public_address_is_public() {
 
 #[test]
 fn v1_generated_link_uses_the_legacy_endpoint() {
-    let inv = Invite::v2("ATM-XXX", "Home", seed_endpoints());
+    let inv = Invite::v2("ATM-XXX", "Home", spec_endpoints());
     let v1 = inv.to_v1_link();
     assert_eq!(
         v1,
@@ -244,7 +245,7 @@ fn v2_endpoints_win_over_a_v1_endpoint_in_the_same_link() {
 
 #[test]
 fn web_link_fragment_and_query_forms() {
-    let inv = Invite::v2("ATM-XXX", "Home", seed_endpoints());
+    let inv = Invite::v2("ATM-XXX", "Home", spec_endpoints());
     let web = inv.to_web_link("http://192.168.86.237:11451/");
     assert!(
         web.starts_with("http://192.168.86.237:11451/join#token=ATM-XXX&mesh=Home&endpoints=%7B"),
@@ -265,8 +266,8 @@ fn web_link_fragment_and_query_forms() {
 
 #[test]
 fn web_link_with_raw_json_and_v1_endpoint() {
-    let raw = SEED_V2.replace("atmosphere://join?", "https://host.example:8443/join#");
-    assert_eq!(Invite::parse(&raw).unwrap().endpoints, seed_endpoints());
+    let raw = SPEC_V2_LINK.replace("atmosphere://join?", "https://host.example:8443/join#");
+    assert_eq!(Invite::parse(&raw).unwrap().endpoints, spec_endpoints());
     let v1 = "http://[::1]:11451/join?token=ATM-XXX&mesh=Home&endpoint=ws://[::1]:11451";
     let inv = Invite::parse(v1).unwrap();
     assert_eq!(
@@ -648,7 +649,8 @@ proptest! {
 
     #[test]
     fn raw_and_half_encoded_json_round_trip(inv in invite()) {
-        // What a hand-written link (seed style) or a browser's location.hash looks like.
+        // What a hand-written link (raw JSON, as in the original design's examples) or a
+        // browser's location.hash looks like.
         let json = serde_json::to_string(&inv.endpoints).unwrap();
         let mesh: String = url::form_urlencoded::byte_serialize(inv.mesh_name.as_bytes()).collect();
         let token: String = url::form_urlencoded::byte_serialize(inv.token.as_bytes()).collect();
@@ -706,7 +708,7 @@ proptest! {
         cut in any::<prop::sample::Index>(),
         insert in "[%{}\"&=#?+\\\\\\[\\]é]{0,3}",
     ) {
-        for link in [inv.to_v2_link(), SEED_V2.to_string()] {
+        for link in [inv.to_v2_link(), SPEC_V2_LINK.to_string()] {
             let mut at = cut.index(link.len() + 1);
             while !link.is_char_boundary(at) { at -= 1; }
             let _ = Invite::parse(&link[..at]);

@@ -449,8 +449,8 @@ fn a_socket_that_opens_is_not_success() {
 }
 
 #[test]
-fn sequential_mode_reproduces_the_seed() {
-    let mut s = Sim::new(&all_three(), Policy::sequential_seed());
+fn sequential_mode_is_the_original_one_at_a_time_policy() {
+    let mut s = Sim::new(&all_three(), Policy::strictly_sequential());
     assert_eq!(
         s.race.poll_timeout(),
         Some(10_000),
@@ -490,7 +490,7 @@ fn sequential_mode_reproduces_the_seed() {
 
 #[test]
 fn sequential_mode_moves_on_at_once_after_a_refusal() {
-    let mut s = Sim::new(&all_three(), Policy::sequential_seed());
+    let mut s = Sim::new(&all_three(), Policy::strictly_sequential());
     s.fail(Local, refused(), 7);
     s.advance_to(5_000);
     assert_eq!(s.starts(), vec![(0, Local), (7, Public)]);

@@ -110,7 +110,7 @@ fn wrong_length_is_reported_with_both_counts() {
             expected: TOKEN_CHARS
         })
     );
-    // The seed's placeholder is a token *shape*, not a valid token.
+    // The original design's placeholder `ATM-XXX` is a token *shape*, not a valid token.
     assert_eq!(
         Token::parse("ATM-XXX"),
         Err(TokenError::WrongLength {

@@ -1,7 +1,7 @@
 //! # Network-namespace harness
 //!
-//! Builds a small simulated internet out of Linux network namespaces, so the seed's
-//! scenario table (same Wi-Fi → `local`, port forward → `public`, both behind NAT →
+//! Builds a small simulated internet out of Linux network namespaces, so the original
+//! design's scenario table (same Wi-Fi → `local`, port forward → `public`, both behind NAT →
 //! `relay`) runs over real routing and real NAT instead of loopback:
 //!
 //! ```text
@@ -74,7 +74,7 @@ pub const HOST_IP: &str = "192.168.1.10";
 pub const HOME_PHONE_IP: &str = "192.168.1.20";
 /// The phone behind the cellular router.
 pub const PHONE_IP: &str = "10.20.0.10";
-/// The host's listening port (the seed's 11451).
+/// The host's listening port (the product default, 11451).
 pub const HOST_PORT: u16 = 11451;
 
 /// Exit code of the namespace guard when a process would have started outside its namespace.

@@ -383,7 +383,7 @@ async fn paste_box_accepts_an_app_link_on_a_desktop() {
     b.wait_text(".paste .error", UI, |t| t.contains("not an invite link"))
         .await;
 
-    // The seed's v2 app link (`qr_data`), as a desktop user would paste it.
+    // A v2 app link (`qr_data`), as a desktop user would paste it.
     b.client
         .find(fantoccini::Locator::Css("#paste-link"))
         .await

@@ -36,7 +36,7 @@ async fn token_join_then_rejoin_with_the_device_credential() {
     let host = Host::start().await;
     let inv = host.mint(&TokenRequest::default()).await;
 
-    // Both WebSocket paths work: `/` (the seed's bare ws://IP:PORT) and `/api/ws`.
+    // Both WebSocket paths work: `/` (the bare ws://IP:PORT of v1 links) and `/api/ws`.
     let (mut m, joined) = Member::join_token(&host.ws_url(), &inv.token, "Pixel 8").await;
     let (id, key) = joined_ids(&joined);
     let key = key.expect("first join returns a device_key");

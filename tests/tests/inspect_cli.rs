@@ -6,7 +6,7 @@ use atmosphere_tests::bin_path;
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
-const SEED_V2: &str = r#"atmosphere://join?token=ATM-XXX&mesh=Home&endpoints={"local":"ws://192.168.86.237:11451","public":"ws://73.45.123.89:11451","relay":"wss://relay.atmosphere.io/mesh/abc123"}"#;
+const SPEC_V2_LINK: &str = r#"atmosphere://join?token=ATM-XXX&mesh=Home&endpoints={"local":"ws://192.168.86.237:11451","public":"ws://73.45.123.89:11451","relay":"wss://relay.atmosphere.io/mesh/abc123"}"#;
 
 fn inspect(args: &[&str]) -> Output {
     Command::new(bin_path())
@@ -27,8 +27,8 @@ fn stderr(o: &Output) -> String {
 }
 
 #[test]
-fn json_output_is_exactly_the_contract_for_the_seed_link() {
-    let o = inspect(&[SEED_V2, "--json"]);
+fn json_output_is_exactly_the_contract_for_the_original_design_link() {
+    let o = inspect(&[SPEC_V2_LINK, "--json"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(
         stdout(&o),
@@ -145,7 +145,7 @@ fn link_can_come_from_stdin() {
         .stdin
         .take()
         .unwrap()
-        .write_all(format!("{SEED_V2}\n").as_bytes())
+        .write_all(format!("{SPEC_V2_LINK}\n").as_bytes())
         .unwrap();
     let o = child.wait_with_output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));

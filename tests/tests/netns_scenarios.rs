@@ -1,6 +1,7 @@
-//! The seed's scenario table on a real (simulated) network: Linux network namespaces with
-//! NAT routers (nftables), a real coturn STUN server and a real `atmosphere relay` on a
-//! documentation-range "internet". See `docs/NETNS.md` for the topology and how to run.
+//! The original design's scenario table on a real (simulated) network: Linux network
+//! namespaces with NAT routers (nftables), a real coturn STUN server and a real
+//! `atmosphere relay` on a documentation-range "internet". See `docs/NETNS.md` for the
+//! topology and how to run.
 //!
 //! Needs root (CI runs as root). Without root or namespace support every test FAILS with a
 //! clear message — it never skips. The scenarios run one at a time (a global lock).
