@@ -1,0 +1,655 @@
+//! Keeps `docs/PROTOCOL.md` honest: every example in it is checked against the code.
+//!
+//! - A fenced block whose info string is `json TAG` holds one or more JSON values (pretty or
+//!   one per line). Each is parsed with the type `TAG` names ([`check_json`]), serialised
+//!   again and compared with the example as a `serde_json::Value`, so a misspelt, missing or
+//!   extra field fails, not only a missing required one. A `json` block without a tag, or
+//!   with a tag this file does not know, fails too: the doc cannot grow unchecked JSON.
+//! - `text link` blocks: every line must decode with [`Invite::parse`]. `text
+//!   link_generated` blocks: every line must also be exactly what the generator of its form
+//!   writes for the decoded invite.
+//! - The `text relay_vector` block: the mesh id and the signed bytes are recomputed with
+//!   `mesh_id` and `relay_proto`.
+//! - Across all JSON: every `mesh_id` has the mesh-id shape and every `token` is a valid
+//!   token, so the examples are consistent with each other.
+//!
+//! Shapes that are defined only in the server crate (not in `shared`) are checked by their
+//! keys and value types, by hand, each in one clearly marked function.
+
+use atmosphere_shared::api::{
+    ApiError, MeshView, NetworkSnapshot, PathTrace, RelayState, StunProbe, TokenRequest,
+    TokenResponse,
+};
+use atmosphere_shared::link::{Endpoints, Invite};
+use atmosphere_shared::mesh_id::{is_valid_mesh_id, mesh_id_from_public_key};
+use atmosphere_shared::relay_proto::{registration_message, HostMsg, RelayMsg};
+use atmosphere_shared::token::Token;
+use atmosphere_shared::wire::{ClientMsg, ErrorCode, ServerMsg};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+use std::collections::BTreeSet;
+
+const DOC: &str = include_str!("../../docs/PROTOCOL.md");
+
+/// The doc must keep at least this many checked JSON values (it has more): a refactor that
+/// drops the fence tags, and with them the checks, fails here.
+const MIN_JSON_VALUES: usize = 55;
+
+/// Every JSON tag the doc may use, each checked by [`check_json`]. All of them must appear.
+const JSON_TAGS: &[&str] = &[
+    "inspect",
+    "api_error",
+    "token_request",
+    "token_response",
+    "mesh_view",
+    "revoke_response",
+    "network_snapshot",
+    "relay_state",
+    "auth_response",
+    "mesh_event",
+    "host_health",
+    "client_msg",
+    "server_msg",
+    "relay_msg",
+    "host_msg",
+    "relay_health",
+    "device_file",
+    "join_line",
+    "netcheck",
+];
+
+/// Tags of `text` blocks that are checked.
+const TEXT_TAGS: &[&str] = &["link", "link_generated", "relay_vector"];
+
+/// One fenced block of the doc.
+struct Block {
+    /// 1-based line of the opening fence.
+    line: usize,
+    lang: String,
+    tag: Option<String>,
+    body: String,
+}
+
+/// Every fenced block (``` fences, possibly indented inside list items).
+fn blocks(doc: &str) -> Vec<Block> {
+    let mut out = Vec::new();
+    let mut open: Option<(Block, usize)> = None;
+    for (i, raw) in doc.lines().enumerate() {
+        let indent = raw.len() - raw.trim_start().len();
+        let line = raw.trim_start();
+        match open.take() {
+            None => {
+                if let Some(info) = line.strip_prefix("```") {
+                    let mut words = info.split_whitespace();
+                    let lang = words.next().unwrap_or("").to_string();
+                    let tag = words.next().map(str::to_string);
+                    assert!(
+                        words.next().is_none(),
+                        "line {}: a fence info string is `LANG [TAG]`: {raw:?}",
+                        i + 1
+                    );
+                    let block = Block {
+                        line: i + 1,
+                        lang,
+                        tag,
+                        body: String::new(),
+                    };
+                    open = Some((block, indent));
+                }
+            }
+            Some((mut block, fence_indent)) => {
+                if line == "```" {
+                    out.push(block);
+                } else {
+                    let cut = raw.len().min(fence_indent);
+                    let cut = if raw[..cut].trim().is_empty() { cut } else { 0 };
+                    block.body.push_str(&raw[cut..]);
+                    block.body.push('\n');
+                    open = Some((block, fence_indent));
+                }
+            }
+        }
+    }
+    assert!(open.is_none(), "the doc ends inside a fenced block");
+    out
+}
+
+/// The JSON values of a block, each with its own text (for checks on the raw form).
+fn json_values(body: &str) -> Result<Vec<(Value, &str)>, String> {
+    let mut out = Vec::new();
+    let mut stream = serde_json::Deserializer::from_str(body).into_iter::<Value>();
+    let mut start = 0;
+    while let Some(next) = stream.next() {
+        let v = next.map_err(|e| format!("not valid JSON: {e}"))?;
+        let end = stream.byte_offset();
+        out.push((v, body[start..end].trim()));
+        start = end;
+    }
+    if out.is_empty() {
+        return Err("the block holds no JSON value".into());
+    }
+    Ok(out)
+}
+
+/// Parses `v` as `T` and requires that serialising it again gives `v` back: a misspelt
+/// or extra field (which serde would silently ignore), a missing optional field, or a
+/// field that serde would omit but the example shows fails.
+fn strict<T: Serialize + DeserializeOwned>(v: &Value) -> Result<(), String> {
+    let parsed: T = serde_json::from_value(v.clone())
+        .map_err(|e| format!("does not parse as {}: {e}", std::any::type_name::<T>()))?;
+    let again = serde_json::to_value(&parsed).map_err(|e| e.to_string())?;
+    if &again != v {
+        let mut diffs = Vec::new();
+        differences(v, &again, "", &mut diffs);
+        return Err(format!(
+            "does not survive a round trip through {}: {}",
+            std::any::type_name::<T>(),
+            diffs.join("; ")
+        ));
+    }
+    Ok(())
+}
+
+/// Where the doc's value and the code's differ, as `path: doc X, code Y` lines.
+fn differences(doc: &Value, code: &Value, path: &str, out: &mut Vec<String>) {
+    match (doc, code) {
+        (Value::Object(d), Value::Object(c)) => {
+            let keys: BTreeSet<&String> = d.keys().chain(c.keys()).collect();
+            for k in keys {
+                let p = format!("{path}.{k}");
+                match (d.get(k), c.get(k)) {
+                    (Some(x), Some(y)) => differences(x, y, &p, out),
+                    (Some(_), None) => out.push(format!("{p}: not a field of the type")),
+                    (None, Some(y)) => out.push(format!("{p}: missing (the code writes {y})")),
+                    (None, None) => {}
+                }
+            }
+        }
+        (Value::Array(d), Value::Array(c)) if d.len() == c.len() => {
+            for (i, (x, y)) in d.iter().zip(c).enumerate() {
+                differences(x, y, &format!("{path}[{i}]"), out);
+            }
+        }
+        _ if doc != code => out.push(format!("{path}: doc {doc}, code {code}")),
+        _ => {}
+    }
+}
+
+/// Checks one JSON value against the type its tag names.
+fn check_json(tag: &str, v: &Value, text: &str) -> Result<(), String> {
+    match tag {
+        "inspect" => strict::<Invite>(v),
+        "api_error" => strict::<ApiError>(v),
+        "token_request" => strict::<TokenRequest>(v),
+        "token_response" => strict::<TokenResponse>(v),
+        "mesh_view" => strict::<MeshView>(v),
+        "network_snapshot" => strict::<NetworkSnapshot>(v),
+        "relay_state" => strict::<RelayState>(v),
+        "client_msg" => strict::<ClientMsg>(v),
+        "server_msg" => strict::<ServerMsg>(v),
+        "relay_msg" => strict::<RelayMsg>(v),
+        "host_msg" => strict::<HostMsg>(v),
+        "mesh_event" => check_mesh_event(v),
+        "join_line" => check_join_line(v, text),
+        "netcheck" => check_netcheck(v),
+        "revoke_response" | "auth_response" | "host_health" | "relay_health" | "device_file" => {
+            check_server_only_shape(tag, v)
+        }
+        other => Err(format!(
+            "unknown tag `json {other}`: add it to JSON_TAGS and check_json"
+        )),
+    }
+}
+
+/// The value types the hand-written checks below know.
+#[derive(Clone, Copy)]
+enum Kind {
+    Str,
+    OptStr,
+    Bool,
+    U64,
+    OptU64,
+    OptBool,
+    StrList,
+    /// `local`, `public` or `relay`.
+    Path,
+    /// Checked by a shared type.
+    Shared(fn(&Value) -> Result<(), String>),
+}
+
+/// Requires `v` to be an object with exactly these keys, each of its kind.
+fn check_object(v: &Value, fields: &[(&str, Kind)]) -> Result<(), String> {
+    let obj = v.as_object().ok_or("expected a JSON object")?;
+    let want: BTreeSet<&str> = fields.iter().map(|(k, _)| *k).collect();
+    let have: BTreeSet<&str> = obj.keys().map(String::as_str).collect();
+    let missing: Vec<&&str> = want.difference(&have).collect();
+    let unknown: Vec<&&str> = have.difference(&want).collect();
+    if !missing.is_empty() {
+        return Err(format!("missing field(s) {missing:?}"));
+    }
+    if !unknown.is_empty() {
+        return Err(format!("not field(s) of this shape: {unknown:?}"));
+    }
+    for (key, kind) in fields {
+        let x = &obj[*key];
+        let ok = match kind {
+            Kind::Str => x.is_string(),
+            Kind::OptStr => x.is_string() || x.is_null(),
+            Kind::Bool => x.is_boolean(),
+            Kind::U64 => x.is_u64(),
+            Kind::OptU64 => x.is_u64() || x.is_null(),
+            Kind::OptBool => x.is_boolean() || x.is_null(),
+            Kind::StrList => x.as_array().is_some_and(|a| a.iter().all(Value::is_string)),
+            Kind::Path => matches!(x.as_str(), Some("local" | "public" | "relay")),
+            Kind::Shared(check) => {
+                check(x).map_err(|e| format!("{key}: {e}"))?;
+                true
+            }
+        };
+        if !ok {
+            return Err(format!("{key}: {x} has the wrong type"));
+        }
+    }
+    Ok(())
+}
+
+// =======================================================================================
+// MeshEvent: the server-sent events of `GET /api/events`.
+// Checked by hand against `server/src/session.rs` (`MeshEvent`) and the `resync` event of
+// `server/src/serve/api.rs::events`. REPLACE with `strict::<atmosphere_shared::api::MeshEvent>`
+// (plus the `resync` case) once `MeshEvent` lives in `shared`.
+// =======================================================================================
+fn check_mesh_event(v: &Value) -> Result<(), String> {
+    use Kind::*;
+    match v["type"].as_str() {
+        Some("device_joined") => check_object(
+            v,
+            &[
+                ("type", Str),
+                ("device_id", Str),
+                ("name", Str),
+                ("platform", Str),
+                ("path", Path),
+                ("new_device", Bool),
+            ],
+        ),
+        Some("device_left") => {
+            check_object(v, &[("type", Str), ("device_id", Str), ("reason", Str)])
+        }
+        Some("invite_minted" | "invite_revoked") => {
+            check_object(v, &[("type", Str), ("invite_id", Str)])
+        }
+        Some("invite_used") => {
+            check_object(v, &[("type", Str), ("invite_id", Str), ("device_id", Str)])
+        }
+        Some("resync") => check_object(v, &[("type", Str)]),
+        other => Err(format!("unknown mesh event type {other:?}")),
+    }
+}
+
+// =======================================================================================
+// The JSON lines of `atmosphere join --json`.
+// Checked by hand against `server/src/join.rs` (`Printer`, `server_line`) and
+// `shared/src/racing.rs` (`RaceEvent::to_json_line`). REPLACE with a strict parse as
+// `atmosphere_shared::join_event::JoinEvent` once that type exists.
+// =======================================================================================
+fn check_join_line(v: &Value, text: &str) -> Result<(), String> {
+    use Kind::*;
+    if text.contains('\n') {
+        return Err("a join line is printed on one line".into());
+    }
+    if !text.starts_with("{\"event\":") {
+        return Err("`event` is the first key of every join line".into());
+    }
+    let event = v["event"].as_str().ok_or("`event` must be a string")?;
+    match event {
+        "trying" => check_object(v, &[("event", Str), ("path", Path), ("url", Str)]),
+        "failed" => check_object(v, &[("event", Str), ("path", Path), ("reason", Str)]),
+        "connected" => check_object(
+            v,
+            &[
+                ("event", Str),
+                ("path", Path),
+                ("mesh_name", OptStr),
+                ("elapsed_ms", U64),
+            ],
+        ),
+        "error" => check_object(v, &[("event", Str), ("code", Str), ("message", Str)]),
+        "disconnected" => check_object(v, &[("event", Str), ("reason", Str)]),
+        "reconnecting" => check_object(v, &[("event", Str), ("in_ms", U64)]),
+        // A live session's frames: the host's frame with `type` renamed `event`.
+        "peers" | "peer_joined" | "peer_left" | "message" => {
+            let mut frame = v.as_object().cloned().unwrap_or_default();
+            let tag = frame.remove("event").unwrap_or_default();
+            frame.insert("type".into(), tag);
+            strict::<ServerMsg>(&Value::Object(frame))
+        }
+        other => Err(format!("unknown join event {other:?}")),
+    }
+}
+
+// =======================================================================================
+// The JSON object of `atmosphere netcheck --json`.
+// Checked by hand against `server/src/netcheck.rs` (`Report`, `RelayCheck`). REPLACE with a
+// strict parse once the report type lives in `shared`.
+// =======================================================================================
+fn check_netcheck(v: &Value) -> Result<(), String> {
+    use Kind::*;
+    fn relay_check(v: &Value) -> Result<(), String> {
+        check_object(
+            v,
+            &[
+                ("url", OptStr),
+                ("status", Str),
+                ("error", OptStr),
+                ("http_status", OptU64),
+                ("connect_ms", OptU64),
+                ("handshake_ms", OptU64),
+            ],
+        )?;
+        match v["status"].as_str() {
+            Some("reachable" | "unreachable" | "not_configured" | "invalid") => Ok(()),
+            other => Err(format!("unknown relay status {other:?}")),
+        }
+    }
+    check_object(
+        v,
+        &[
+            ("local_ip", OptStr),
+            ("local_ips", StrList),
+            ("public_ip", OptStr),
+            ("stun_source", OptStr),
+            ("is_behind_nat", Bool),
+            ("mapping_varies", OptBool),
+            ("cgnat", Bool),
+            ("cgnat_hop", OptStr),
+            ("hint", OptStr),
+            ("path", Shared(strict::<Option<PathTrace>>)),
+            ("endpoints", Shared(strict::<Endpoints>)),
+            ("probes", Shared(strict::<Vec<StunProbe>>)),
+            ("relay", Shared(relay_check)),
+            ("checked_at", OptStr),
+        ],
+    )
+}
+
+// =======================================================================================
+// Small answers built in the server crate with `json!` (or a private struct).
+// Checked by hand against `server/src/serve/api.rs` (`revoke`, `whoami`, `health`),
+// `server/src/relay/server.rs` (`health`) and `server/src/join.rs` (`DeviceCredential`).
+// REPLACE a case with a strict parse when its type moves to `shared`.
+// =======================================================================================
+fn check_server_only_shape(tag: &str, v: &Value) -> Result<(), String> {
+    use Kind::*;
+    match tag {
+        "revoke_response" => check_object(v, &[("invite_id", Str), ("revoked", Bool)]),
+        "auth_response" => check_object(v, &[("admin", Bool)]),
+        "host_health" => check_object(
+            v,
+            &[
+                ("status", Str),
+                ("mesh_id", Str),
+                ("mesh_name", Str),
+                ("version", Str),
+                ("uptime_secs", U64),
+                ("members_online", U64),
+            ],
+        ),
+        "relay_health" => check_object(
+            v,
+            &[
+                ("status", Str),
+                ("meshes", U64),
+                ("sessions", U64),
+                ("connections", U64),
+                ("uptime_secs", U64),
+            ],
+        ),
+        "device_file" => check_object(
+            v,
+            &[
+                ("mesh_id", Str),
+                ("mesh_name", Str),
+                ("device_id", Str),
+                ("device_key", Str),
+            ],
+        ),
+        other => Err(format!("no server-only shape named {other}")),
+    }
+}
+
+/// Every `mesh_id` in the examples has the mesh-id shape, every `token` is a valid token
+/// and every error `code` (in frames and join lines) is a known one or a CLI code.
+fn check_identifiers(v: &Value) -> Result<(), String> {
+    match v {
+        Value::Object(o) => {
+            for (k, x) in o {
+                match (k.as_str(), x) {
+                    ("mesh_id", Value::String(s)) if !is_valid_mesh_id(s) => {
+                        return Err(format!("mesh_id {s:?} does not have the mesh-id shape"))
+                    }
+                    ("token", Value::String(s)) => {
+                        Token::parse(s).map_err(|e| format!("token {s:?}: {e}"))?;
+                    }
+                    ("code", Value::String(s)) => {
+                        let known = serde_json::from_value::<ErrorCode>(x.clone()).is_ok()
+                            || matches!(
+                                s.as_str(),
+                                "all_failed" | "bad_link" | "bad_usage" | "disconnected"
+                            );
+                        if !known {
+                            return Err(format!("unknown error code {s:?}"));
+                        }
+                    }
+                    _ => check_identifiers(x)?,
+                }
+            }
+            Ok(())
+        }
+        Value::Array(a) => a.iter().try_for_each(check_identifiers),
+        _ => Ok(()),
+    }
+}
+
+/// Checks a `text link` / `text link_generated` block.
+fn check_links(body: &str, generated: bool) -> Result<usize, String> {
+    let mut n = 0;
+    for line in body.lines().filter(|l| !l.trim().is_empty()) {
+        let inv = Invite::parse(line).map_err(|e| format!("{line}: {e}"))?;
+        if generated {
+            let again = if let Some(base) = line.split_once("/join#").map(|(b, _)| b) {
+                inv.to_web_link(base)
+            } else if inv.version == 1 {
+                inv.to_v1_link()
+            } else {
+                inv.to_v2_link()
+            };
+            if again != line {
+                return Err(format!(
+                    "not what the generator writes:\n  doc:  {line}\n  code: {again}"
+                ));
+            }
+        }
+        n += 1;
+    }
+    Ok(n)
+}
+
+fn hex(s: &str) -> Result<Vec<u8>, String> {
+    if s.len() % 2 != 0 {
+        return Err(format!("odd-length hex {s:?}"));
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).map_err(|e| format!("{s:?}: {e}")))
+        .collect()
+}
+
+/// Checks the relay signing example: the mesh id of the public key and the signed bytes.
+fn check_relay_vector(body: &str) -> Result<usize, String> {
+    let field = |name: &str| -> Result<&str, String> {
+        body.lines()
+            .filter_map(|l| l.split_once('='))
+            .find(|(k, _)| k.trim() == name)
+            .map(|(_, v)| v.trim())
+            .ok_or(format!("the relay vector has no {name}"))
+    };
+    let key: [u8; 32] = hex(field("public_key_hex")?)?
+        .try_into()
+        .map_err(|_| "public_key_hex is not 32 bytes")?;
+    let mesh_id = field("mesh_id")?;
+    if mesh_id_from_public_key(&key) != mesh_id {
+        return Err(format!(
+            "mesh_id {mesh_id} is not the mesh id of the key ({})",
+            mesh_id_from_public_key(&key)
+        ));
+    }
+    let nonce = hex(field("nonce_hex")?)?;
+    if hex(field("signed_hex")?)? != registration_message(mesh_id, &nonce) {
+        return Err("signed_hex is not registration_message(mesh_id, nonce)".into());
+    }
+    hex(field("secret_seed_hex")?)?;
+    Ok(1)
+}
+
+/// Checks one block; returns how many JSON values it held (0 for other blocks).
+fn check_block(b: &Block) -> Result<usize, String> {
+    match (b.lang.as_str(), b.tag.as_deref()) {
+        ("json", None) => {
+            Err("a json block needs a tag naming its type, e.g. ```json server_msg".into())
+        }
+        ("json", Some(tag)) => {
+            if !JSON_TAGS.contains(&tag) {
+                return Err(format!(
+                    "unknown tag `json {tag}`: add it to JSON_TAGS and check_json"
+                ));
+            }
+            let values = json_values(&b.body)?;
+            for (i, (v, text)) in values.iter().enumerate() {
+                check_json(tag, v, text)
+                    .and_then(|()| check_identifiers(v))
+                    .map_err(|e| format!("value {} ({tag}): {e}", i + 1))?;
+            }
+            Ok(values.len())
+        }
+        ("text", Some("link")) => check_links(&b.body, false).map(|_| 0),
+        ("text", Some("link_generated")) => check_links(&b.body, true).map(|_| 0),
+        ("text", Some("relay_vector")) => check_relay_vector(&b.body).map(|_| 0),
+        (lang, Some(tag)) => Err(format!(
+            "unknown tag `{lang} {tag}` (text tags: {TEXT_TAGS:?})"
+        )),
+        (_, None) => Ok(0),
+    }
+}
+
+/// Checks the whole doc; returns the number of JSON values checked and the tags used.
+fn check_doc(doc: &str) -> Result<(usize, BTreeSet<String>), Vec<String>> {
+    let mut errors = Vec::new();
+    let mut values = 0;
+    let mut used = BTreeSet::new();
+    for b in blocks(doc) {
+        match check_block(&b) {
+            Ok(n) => {
+                values += n;
+                if let Some(t) = &b.tag {
+                    used.insert(format!("{} {t}", b.lang));
+                }
+            }
+            Err(e) => errors.push(format!("docs/PROTOCOL.md line {}: {e}", b.line)),
+        }
+    }
+    if errors.is_empty() {
+        Ok((values, used))
+    } else {
+        Err(errors)
+    }
+}
+
+#[test]
+fn every_example_in_the_protocol_doc_matches_the_code() {
+    let (values, used) = match check_doc(DOC) {
+        Ok(r) => r,
+        Err(errors) => panic!(
+            "{} example(s) in docs/PROTOCOL.md disagree with the code:\n{}",
+            errors.len(),
+            errors.join("\n")
+        ),
+    };
+    assert!(
+        values >= MIN_JSON_VALUES,
+        "only {values} JSON values were checked; expected at least {MIN_JSON_VALUES}"
+    );
+    let unused: Vec<String> = JSON_TAGS
+        .iter()
+        .map(|t| format!("json {t}"))
+        .chain(TEXT_TAGS.iter().map(|t| format!("text {t}")))
+        .filter(|t| !used.contains(t))
+        .collect();
+    assert!(
+        unused.is_empty(),
+        "these shapes have no example in docs/PROTOCOL.md: {unused:?}"
+    );
+}
+
+/// The checker itself: each kind of drift it exists to catch is caught.
+#[test]
+fn the_checker_rejects_drift() {
+    let doc = |fence: &str, body: &str| format!("text\n\n```{fence}\n{body}\n```\n");
+    let fails = |fence: &str, body: &str| check_doc(&doc(fence, body)).is_err();
+    let passes = |fence: &str, body: &str| check_doc(&doc(fence, body)).is_ok();
+
+    // A correct frame passes; a misspelt optional field (which serde alone would ignore),
+    // a misspelt tag value, and an unknown or missing fence tag all fail.
+    let joined = r#"{"type":"joined","mesh_id":"yu3ed7b77d4tkz2nk4hgmx776e","mesh_name":"Home","device_id":"f446faf7bb60225a","peers":[]}"#;
+    assert!(passes("json server_msg", joined));
+    assert!(fails(
+        "json server_msg",
+        &joined.replace("\"peers\":[]", "\"peers\":[],\"device_kye\":\"k\"")
+    ));
+    assert!(fails("json server_msg", &joined.replace("joined", "joind")));
+    assert!(fails("json server_message", joined));
+    assert!(fails("json", joined));
+    assert!(fails("text linkk", "atmosphere://join"));
+    // A field serde would fill in by default must be shown.
+    assert!(fails("json client_msg", r#"{"type":"send","body":"x"}"#));
+    assert!(passes(
+        "json client_msg",
+        r#"{"type":"send","to":null,"body":"x"}"#
+    ));
+    // Hand-checked shapes: exact key sets, `event` first on join lines.
+    assert!(passes(
+        "json mesh_event",
+        r#"{"type":"invite_minted","invite_id":"a"}"#
+    ));
+    assert!(fails(
+        "json mesh_event",
+        r#"{"type":"invite_minted","invite":"a"}"#
+    ));
+    assert!(passes(
+        "json join_line",
+        r#"{"event":"reconnecting","in_ms":1000}"#
+    ));
+    assert!(fails(
+        "json join_line",
+        r#"{"in_ms":1000,"event":"reconnecting"}"#
+    ));
+    assert!(fails(
+        "json join_line",
+        r#"{"event":"peer_left","device":"d"}"#
+    ));
+    // Identifiers are checked everywhere.
+    assert!(fails(
+        "json server_msg",
+        &joined.replace("yu3ed7b77d4tkz2nk4hgmx776e", "mesh-1")
+    ));
+    assert!(fails(
+        "json server_msg",
+        r#"{"type":"error","code":"token_expird","message":"m"}"#
+    ));
+    // Links: a generated link must be byte for byte what the generator writes.
+    let link = "atmosphere://join?token=ATM-HAEQDDBYEJ9FCA91ABJEK9GC76VZTCRG&mesh=Home%20Mesh&endpoint=ws://203.0.113.7:11451";
+    assert!(passes("text link_generated", link));
+    assert!(fails("text link_generated", &link.replace("%20", "+")));
+    assert!(passes("text link", &link.replace("%20", "+")));
+}
