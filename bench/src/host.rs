@@ -10,7 +10,7 @@ use crate::report::{kib, Report};
 use crate::util::{dial_from, rss_kib};
 use anyhow::{bail, Context, Result};
 use atmosphere_shared::api::TokenRequest;
-use atmosphere_shared::wire::{ClientMsg, DeviceInfo, ServerMsg};
+use atmosphere_shared::wire::{DeviceInfo, JoinCredential, ServerMsg};
 use atmosphere_shared::PathKind;
 use atmosphere_tests::Host;
 use futures_util::{SinkExt, StreamExt};
@@ -26,17 +26,14 @@ async fn join_device(url: String, token: String, i: usize) -> Result<tokio::task
     let group = i / 25;
     let src = Ipv4Addr::new(127, 0, 1 + (group / 250) as u8, 1 + (group % 250) as u8);
     let mut ws = dial_from(src, &url).await?;
-    let join = ClientMsg::Join {
-        token: Some(token),
-        device: Some(DeviceInfo {
+    let join = JoinCredential::Token {
+        token,
+        device: DeviceInfo {
             name: format!("bench-device-{i}"),
             platform: "bench".into(),
-        }),
-        device_id: None,
-        device_key: None,
-        path: PathKind::Local,
+        },
     };
-    ws.send(Message::text(serde_json::to_string(&join)?))
+    ws.send(Message::text(join.join_frame(PathKind::Local)))
         .await?;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -46,7 +43,7 @@ async fn join_device(url: String, token: String, i: usize) -> Result<tokio::task
             .context("host closed the socket")??;
         if let Message::Text(t) = m {
             match serde_json::from_str::<ServerMsg>(t.as_str()) {
-                Ok(ServerMsg::Joined { .. }) => break,
+                Ok(ServerMsg::Joined(_)) => break,
                 Ok(ServerMsg::Error { code, message }) => {
                     bail!("host refused join: {code}: {message}")
                 }

@@ -662,13 +662,13 @@ impl Hub {
             new_device: a.device_key.is_some(),
         });
 
-        let joined = ServerMsg::Joined {
+        let joined = ServerMsg::Joined(atmosphere_shared::wire::Joined {
             mesh_id: self.mesh_id.clone(),
             mesh_name: self.mesh_name.clone(),
             device_id: me.device_id.clone(),
             device_key: a.device_key,
             peers: peers.clone(),
-        };
+        });
         let reason = match self.send_text(&mut sock, joined.to_json()).await {
             Err(r) => r,
             Ok(()) => match self

@@ -6,13 +6,19 @@
 //! - [`token`]: the invite token format (`ATM-…`, ≥128 bits, typing-tolerant parsing);
 //! - [`link`]: the invite link codec (v2, v1 and the web `join` form);
 //! - [`api`]: the JSON shapes of the host's HTTP API (invite answer, network snapshot, mesh view);
-//! - [`wire`]: the mesh WebSocket message table;
-//! - [`racing`]: the fallback/racing policy as a sans-IO state machine.
+//! - [`wire`]: the mesh WebSocket message table, the join credential and the `joined` answer;
+//! - [`credential`]: the device credential a member stores to rejoin (CLI file, browser record);
+//! - [`racing`]: the fallback/racing policy as a sans-IO state machine;
+//! - [`join_event`]: every JSON line `atmosphere join --json` prints;
+//! - [`backoff`]: capped exponential reconnect backoff with caller-supplied jitter.
 //!
 //! Nothing here performs I/O, reads a clock or spawns tasks, so the same code runs on
 //! tokio and in `wasm32-unknown-unknown`, and is tested with virtual time.
 
 pub mod api;
+pub mod backoff;
+pub mod credential;
+pub mod join_event;
 pub mod link;
 pub mod mesh_id;
 pub mod path;

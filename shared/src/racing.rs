@@ -38,7 +38,7 @@
 //!     match out {
 //!         Output::Start { id, url, .. } => { /* open a socket to `url`, send `join` */ let _ = (id, url); }
 //!         Output::Cancel { id } => { /* drop that socket */ let _ = id; }
-//!         Output::Event(ev) => println!("{}", ev.to_json(Some("Home"))),
+//!         Output::Event(ev) => println!("{}", ev.describe(Some("Home"))),
 //!     }
 //! }
 //! // Then: wait for socket activity or until `race.poll_timeout()`, feed
@@ -156,7 +156,8 @@ impl fmt::Display for FailReason {
     }
 }
 
-/// A step of the race, for the UI and the CLI.
+/// A step of the race, for the UI and the CLI (which prints it as a
+/// [`JoinEvent`](crate::join_event::JoinEvent) line).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RaceEvent {
     /// An attempt started.
@@ -177,44 +178,6 @@ pub enum RaceEvent {
 }
 
 impl RaceEvent {
-    /// The CLI's JSON-lines shape (`docs/PROTOCOL.md`, `atmosphere join --json`):
-    /// `{"event":"trying","path","url"}`, `{"event":"failed","path","reason"}`,
-    /// `{"event":"connected","path","mesh_name","elapsed_ms"}`,
-    /// `{"event":"error","code","message"}`. `mesh_name` comes from the shell (it is in the
-    /// host's `joined`). [`RaceEvent::AllFailed`] becomes an error with code `all_failed`.
-    pub fn to_json(&self, mesh_name: Option<&str>) -> serde_json::Value {
-        serde_json::to_value(self.json_shape(mesh_name)).expect("event serialises")
-    }
-
-    /// [`RaceEvent::to_json`] as one line of text with the keys in the contract's order
-    /// (`event` first), ready to print.
-    pub fn to_json_line(&self, mesh_name: Option<&str>) -> String {
-        serde_json::to_string(&self.json_shape(mesh_name)).expect("event serialises")
-    }
-
-    fn json_shape<'a>(&'a self, mesh_name: Option<&'a str>) -> JsonLine<'a> {
-        match self {
-            RaceEvent::Trying { path, url } => JsonLine::Trying { path: *path, url },
-            RaceEvent::Failed { path, reason } => JsonLine::Failed {
-                path: *path,
-                reason: reason.to_string(),
-            },
-            RaceEvent::Connected { path, elapsed_ms } => JsonLine::Connected {
-                path: *path,
-                mesh_name,
-                elapsed_ms: *elapsed_ms,
-            },
-            RaceEvent::AllFailed { .. } => JsonLine::Error {
-                code: "all_failed",
-                message: self.describe(mesh_name),
-            },
-            RaceEvent::Fatal { code, message, .. } => JsonLine::Error {
-                code: code.as_str(),
-                message: message.clone(),
-            },
-        }
-    }
-
     /// One readable line, e.g. `connected via public in 262 ms to mesh 'Home'`.
     pub fn describe(&self, mesh_name: Option<&str>) -> String {
         match self {
@@ -248,30 +211,6 @@ impl RaceEvent {
             RaceEvent::Connected { .. } | RaceEvent::AllFailed { .. } | RaceEvent::Fatal { .. }
         )
     }
-}
-
-/// The serialised form of a [`RaceEvent`]; a struct-like enum keeps the contract's key
-/// order (`serde_json::Value` would sort the keys).
-#[derive(serde::Serialize)]
-#[serde(tag = "event", rename_all = "snake_case")]
-enum JsonLine<'a> {
-    Trying {
-        path: PathKind,
-        url: &'a str,
-    },
-    Failed {
-        path: PathKind,
-        reason: String,
-    },
-    Connected {
-        path: PathKind,
-        mesh_name: Option<&'a str>,
-        elapsed_ms: u64,
-    },
-    Error {
-        code: &'a str,
-        message: String,
-    },
 }
 
 /// What the shell must do next.

@@ -7,6 +7,11 @@
 //! [`ServerMsg::Error`] and closes. Afterwards presence ([`ServerMsg::Peers`],
 //! [`ServerMsg::PeerJoined`], [`ServerMsg::PeerLeft`]) and messages
 //! ([`ClientMsg::Send`] → [`ServerMsg::Message`]) flow; keepalive uses WebSocket ping/pong.
+//!
+//! A client proves it may join with a [`JoinCredential`] (an invite token, or the device
+//! credential a previous [`Joined`] handed out), which builds the `join` frame for each path
+//! it tries; what it keeps between sessions is a
+//! [`DeviceCredential`](crate::credential::DeviceCredential).
 
 use crate::path::PathKind;
 use serde::{Deserialize, Serialize};
@@ -62,21 +67,28 @@ pub struct Peer {
     pub path: PathKind,
 }
 
+/// The host's answer to a successful `join`: the membership is stored and the session is
+/// live. On the wire it is the fields below next to `"type":"joined"`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Joined {
+    pub mesh_id: String,
+    pub mesh_name: String,
+    /// This member's device id (new on a first join, the presented one on a rejoin).
+    pub device_id: String,
+    /// Present on the first join only: the secret for later rejoins (see
+    /// [`DeviceCredential::after_join`](crate::credential::DeviceCredential::after_join)).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_key: Option<String>,
+    /// Members online right now (excluding the receiver).
+    pub peers: Vec<Peer>,
+}
+
 /// Frames the host sends to a member.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerMsg {
     /// The membership is stored; the session is live.
-    Joined {
-        mesh_id: String,
-        mesh_name: String,
-        device_id: String,
-        /// Present on the first join only: the credential for later rejoins.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        device_key: Option<String>,
-        /// Members online right now (excluding the receiver).
-        peers: Vec<Peer>,
-    },
+    Joined(Joined),
     /// Full presence list (excluding the receiver).
     Peers {
         peers: Vec<Peer>,
@@ -155,29 +167,73 @@ impl std::fmt::Display for ErrorCode {
     }
 }
 
+/// How a client proves it may join: the one input of the `join` frame besides the path.
+///
+/// The native `atmosphere join` and the browser both hold one of these for a whole race and
+/// build every attempt's first frame with [`JoinCredential::join_frame`], so the two shells
+/// cannot drift apart in what they send.
+#[derive(Clone, PartialEq, Eq)]
+pub enum JoinCredential {
+    /// First join through an invite: its token, and how this device introduces itself.
+    Token { token: String, device: DeviceInfo },
+    /// Rejoin with the credential a previous [`Joined`] handed out (spends no invite use
+    /// and does not create a second device).
+    Device {
+        device_id: String,
+        device_key: String,
+    },
+}
+
+impl JoinCredential {
+    /// The `join` message for a socket opened on `path`.
+    pub fn join_msg(&self, path: PathKind) -> ClientMsg {
+        match self {
+            JoinCredential::Token { token, device } => ClientMsg::Join {
+                token: Some(token.clone()),
+                device: Some(device.clone()),
+                device_id: None,
+                device_key: None,
+                path,
+            },
+            JoinCredential::Device {
+                device_id,
+                device_key,
+            } => ClientMsg::Join {
+                token: None,
+                device: None,
+                device_id: Some(device_id.clone()),
+                device_key: Some(device_key.clone()),
+                path,
+            },
+        }
+    }
+
+    /// [`JoinCredential::join_msg`] as the JSON text frame to send.
+    pub fn join_frame(&self, path: PathKind) -> String {
+        self.join_msg(path).to_json()
+    }
+}
+
+/// Names the kind of credential and the device, never the token or the key: credentials
+/// end up in logs through `{:?}`, and a logged secret is a leaked one.
+impl std::fmt::Debug for JoinCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            JoinCredential::Token { device, .. } => f
+                .debug_struct("Token")
+                .field("token", &"<redacted>")
+                .field("device", device)
+                .finish(),
+            JoinCredential::Device { device_id, .. } => f
+                .debug_struct("Device")
+                .field("device_id", device_id)
+                .field("device_key", &"<redacted>")
+                .finish(),
+        }
+    }
+}
+
 impl ClientMsg {
-    /// The first frame of a first join through an invite.
-    pub fn join_with_token(token: &str, device: DeviceInfo, path: PathKind) -> ClientMsg {
-        ClientMsg::Join {
-            token: Some(token.to_string()),
-            device: Some(device),
-            device_id: None,
-            device_key: None,
-            path,
-        }
-    }
-
-    /// The first frame of a rejoin with the credential a previous `joined` handed out.
-    pub fn rejoin(device_id: &str, device_key: &str, path: PathKind) -> ClientMsg {
-        ClientMsg::Join {
-            token: None,
-            device: None,
-            device_id: Some(device_id.to_string()),
-            device_key: Some(device_key.to_string()),
-            path,
-        }
-    }
-
     /// Serialises to a JSON text frame.
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("ClientMsg always serialises")
@@ -241,19 +297,84 @@ mod tests {
     }
 
     #[test]
-    fn join_constructors_match_the_contract() {
-        let dev = DeviceInfo {
-            name: "P".into(),
-            platform: "cli".into(),
+    fn join_credentials_build_the_contract_frames() {
+        let token = JoinCredential::Token {
+            token: "ATM-X".into(),
+            device: DeviceInfo {
+                name: "P".into(),
+                platform: "cli".into(),
+            },
         };
         assert_eq!(
-            ClientMsg::join_with_token("ATM-X", dev, PathKind::Public).to_json(),
+            token.join_frame(PathKind::Public),
             r#"{"type":"join","token":"ATM-X","device":{"name":"P","platform":"cli"},"path":"public"}"#
         );
+        let device = JoinCredential::Device {
+            device_id: "d1".into(),
+            device_key: "k1".into(),
+        };
         assert_eq!(
-            ClientMsg::rejoin("d1", "k1", PathKind::Relay).to_json(),
+            device.join_frame(PathKind::Relay),
             r#"{"type":"join","device_id":"d1","device_key":"k1","path":"relay"}"#
         );
+        // Each frame parses back into the join message it was built from.
+        for (cred, path) in [(token, PathKind::Local), (device, PathKind::Public)] {
+            assert_eq!(
+                ClientMsg::parse(&cred.join_frame(path)).unwrap(),
+                cred.join_msg(path)
+            );
+        }
+    }
+
+    #[test]
+    fn join_credential_debug_hides_the_secrets() {
+        let token = JoinCredential::Token {
+            token: "ATM-SECRET".into(),
+            device: DeviceInfo::default(),
+        };
+        let device = JoinCredential::Device {
+            device_id: "d1".into(),
+            device_key: "SECRET-KEY".into(),
+        };
+        assert!(!format!("{token:?}").contains("SECRET"));
+        assert!(!format!("{device:?}").contains("SECRET"));
+        assert!(format!("{device:?}").contains("d1"));
+    }
+
+    #[test]
+    fn joined_frame_matches_the_contract() {
+        let joined = ServerMsg::Joined(Joined {
+            mesh_id: "m1".into(),
+            mesh_name: "Home".into(),
+            device_id: "d1".into(),
+            device_key: Some("k1".into()),
+            peers: vec![Peer {
+                device_id: "d2".into(),
+                name: "Pixel".into(),
+                platform: "browser".into(),
+                path: PathKind::Relay,
+            }],
+        });
+        let text = joined.to_json();
+        assert_eq!(
+            text,
+            r#"{"type":"joined","mesh_id":"m1","mesh_name":"Home","device_id":"d1","device_key":"k1","peers":[{"device_id":"d2","name":"Pixel","platform":"browser","path":"relay"}]}"#
+        );
+        assert_eq!(serde_json::from_str::<ServerMsg>(&text).unwrap(), joined);
+        // A rejoin's answer carries no key, and says so by leaving the field out.
+        let rejoined = ServerMsg::Joined(Joined {
+            mesh_id: "m1".into(),
+            mesh_name: "Home".into(),
+            device_id: "d1".into(),
+            device_key: None,
+            peers: vec![],
+        });
+        let text = rejoined.to_json();
+        assert_eq!(
+            text,
+            r#"{"type":"joined","mesh_id":"m1","mesh_name":"Home","device_id":"d1","peers":[]}"#
+        );
+        assert_eq!(serde_json::from_str::<ServerMsg>(&text).unwrap(), rejoined);
     }
 
     #[test]

@@ -20,6 +20,8 @@ use atmosphere_shared::api::{
     ApiError, MeshView, NetworkSnapshot, PathTrace, RelayState, StunProbe, TokenRequest,
     TokenResponse,
 };
+use atmosphere_shared::credential::DeviceCredential;
+use atmosphere_shared::join_event::JoinEvent;
 use atmosphere_shared::link::{Endpoints, Invite};
 use atmosphere_shared::mesh_id::{is_valid_mesh_id, mesh_id_from_public_key};
 use atmosphere_shared::relay_proto::{registration_message, HostMsg, RelayMsg};
@@ -193,7 +195,8 @@ fn check_json(tag: &str, v: &Value, text: &str) -> Result<(), String> {
         "mesh_event" => check_mesh_event(v),
         "join_line" => check_join_line(v, text),
         "netcheck" => check_netcheck(v),
-        "revoke_response" | "auth_response" | "host_health" | "relay_health" | "device_file" => {
+        "device_file" => strict::<DeviceCredential>(v),
+        "revoke_response" | "auth_response" | "host_health" | "relay_health" => {
             check_server_only_shape(tag, v)
         }
         other => Err(format!(
@@ -288,45 +291,16 @@ fn check_mesh_event(v: &Value) -> Result<(), String> {
     }
 }
 
-// =======================================================================================
-// The JSON lines of `atmosphere join --json`.
-// Checked by hand against `server/src/join.rs` (`Printer`, `server_line`) and
-// `shared/src/racing.rs` (`RaceEvent::to_json_line`). REPLACE with a strict parse as
-// `atmosphere_shared::join_event::JoinEvent` once that type exists.
-// =======================================================================================
+/// The JSON lines of `atmosphere join --json`: each is one [`JoinEvent`], printed on one line
+/// with `event` first.
 fn check_join_line(v: &Value, text: &str) -> Result<(), String> {
-    use Kind::*;
     if text.contains('\n') {
         return Err("a join line is printed on one line".into());
     }
     if !text.starts_with("{\"event\":") {
         return Err("`event` is the first key of every join line".into());
     }
-    let event = v["event"].as_str().ok_or("`event` must be a string")?;
-    match event {
-        "trying" => check_object(v, &[("event", Str), ("path", Path), ("url", Str)]),
-        "failed" => check_object(v, &[("event", Str), ("path", Path), ("reason", Str)]),
-        "connected" => check_object(
-            v,
-            &[
-                ("event", Str),
-                ("path", Path),
-                ("mesh_name", OptStr),
-                ("elapsed_ms", U64),
-            ],
-        ),
-        "error" => check_object(v, &[("event", Str), ("code", Str), ("message", Str)]),
-        "disconnected" => check_object(v, &[("event", Str), ("reason", Str)]),
-        "reconnecting" => check_object(v, &[("event", Str), ("in_ms", U64)]),
-        // A live session's frames: the host's frame with `type` renamed `event`.
-        "peers" | "peer_joined" | "peer_left" | "message" => {
-            let mut frame = v.as_object().cloned().unwrap_or_default();
-            let tag = frame.remove("event").unwrap_or_default();
-            frame.insert("type".into(), tag);
-            strict::<ServerMsg>(&Value::Object(frame))
-        }
-        other => Err(format!("unknown join event {other:?}")),
-    }
+    strict::<JoinEvent>(v)
 }
 
 // =======================================================================================
@@ -377,7 +351,7 @@ fn check_netcheck(v: &Value) -> Result<(), String> {
 // =======================================================================================
 // Small answers built in the server crate with `json!` (or a private struct).
 // Checked by hand against `server/src/serve/api.rs` (`revoke`, `whoami`, `health`),
-// `server/src/relay/server.rs` (`health`) and `server/src/join.rs` (`DeviceCredential`).
+// `server/src/relay/server.rs` (`health`).
 // REPLACE a case with a strict parse when its type moves to `shared`.
 // =======================================================================================
 fn check_server_only_shape(tag: &str, v: &Value) -> Result<(), String> {
@@ -404,15 +378,6 @@ fn check_server_only_shape(tag: &str, v: &Value) -> Result<(), String> {
                 ("sessions", U64),
                 ("connections", U64),
                 ("uptime_secs", U64),
-            ],
-        ),
-        "device_file" => check_object(
-            v,
-            &[
-                ("mesh_id", Str),
-                ("mesh_name", Str),
-                ("device_id", Str),
-                ("device_key", Str),
             ],
         ),
         other => Err(format!("no server-only shape named {other}")),

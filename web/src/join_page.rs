@@ -4,11 +4,14 @@
 //! show the mesh (members, their paths, a small message box).
 
 use crate::storage;
-use crate::ws::{self, Connector, ShellEvent};
+use crate::ws::{Connector, ShellEvent};
+use atmosphere_shared::backoff::Backoff;
+use atmosphere_shared::credential::DeviceCredential;
 use atmosphere_shared::racing::{FailReason, Policy, RaceEvent};
-use atmosphere_shared::wire::{ClientMsg, DeviceInfo, ErrorCode, Peer, ServerMsg};
+use atmosphere_shared::wire::{ClientMsg, DeviceInfo, ErrorCode, JoinCredential, Peer, ServerMsg};
 use atmosphere_shared::{Invite, PathKind};
 use leptos::prelude::*;
+use std::time::Duration;
 
 /// Progress of one endpoint row.
 #[derive(Debug, Clone, PartialEq)]
@@ -73,8 +76,9 @@ pub struct Line {
 const MAX_LINES: usize = 200;
 /// Longest message a person may send (characters); the wire limit is larger.
 const MAX_MESSAGE_CHARS: usize = 2000;
-/// Delay before the automatic reconnect after the session closed.
-const AUTO_RECONNECT_MS: u64 = 2_000;
+/// Delay before the one automatic reconnect after the session closed: at most 2 s, jittered
+/// down to 1 s, so the phones a restarting host dropped at once do not all rejoin at once.
+const AUTO_RECONNECT: Backoff = Backoff::new(Duration::from_secs(2), Duration::from_secs(2));
 /// Longest link accepted in the paste box.
 const MAX_LINK_CHARS: usize = 8 * 1024;
 
@@ -205,11 +209,8 @@ fn begin(ctx: Ctx, invite: Invite, allow_credential: bool) {
         None
     };
     let credential = match &stored {
-        Some(c) => ws::Credential::Device {
-            device_id: c.device_id.clone(),
-            device_key: c.device_key.clone(),
-        },
-        None => ws::Credential::Token {
+        Some(c) => c.join_credential(),
+        None => JoinCredential::Token {
             token: invite.token.clone(),
             device: DeviceInfo {
                 name: device_name(&user_agent()),
@@ -222,8 +223,9 @@ fn begin(ctx: Ctx, invite: Invite, allow_credential: bool) {
         ..Policy::default()
     };
     let inv = invite.clone();
+    let presented = credential.clone();
     let connector = Connector::start(&invite.endpoints, policy, credential, move |ev| {
-        on_event(ctx, &inv, stored.as_ref(), ev)
+        on_event(ctx, &inv, stored.as_ref(), &presented, ev)
     });
     ctx.connector.set_value(Some(connector));
 }
@@ -236,7 +238,15 @@ fn set_row(ctx: Ctx, path: PathKind, state: RowState) {
     });
 }
 
-fn on_event(ctx: Ctx, invite: &Invite, stored: Option<&storage::Credential>, ev: ShellEvent) {
+/// Applies one event of the shell to the page. `stored`: the credential this race rejoins
+/// with, if any; `presented`: what the race joins with (that credential, or the token).
+fn on_event(
+    ctx: Ctx,
+    invite: &Invite,
+    stored: Option<&DeviceCredential>,
+    presented: &JoinCredential,
+    ev: ShellEvent,
+) {
     match ev {
         ShellEvent::Race(RaceEvent::Trying { path, .. }) => set_row(ctx, path, RowState::Trying),
         ShellEvent::Race(RaceEvent::Failed { path, reason }) => {
@@ -284,36 +294,21 @@ fn on_event(ctx: Ctx, invite: &Invite, stored: Option<&storage::Credential>, ev:
             elapsed_ms,
             joined,
         } => {
-            if let ServerMsg::Joined {
-                mesh_id,
-                mesh_name,
-                device_id,
-                device_key,
-                peers,
-            } = joined
-            {
-                let key = device_key.or_else(|| stored.map(|c| c.device_key.clone()));
-                if let Some(device_key) = key {
-                    storage::save(storage::Credential {
-                        mesh_id,
-                        mesh_name: mesh_name.clone(),
-                        device_id: device_id.clone(),
-                        device_key,
-                        endpoints: invite
-                            .endpoints
-                            .iter()
-                            .map(|(_, u)| u.to_string())
-                            .collect(),
-                    });
-                }
-                ctx.members.set(peers);
-                ctx.phase.set(Phase::Connected {
-                    path,
-                    elapsed_ms,
-                    mesh_name,
-                    device_id,
-                });
+            if let Some(mut cred) = DeviceCredential::after_join(&joined, presented) {
+                cred.endpoints = invite
+                    .endpoints
+                    .iter()
+                    .map(|(_, u)| u.to_string())
+                    .collect();
+                storage::save(cred);
             }
+            ctx.members.set(joined.peers);
+            ctx.phase.set(Phase::Connected {
+                path,
+                elapsed_ms,
+                mesh_name: joined.mesh_name,
+                device_id: joined.device_id,
+            });
         }
         ShellEvent::Frame(msg) => on_frame(ctx, msg),
         ShellEvent::SessionClosed { reason } => {
@@ -327,7 +322,7 @@ fn on_event(ctx: Ctx, invite: &Invite, stored: Option<&storage::Credential>, ev:
                         retry(ctx);
                     }
                 },
-                std::time::Duration::from_millis(AUTO_RECONNECT_MS),
+                AUTO_RECONNECT.delay(0, js_sys::Math::random()),
             );
         }
     }
@@ -373,7 +368,7 @@ fn on_frame(ctx: Ctx, msg: ServerMsg) {
                 mine: false,
             },
         ),
-        ServerMsg::Joined { .. } => {}
+        ServerMsg::Joined(_) => {}
     }
 }
 

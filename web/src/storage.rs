@@ -1,37 +1,27 @@
-//! The device credential in `localStorage`: after the first join the host hands this
+//! The device credentials in `localStorage`: after the first join the host hands this
 //! browser a `device_id` + `device_key`; later visits rejoin with it instead of spending
 //! the invite again (and without creating a second device).
 //!
-//! Records are keyed by `mesh_id` (known only after the first `joined`). An invite link
-//! carries no mesh id, so a record also remembers the endpoint URLs it was reached on; a
-//! later invite that shares one of them belongs to the same host and reuses the credential.
-//! If the host no longer knows the device (`unknown_device`), the record is dropped and the
-//! page joins with the invite's token instead.
+//! Each record is one shared [`DeviceCredential`] (the same JSON object `atmosphere join
+//! --device-file` writes, with its `endpoints`), keyed by `mesh_id` (known only after the
+//! first `joined`). An invite link carries no mesh id, so a record also remembers the
+//! endpoint URLs it was reached on; a later invite that shares one of them belongs to the
+//! same host and reuses the credential. If the host no longer knows the device
+//! (`unknown_device`), the record is dropped and the page joins with the invite's token
+//! instead.
 
-use serde::{Deserialize, Serialize};
+use atmosphere_shared::credential::DeviceCredential;
 
 const PREFIX: &str = "atmosphere.device.";
 /// Stored records larger than this are ignored (a tampered or corrupt entry).
 const MAX_RECORD_BYTES: usize = 8 * 1024;
-
-/// What this browser remembers about one mesh it belongs to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Credential {
-    pub mesh_id: String,
-    pub mesh_name: String,
-    pub device_id: String,
-    pub device_key: String,
-    /// Endpoint URLs of the invites this mesh was joined or rejoined through.
-    #[serde(default)]
-    pub endpoints: Vec<String>,
-}
 
 fn storage() -> Option<web_sys::Storage> {
     web_sys::window()?.local_storage().ok().flatten()
 }
 
 /// Every stored credential (unreadable entries are skipped).
-fn all() -> Vec<Credential> {
+fn all() -> Vec<DeviceCredential> {
     let Some(s) = storage() else {
         return Vec::new();
     };
@@ -48,25 +38,20 @@ fn all() -> Vec<Credential> {
 /// The credential for a mesh reachable at any of `endpoint_urls`, if this browser has one.
 pub fn find_for_endpoints<'a>(
     endpoint_urls: impl IntoIterator<Item = &'a str>,
-) -> Option<Credential> {
+) -> Option<DeviceCredential> {
     let urls: Vec<&str> = endpoint_urls.into_iter().collect();
     all()
         .into_iter()
-        .find(|c| c.endpoints.iter().any(|e| urls.contains(&e.as_str())))
+        .find(|c| c.was_reached_through(urls.iter().copied()))
 }
 
-/// Saves (or updates) the credential of a mesh, merging the endpoint URLs it was reached on.
-pub fn save(mut cred: Credential) {
+/// Saves (or updates) the credential of a mesh, keeping the endpoint URLs an earlier
+/// record of it remembered.
+pub fn save(mut cred: DeviceCredential) {
     let Some(s) = storage() else { return };
     if let Some(old) = all().into_iter().find(|c| c.mesh_id == cred.mesh_id) {
-        for e in old.endpoints {
-            if !cred.endpoints.contains(&e) {
-                cred.endpoints.push(e);
-            }
-        }
+        cred.remember_endpoints_of(&old);
     }
-    // Keep the record bounded even after many invites.
-    cred.endpoints.truncate(16);
     if let Ok(v) = serde_json::to_string(&cred) {
         let _ = s.set_item(&format!("{PREFIX}{}", cred.mesh_id), &v);
     }

@@ -1,14 +1,14 @@
 //! Browser shell for the shared racing policy ([`atmosphere_shared::racing::Race`]): it
 //! executes the machine's outputs with DOM `WebSocket`s and `setTimeout`, feeds socket
 //! events back in, and keeps the winning socket as the mesh session. All policy decisions
-//! (order, stagger, deadlines, what counts as success, when to stop) live in `shared`; this
-//! file only does I/O.
+//! (order, stagger, deadlines, what counts as success, when to stop) and the `join` frame
+//! ([`JoinCredential`]) live in `shared`; this file only does I/O.
 //!
 //! Callbacks never run the UI while the shell's state is borrowed: events are collected
 //! first and handed to the listener afterwards, so a listener may call back into the shell.
 
 use atmosphere_shared::racing::{AttemptId, FailReason, Outcome, Output, Policy, Race, RaceEvent};
-use atmosphere_shared::wire::{ClientMsg, DeviceInfo, ServerMsg, MAX_FRAME_BYTES};
+use atmosphere_shared::wire::{ClientMsg, JoinCredential, Joined, ServerMsg, MAX_FRAME_BYTES};
 use atmosphere_shared::{Endpoints, PathKind};
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -17,18 +17,6 @@ use std::time::Duration;
 use wasm_bindgen::closure::Closure;
 use wasm_bindgen::JsCast;
 use web_sys::{CloseEvent, MessageEvent, WebSocket};
-
-/// How this browser proves it may join.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Credential {
-    /// First join through an invite token.
-    Token { token: String, device: DeviceInfo },
-    /// Rejoin with the credential the host gave this browser earlier.
-    Device {
-        device_id: String,
-        device_key: String,
-    },
-}
 
 /// What the page learns from the shell.
 #[derive(Debug, Clone, PartialEq)]
@@ -39,7 +27,7 @@ pub enum ShellEvent {
     Joined {
         path: PathKind,
         elapsed_ms: u64,
-        joined: ServerMsg,
+        joined: Joined,
     },
     /// A frame from the host on the live session.
     Frame(ServerMsg),
@@ -73,7 +61,7 @@ impl Sock {
 
 struct Inner {
     race: Race,
-    credential: Credential,
+    credential: JoinCredential,
     sockets: HashMap<AttemptId, Sock>,
     /// The attempt that won; its socket is the session.
     session: Option<AttemptId>,
@@ -106,7 +94,7 @@ impl Connector {
     pub fn start(
         endpoints: &Endpoints,
         policy: Policy,
-        credential: Credential,
+        credential: JoinCredential,
         listener: impl Fn(ShellEvent) + 'static,
     ) -> Connector {
         let race = Race::from_endpoints(endpoints, policy, now_ms());
@@ -282,7 +270,7 @@ impl Connector {
             let Some(sock) = inner.sockets.get(&id) else {
                 return;
             };
-            join_frame(&inner.credential, sock.path)
+            inner.credential.join_frame(sock.path)
         };
         let Some(sock) = inner.sockets.get_mut(&id) else {
             return;
@@ -316,7 +304,7 @@ impl Connector {
             return self.deliver();
         }
         match msg {
-            ServerMsg::Joined { .. } => {
+            ServerMsg::Joined(joined) => {
                 {
                     let mut inner = self.inner.borrow_mut();
                     inner.race.handle_joined(id, now_ms());
@@ -332,7 +320,7 @@ impl Connector {
                             let ev = ShellEvent::Joined {
                                 path,
                                 elapsed_ms,
-                                joined: msg,
+                                joined,
                             };
                             drop(inner);
                             self.pump();
@@ -446,18 +434,4 @@ impl WeakConnector {
             listener: self.listener.clone(),
         })
     }
-}
-
-/// The first frame on a socket opened for `path`.
-pub fn join_frame(cred: &Credential, path: PathKind) -> String {
-    match cred {
-        Credential::Token { token, device } => {
-            ClientMsg::join_with_token(token, device.clone(), path)
-        }
-        Credential::Device {
-            device_id,
-            device_key,
-        } => ClientMsg::rejoin(device_id, device_key, path),
-    }
-    .to_json()
 }

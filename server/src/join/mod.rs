@@ -1,0 +1,258 @@
+//! `atmosphere join LINK`: the native shell around the shared racing policy
+//! ([`atmosphere_shared::racing`]).
+//!
+//! The policy (which path to try when, deadlines, who wins, when to give up) lives in the
+//! sans-IO [`Race`](atmosphere_shared::racing::Race), the join frame in
+//! [`JoinCredential`], every `--json` line in [`JoinEvent`](atmosphere_shared::join_event::JoinEvent)
+//! and the retry delays in [`Backoff`](atmosphere_shared::backoff::Backoff); this module
+//! only does I/O. Its files, one role each:
+//!
+//! - this file: the flags and [`run`], which checks them and calls the steps below;
+//! - [`race`]: drives the shared race with real sockets, and re-runs it after a lost session;
+//! - [`attempt`]: one attempt's socket: connect, send `join`, wait for the host's verdict;
+//! - [`live_session`]: the session after the race is won (presence, messages, stdin);
+//! - [`stdin`]: lines typed on stdin, one message each;
+//! - [`output`]: everything printed, as JSON lines or as a readable log;
+//! - [`device_file`]: the credential file of `--device-file`.
+//!
+//! After the race is won the command either leaves (`--once`) or stays in the mesh: it
+//! prints presence and messages and sends each line typed on stdin as a broadcast.
+//!
+//! Exit codes: 0 connected (and, without `--once`, left with Ctrl-C), 1 all paths failed,
+//! the host refused the credential, or (with `--no-reconnect`) the session was lost,
+//! 2 bad link or usage. Without `--once` a lost session is re-established with the
+//! device credential, with capped, jittered backoff.
+
+mod attempt;
+mod device_file;
+mod live_session;
+mod output;
+mod race;
+mod stdin;
+
+use atmosphere_shared::credential::DeviceCredential;
+use atmosphere_shared::join_event::ClientErrorCode;
+use atmosphere_shared::racing::{Policy, DEFAULT_ATTEMPT_TIMEOUT_MS, DEFAULT_STAGGER_MS};
+use atmosphere_shared::wire::{DeviceInfo, JoinCredential};
+use atmosphere_shared::Invite;
+use live_session::SessionEnd;
+use output::Printer;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Longest device name we send (the host shows it in lists; a name is not an essay).
+const MAX_NAME_CHARS: usize = 64;
+
+/// `atmosphere join` flags.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "\
+Exit codes: 0 connected; 1 every path failed, the host refused the token/device \
+(invalid_token, token_expired, token_exhausted, token_revoked, unknown_device) or, with \
+--no-reconnect, the session was lost; 2 bad link or usage.
+
+With --json, stdout carries one JSON object per line:
+  {\"event\":\"trying\",\"path\":\"local\",\"url\":\"ws://…\"}
+  {\"event\":\"failed\",\"path\":\"local\",\"reason\":\"connection refused\"}
+  {\"event\":\"connected\",\"path\":\"public\",\"mesh_name\":\"Home\",\"elapsed_ms\":262}
+  {\"event\":\"error\",\"code\":\"token_expired\",\"message\":\"…\"}
+Without --once, presence and messages follow (peers, peer_joined, peer_left, message); a \
+lost session prints {\"event\":\"disconnected\",\"reason\":…} and \
+{\"event\":\"reconnecting\",\"in_ms\":1000}, then the new trying/connected lines.")]
+pub struct Args {
+    /// The invite: `atmosphere://join?token=…&mesh=…&endpoints=…` (v2), the legacy
+    /// `…&endpoint=ws://…` (v1), or the web form `http(s)://HOST/join#…`.
+    pub link: String,
+
+    /// Print one JSON object per line (trying / failed / connected / error, then, without
+    /// --once, peers / peer_joined / peer_left / message) instead of a readable log.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Leave right after connecting (exit 0). Without it, stay in the mesh: print presence
+    /// and messages, and send each line typed on stdin to every member.
+    #[arg(long)]
+    pub once: bool,
+
+    /// Device name other members see (at most 64 characters). Default: this machine's
+    /// host name.
+    #[arg(long, env = "ATMOSPHERE_DEVICE_NAME")]
+    pub name: Option<String>,
+
+    /// Platform reported to the host with the device name.
+    #[arg(long, default_value = "cli")]
+    pub platform: String,
+
+    /// Try one path at a time, the next only after the previous failed or timed out (the
+    /// sequential policy), instead of racing them with a stagger.
+    #[arg(long)]
+    pub sequential: bool,
+
+    /// Milliseconds after one path starts before the next one starts too, if the first has
+    /// not answered (0 = all at once; ignored with --sequential).
+    #[arg(long, default_value_t = DEFAULT_STAGGER_MS, value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    pub stagger_ms: u64,
+
+    /// Deadline of one attempt in milliseconds: connect, WebSocket handshake and the host's
+    /// `joined`.
+    #[arg(long, default_value_t = DEFAULT_ATTEMPT_TIMEOUT_MS, value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub attempt_timeout_ms: u64,
+
+    /// File holding this device's credential for this mesh. If it exists, join with it
+    /// (`device_id` + `device_key`) instead of the invite's token; after a first join with
+    /// the token, the credential the host returns is written there (mode 0600). Without
+    /// this flag nothing is stored.
+    #[arg(long, env = "ATMOSPHERE_DEVICE_FILE")]
+    pub device_file: Option<PathBuf>,
+
+    /// Without --once, exit 1 when the connection to the host is lost instead of
+    /// reconnecting. By default the session is re-established with this device's credential
+    /// over whichever path works then, retrying with capped backoff (1 s doubling to 30 s,
+    /// each wait randomly shortened by up to half) until Ctrl-C or a final refusal (e.g.
+    /// the host removed the device).
+    #[arg(long)]
+    pub no_reconnect: bool,
+}
+
+/// Runs `atmosphere join` and returns the exit code (see the module docs).
+pub async fn run(args: Args) -> ExitCode {
+    let out = Printer::new(args.json);
+    let (invite, credential) = match prepare(&args, &out) {
+        Ok(ready) => ready,
+        Err((code, message)) => {
+            out.error(code, &message);
+            return ExitCode::from(2);
+        }
+    };
+    let policy = policy(&args);
+
+    let Ok(won) = race::race(&invite, policy, &credential, &out).await else {
+        return ExitCode::from(1);
+    };
+    // What to rejoin with from now on: the key the host just issued, or the one presented.
+    let kept = DeviceCredential::after_join(&won.joined, &credential);
+    if won.joined.device_key.is_some() {
+        if let (Some(path), Some(cred)) = (&args.device_file, &kept) {
+            save_device_file(path, cred, &out);
+        }
+    }
+    if args.once {
+        attempt::close(won.ws).await;
+        return ExitCode::SUCCESS;
+    }
+    // Reconnections rejoin as this device (never spend another invite use).
+    let rejoin = kept
+        .filter(|_| !args.no_reconnect)
+        .map(|c| c.join_credential());
+    stay(&invite, policy, rejoin, won, &out).await
+}
+
+/// Checks the link, the device name and the device file; returns the invite and what to
+/// join with, or the `bad_link` / `bad_usage` error to leave with (exit 2).
+fn prepare(
+    args: &Args,
+    out: &Printer,
+) -> Result<(Invite, JoinCredential), (ClientErrorCode, String)> {
+    let invite = Invite::parse(&args.link).map_err(|e| {
+        (
+            ClientErrorCode::BadLink,
+            format!("not a valid invite link: {e}"),
+        )
+    })?;
+    if invite.endpoints.iter().next().is_none() {
+        return Err((
+            ClientErrorCode::BadLink,
+            "the invite lists no endpoint to connect to".into(),
+        ));
+    }
+    let name = device_name(args.name.as_deref()).map_err(|e| (ClientErrorCode::BadUsage, e))?;
+    let stored = match &args.device_file {
+        Some(p) => device_file::load(p).map_err(|e| (ClientErrorCode::BadUsage, e))?,
+        None => None,
+    };
+    let credential = match stored {
+        Some(c) => {
+            out.info(&format!(
+                "rejoining as device {} (credential from the device file)",
+                c.device_id
+            ));
+            c.join_credential()
+        }
+        None => JoinCredential::Token {
+            token: invite.token.clone(),
+            device: DeviceInfo {
+                name,
+                platform: args.platform.clone(),
+            },
+        },
+    };
+    Ok((invite, credential))
+}
+
+fn policy(args: &Args) -> Policy {
+    Policy {
+        stagger_ms: args.stagger_ms,
+        attempt_timeout_ms: args.attempt_timeout_ms,
+        sequential: args.sequential,
+        page_is_https: false,
+    }
+}
+
+/// Writes the credential of a first join to `--device-file`. A failure is only a warning:
+/// the session is fine, only the next run will need a fresh invite.
+fn save_device_file(path: &std::path::Path, cred: &DeviceCredential, out: &Printer) {
+    match device_file::save(path, cred) {
+        Ok(()) => out.info(&format!("device credential saved to {}", path.display())),
+        Err(e) => out.warning(&e),
+    }
+}
+
+/// Without `--once`: runs live sessions until Ctrl-C, re-establishing each lost one with
+/// `rejoin` (`None`: `--no-reconnect`, or no credential to rejoin with; a loss ends the run).
+async fn stay(
+    invite: &Invite,
+    policy: Policy,
+    rejoin: Option<JoinCredential>,
+    won: race::Won,
+    out: &Printer,
+) -> ExitCode {
+    let mut stdin = stdin::StdinLines::new();
+    let mut won = won;
+    loop {
+        let reason = match live_session::run(won.ws, &won.joined, out, &mut stdin).await {
+            SessionEnd::Left => return ExitCode::SUCCESS,
+            SessionEnd::Lost(reason) => reason,
+        };
+        let Some(credential) = &rejoin else {
+            out.error(ClientErrorCode::Disconnected, &reason);
+            return ExitCode::from(1);
+        };
+        out.disconnected(&reason);
+        match race::reconnect(invite, policy, credential, out).await {
+            Some(again) => won = again,
+            None => return ExitCode::from(1),
+        }
+    }
+}
+
+/// `--name`, or the host name, checked for length and control characters.
+fn device_name(arg: Option<&str>) -> Result<String, String> {
+    let name = match arg {
+        Some(n) => n.trim().to_string(),
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "terminal".to_string()),
+    };
+    if name.is_empty() {
+        return Err("--name must not be empty".into());
+    }
+    if name.chars().count() > MAX_NAME_CHARS {
+        return Err(format!("--name is longer than {MAX_NAME_CHARS} characters"));
+    }
+    if name.chars().any(char::is_control) {
+        return Err("--name must not contain control characters".into());
+    }
+    Ok(name)
+}

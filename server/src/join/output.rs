@@ -1,0 +1,205 @@
+//! Everything `atmosphere join` prints: with `--json` one
+//! [`JoinEvent`] per line on stdout (the CLI contract; the shapes live in
+//! [`atmosphere_shared::join_event`]), otherwise a readable log (progress on stdout,
+//! errors and warnings on stderr).
+//!
+//! Also [`Roster`], who is online, which turns device ids into names in readable lines and
+//! keeps a presence list that says nothing new from being printed at all.
+
+use atmosphere_shared::join_event::{JoinErrorCode, JoinEvent};
+use atmosphere_shared::racing::RaceEvent;
+use atmosphere_shared::wire::{Peer, ServerMsg};
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// Prints the race's events and the session's traffic in the chosen format.
+pub(super) struct Printer {
+    json: bool,
+    /// Set while re-establishing a lost session: a round in which every path failed is not
+    /// the end (the next `reconnecting` line follows), so it is not printed as an `error`.
+    retrying: Cell<bool>,
+}
+
+impl Printer {
+    pub(super) fn new(json: bool) -> Printer {
+        Printer {
+            json,
+            retrying: Cell::new(false),
+        }
+    }
+
+    fn emit(&self, ev: &JoinEvent) {
+        println!("{}", ev.to_line());
+    }
+
+    /// A step of the race. `mesh_name`: the host's (from its `joined`) or the invite's.
+    pub(super) fn race_event(&self, ev: &RaceEvent, mesh_name: Option<&str>) {
+        if self.retrying.get() && matches!(ev, RaceEvent::AllFailed { .. }) {
+            return;
+        }
+        if self.json {
+            self.emit(&JoinEvent::from_race(ev, mesh_name));
+        } else if matches!(ev, RaceEvent::AllFailed { .. } | RaceEvent::Fatal { .. }) {
+            eprintln!("error: {}", ev.describe(mesh_name));
+        } else {
+            println!("{}", ev.describe(mesh_name));
+        }
+    }
+
+    /// An error that is not a race event (bad link, bad usage, lost session): the run ends.
+    pub(super) fn error(&self, code: impl Into<JoinErrorCode>, message: &str) {
+        if self.json {
+            self.emit(&JoinEvent::Error {
+                code: code.into(),
+                message: message.to_string(),
+            });
+        } else {
+            eprintln!("error: {message}");
+        }
+    }
+
+    /// The live session ended and will be re-established.
+    pub(super) fn disconnected(&self, reason: &str) {
+        self.retrying.set(true);
+        if self.json {
+            self.emit(&JoinEvent::Disconnected {
+                reason: reason.to_string(),
+            });
+        } else {
+            eprintln!("disconnected: {reason}");
+        }
+    }
+
+    /// The next reconnection round starts after `delay`.
+    pub(super) fn reconnecting(&self, delay: Duration) {
+        if self.json {
+            self.emit(&JoinEvent::Reconnecting {
+                in_ms: u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+            });
+        } else {
+            eprintln!(
+                "reconnecting in {:.1} s (Ctrl-C to stop)",
+                delay.as_secs_f64()
+            );
+        }
+    }
+
+    /// A live session started with these members online.
+    pub(super) fn session_started(&self, peers: &[Peer]) {
+        if self.json {
+            self.emit(&JoinEvent::Peers {
+                peers: peers.to_vec(),
+            });
+        } else if peers.is_empty() {
+            println!("no other member online; type a line to send it to everyone, Ctrl-C to leave");
+        } else {
+            let list: Vec<String> = peers.iter().map(describe_peer).collect();
+            println!("online: {}", list.join(", "));
+            println!("type a line to send it to everyone, Ctrl-C to leave");
+        }
+    }
+
+    /// One host frame of a live session; `roster` is who was online before it.
+    pub(super) fn frame(&self, m: &ServerMsg, roster: &Roster) {
+        if self.json {
+            if let Some(ev) = JoinEvent::from_server(m) {
+                self.emit(&ev);
+            }
+            return;
+        }
+        match m {
+            ServerMsg::PeerJoined { peer } => println!("+ {} joined", describe_peer(peer)),
+            ServerMsg::PeerLeft { device_id } => println!("- {} left", roster.name_of(device_id)),
+            ServerMsg::Peers { peers } => {
+                let list: Vec<String> = peers.iter().map(describe_peer).collect();
+                println!(
+                    "online: {}",
+                    if list.is_empty() {
+                        "nobody else".into()
+                    } else {
+                        list.join(", ")
+                    }
+                );
+            }
+            ServerMsg::Message { from, body } => {
+                let who = roster.name_of(from);
+                match body {
+                    serde_json::Value::String(s) => println!("{who}: {s}"),
+                    other => println!("{who}: {other}"),
+                }
+            }
+            ServerMsg::Error { code, message } => eprintln!("host error ({code}): {message}"),
+            ServerMsg::Joined(_) => {}
+        }
+    }
+
+    /// Progress only a person needs (nothing with `--json`).
+    pub(super) fn info(&self, text: &str) {
+        if !self.json {
+            println!("{text}");
+        }
+    }
+
+    /// Something went wrong that does not end the run (stderr, in both formats).
+    pub(super) fn warning(&self, text: &str) {
+        eprintln!("warning: {text}");
+    }
+
+    /// A typed line that was not sent, and why (stderr, in both formats).
+    pub(super) fn not_sent(&self, why: &str) {
+        eprintln!("not sent: {why}");
+    }
+}
+
+fn describe_peer(p: &Peer) -> String {
+    format!("{} ({}, via {})", p.name, p.platform, p.path)
+}
+
+/// Who is online now (device id → name), kept from the host's presence frames.
+pub(super) struct Roster {
+    names: HashMap<String, String>,
+}
+
+impl Roster {
+    /// Everyone the host's `joined` listed.
+    pub(super) fn new(peers: &[Peer]) -> Roster {
+        Roster {
+            names: peers
+                .iter()
+                .map(|p| (p.device_id.clone(), p.name.clone()))
+                .collect(),
+        }
+    }
+
+    /// False for a full presence list naming exactly who is known already (the host's
+    /// first one repeats `joined`'s): printing it would say nothing.
+    pub(super) fn is_news(&self, m: &ServerMsg) -> bool {
+        match m {
+            ServerMsg::Peers { peers } => {
+                peers.len() != self.names.len()
+                    || !peers.iter().all(|p| self.names.contains_key(&p.device_id))
+            }
+            _ => true,
+        }
+    }
+
+    /// Takes a presence frame into account.
+    pub(super) fn apply(&mut self, m: &ServerMsg) {
+        match m {
+            ServerMsg::PeerJoined { peer } => {
+                self.names.insert(peer.device_id.clone(), peer.name.clone());
+            }
+            ServerMsg::Peers { peers } => *self = Roster::new(peers),
+            ServerMsg::PeerLeft { device_id } => {
+                self.names.remove(device_id);
+            }
+            _ => {}
+        }
+    }
+
+    /// The member's name, or its device id if it is not (or no longer) online.
+    pub(super) fn name_of<'a>(&'a self, device_id: &'a str) -> &'a str {
+        self.names.get(device_id).map_or(device_id, String::as_str)
+    }
+}
