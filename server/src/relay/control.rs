@@ -14,8 +14,9 @@
 
 use super::metrics::{ConnKind, RefusalKind};
 use super::registry::{HostCmd, HostRegistration};
-use super::server::close_and_drain;
-use super::server::{configure, is_too_large, to_json, too_many_from, Ctx, Refused, Relay, Stop};
+use super::server::{
+    close_and_drain, configure, is_too_large, to_json, too_many_from, Ctx, Refused, Relay, Stop,
+};
 use atmosphere_shared::relay_proto::{
     self, b64_encode, close, HostMsg, RegisterError, RelayMsg, MAX_CONTROL_FRAME_BYTES, NONCE_BYTES,
 };

@@ -4,9 +4,9 @@
 //! - this file: the flags ([`Args`]) and [`run`];
 //! - [`server`]: the shared state ([`server::Relay`]), routes, accept loop (plain or TLS) and
 //!   the one way a handler refuses a connection;
-//! - [`registry`]: which host holds each mesh and which members wait for their host;
-//! - [`control`]: a host's control socket (challenge → register → session notices);
-//! - [`member`]: a member's socket and the host's data socket for it;
+//! - `registry`: which host holds each mesh and which members wait for their host;
+//! - `control`: a host's control socket (challenge → register → session notices);
+//! - `member`: a member's socket and the host's data socket for it;
 //! - [`splice`]: the frame pipe between the two;
 //! - [`metrics`]: counters for `/metrics` and `/health`;
 //! - [`tls`]: rustls server config, and the client connector every `wss://` dial uses

@@ -1,15 +1,15 @@
 //! The relay server: its shared state ([`Relay`]), routes, the accept loop, and the one way
-//! every handler refuses a connection ([`Relay::refuse`]).
+//! every handler refuses a connection (`Relay::refuse`).
 //!
 //! Routes (all WebSocket routes answer every refusal with a close code from
 //! [`atmosphere_shared::relay_proto::close`] plus one log line):
-//! - `GET /mesh/{mesh_id}/host`: a host's control socket ([`super::control`]);
-//! - `GET /mesh/{mesh_id}`: a member (the invite's relay endpoint, [`super::member`]);
+//! - `GET /mesh/{mesh_id}/host`: a host's control socket (`control`);
+//! - `GET /mesh/{mesh_id}`: a member (the invite's relay endpoint, `member`);
 //! - `GET /mesh/{mesh_id}/session/{session_id}`: the host's data socket for one member
-//!   ([`super::member`]);
+//!   (`member`);
 //! - `GET /health` (JSON) and `GET /metrics` (Prometheus).
 //!
-//! State is only live sockets (no database): see [`super::registry`], plus the per-IP
+//! State is only live sockets (no database): see `registry`, plus the per-IP
 //! connection counts.
 
 use super::metrics::{Metrics, RefusalKind};
