@@ -15,7 +15,8 @@
 use crate::report::{kib, Report};
 use crate::util::{dial, dial_from, median, percentile, rss_kib, ClientWs};
 use anyhow::{bail, Context, Result};
-use atmosphere_server::relay::host_link::{DataSocket, HostLink, HostLinkConfig, OnSession};
+use atmosphere_server::dial::ClientSocket;
+use atmosphere_server::serve::relay_link::{HostLink, HostLinkConfig, OnSession};
 use atmosphere_shared::api::RelayState;
 use atmosphere_tests::Relay;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
@@ -56,7 +57,7 @@ impl<T> Ws for T where
 /// The in-process host: the real `HostLink`, handing every relayed data socket to us.
 struct BenchHost {
     link: HostLink,
-    sessions: mpsc::UnboundedReceiver<DataSocket>,
+    sessions: mpsc::UnboundedReceiver<ClientSocket>,
 }
 
 impl BenchHost {
@@ -84,7 +85,7 @@ impl BenchHost {
     }
 
     /// A relayed pair: (member, host data socket).
-    async fn pair(&mut self) -> Result<(ClientWs, DataSocket)> {
+    async fn pair(&mut self) -> Result<(ClientWs, ClientSocket)> {
         let m = dial(&self.link.invite_endpoint()).await?;
         let h = tokio::time::timeout(Duration::from_secs(30), self.sessions.recv())
             .await
@@ -438,7 +439,7 @@ async fn scale(
     let base = rss_kib(pid)? as f64;
     let url = host.link.invite_endpoint();
     let mut members: Vec<ClientWs> = Vec::new();
-    let mut datas: Vec<DataSocket> = Vec::new();
+    let mut datas: Vec<ClientSocket> = Vec::new();
     let mut steps = Vec::new();
     let mut stop_reason = format!(
         "ramp stopped at {max_sessions} sessions (--max-sessions, capped by the open-file limit {nofile}: 2 sockets per session in the relay)"

@@ -6,12 +6,18 @@
 //! - [`session`]: the mesh-session handler every member socket (direct or relayed) goes through;
 //! - [`store`]: SQLite persistence (mesh identity, invites, devices);
 //! - [`discovery`]: background network discovery (local IPs, STUN, NAT/CGNAT flags);
-//! - [`relay`]: the relay server and the host's control link to it;
-//! - CLI shells: [`join`], [`token_cmd`], [`inspect`], [`netcheck`].
+//! - [`relay`]: the relay server (`atmosphere relay`); the host's link to it is
+//!   [`serve::relay_link`];
+//! - [`dial`]: the one way to open a client `ws://`/`wss://` socket (host link, `join`,
+//!   `netcheck`), trusting `ATMOSPHERE_RELAY_CA`;
+//! - CLI shells: [`join`], [`token_cmd`], [`inspect`], [`netcheck`], dispatched by [`cli`];
+//! - shared plumbing: [`http`] (the accept loop with header deadlines and optional TLS),
+//!   [`limits`] (per-IP connection caps), [`ws`] (one socket shape for the session handler).
 //!
 //! Protocol, link and policy logic live in `atmosphere-shared`; this crate is the I/O shell.
 
 pub mod cli;
+pub mod dial;
 pub mod discovery;
 pub mod http;
 pub mod inspect;

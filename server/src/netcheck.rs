@@ -26,14 +26,15 @@
 //!
 //! The exit code is 0 whatever the network says: netcheck reports, it does not judge.
 
+use crate::dial::{dial, DialError, DialOptions};
 use crate::discovery::{self, DiscoveryConfig};
 use atmosphere_shared::api::{NetworkSnapshot, PathTrace, StunProbe};
 use atmosphere_shared::link::Endpoints;
 use serde::Serialize;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
-use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite;
 
 const JSON_HELP: &str = "\
 With --json, prints one JSON object:
@@ -55,7 +56,8 @@ pub struct Args {
     #[command(flatten)]
     pub stun: crate::discovery::StunArgs,
 
-    /// Relay to check: a TCP connect and a WebSocket handshake to this ws:// or wss:// URL.
+    /// Relay to check: a TCP connect and a WebSocket handshake to this ws:// or wss:// URL
+    /// (wss:// trusts the same roots as `serve`, including ATMOSPHERE_RELAY_CA).
     #[arg(long, value_name = "URL", env = "ATMOSPHERE_RELAY_URL")]
     pub relay_url: Option<String>,
 
@@ -179,30 +181,19 @@ fn ms(d: Duration) -> u64 {
     d.as_millis().min(u64::MAX as u128) as u64
 }
 
-/// Resolves the URL's host to one socket address (IPv4 first).
-async fn resolve(url: &url::Url) -> Result<SocketAddr, String> {
-    let port = url.port_or_known_default().ok_or("the URL has no port")?;
-    match url.host() {
-        Some(url::Host::Ipv4(ip)) => Ok(SocketAddr::new(ip.into(), port)),
-        Some(url::Host::Ipv6(ip)) => Ok(SocketAddr::new(ip.into(), port)),
-        Some(url::Host::Domain(d)) => {
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((d, port))
-                .await
-                .map_err(|e| format!("DNS lookup of {d} failed: {e}"))?
-                .collect();
-            addrs
-                .iter()
-                .find(|a| a.is_ipv4())
-                .or(addrs.first())
-                .copied()
-                .ok_or_else(|| format!("{d} has no address"))
-        }
-        None => Err("the URL has no host".into()),
+/// The first `max` bytes of `s` or fewer, cut on a character boundary (never inside a
+/// multi-byte character).
+fn truncate_chars(s: &str, max: usize) -> &str {
+    let mut cut = max.min(s.len());
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
     }
+    &s[..cut]
 }
 
-/// Checks that a relay answers: TCP connect, then a WebSocket handshake, each inside
-/// `timeout` (from the start). A server that answers the upgrade with another HTTP status
+/// Checks that a relay answers: a TCP connect, then the TLS and WebSocket handshake, with
+/// the same dial (and the same `ATMOSPHERE_RELAY_CA` trust) `serve` uses for its relay
+/// link, all inside `timeout`. A server that answers the upgrade with another HTTP status
 /// is reachable (it is there and speaks HTTP); the status says what it answered.
 pub async fn check_relay(relay_url: Option<&str>, timeout: Duration) -> RelayCheck {
     let Some(raw) = relay_url.map(str::trim).filter(|u| !u.is_empty()) else {
@@ -210,115 +201,51 @@ pub async fn check_relay(relay_url: Option<&str>, timeout: Duration) -> RelayChe
     };
     if raw.len() > 2048 {
         return RelayCheck::failed(
-            &raw[..64],
+            truncate_chars(raw, 64),
             "invalid",
             "the relay URL is longer than 2048 bytes".into(),
             None,
         );
     }
-    let url = match url::Url::parse(raw) {
-        Ok(u) if u.scheme() == "ws" || u.scheme() == "wss" => u,
-        Ok(u) => {
-            return RelayCheck::failed(
-                raw,
-                "invalid",
-                format!(
-                    "relay URL must start with ws:// or wss://, not {}://",
-                    u.scheme()
-                ),
-                None,
-            )
-        }
-        Err(e) => return RelayCheck::failed(raw, "invalid", format!("bad relay URL: {e}"), None),
-    };
     let start = Instant::now();
-    let deadline = tokio::time::Instant::now() + timeout;
-    let within = |what: &str| format!("{what} did not finish within {} ms", timeout.as_millis());
-
-    let addr = match tokio::time::timeout_at(deadline, resolve(&url)).await {
-        Ok(Ok(a)) => a,
-        Ok(Err(e)) => return RelayCheck::failed(raw, "unreachable", e, None),
-        Err(_) => return RelayCheck::failed(raw, "unreachable", within("the DNS lookup"), None),
+    let options = DialOptions {
+        deadline: timeout,
+        ..DialOptions::default()
     };
-    let tcp = match tokio::time::timeout_at(deadline, TcpStream::connect(addr)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            return RelayCheck::failed(
-                raw,
-                "unreachable",
-                format!("TCP connect to {addr} failed: {e}"),
-                None,
-            )
-        }
-        Err(_) => {
-            return RelayCheck::failed(
-                raw,
-                "unreachable",
-                within(&format!("TCP connect to {addr}")),
-                None,
-            )
-        }
+    let reachable = |status: u16, error: Option<String>, connected_after: Duration| RelayCheck {
+        url: Some(raw.to_string()),
+        status: "reachable",
+        error,
+        http_status: Some(status),
+        connect_ms: Some(ms(connected_after)),
+        handshake_ms: Some(ms(start.elapsed())),
     };
-    let connect_ms = Some(ms(start.elapsed()));
-
-    let handshake = async {
-        if url.scheme() == "ws" {
-            tokio_tungstenite::client_async(url.as_str(), tcp)
-                .await
-                .map(|(mut ws, resp)| {
-                    let status = resp.status().as_u16();
-                    tokio::spawn(async move {
-                        let _ = ws.close(None).await;
-                    });
-                    status
-                })
-        } else {
-            // TLS: tokio-tungstenite's own connector (it dials again; the first connection
-            // proved TCP reachability and is dropped).
-            drop(tcp);
-            tokio_tungstenite::connect_async(url.as_str())
-                .await
-                .map(|(mut ws, resp)| {
-                    let status = resp.status().as_u16();
-                    tokio::spawn(async move {
-                        let _ = ws.close(None).await;
-                    });
-                    status
-                })
+    match dial(raw, &options).await {
+        Ok(d) => {
+            let mut ws = d.socket;
+            tokio::spawn(async move {
+                let _ = ws.close(None).await;
+            });
+            reachable(d.status, None, d.connected_after)
         }
-    };
-    match tokio::time::timeout_at(deadline, handshake).await {
-        Ok(Ok(status)) => RelayCheck {
-            url: Some(raw.to_string()),
-            status: "reachable",
-            error: None,
-            http_status: Some(status),
-            connect_ms,
-            handshake_ms: Some(ms(start.elapsed())),
-        },
-        Ok(Err(tokio_tungstenite::tungstenite::Error::Http(resp))) => RelayCheck {
-            url: Some(raw.to_string()),
-            status: "reachable",
-            error: Some(format!(
+        Err(DialError::Handshake {
+            source: tungstenite::Error::Http(resp),
+            connected_after,
+        }) => reachable(
+            resp.status().as_u16(),
+            Some(format!(
                 "the server answered the WebSocket upgrade with HTTP {}",
                 resp.status()
             )),
-            http_status: Some(resp.status().as_u16()),
-            connect_ms,
-            handshake_ms: Some(ms(start.elapsed())),
-        },
-        Ok(Err(e)) => RelayCheck::failed(
-            raw,
-            "unreachable",
-            format!("WebSocket handshake failed: {e}"),
-            connect_ms,
+            connected_after,
         ),
-        Err(_) => RelayCheck::failed(
-            raw,
-            "unreachable",
-            within("the WebSocket handshake"),
-            connect_ms,
-        ),
+        Err(DialError::BadUrl(why)) => {
+            RelayCheck::failed(raw, "invalid", format!("bad relay URL: {why}"), None)
+        }
+        Err(e) => {
+            let connect_ms = e.connected_after().map(ms);
+            RelayCheck::failed(raw, "unreachable", e.to_string(), connect_ms)
+        }
     }
 }
 
@@ -532,6 +459,28 @@ mod tests {
             json["path"].is_null() && json["cgnat_hop"].is_null(),
             "{json}"
         );
+    }
+
+    #[test]
+    fn long_urls_are_cut_on_a_character_boundary() {
+        // "é" is two bytes: byte 64 falls inside one.
+        let url = format!("ws://{}", "é".repeat(1100));
+        assert!(!url.is_char_boundary(64));
+        let cut = truncate_chars(&url, 64);
+        assert_eq!(cut.len(), 63);
+        assert!(url.starts_with(cut));
+        assert_eq!(truncate_chars("short", 64), "short");
+        assert_eq!(truncate_chars("ééé", 1), "");
+    }
+
+    #[tokio::test]
+    async fn an_over_long_multi_byte_url_is_invalid_not_a_panic() {
+        let url = format!("wss://relay.example/a/{}", "🛰".repeat(600));
+        assert!(!url.is_char_boundary(64));
+        let r = check_relay(Some(&url), Duration::from_secs(1)).await;
+        assert_eq!(r.status, "invalid");
+        assert!(url.starts_with(r.url.as_deref().unwrap()));
+        assert!(r.url.unwrap().len() <= 64);
     }
 
     #[tokio::test]

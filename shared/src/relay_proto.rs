@@ -4,17 +4,24 @@
 //! the few below, on the host's control socket `GET /mesh/{mesh_id}/host`:
 //!
 //! 1. relay → host [`RelayMsg::Challenge`] with a fresh random nonce;
-//! 2. host → relay [`HostMsg::Register`] with its Ed25519 public key and a signature over
-//!    [`registration_message`] (domain-separated, bound to the mesh id and that nonce, so a
-//!    captured signature is useless against the next challenge);
-//! 3. relay → host [`RelayMsg::Registered`]; the relay checked the signature and that
-//!    `mesh_id == mesh_id_from_public_key(public_key)` (self-certifying ids: no database);
+//! 2. host → relay [`HostMsg::Register`], built by [`sign`]: its Ed25519 public key and a
+//!    signature over [`registration_message`] (domain-separated, bound to the mesh id and
+//!    that nonce, so a captured signature is useless against the next challenge);
+//! 3. relay → host [`RelayMsg::Registered`] once [`verify`] accepted the answer: the
+//!    signature holds (`verify_strict`) and `mesh_id == mesh_id_from_public_key(public_key)`
+//!    (self-certifying ids: no database);
 //! 4. for every member that dials `GET /mesh/{mesh_id}`, relay → host [`RelayMsg::Session`];
 //!    the host dials `GET /mesh/{mesh_id}/session/{session_id}` with
 //!    `Authorization: Bearer <secret>` and the relay splices the two sockets.
 //!
 //! Every refusal closes the WebSocket with one of the [`close`] codes and a reason.
+//!
+//! Both ends of the registration live here, as one [`sign`] (host) and one [`verify`]
+//! (relay), so the signed bytes and their checks cannot drift apart; the relay and the host
+//! link only move the messages.
 
+use crate::mesh_id::mesh_id_from_public_key;
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
 /// Domain separator of the registration signature (versioned).
@@ -25,6 +32,10 @@ pub const MAX_CONTROL_FRAME_BYTES: usize = 16 * 1024;
 
 /// Bytes of randomness in a challenge nonce.
 pub const NONCE_BYTES: usize = 32;
+
+/// Largest challenge nonce a host signs, in bytes. The relay sends [`NONCE_BYTES`]; the
+/// bound only keeps a misbehaving relay from making a host sign arbitrary amounts of data.
+pub const MAX_NONCE_BYTES: usize = 1024;
 
 /// The exact bytes a host signs to register `mesh_id` against challenge `nonce`:
 /// `"atmosphere-relay-v1" ‖ 0x00 ‖ mesh_id ‖ 0x00 ‖ nonce`. The zero separators keep the
@@ -47,6 +58,84 @@ pub fn b64_encode(bytes: &[u8]) -> String {
 /// Decodes standard base64; `None` on any malformed input.
 pub fn b64_decode(s: &str) -> Option<Vec<u8>> {
     data_encoding::BASE64.decode(s.as_bytes()).ok()
+}
+
+/// Decodes the nonce of a [`RelayMsg::Challenge`] as a host accepts it: base64 of 1 to
+/// [`MAX_NONCE_BYTES`] bytes; `None` otherwise.
+pub fn decode_nonce(nonce: &str) -> Option<Vec<u8>> {
+    b64_decode(nonce).filter(|n| !n.is_empty() && n.len() <= MAX_NONCE_BYTES)
+}
+
+/// The host's answer to a challenge: registers `mesh_id` with `signing_key`, signing
+/// [`registration_message`]`(mesh_id, nonce)`. `nonce` is the challenge's decoded nonce
+/// ([`decode_nonce`]).
+pub fn sign(signing_key: &SigningKey, mesh_id: &str, nonce: &[u8]) -> HostMsg {
+    let signature = signing_key.sign(&registration_message(mesh_id, nonce));
+    HostMsg::Register {
+        public_key: b64_encode(&signing_key.verifying_key().to_bytes()),
+        signature: b64_encode(&signature.to_bytes()),
+    }
+}
+
+/// Why [`verify`] refused a registration. The relay closes the control socket with the code
+/// named on each variant.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegisterError {
+    /// `public_key` is not standard base64 (4400).
+    #[error("public_key is not base64")]
+    KeyNotBase64,
+    /// `public_key` does not decode to 32 bytes (4400).
+    #[error("public_key must be 32 bytes, not {got}")]
+    KeyLength { got: usize },
+    /// `signature` is not standard base64 (4400).
+    #[error("signature is not base64")]
+    SignatureNotBase64,
+    /// `signature` does not decode to 64 bytes (4400).
+    #[error("signature must be 64 bytes, not {got}")]
+    SignatureLength { got: usize },
+    /// The key does not derive the mesh id in the path: someone else's mesh (4403).
+    #[error("this key does not own the mesh id")]
+    NotThisMesh,
+    /// The 32 bytes are not an Ed25519 public key (4400).
+    #[error("public_key is not a valid Ed25519 key")]
+    InvalidKey,
+    /// The signature is not over this mesh id and this challenge, e.g. replayed (4401).
+    #[error("signature does not verify against this challenge")]
+    BadSignature,
+}
+
+/// The relay's check of a host's answer to the challenge `nonce` it sent on
+/// `/mesh/{mesh_id}/host`. On success, the host's key (which derives `mesh_id`).
+///
+/// The checks run in this order, so each refusal names the first thing wrong: both fields
+/// decode to the right lengths, the key derives `mesh_id`, the key is a valid point, and
+/// the signature verifies strictly (no malleable or small-order forms).
+pub fn verify(mesh_id: &str, nonce: &[u8], msg: &HostMsg) -> Result<VerifyingKey, RegisterError> {
+    let HostMsg::Register {
+        public_key,
+        signature,
+    } = msg;
+    let key = b64_decode(public_key).ok_or(RegisterError::KeyNotBase64)?;
+    let key: [u8; 32] = key
+        .as_slice()
+        .try_into()
+        .map_err(|_| RegisterError::KeyLength { got: key.len() })?;
+    let sig = b64_decode(signature).ok_or(RegisterError::SignatureNotBase64)?;
+    let sig: [u8; 64] = sig
+        .as_slice()
+        .try_into()
+        .map_err(|_| RegisterError::SignatureLength { got: sig.len() })?;
+    // Self-certifying id: only the holder of the key whose hash is this id may register it.
+    if mesh_id_from_public_key(&key) != mesh_id {
+        return Err(RegisterError::NotThisMesh);
+    }
+    let key = VerifyingKey::from_bytes(&key).map_err(|_| RegisterError::InvalidKey)?;
+    key.verify_strict(
+        &registration_message(mesh_id, nonce),
+        &Signature::from_bytes(&sig),
+    )
+    .map_err(|_| RegisterError::BadSignature)?;
+    Ok(key)
 }
 
 /// Messages the relay sends on a host control socket.
@@ -143,6 +232,152 @@ mod tests {
         assert_ne!(a, registration_message("abd", &[1, 2]));
         assert_ne!(a, registration_message("abc", &[1, 3]));
         assert!(a.starts_with(REGISTRATION_DOMAIN));
+    }
+
+    fn key(n: u8) -> SigningKey {
+        SigningKey::from_bytes(&[n; 32])
+    }
+
+    fn mesh_of(k: &SigningKey) -> String {
+        mesh_id_from_public_key(&k.verifying_key().to_bytes())
+    }
+
+    fn with_signature(msg: &HostMsg, signature: String) -> HostMsg {
+        let HostMsg::Register { public_key, .. } = msg.clone();
+        HostMsg::Register {
+            public_key,
+            signature,
+        }
+    }
+
+    #[test]
+    fn sign_then_verify_round_trips() {
+        let k = key(7);
+        let mesh = mesh_of(&k);
+        let nonce = [9u8; NONCE_BYTES];
+        let msg = sign(&k, &mesh, &nonce);
+        assert_eq!(verify(&mesh, &nonce, &msg), Ok(k.verifying_key()));
+        // The wire form is the documented one.
+        let json = serde_json::to_value(&msg).unwrap();
+        assert_eq!(json["type"], "register");
+        assert_eq!(
+            b64_decode(json["public_key"].as_str().unwrap()).unwrap(),
+            k.verifying_key().to_bytes()
+        );
+        assert_eq!(
+            b64_decode(json["signature"].as_str().unwrap())
+                .unwrap()
+                .len(),
+            64
+        );
+    }
+
+    #[test]
+    fn signature_is_over_the_documented_bytes() {
+        // Wire compatibility: the signed bytes are exactly `registration_message`.
+        let k = key(3);
+        let mesh = mesh_of(&k);
+        let HostMsg::Register { signature, .. } = sign(&k, &mesh, b"n");
+        let expected = k.sign(&registration_message(&mesh, b"n")).to_bytes();
+        assert_eq!(b64_decode(&signature).unwrap(), expected);
+    }
+
+    #[test]
+    fn verify_names_what_is_wrong() {
+        let k = key(7);
+        let mesh = mesh_of(&k);
+        let nonce = [1u8; NONCE_BYTES];
+        let msg = sign(&k, &mesh, &nonce);
+
+        // A signature over another challenge (a replay) or another mesh id.
+        assert_eq!(
+            verify(&mesh, &[2u8; NONCE_BYTES], &msg),
+            Err(RegisterError::BadSignature)
+        );
+        let other = key(8);
+        let other_mesh = mesh_of(&other);
+        let for_other_mesh = sign(&k, &other_mesh, &nonce);
+        assert_eq!(
+            verify(
+                &mesh,
+                &nonce,
+                &with_signature(&msg, {
+                    let HostMsg::Register { signature, .. } = for_other_mesh;
+                    signature
+                })
+            ),
+            Err(RegisterError::BadSignature)
+        );
+        // The right key, presented for a mesh it does not derive.
+        assert_eq!(
+            verify(&other_mesh, &nonce, &msg),
+            Err(RegisterError::NotThisMesh)
+        );
+        // A squatter: a correct signature by the wrong key.
+        assert_eq!(
+            verify(&mesh, &nonce, &sign(&other, &mesh, &nonce)),
+            Err(RegisterError::NotThisMesh)
+        );
+        // One flipped bit of the signature.
+        let HostMsg::Register { signature, .. } = msg.clone();
+        let mut bytes = b64_decode(&signature).unwrap();
+        bytes[10] ^= 1;
+        assert_eq!(
+            verify(&mesh, &nonce, &with_signature(&msg, b64_encode(&bytes))),
+            Err(RegisterError::BadSignature)
+        );
+        // Encoding and length errors.
+        assert_eq!(
+            verify(&mesh, &nonce, &with_signature(&msg, "%%%".into())),
+            Err(RegisterError::SignatureNotBase64)
+        );
+        assert_eq!(
+            verify(&mesh, &nonce, &with_signature(&msg, b64_encode(&[0; 63]))),
+            Err(RegisterError::SignatureLength { got: 63 })
+        );
+        let HostMsg::Register { signature, .. } = msg.clone();
+        let bad_key = |public_key: String| HostMsg::Register {
+            public_key,
+            signature: signature.clone(),
+        };
+        assert_eq!(
+            verify(&mesh, &nonce, &bad_key("not base64!".into())),
+            Err(RegisterError::KeyNotBase64)
+        );
+        assert_eq!(
+            verify(&mesh, &nonce, &bad_key(b64_encode(&[0; 31]))),
+            Err(RegisterError::KeyLength { got: 31 })
+        );
+    }
+
+    #[test]
+    fn verify_rejects_bytes_that_are_no_key() {
+        // 32 bytes that are not a point on the curve, for the mesh id they hash to.
+        let not_a_point = (0u8..=255)
+            .map(|b| {
+                let mut k = [0xffu8; 32];
+                k[0] = b;
+                k
+            })
+            .find(|k| VerifyingKey::from_bytes(k).is_err())
+            .expect("some 0xff.. encoding is not a point");
+        let mesh = mesh_id_from_public_key(&not_a_point);
+        let msg = HostMsg::Register {
+            public_key: b64_encode(&not_a_point),
+            signature: b64_encode(&[0; 64]),
+        };
+        assert_eq!(verify(&mesh, b"n", &msg), Err(RegisterError::InvalidKey));
+    }
+
+    #[test]
+    fn challenge_nonces_are_bounded() {
+        assert_eq!(decode_nonce(&b64_encode(&[5; 32])), Some(vec![5; 32]));
+        assert_eq!(decode_nonce(""), None);
+        assert_eq!(decode_nonce("%%%"), None);
+        assert_eq!(
+            decode_nonce(&b64_encode(&vec![0; MAX_NONCE_BYTES + 1])),
+            None
+        );
     }
 
     #[test]

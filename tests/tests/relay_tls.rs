@@ -1,9 +1,10 @@
 //! `wss://` without a proxy: the relay serves TLS itself from `--tls-cert/--tls-key` (a
-//! self-signed certificate made here with rcgen), and hosts and members trust it through
-//! `ATMOSPHERE_RELAY_CA`.
+//! self-signed certificate made here with rcgen), and hosts, members and `netcheck` trust it
+//! through `ATMOSPHERE_RELAY_CA`.
 
 mod relay_common;
 
+use atmosphere_server::dial::{dial, DialOptions};
 use atmosphere_shared::api::TokenRequest;
 use atmosphere_shared::{Endpoints, Invite};
 use atmosphere_tests::{bin_path, BlackHole, Host, Relay};
@@ -55,16 +56,11 @@ async fn host_link_registers_and_members_splice_over_wss() {
     assert!(relay.url().starts_with("wss://"));
     let mut host = TestHost::start(&relay.url()).await;
 
-    // A member dialing wss:// with the same trust settings reaches the host.
-    let connector = atmosphere_server::relay::tls::connector().unwrap();
-    let (mut member, _) = tokio_tungstenite::connect_async_tls_with_config(
-        host.member_url(),
-        None,
-        true,
-        Some(connector),
-    )
-    .await
-    .unwrap();
+    // A member dialing wss:// with the same trust settings (the shared dial) reaches the host.
+    let mut member = dial(&host.member_url(), &DialOptions::default())
+        .await
+        .unwrap()
+        .socket;
     member.send(Message::text("over tls")).await.unwrap();
     let mut h = host.next_session().await;
     assert_eq!(next_data(&mut h).await, Message::text("over tls"));
@@ -161,4 +157,59 @@ async fn serve_and_join_use_a_wss_relay_trusted_through_atmosphere_relay_ca() {
             .any(|l| l.contains("\"event\":\"connected\"") && l.contains("\"path\":\"relay\"")),
         "{stdout}"
     );
+}
+
+/// `atmosphere netcheck --json --relay-url URL` with `ATMOSPHERE_RELAY_CA=ca` (STUN off);
+/// returns the `relay` object of the report.
+async fn netcheck_relay(url: String, ca: String) -> serde_json::Value {
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(bin_path())
+            .args(["netcheck", "--json", "--relay-url", &url])
+            .env("ATMOSPHERE_STUN_SERVERS", "none")
+            .env("ATMOSPHERE_RELAY_CA", ca)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    report["relay"].clone()
+}
+
+#[tokio::test]
+async fn netcheck_trusts_the_relay_ca_as_serve_does() {
+    // The relay `serve` reaches through ATMOSPHERE_RELAY_CA is reachable for netcheck too.
+    let relay = tls_relay().await;
+    let ca = cert().0.to_str().unwrap().to_string();
+    let r = netcheck_relay(relay.url(), ca).await;
+    assert_eq!(r["status"], "reachable", "{r}");
+    assert!(r["http_status"].is_u64(), "{r}");
+    assert!(
+        r["connect_ms"].is_u64() && r["handshake_ms"].is_u64(),
+        "{r}"
+    );
+    assert!(
+        r["connect_ms"].as_u64() <= r["handshake_ms"].as_u64(),
+        "{r}"
+    );
+
+    // Without the CA the certificate is the problem, and netcheck says so.
+    let r = netcheck_relay(relay.url(), String::new()).await;
+    assert_eq!(r["status"], "unreachable", "{r}");
+    assert!(
+        r["error"]
+            .as_str()
+            .unwrap_or("")
+            .to_lowercase()
+            .contains("certificate"),
+        "{r}"
+    );
+    assert!(r["connect_ms"].is_u64(), "TCP itself worked: {r}");
 }

@@ -4,9 +4,10 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-/// Why a connection was refused; the `reason` label of `atmosphere_relay_refusals_total`.
+/// What kind of refusal ended a connection: the `reason` label of
+/// `atmosphere_relay_refusals_total`, and the close code sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
+pub enum RefusalKind {
     /// 4400: malformed mesh id, control message or path.
     BadRequest,
     /// 4401: signature or data-socket secret did not verify.
@@ -23,27 +24,27 @@ pub enum Refusal {
     TooMany,
 }
 
-impl Refusal {
-    const ALL: [Refusal; 7] = [
-        Refusal::BadRequest,
-        Refusal::BadSignature,
-        Refusal::MeshMismatch,
-        Refusal::HostOffline,
-        Refusal::Timeout,
-        Refusal::TooLarge,
-        Refusal::TooMany,
+impl RefusalKind {
+    const ALL: [RefusalKind; 7] = [
+        RefusalKind::BadRequest,
+        RefusalKind::BadSignature,
+        RefusalKind::MeshMismatch,
+        RefusalKind::HostOffline,
+        RefusalKind::Timeout,
+        RefusalKind::TooLarge,
+        RefusalKind::TooMany,
     ];
 
     /// Label value used in metrics and logs.
     pub fn as_str(self) -> &'static str {
         match self {
-            Refusal::BadRequest => "bad_request",
-            Refusal::BadSignature => "bad_signature",
-            Refusal::MeshMismatch => "mesh_mismatch",
-            Refusal::HostOffline => "host_offline",
-            Refusal::Timeout => "timeout",
-            Refusal::TooLarge => "too_large",
-            Refusal::TooMany => "too_many",
+            RefusalKind::BadRequest => "bad_request",
+            RefusalKind::BadSignature => "bad_signature",
+            RefusalKind::MeshMismatch => "mesh_mismatch",
+            RefusalKind::HostOffline => "host_offline",
+            RefusalKind::Timeout => "timeout",
+            RefusalKind::TooLarge => "too_large",
+            RefusalKind::TooMany => "too_many",
         }
     }
 
@@ -51,13 +52,13 @@ impl Refusal {
     pub fn close_code(self) -> u16 {
         use atmosphere_shared::relay_proto::close;
         match self {
-            Refusal::BadRequest => close::BAD_REQUEST,
-            Refusal::BadSignature => close::BAD_SIGNATURE,
-            Refusal::MeshMismatch => close::MESH_MISMATCH,
-            Refusal::HostOffline => close::HOST_OFFLINE,
-            Refusal::Timeout => close::TIMEOUT,
-            Refusal::TooLarge => close::TOO_LARGE,
-            Refusal::TooMany => close::TOO_MANY,
+            RefusalKind::BadRequest => close::BAD_REQUEST,
+            RefusalKind::BadSignature => close::BAD_SIGNATURE,
+            RefusalKind::MeshMismatch => close::MESH_MISMATCH,
+            RefusalKind::HostOffline => close::HOST_OFFLINE,
+            RefusalKind::Timeout => close::TIMEOUT,
+            RefusalKind::TooLarge => close::TOO_LARGE,
+            RefusalKind::TooMany => close::TOO_MANY,
         }
     }
 
@@ -123,7 +124,7 @@ pub struct Metrics {
 
 impl Metrics {
     /// Counts a refusal.
-    pub fn refused(&self, r: Refusal) {
+    pub fn refused(&self, r: RefusalKind) {
         self.refusals[r.index()].fetch_add(1, Relaxed);
     }
 
@@ -273,7 +274,7 @@ impl Metrics {
         }
         let _ = writeln!(s, "# HELP atmosphere_relay_refusals_total Refused or failed connections by reason (close code).");
         let _ = writeln!(s, "# TYPE atmosphere_relay_refusals_total counter");
-        for r in Refusal::ALL {
+        for r in RefusalKind::ALL {
             let _ = writeln!(
                 s,
                 "atmosphere_relay_refusals_total{{reason=\"{}\",code=\"{}\"}} {}",
@@ -311,7 +312,7 @@ mod tests {
             assert_eq!(m.connections(), 1);
         }
         assert_eq!(m.connections(), 0);
-        m.refused(Refusal::TooMany);
+        m.refused(RefusalKind::TooMany);
         m.forwarded(Direction::HostToClient, 10);
         let t = m.render(2, 5);
         assert!(

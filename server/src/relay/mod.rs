@@ -1,17 +1,24 @@
-//! The relay: `atmosphere relay` (a dumb, fast WebSocket splice for hosts and members that
-//! are both behind NAT) and the host's control link to it ([`host_link`]).
+//! The relay server, `atmosphere relay`: a dumb, fast WebSocket splice for hosts and members
+//! that are both behind NAT. The host's side of the link is `serve::relay_link`.
 //!
-//! - [`server`]: routes, registry, accept loop (plain or TLS);
-//! - [`splice`]: the frame pipe between a member and its host's data socket;
+//! - this file: the flags ([`Args`]) and [`run`];
+//! - [`server`]: the shared state ([`server::Relay`]), routes, accept loop (plain or TLS) and
+//!   the one way a handler refuses a connection;
+//! - `registry`: which host holds each mesh and which members wait for their host;
+//! - `control`: a host's control socket (challenge → register → session notices);
+//! - `member`: a member's socket and the host's data socket for it;
+//! - [`splice`]: the frame pipe between the two;
 //! - [`metrics`]: counters for `/metrics` and `/health`;
-//! - [`tls`]: rustls server config and the client connector (`ATMOSPHERE_RELAY_CA`);
-//! - [`host_link`]: the host side (`serve --relay-url`).
+//! - [`tls`]: rustls server config, and the client connector every `wss://` dial uses
+//!   (`ATMOSPHERE_RELAY_CA`).
 //!
-//! The control protocol and the close codes live in `atmosphere_shared::relay_proto`;
-//! deployment notes are in `docs/RELAY.md`.
+//! The control protocol, its registration handshake and the close codes live in
+//! `atmosphere_shared::relay_proto`; deployment notes are in `docs/RELAY.md`.
 
-pub mod host_link;
+mod control;
+mod member;
 pub mod metrics;
+mod registry;
 pub mod server;
 pub mod splice;
 pub mod tls;

@@ -8,7 +8,7 @@
 //! are; a close frame is forwarded with its code and reason, and then both sockets are
 //! closed. If one side vanishes (EOF, reset) the other is closed at once with 1001.
 
-use super::metrics::{Direction, Metrics, Refusal};
+use super::metrics::{Direction, Metrics, RefusalKind};
 use super::server::is_too_large;
 use atmosphere_shared::relay_proto::close;
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
@@ -117,7 +117,7 @@ pub async fn splice(
         End::Client(e) => finish(e, &mut c_tx, &mut h_tx, &too_large, metrics).await,
         End::Host(e) => finish(e, &mut h_tx, &mut c_tx, &too_large, metrics).await,
         End::Idle => {
-            metrics.refused(Refusal::Timeout);
+            metrics.refused(RefusalKind::Timeout);
             tracing::info!(
                 code = close::TIMEOUT,
                 "relayed session idle, closing both sides"
@@ -165,7 +165,7 @@ async fn finish(
             "peer gone"
         }
         PumpEnd::TooLarge => {
-            metrics.refused(Refusal::TooLarge);
+            metrics.refused(RefusalKind::TooLarge);
             tracing::info!(
                 code = close::TOO_LARGE,
                 reason = "too_large",

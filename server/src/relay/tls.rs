@@ -1,8 +1,8 @@
 //! TLS for the relay (rustls with the `ring` provider): the server side loads a PEM
 //! certificate chain and key so `wss://` works without a reverse proxy; the client side
-//! (host link, and any native client dialing `wss://`) trusts the Mozilla roots
-//! (webpki-roots, compiled in) plus extra roots named by `ATMOSPHERE_RELAY_CA`, which is how
-//! a self-signed or private-CA relay is trusted.
+//! (every `wss://` dial, see `crate::dial`) trusts the Mozilla roots (webpki-roots, compiled
+//! in) plus extra roots named by `ATMOSPHERE_RELAY_CA`, which is how a self-signed or
+//! private-CA relay is trusted.
 
 use anyhow::{anyhow, Context, Result};
 use std::path::Path;

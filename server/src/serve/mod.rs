@@ -6,17 +6,17 @@
 //! - the web UI with an SPA fallback ([`web`]).
 //!
 //! Around it: SQLite persistence ([`crate::store`]), background network discovery
-//! ([`crate::discovery`]) and, with `--relay-url`, the control link to a relay whose
-//! relayed sessions enter the same session handler as direct ones.
+//! ([`crate::discovery`]) and, with `--relay-url`, the host's link to its relay
+//! ([`relay_link`]), whose relayed sessions enter the same session handler as direct ones.
 
 pub mod api;
 pub mod auth;
 pub mod metrics;
+pub mod relay_link;
 pub mod web;
 
 use crate::discovery::{Discovery, DiscoveryConfig};
 use crate::limits::PerIpLimiter;
-use crate::relay::host_link::{HostLink, HostLinkConfig, OnSession};
 use crate::session::{Hub, SessionConfig, Source};
 use crate::store::{self, Store};
 use crate::ws::FrameSocket;
@@ -31,6 +31,7 @@ use axum::response::Response;
 use axum::routing::{any, delete, get, post};
 use axum::Router;
 use metrics::Metrics;
+use relay_link::{HostLink, HostLinkConfig, OnSession};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -3,20 +3,19 @@
 //! built on the real `HostLink` whose relayed sockets the test receives on a channel.
 #![allow(dead_code)]
 
-use atmosphere_server::relay::host_link::{DataSocket, HostLink, HostLinkConfig, OnSession};
+use atmosphere_server::dial::ClientSocket;
+use atmosphere_server::serve::relay_link::{HostLink, HostLinkConfig, OnSession};
 use atmosphere_shared::api::RelayState;
 use atmosphere_shared::mesh_id::mesh_id_from_public_key;
-use atmosphere_shared::relay_proto::{
-    b64_decode, b64_encode, registration_message, HostMsg, RelayMsg,
-};
-use ed25519_dalek::{Signer, SigningKey};
+use atmosphere_shared::relay_proto::{self, HostMsg, RelayMsg};
+use ed25519_dalek::SigningKey;
 use futures_util::{SinkExt, StreamExt};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
-pub type Ws = DataSocket;
+pub type Ws = ClientSocket;
 
 /// A fresh random mesh key.
 pub fn new_key() -> SigningKey {
@@ -97,8 +96,9 @@ pub async fn send_json<T: serde::Serialize>(ws: &mut Ws, v: &T) {
         .unwrap();
 }
 
-/// A raw registration of `signer`'s key for `mesh_id`, signed correctly over the relay's
-/// fresh challenge. Returns the socket and the (nonce, signature) it used.
+/// A raw registration of `signer`'s key for `mesh_id`, signed with the shared
+/// `relay_proto::sign` over the relay's fresh challenge (so a test can play a squatter with
+/// the wrong key). Returns the socket and the (nonce, signature) it used.
 pub async fn register_raw(
     relay_url: &str,
     mesh_id: &str,
@@ -108,18 +108,11 @@ pub async fn register_raw(
     let RelayMsg::Challenge { nonce } = next_relay_msg(&mut ws).await else {
         panic!("expected a challenge")
     };
-    let nonce = b64_decode(&nonce).unwrap();
-    let sig = b64_encode(
-        &signer
-            .sign(&registration_message(mesh_id, &nonce))
-            .to_bytes(),
-    );
-    let reg = HostMsg::Register {
-        public_key: b64_encode(&signer.verifying_key().to_bytes()),
-        signature: sig.clone(),
-    };
+    let nonce = relay_proto::decode_nonce(&nonce).expect("a well-formed challenge");
+    let reg = relay_proto::sign(signer, mesh_id, &nonce);
     send_json(&mut ws, &reg).await;
-    (ws, nonce, sig)
+    let HostMsg::Register { signature, .. } = reg;
+    (ws, nonce, signature)
 }
 
 /// Registers `key` for its own mesh and asserts the relay accepted it.

@@ -1,10 +1,11 @@
-//! The host's control link to a relay (`serve --relay-url`): keeps `/mesh/{mesh_id}/host`
-//! up, proves the mesh key, and dials a data socket for every relayed member.
+//! The host's link to its relay (`serve --relay-url`): keeps `/mesh/{mesh_id}/host` up,
+//! proves the mesh key, and dials a data socket for every relayed member. The relay server
+//! itself is [`crate::relay`].
 //!
-//! Life of the link: dial the control socket → answer the relay's challenge with an Ed25519
-//! signature over `relay_proto::registration_message` → `registered` → wait for `session`
-//! notices, pinging every [`PING_EVERY`] so the relay's idle timeout never fires and a dead
-//! relay is noticed within [`SILENCE_LIMIT`]. Any failure (refused, reset, relay restarted)
+//! Life of the link: dial the control socket → answer the relay's challenge with
+//! `relay_proto::sign` → `registered` → wait for `session` notices, pinging every
+//! [`PING_EVERY`] so the relay's idle timeout never fires and a dead relay is noticed
+//! within [`SILENCE_LIMIT`]. Any failure (refused, reset, relay restarted)
 //! leads to a retry after a capped exponential backoff with jitter (250 ms doubling to
 //! 30 s; reset once a connection has stayed up for a while), and the state that
 //! `/api/network` shows says why.
@@ -13,31 +14,22 @@
 //! with `Authorization: Bearer <secret>` and hands the resulting WebSocket to `on_session`,
 //! i.e. the same mesh-session handler direct sockets use.
 
-use super::tls;
+use crate::dial::{dial, ClientSocket, DialOptions};
 use atmosphere_shared::api::RelayState;
 use atmosphere_shared::mesh_id::mesh_id_from_public_key;
-use atmosphere_shared::relay_proto::{
-    b64_decode, b64_encode, registration_message, HostMsg, RelayMsg, MAX_CONTROL_FRAME_BYTES,
-};
-use ed25519_dalek::Signer;
+use atmosphere_shared::relay_proto::{self, RelayMsg, MAX_CONTROL_FRAME_BYTES};
 use futures_util::{SinkExt, StreamExt};
 use rand::Rng;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
-/// A relayed member's socket as the host sees it: an ordinary WebSocket to the relay that
-/// the relay splices to the member. `serve` hands it to the same session handler as direct
-/// sockets.
-pub type DataSocket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-/// Called for every new relayed session with its data socket and a description of the
-/// member's address as the relay reported it (for logs).
-pub type OnSession = Arc<dyn Fn(DataSocket, String) + Send + Sync>;
+/// Called for every new relayed session with its data socket (an ordinary WebSocket to the
+/// relay, which splices it to the member; `serve` hands it to the same session handler as
+/// direct sockets) and the member's address as the relay reported it (for logs).
+pub type OnSession = Arc<dyn Fn(ClientSocket, String) + Send + Sync>;
 
 /// Configuration of the host link.
 pub struct HostLinkConfig {
@@ -178,43 +170,58 @@ impl Link {
 
     /// One connection: dial, register, serve session notices. Returns why it ended.
     async fn connect_once(&self, registered_at: &mut Option<Instant>) -> String {
-        let url = format!("{}/mesh/{}/host", self.base, self.mesh_id);
-        let cfg = WebSocketConfig::default()
-            .max_frame_size(Some(MAX_CONTROL_FRAME_BYTES))
-            .max_message_size(Some(MAX_CONTROL_FRAME_BYTES));
-        let mut ws = match dial(&url, None, cfg).await {
+        let mut ws = match self.dial_control().await {
             Ok(ws) => ws,
             Err(e) => return e,
         };
-        // Challenge → register → registered, each step under a deadline.
-        let nonce = match next_control(&mut ws).await {
-            Ok(RelayMsg::Challenge { nonce }) => match b64_decode(&nonce) {
-                Some(n) if !n.is_empty() && n.len() <= 1024 => n,
-                _ => return "relay sent a malformed challenge".into(),
-            },
-            Ok(other) => return format!("relay sent {other:?} instead of a challenge"),
-            Err(e) => return e,
-        };
-        let sig = self.key.sign(&registration_message(&self.mesh_id, &nonce));
-        let reg = HostMsg::Register {
-            public_key: b64_encode(&self.key.verifying_key().to_bytes()),
-            signature: b64_encode(&sig.to_bytes()),
-        };
-        let reg = serde_json::to_string(&reg).unwrap_or_default();
-        if let Err(e) = ws.send(Message::Text(reg.into())).await {
-            return format!("control link lost while registering: {e}");
-        }
-        match next_control(&mut ws).await {
-            Ok(RelayMsg::Registered { .. }) => {}
-            Ok(other) => return format!("relay sent {other:?} instead of registered"),
-            Err(e) => return e,
+        if let Err(e) = self.register(&mut ws).await {
+            return e;
         }
         *registered_at = Some(Instant::now());
         tracing::info!(relay = %self.base, mesh = %self.mesh_id, "registered with the relay");
         self.set(RelayState::Connected {
             url: self.base.clone(),
         });
+        self.serve_notices(ws).await
+    }
 
+    /// Opens the control socket `/mesh/{mesh_id}/host`.
+    async fn dial_control(&self) -> Result<ClientSocket, String> {
+        let url = format!("{}/mesh/{}/host", self.base, self.mesh_id);
+        let options = DialOptions {
+            bearer: None,
+            config: WebSocketConfig::default()
+                .max_frame_size(Some(MAX_CONTROL_FRAME_BYTES))
+                .max_message_size(Some(MAX_CONTROL_FRAME_BYTES)),
+            deadline: STEP_TIMEOUT,
+        };
+        dial(&url, &options)
+            .await
+            .map(|d| d.socket)
+            .map_err(|e| format!("cannot connect to {url}: {e}"))
+    }
+
+    /// Challenge → register → registered, each read under [`STEP_TIMEOUT`].
+    async fn register(&self, ws: &mut ClientSocket) -> Result<(), String> {
+        let nonce = match next_control(ws).await? {
+            RelayMsg::Challenge { nonce } => relay_proto::decode_nonce(&nonce)
+                .ok_or_else(|| "relay sent a malformed challenge".to_string())?,
+            other => return Err(format!("relay sent {other:?} instead of a challenge")),
+        };
+        let register = relay_proto::sign(&self.key, &self.mesh_id, &nonce);
+        let register = serde_json::to_string(&register).unwrap_or_default();
+        ws.send(Message::Text(register.into()))
+            .await
+            .map_err(|e| format!("control link lost while registering: {e}"))?;
+        match next_control(ws).await? {
+            RelayMsg::Registered { .. } => Ok(()),
+            other => Err(format!("relay sent {other:?} instead of registered")),
+        }
+    }
+
+    /// Serves `session` notices until the link ends, keeping it alive with pings and
+    /// noticing a silent relay. Returns why it ended.
+    async fn serve_notices(&self, mut ws: ClientSocket) -> String {
         let mut ping = tokio::time::interval_at(Instant::now() + PING_EVERY, PING_EVERY);
         let mut last_frame = Instant::now();
         loop {
@@ -263,17 +270,21 @@ impl Link {
         let on_session = self.on_session.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let cfg = WebSocketConfig::default()
-                .read_buffer_size(crate::ws::SOCKET_READ_BUFFER)
-                .max_frame_size(Some(DATA_MAX_BYTES))
-                .max_message_size(Some(DATA_MAX_BYTES));
-            match dial(&url, Some(&secret), cfg).await {
-                Ok(ws) => {
+            let options = DialOptions {
+                bearer: Some(&secret),
+                config: WebSocketConfig::default()
+                    .read_buffer_size(crate::ws::SOCKET_READ_BUFFER)
+                    .max_frame_size(Some(DATA_MAX_BYTES))
+                    .max_message_size(Some(DATA_MAX_BYTES)),
+                deadline: STEP_TIMEOUT,
+            };
+            match dial(&url, &options).await {
+                Ok(d) => {
                     tracing::debug!(%remote, session = %session_id, "relayed session accepted");
-                    on_session(ws, remote);
+                    on_session(d.socket, remote);
                 }
                 Err(e) => {
-                    tracing::warn!(%remote, session = %session_id, "could not open the relayed session: {e}")
+                    tracing::warn!(%remote, session = %session_id, "could not open the relayed session: cannot connect to {url}: {e}")
                 }
             }
         });
@@ -291,7 +302,7 @@ fn describe_close(
 }
 
 /// Reads the next control message (skipping pings), under [`STEP_TIMEOUT`].
-async fn next_control(ws: &mut DataSocket) -> Result<RelayMsg, String> {
+async fn next_control(ws: &mut ClientSocket) -> Result<RelayMsg, String> {
     let deadline = Instant::now() + STEP_TIMEOUT;
     loop {
         let frame = tokio::time::timeout_at(deadline, ws.next())
@@ -310,44 +321,6 @@ async fn next_control(ws: &mut DataSocket) -> Result<RelayMsg, String> {
             None => return Err("control link closed by the relay".into()),
         }
     }
-}
-
-/// Dials a relay WebSocket (`ws://` or `wss://` with [`tls::connector`]), optionally with a
-/// bearer secret, under [`STEP_TIMEOUT`].
-async fn dial(url: &str, bearer: Option<&str>, cfg: WebSocketConfig) -> Result<DataSocket, String> {
-    let mut req = url
-        .into_client_request()
-        .map_err(|e| format!("bad relay URL {url}: {e}"))?;
-    if let Some(secret) = bearer {
-        let v = format!("Bearer {secret}")
-            .parse()
-            .map_err(|_| "relay sent a session secret that is not a valid header".to_string())?;
-        req.headers_mut().insert(http_auth(), v);
-    }
-    let connector = if url.starts_with("wss://") {
-        Some(tls::connector().map_err(|e| format!("{e:#}"))?)
-    } else if url.starts_with("ws://") {
-        None
-    } else {
-        return Err(format!("relay URL must start with ws:// or wss://: {url}"));
-    };
-    match tokio::time::timeout(
-        STEP_TIMEOUT,
-        tokio_tungstenite::connect_async_tls_with_config(req, Some(cfg), true, connector),
-    )
-    .await
-    {
-        Err(_) => Err(format!(
-            "connecting to {url} timed out after {} s",
-            STEP_TIMEOUT.as_secs()
-        )),
-        Ok(Err(e)) => Err(format!("cannot connect to {url}: {e}")),
-        Ok(Ok((ws, _))) => Ok(ws),
-    }
-}
-
-fn http_auth() -> tokio_tungstenite::tungstenite::http::HeaderName {
-    tokio_tungstenite::tungstenite::http::header::AUTHORIZATION
 }
 
 #[cfg(test)]
