@@ -536,10 +536,10 @@ fn check_relay_vector(body: &str) -> Result<usize, String> {
     if signature.len() != 64 {
         return Err("signature_b64 is not 64 bytes".into());
     }
-    // `shared` has no Ed25519 code yet, so the signature itself (made with the key whose
-    // seed is `secret_seed_hex`) is not verified here. ADD that check when the relay's
+    // `shared` has no Ed25519 code yet, so the signature itself (made with the secret key
+    // `secret_key_hex`) is not verified here. ADD that check when the relay's
     // sign/verify move into `relay_proto`.
-    let _seed = hex(field("secret_seed_hex")?)?;
+    let _secret_key = hex(field("secret_key_hex")?)?;
     Ok(1)
 }
 
