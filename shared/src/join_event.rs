@@ -1,7 +1,8 @@
 //! Every JSON line `atmosphere join --json` prints, as one type.
 //!
-//! Each line is one [`JoinEvent`] object, tagged by `"event"`, with `event` first and the
-//! other keys in the order below (scripts may rely on neither, but people read these):
+//! Each line is one [`JoinEvent`] object, tagged by `"event"`. `event` comes first and the
+//! other keys follow in the order below, so the lines read well; scripts should still look
+//! keys up by name.
 //!
 //! | `event` | keys | when |
 //! | --- | --- | --- |

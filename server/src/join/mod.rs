@@ -3,17 +3,18 @@
 //!
 //! The policy (which path to try when, deadlines, who wins, when to give up) lives in the
 //! sans-IO [`Race`](atmosphere_shared::racing::Race), the join frame in
-//! [`JoinCredential`], every `--json` line in [`JoinEvent`](atmosphere_shared::join_event::JoinEvent)
-//! and the retry delays in [`Backoff`](atmosphere_shared::backoff::Backoff); this module
-//! only does I/O. Its files, one role each:
+//! [`JoinCredential`], every `--json` line in
+//! [`JoinEvent`](atmosphere_shared::join_event::JoinEvent) and the retry delays in
+//! [`Backoff`](atmosphere_shared::backoff::Backoff); this module only does I/O. Its files,
+//! one role each:
 //!
 //! - this file: the flags and [`run`], which checks them and calls the steps below;
-//! - [`race`]: drives the shared race with real sockets, and re-runs it after a lost session;
-//! - [`attempt`]: one attempt's socket: connect, send `join`, wait for the host's verdict;
-//! - [`live_session`]: the session after the race is won (presence, messages, stdin);
-//! - [`stdin`]: lines typed on stdin, one message each;
-//! - [`output`]: everything printed, as JSON lines or as a readable log;
-//! - [`device_file`]: the credential file of `--device-file`.
+//! - `race`: drives the shared race with real sockets, and re-runs it after a lost session;
+//! - `attempt`: one attempt's socket: connect, send `join`, wait for the host's verdict;
+//! - `live_session`: the session after the race is won (presence, messages, stdin);
+//! - `stdin`: lines typed on stdin, one message each;
+//! - `output`: everything printed, as JSON lines or as a readable log;
+//! - `device_file`: the credential file of `--device-file`.
 //!
 //! After the race is won the command either leaves (`--once`) or stays in the mesh: it
 //! prints presence and messages and sends each line typed on stdin as a broadcast.
