@@ -4,20 +4,20 @@
 //! Also the words for socket failures ([`stream_reason`]) the live session reuses, and
 //! [`close`], the polite close both use.
 
+use crate::dial::{dial, ClientSocket, DialError, DialOptions};
 use atmosphere_shared::racing::{AttemptId, FailReason};
 use atmosphere_shared::wire::{ErrorCode, Joined, ServerMsg, MAX_FRAME_BYTES};
 use futures_util::{SinkExt, StreamExt};
 use std::time::Duration;
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::{self, protocol::WebSocketConfig, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::WebSocketStream;
 
 /// How long a clean close may take before we just drop the socket.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// A mesh WebSocket to the host (directly or through a relay).
-pub(super) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+pub(super) type Ws = ClientSocket;
 
 /// What an attempt task reports back to the race driver.
 pub(super) enum Report {
@@ -42,7 +42,7 @@ pub(super) async fn run(
     safety: Duration,
     tx: mpsc::Sender<Report>,
 ) {
-    let report = match tokio::time::timeout(safety, join_over(&url, frame)).await {
+    let report = match tokio::time::timeout(safety, join_over(&url, frame, safety)).await {
         Ok(Ok((joined, ws))) => Report::Joined {
             id,
             joined: Box::new(joined),
@@ -60,35 +60,33 @@ pub(super) async fn run(
 }
 
 /// Connect, send `join`, wait for `joined`.
-async fn join_over(url: &str, frame: String) -> Result<(Joined, Ws), FailReason> {
-    let mut ws = connect(url).await?;
+async fn join_over(
+    url: &str,
+    frame: String,
+    deadline: Duration,
+) -> Result<(Joined, Ws), FailReason> {
+    let mut ws = connect(url, deadline).await?;
     ws.send(Message::text(frame)).await.map_err(stream_reason)?;
     let joined = await_joined(&mut ws).await?;
     Ok((joined, ws))
 }
 
-/// The connect step: TCP, TLS for `wss://`, and the WebSocket handshake, with the mesh
-/// frame limits. `wss://` trusts the Mozilla roots plus `ATMOSPHERE_RELAY_CA` (a
-/// self-signed relay), the same trust the host uses for its relay link.
-async fn connect(url: &str) -> Result<Ws, FailReason> {
-    let connector = if url
-        .get(..6)
-        .is_some_and(|s| s.eq_ignore_ascii_case("wss://"))
-    {
-        let c = crate::relay::tls::connector()
-            .map_err(|e| FailReason::Connect(format!("TLS setup: {e:#}")))?;
-        Some(c)
-    } else {
-        None
-    };
+/// The connect step: [`dial`] (TCP, TLS for `wss://` with the relay trust, the WebSocket
+/// handshake) with the mesh frame limits. The attempt's own deadline is the race's, so the
+/// dial gets the safety backstop as its deadline.
+async fn connect(url: &str, deadline: Duration) -> Result<Ws, FailReason> {
     let config = WebSocketConfig::default()
         .max_message_size(Some(MAX_FRAME_BYTES))
         .max_frame_size(Some(MAX_FRAME_BYTES));
-    let (ws, _resp) =
-        tokio_tungstenite::connect_async_tls_with_config(url, Some(config), true, connector)
-            .await
-            .map_err(connect_reason)?;
-    Ok(ws)
+    let options = DialOptions {
+        bearer: None,
+        config,
+        deadline,
+    };
+    dial(url, &options)
+        .await
+        .map(|d| d.socket)
+        .map_err(connect_reason)
 }
 
 /// Reads frames until the host's verdict: `joined` (success), an `error` frame (its code
@@ -171,10 +169,12 @@ fn io_reason(e: &std::io::Error) -> String {
 }
 
 /// Why connecting or the WebSocket handshake failed, in words a person can act on.
-fn connect_reason(e: tungstenite::Error) -> FailReason {
+fn connect_reason(e: DialError) -> FailReason {
     match e {
-        tungstenite::Error::Io(io) => FailReason::Connect(io_reason(&io)),
-        tungstenite::Error::Http(resp) => {
+        DialError::Handshake {
+            source: tungstenite::Error::Http(resp),
+            ..
+        } => {
             // A relay (or host) may refuse the upgrade with a JSON error body naming a code.
             let body = resp.body().as_deref().unwrap_or_default();
             if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) {
@@ -186,8 +186,13 @@ fn connect_reason(e: tungstenite::Error) -> FailReason {
             }
             FailReason::Connect(format!("HTTP {} instead of a WebSocket", resp.status()))
         }
-        tungstenite::Error::Url(u) => FailReason::Connect(format!("bad URL: {u}")),
-        other => FailReason::Connect(other.to_string()),
+        DialError::Timeout { deadline, .. } => FailReason::Timeout {
+            after_ms: u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX),
+        },
+        other => match other.io_error() {
+            Some(io) => FailReason::Connect(io_reason(io)),
+            None => FailReason::Connect(other.to_string()),
+        },
     }
 }
 

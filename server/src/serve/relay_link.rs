@@ -16,6 +16,7 @@
 
 use crate::dial::{dial, ClientSocket, DialOptions};
 use atmosphere_shared::api::RelayState;
+use atmosphere_shared::backoff::Backoff;
 use atmosphere_shared::mesh_id::mesh_id_from_public_key;
 use atmosphere_shared::relay_proto::{self, RelayMsg, MAX_CONTROL_FRAME_BYTES};
 use futures_util::{SinkExt, StreamExt};
@@ -131,11 +132,7 @@ struct Link {
 /// then "equal jitter" (a uniform pick in [d/2, d]) so many hosts restarted by one relay
 /// outage do not reconnect in lockstep.
 fn backoff(attempt: u32) -> Duration {
-    let d = BACKOFF_START
-        .saturating_mul(1u32 << attempt.min(16))
-        .min(BACKOFF_MAX);
-    let half = d / 2;
-    half + rand::thread_rng().gen_range(Duration::ZERO..=half)
+    Backoff::new(BACKOFF_START, BACKOFF_MAX).delay(attempt, rand::thread_rng().gen::<f64>())
 }
 
 impl Link {
