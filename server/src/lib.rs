@@ -2,29 +2,46 @@
 //!
 //! The native side of Atmosphere, shipped as one binary, `atmosphere`:
 //!
+//! - [`cli`]: the command line (`serve`, `relay`, `token`, `join`, `invite inspect`,
+//!   `netcheck`) and logging setup;
 //! - [`serve`]: the host (axum): web UI, invite API, admin auth, mesh WebSocket;
-//! - [`session`]: the mesh-session handler every member socket (direct or relayed) goes through;
+//! - [`session`]: one member session, direct or relayed: the handshake and the live loop;
+//! - [`hub`]: the mesh's live state: presence table, fan-out to members, kicks, the event
+//!   feed of `/api/events`;
+//! - [`host_metrics`]: the host's counters behind `GET /metrics`;
+//! - [`limits`]: per-source limits: live connections per IP (host and relay) and the join
+//!   rate limit on failed credentials;
 //! - [`store`]: SQLite persistence (mesh identity, invites, devices);
+//! - [`data_dir`]: where the data dir is, its file names, private (0700/0600) files;
+//! - [`secret`]: random ids and secrets, SHA-256 of secrets, constant-time comparison;
+//! - [`clock`]: Unix seconds and RFC 3339 text;
 //! - [`discovery`]: background network discovery (local IPs, STUN, NAT/CGNAT flags);
 //! - [`relay`]: the relay server (`atmosphere relay`); the host's link to it is
 //!   [`serve::relay_link`];
 //! - [`dial`]: the one way to open a client `ws://`/`wss://` socket (host link, `join`,
 //!   `netcheck`), trusting `ATMOSPHERE_RELAY_CA`;
-//! - CLI shells: [`join`], [`token_cmd`], [`inspect`], [`netcheck`], dispatched by [`cli`];
-//! - shared plumbing: [`http`] (the accept loop with header deadlines and optional TLS),
-//!   [`limits`] (per-IP connection caps), [`ws`] (one socket shape for the session handler).
+//! - [`http`]: the HTTP/1 accept loop (plain or TLS, header deadline) under the host and the
+//!   relay;
+//! - [`ws`]: one WebSocket frame type over axum's and tungstenite's sockets, and the close
+//!   codes;
+//! - CLI shells: [`join`], [`token_cmd`], [`inspect`], [`netcheck`], dispatched by [`cli`].
 //!
 //! Protocol, link and policy logic live in `atmosphere-shared`; this crate is the I/O shell.
 
 pub mod cli;
+pub mod clock;
+pub mod data_dir;
 pub mod dial;
 pub mod discovery;
+pub mod host_metrics;
 pub mod http;
+pub mod hub;
 pub mod inspect;
 pub mod join;
 pub mod limits;
 pub mod netcheck;
 pub mod relay;
+pub mod secret;
 pub mod serve;
 pub mod session;
 pub mod store;

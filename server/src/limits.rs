@@ -1,11 +1,17 @@
-//! Per-source-IP connection caps, shared by the host's mesh WebSocket and the relay.
+//! Per-source limits of the host and the relay.
 //!
-//! A permit is taken when a socket is accepted and released when it is dropped, so the
-//! count is always the number of live sockets from that address and cannot leak.
+//! - [`PerIpLimiter`]: live connections per source IP, for the host's mesh WebSocket and the
+//!   relay. A permit is taken when a socket is accepted and released when it is dropped, so
+//!   the count is always the number of live sockets from that address and cannot leak.
+//! - [`JoinRateLimiter`]: failed credential attempts (bad token, unknown device) per source
+//!   within a sliding window; past the limit a source's joins are refused `rate_limited`
+//!   until its old failures age out. Sources are bucketed by [`rate_bucket`] (IPv6 by /64).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::time::Instant;
 
 /// Counts live connections per source IP and refuses past `max`.
 #[derive(Debug)]
@@ -56,11 +62,6 @@ impl PerIpLimiter {
             ip,
         })
     }
-
-    /// Live connections from `ip`.
-    pub fn live(&self, ip: IpAddr) -> usize {
-        self.counts().get(&ip).copied().unwrap_or(0)
-    }
 }
 
 impl Drop for IpPermit {
@@ -75,9 +76,159 @@ impl Drop for IpPermit {
     }
 }
 
+/// The rate-limit bucket of an address. One IPv6 subscriber usually holds a whole /64, so
+/// per-address buckets would let it guess tokens from 2^64 "different" sources. An
+/// IPv4-mapped IPv6 address is its IPv4 address.
+pub fn rate_bucket(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let s = v6.segments();
+                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        },
+    }
+}
+
+/// Sources tracked before stale ones are swept out.
+const RATE_SWEEP_ABOVE: usize = 4096;
+/// Sweeps happen at most this often, so a flood of distinct sources costs one full scan
+/// per interval rather than one per failed join.
+const RATE_SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// Per-source sliding window of failed credential attempts: a source with `limit` failures
+/// within `window` is blocked until the oldest of them is `window` old.
+///
+/// Memory stays bounded under a distributed attack: above [`RATE_SWEEP_ABOVE`] sources, a
+/// failure (at most once per [`RATE_SWEEP_EVERY`]) forgets every source without a failure
+/// in the window.
+#[derive(Debug)]
+pub struct JoinRateLimiter {
+    limit: usize,
+    window: Duration,
+    log: Mutex<FailureLog>,
+}
+
+/// The failures per source and when stale sources were last swept out.
+#[derive(Debug, Default)]
+struct FailureLog {
+    failures: HashMap<String, VecDeque<Instant>>,
+    last_sweep: Option<Instant>,
+}
+
+impl JoinRateLimiter {
+    /// Blocks a source after `limit` failures within `window`.
+    pub fn new(limit: usize, window: Duration) -> JoinRateLimiter {
+        JoinRateLimiter {
+            limit,
+            window,
+            log: Mutex::new(FailureLog::default()),
+        }
+    }
+
+    fn log(&self) -> MutexGuard<'_, FailureLog> {
+        // Plain timestamps; a panic elsewhere cannot leave them inconsistent.
+        self.log.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn prune(q: &mut VecDeque<Instant>, now: Instant, window: Duration) {
+        while q.front().is_some_and(|t| now.duration_since(*t) >= window) {
+            q.pop_front();
+        }
+    }
+
+    /// Whether source `key` has used up its failures at `now`.
+    pub fn is_blocked(&self, key: &str, now: Instant) -> bool {
+        match self.log().failures.get_mut(key) {
+            Some(q) => {
+                Self::prune(q, now, self.window);
+                q.len() >= self.limit
+            }
+            None => false,
+        }
+    }
+
+    /// Records a failure of source `key` at `now`; returns true when this very failure
+    /// reached the limit (the source is blocked from now on), so the caller can say so
+    /// once.
+    pub fn record_failure(&self, key: &str, now: Instant) -> bool {
+        let window = self.window;
+        let mut log = self.log();
+        let sweep_due = log
+            .last_sweep
+            .is_none_or(|t| now.duration_since(t) >= RATE_SWEEP_EVERY);
+        if log.failures.len() > RATE_SWEEP_ABOVE && sweep_due {
+            log.last_sweep = Some(now);
+            log.failures.retain(|_, q| {
+                Self::prune(q, now, window);
+                !q.is_empty()
+            });
+        }
+        let q = log.failures.entry(key.to_string()).or_default();
+        Self::prune(q, now, window);
+        q.push_back(now);
+        q.len() == self.limit
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn join_rate_limiter_blocks_after_limit_and_forgets_after_window() {
+        let w = Duration::from_secs(60);
+        let rl = JoinRateLimiter::new(3, w);
+        let t0 = Instant::now();
+        for i in 1..=3 {
+            assert_eq!(rl.record_failure("a", t0), i == 3, "failure {i}");
+        }
+        assert!(rl.is_blocked("a", t0));
+        assert!(!rl.is_blocked("b", t0));
+        assert!(!rl.is_blocked("a", t0 + w));
+    }
+
+    #[test]
+    fn join_rate_limiter_sweeps_stale_sources_at_most_once_a_second() {
+        let w = Duration::from_secs(60);
+        let rl = JoinRateLimiter::new(10, w);
+        let sources = || rl.log().failures.len();
+        let t0 = Instant::now();
+        for i in 0..=RATE_SWEEP_ABOVE {
+            rl.record_failure(&format!("old{i}"), t0);
+        }
+        // A window later the old sources are stale: the next failure sweeps them out.
+        let t1 = t0 + w;
+        rl.record_failure("new0", t1);
+        assert_eq!(sources(), 1, "stale sources were not swept");
+        // Refill past the threshold within the same second: no second scan yet.
+        for i in 0..=RATE_SWEEP_ABOVE {
+            rl.record_failure(&format!("burst{i}"), t1 - w);
+        }
+        let before = sources();
+        rl.record_failure("new1", t1 + Duration::from_millis(500));
+        assert_eq!(sources(), before + 1, "swept twice within a second");
+        rl.record_failure("new2", t1 + RATE_SWEEP_EVERY);
+        assert_eq!(sources(), 3, "the next due sweep keeps only live sources");
+    }
+
+    #[test]
+    fn one_ipv6_subscriber_is_one_bucket_however_many_addresses_it_uses() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(
+            rate_bucket(ip("2001:db8:0:1::7")),
+            rate_bucket(ip("2001:db8:0:1:ffff::9"))
+        );
+        assert_eq!(rate_bucket(ip("2001:db8:0:1::7")), "2001:db8:0:1::/64");
+        assert_ne!(
+            rate_bucket(ip("2001:db8:0:1::7")),
+            rate_bucket(ip("2001:db8:0:2::7"))
+        );
+        assert_eq!(rate_bucket(ip("192.0.2.7")), "192.0.2.7");
+        assert_eq!(rate_bucket(ip("::ffff:192.0.2.7")), "192.0.2.7");
+    }
 
     #[test]
     fn slots_are_limited_per_ip_and_released_on_drop() {
@@ -89,7 +240,7 @@ mod tests {
         assert!(l.try_acquire(ip).is_none());
         assert!(l.try_acquire(other).is_some(), "limits are per address");
         drop(a);
-        assert_eq!(l.live(ip), 1);
+        assert_eq!(l.counts().get(&ip), Some(&1));
         assert!(l.try_acquire(ip).is_some());
     }
 

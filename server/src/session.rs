@@ -1,41 +1,47 @@
-//! The mesh-session handler: every member socket — direct (axum) or relayed (the host's data
-//! socket to the relay) — goes through [`Hub::serve_member`]. One code path for all members.
+//! One member session of the mesh: its handshake and its live loop. Every member socket —
+//! direct (axum) or relayed (the host's data socket to the relay) — goes through
+//! [`Sessions::serve_member`]. One code path for all members.
 //!
-//! Lifecycle of a session:
-//! 1. **Handshake**: the first data frame must be a `join` within the handshake deadline
-//!    (default [`HANDSHAKE_TIMEOUT_MS`]), else `timeout` and close. A token join verifies the
-//!    invite and creates the device in one SQLite transaction and only then answers `joined`
-//!    (with the new `device_key`); a rejoin checks the device credential. Failed credential
-//!    attempts count against the source address; too many in a minute → `rate_limited`.
-//! 2. **Live**: the member is in the presence table; others get `peer_joined`; it receives
-//!    `joined` (with the peers online) and `peers`. `send` frames are relayed as `message`.
-//!    The host pings every `ping_interval`; with no frame at all for `idle_timeout` the
-//!    session is closed.
-//! 3. **End**: removed from presence, others get `peer_left`, `last_seen` is stored.
+//! The handshake, step by step (each a function below):
+//! 1. `read_join_frame`: the first data frame must arrive within the handshake deadline
+//!    (default [`HANDSHAKE_TIMEOUT_MS`]), else `timeout`; frames are limited to
+//!    [`MAX_FRAME_BYTES`], else `too_large`;
+//! 2. `parse_frame`: it must be a `join`, else `bad_request`;
+//! 3. `check_rate_limit`: a source with too many failed credentials in the last minute gets
+//!    `rate_limited` ([`crate::limits::JoinRateLimiter`]);
+//! 4. authenticate: a token join (`redeem_invite`) checks the token, then verifies the
+//!    invite and stores the new device in one SQLite transaction (`store_redemption`); a
+//!    rejoin (`authenticate_device`) checks the device credential. A wrong credential counts
+//!    against the source's rate limit;
+//! 5. `admit`: only now, after the database commit, the member enters the presence table
+//!    ([`crate::hub`]) and the others get `peer_joined`;
+//! 6. answer `joined` (with the new `device_key` after a token join, and the peers online),
+//!    then `peers`.
 //!
-//! A slow member never blocks the others: every member has a bounded outbound queue. A
-//! sender facing a full queue waits a short grace (flow control for bursts); a member whose
-//! queue stays full is dropped.
+//! Live: `send` frames are relayed as `message`; the host pings every `ping_interval`; with
+//! no frame at all for `idle_timeout` the session is closed. At the end the member leaves
+//! presence (the others get `peer_left`) and its `last_seen` is stored.
+//!
 //! Bad input (non-JSON, unknown type, binary, oversized frames) gets `bad_request` or
 //! `too_large` and a close; nothing a member sends can panic the host.
 
-use crate::serve::metrics::Metrics;
+use crate::clock::now_secs;
+use crate::host_metrics::HostMetrics;
+use crate::hub::{Hub, Kick, Membership};
+use crate::limits::{rate_bucket, JoinRateLimiter};
+use crate::secret::{constant_time_eq, random_b64, random_hex, sha256_hex};
 use crate::store::{self, NewDevice, RedeemError, Store};
 use crate::ws::{close_code, Frame, FrameSocket, RecvError};
+use atmosphere_shared::api::MeshEvent;
 use atmosphere_shared::path::PathKind;
 use atmosphere_shared::token::Token;
 use atmosphere_shared::wire::{
     ClientMsg, DeviceInfo, ErrorCode, Peer, ServerMsg, HANDSHAKE_TIMEOUT_MS, MAX_FRAME_BYTES,
 };
-use base64::Engine as _;
-use rand::RngCore;
-use serde::Serialize;
-use sha2::{Digest, Sha256};
-use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{broadcast, mpsc, Notify};
+use tokio::sync::mpsc;
 use tokio::time::{timeout, Instant};
 use tracing::{debug, info, warn};
 
@@ -52,13 +58,8 @@ pub struct SessionConfig {
     pub failure_limit: usize,
     /// Window of the join rate limit.
     pub failure_window: Duration,
-    /// Frames queued for one member before it is considered too slow and dropped.
-    pub outbound_queue: usize,
     /// Longest a single write to a member may take.
     pub write_timeout: Duration,
-    /// How long a sender waits for a recipient with a full queue before that recipient is
-    /// considered stalled and dropped.
-    pub slow_grace: Duration,
 }
 
 impl Default for SessionConfig {
@@ -69,9 +70,7 @@ impl Default for SessionConfig {
             idle_timeout: Duration::from_secs(60),
             failure_limit: 10,
             failure_window: Duration::from_secs(60),
-            outbound_queue: 256,
             write_timeout: Duration::from_secs(10),
-            slow_grace: Duration::from_secs(2),
         }
     }
 }
@@ -96,24 +95,9 @@ pub struct Source {
     pub rate_key: String,
 }
 
-/// The rate-limit bucket of an address. One IPv6 subscriber usually holds a whole /64, so
-/// per-address buckets would let it guess tokens from 2^64 "different" sources.
-fn rate_bucket(ip: std::net::IpAddr) -> String {
-    match ip {
-        std::net::IpAddr::V4(v4) => v4.to_string(),
-        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => v4.to_string(),
-            None => {
-                let s = v6.segments();
-                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
-            }
-        },
-    }
-}
-
 impl Source {
     /// A direct socket from `peer`.
-    pub fn direct(peer: std::net::SocketAddr) -> Source {
+    pub fn direct(peer: SocketAddr) -> Source {
         Source {
             transport: Transport::Direct,
             addr: peer.to_string(),
@@ -127,8 +111,8 @@ impl Source {
         // `[v6]:port` too. Splitting at the last ':' blindly would cut an IPv6 address and
         // put different members in one rate-limit bucket.
         let ip = member
-            .parse::<std::net::IpAddr>()
-            .or_else(|_| member.parse::<std::net::SocketAddr>().map(|a| a.ip()));
+            .parse::<IpAddr>()
+            .or_else(|_| member.parse::<SocketAddr>().map(|a| a.ip()));
         let host = match ip {
             Ok(ip) => rate_bucket(ip),
             Err(_) => member
@@ -143,216 +127,113 @@ impl Source {
             rate_key: format!("relay:{host}"),
         }
     }
-}
 
-/// Mesh changes pushed to the admin UI over `GET /api/events` (one JSON object per event,
-/// `"type"`-tagged):
-///
-/// - `{"type":"device_joined","device_id","name","platform","path","new_device":bool}`
-/// - `{"type":"device_left","device_id","reason"}`
-/// - `{"type":"invite_minted","invite_id"}`
-/// - `{"type":"invite_used","invite_id","device_id"}`
-/// - `{"type":"invite_revoked","invite_id"}`
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum MeshEvent {
-    DeviceJoined {
-        device_id: String,
-        name: String,
-        platform: String,
-        path: PathKind,
-        new_device: bool,
-    },
-    DeviceLeft {
-        device_id: String,
-        reason: String,
-    },
-    InviteMinted {
-        invite_id: String,
-    },
-    InviteUsed {
-        invite_id: String,
-        device_id: String,
-    },
-    InviteRevoked {
-        invite_id: String,
-    },
-}
-
-/// Asks a live session to end (slow consumer, replaced by a newer session).
-struct Kick {
-    notify: Notify,
-    reason: Mutex<Option<&'static str>>,
-}
-
-impl Kick {
-    fn reason(&self) -> String {
-        self.reason
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .unwrap_or("kicked")
-            .to_string()
-    }
-
-    fn kick(&self, reason: &'static str) {
-        *self.reason.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
-        self.notify.notify_one();
+    /// The path a member on this socket is on: what it reported for a direct socket (local
+    /// or public, only the client can tell), `relay` for a relayed one whatever it said.
+    fn path(&self, reported: PathKind) -> PathKind {
+        match self.transport {
+            Transport::Relay => PathKind::Relay,
+            Transport::Direct => reported,
+        }
     }
 }
 
-/// One online member.
-struct Member {
-    conn: u64,
-    peer: Peer,
-    tx: mpsc::Sender<Arc<str>>,
-    kick: Arc<Kick>,
+/// A frame that breaks the protocol: the error code and the sentence the member's client
+/// shows.
+struct ProtocolViolation {
+    code: ErrorCode,
+    message: String,
 }
 
-/// Sources tracked before stale ones are swept out.
-const RATE_SWEEP_ABOVE: usize = 4096;
-/// Sweeps happen at most this often, so a flood of distinct sources costs one full scan
-/// per interval rather than one per failed join.
-const RATE_SWEEP_EVERY: Duration = Duration::from_secs(1);
-
-/// Per-source sliding window of failed credential attempts.
-#[derive(Default)]
-struct RateLimiter {
-    failures: HashMap<String, VecDeque<Instant>>,
-    last_sweep: Option<Instant>,
-}
-
-impl RateLimiter {
-    fn prune(q: &mut VecDeque<Instant>, now: Instant, window: Duration) {
-        while q.front().is_some_and(|t| now.duration_since(*t) >= window) {
-            q.pop_front();
+impl ProtocolViolation {
+    fn new(code: ErrorCode, message: impl Into<String>) -> ProtocolViolation {
+        ProtocolViolation {
+            code,
+            message: message.into(),
         }
     }
 
-    fn is_blocked(&mut self, key: &str, now: Instant, limit: usize, window: Duration) -> bool {
-        match self.failures.get_mut(key) {
-            Some(q) => {
-                Self::prune(q, now, window);
-                q.len() >= limit
-            }
-            None => false,
-        }
-    }
-
-    /// Records a failure; returns the number of failures in the window.
-    fn record(&mut self, key: &str, now: Instant, window: Duration) -> usize {
-        let sweep_due = self
-            .last_sweep
-            .is_none_or(|t| now.duration_since(t) >= RATE_SWEEP_EVERY);
-        if self.failures.len() > RATE_SWEEP_ABOVE && sweep_due {
-            // Bound memory under a distributed attack: forget sources with no recent failure.
-            self.last_sweep = Some(now);
-            self.failures.retain(|_, q| {
-                Self::prune(q, now, window);
-                !q.is_empty()
-            });
-        }
-        let q = self.failures.entry(key.to_string()).or_default();
-        Self::prune(q, now, window);
-        q.push_back(now);
-        q.len()
+    /// A frame over [`MAX_FRAME_BYTES`] (cut off by the socket layer).
+    fn too_large() -> ProtocolViolation {
+        ProtocolViolation::new(
+            ErrorCode::TooLarge,
+            format!("frames are limited to {MAX_FRAME_BYTES} bytes"),
+        )
     }
 }
 
-/// A refusal during the handshake: sent as an `error` frame, logged, counted.
-struct Refusal {
+/// Why the handshake refuses a member: sent as an `error` frame, logged, counted.
+struct HandshakeRefusal {
     code: ErrorCode,
     message: String,
     /// Whether it counts as a failed credential attempt for the rate limit.
     credential_failure: bool,
 }
 
-impl Refusal {
-    fn new(code: ErrorCode, message: impl Into<String>) -> Refusal {
-        Refusal {
+impl HandshakeRefusal {
+    fn new(code: ErrorCode, message: impl Into<String>) -> HandshakeRefusal {
+        HandshakeRefusal {
             code,
             message: message.into(),
             credential_failure: false,
         }
     }
-    fn credential(code: ErrorCode, message: impl Into<String>) -> Refusal {
-        Refusal {
-            code,
-            message: message.into(),
+
+    /// A wrong token or device credential: counts against the source's rate limit.
+    fn credential(code: ErrorCode, message: impl Into<String>) -> HandshakeRefusal {
+        HandshakeRefusal {
             credential_failure: true,
+            ..HandshakeRefusal::new(code, message)
         }
+    }
+}
+
+impl From<ProtocolViolation> for HandshakeRefusal {
+    fn from(v: ProtocolViolation) -> HandshakeRefusal {
+        HandshakeRefusal::new(v.code, v.message)
     }
 }
 
 /// Result of a successful handshake.
 struct Admitted {
     peer: Peer,
+    /// The new device's key, after a token join (shown to the member once, in `joined`).
     device_key: Option<String>,
+    /// The invite used, after a token join.
     invite_id: Option<String>,
 }
 
-/// The mesh's live state: presence table, rate limiter, event feed. Shared by all sessions.
-pub struct Hub {
-    /// The mesh id (derived from the mesh key).
-    pub mesh_id: String,
-    /// The mesh's display name.
-    pub mesh_name: String,
+/// What every member session of the host shares: the mesh identity, the store, the hub,
+/// the join rate limit, the tunables and the counters.
+pub struct Sessions {
+    mesh_id: String,
+    mesh_name: String,
     store: Store,
+    hub: Arc<Hub>,
+    join_limiter: JoinRateLimiter,
     cfg: SessionConfig,
-    metrics: Arc<Metrics>,
-    events: broadcast::Sender<MeshEvent>,
-    members: Mutex<HashMap<String, Member>>,
-    limiter: Mutex<RateLimiter>,
-    next_conn: AtomicU64,
+    metrics: Arc<HostMetrics>,
 }
 
-impl Hub {
-    /// A hub for one mesh.
+impl Sessions {
+    /// The sessions of mesh `mesh_id` (`mesh_name` is its display name).
     pub fn new(
         mesh_id: String,
         mesh_name: String,
         store: Store,
+        hub: Arc<Hub>,
         cfg: SessionConfig,
-        metrics: Arc<Metrics>,
-    ) -> Arc<Hub> {
-        let (events, _) = broadcast::channel(256);
-        Arc::new(Hub {
+        metrics: Arc<HostMetrics>,
+    ) -> Arc<Sessions> {
+        Arc::new(Sessions {
             mesh_id,
             mesh_name,
             store,
+            hub,
+            join_limiter: JoinRateLimiter::new(cfg.failure_limit, cfg.failure_window),
             cfg,
             metrics,
-            events,
-            members: Mutex::new(HashMap::new()),
-            limiter: Mutex::new(RateLimiter::default()),
-            next_conn: AtomicU64::new(1),
         })
-    }
-
-    /// Devices online right now with the path of their connection.
-    pub fn online(&self) -> HashMap<String, PathKind> {
-        self.lock_members()
-            .iter()
-            .map(|(id, m)| (id.clone(), m.peer.path))
-            .collect()
-    }
-
-    /// Number of members online.
-    pub fn online_count(&self) -> usize {
-        self.lock_members().len()
-    }
-
-    /// Subscribes to mesh events (for `GET /api/events`).
-    pub fn subscribe(&self) -> broadcast::Receiver<MeshEvent> {
-        self.events.subscribe()
-    }
-
-    /// Publishes a mesh event (no-op without subscribers).
-    pub fn emit(&self, ev: MeshEvent) {
-        let _ = self.events.send(ev);
-    }
-
-    fn lock_members(&self) -> std::sync::MutexGuard<'_, HashMap<String, Member>> {
-        self.members.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Runs one member session to its end. Never panics on member input.
@@ -381,22 +262,16 @@ impl Hub {
         code: ErrorCode,
         message: String,
     ) {
-        self.refuse(&mut sock, source, Refusal::new(code, message))
+        self.refuse(&mut sock, source, HandshakeRefusal::new(code, message))
             .await;
     }
 
     /// Sends the error frame, logs the refusal, counts it, closes the socket.
-    async fn refuse(&self, sock: &mut FrameSocket, source: &Source, r: Refusal) {
-        let blocked_now = if r.credential_failure {
-            let n = self
-                .limiter
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .record(&source.rate_key, Instant::now(), self.cfg.failure_window);
-            n == self.cfg.failure_limit
-        } else {
-            false
-        };
+    async fn refuse(&self, sock: &mut FrameSocket, source: &Source, r: HandshakeRefusal) {
+        let blocked_now = r.credential_failure
+            && self
+                .join_limiter
+                .record_failure(&source.rate_key, Instant::now());
         if r.code == ErrorCode::RateLimited || blocked_now {
             warn!(addr = %source.addr, code = %r.code, reason = %r.message,
                 "join refused; source is rate limited after repeated failed credentials");
@@ -409,38 +284,22 @@ impl Hub {
             message: r.message,
         }
         .to_json();
-        let close = if r.code == ErrorCode::TooLarge {
-            close_code::TOO_BIG
-        } else {
-            close_code::POLICY
-        };
         let _ = timeout(self.cfg.write_timeout, async {
             let _ = sock.send(Frame::Text(frame)).await;
-            sock.close(close, r.code.as_str()).await;
+            sock.close(close_code_for(r.code), r.code.as_str()).await;
         })
         .await;
     }
 
-    /// Reads the first data frame and admits the member, or says why not
+    /// The handshake: reads the first data frame and admits the member, or says why not
     /// (`Err(None)`: the socket went away without a word).
     async fn handshake(
         &self,
         sock: &mut FrameSocket,
         source: &Source,
-    ) -> Result<Admitted, Option<Refusal>> {
-        let first = match timeout(self.cfg.handshake_timeout, first_text(sock)).await {
-            Ok(r) => r?,
-            Err(_) => {
-                return Err(Some(Refusal::new(
-                    ErrorCode::Timeout,
-                    format!(
-                        "no join frame within {} ms",
-                        self.cfg.handshake_timeout.as_millis()
-                    ),
-                )))
-            }
-        };
-        let msg = parse_frame(&first).map_err(Some)?;
+    ) -> Result<Admitted, Option<HandshakeRefusal>> {
+        let first = self.read_join_frame(sock).await?;
+        let msg = parse_frame(&first).map_err(|v| Some(v.into()))?;
         let ClientMsg::Join {
             token,
             device,
@@ -449,111 +308,75 @@ impl Hub {
             path,
         } = msg
         else {
-            return Err(Some(Refusal::new(
+            return Err(Some(HandshakeRefusal::new(
                 ErrorCode::BadRequest,
                 "the first frame must be a join",
             )));
         };
-        let path = match source.transport {
-            Transport::Relay => PathKind::Relay,
-            Transport::Direct => path,
-        };
-        let blocked = self
-            .limiter
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_blocked(
-                &source.rate_key,
-                Instant::now(),
-                self.cfg.failure_limit,
-                self.cfg.failure_window,
-            );
-        if blocked {
-            return Err(Some(Refusal::new(
-                ErrorCode::RateLimited,
-                "too many failed join attempts from this address; wait a minute and try again",
-            )));
-        }
-        if let Some(token) = token {
-            self.join_with_token(&token, device.unwrap_or_default(), path)
+        self.check_rate_limit(source).map_err(Some)?;
+        let path = source.path(path);
+        let admitted = if let Some(token) = token {
+            self.redeem_invite(&token, device.unwrap_or_default(), path)
                 .await
-                .map_err(Some)
         } else if let (Some(id), Some(key)) = (device_id, device_key) {
-            self.rejoin(&id, &key, path).await.map_err(Some)
+            self.authenticate_device(&id, &key, path).await
         } else {
-            Err(Some(Refusal::new(
+            Err(HandshakeRefusal::new(
                 ErrorCode::BadRequest,
                 "join needs either a token or a device_id and device_key",
-            )))
+            ))
+        };
+        admitted.map_err(Some)
+    }
+
+    /// Step 1: the first text frame within the handshake deadline.
+    async fn read_join_frame(
+        &self,
+        sock: &mut FrameSocket,
+    ) -> Result<String, Option<HandshakeRefusal>> {
+        match timeout(self.cfg.handshake_timeout, first_text(sock)).await {
+            Ok(r) => r,
+            Err(_) => Err(Some(HandshakeRefusal::new(
+                ErrorCode::Timeout,
+                format!(
+                    "no join frame within {} ms",
+                    self.cfg.handshake_timeout.as_millis()
+                ),
+            ))),
         }
     }
 
-    async fn join_with_token(
+    /// Step 3: refuses a source that has used up its failed credential attempts.
+    fn check_rate_limit(&self, source: &Source) -> Result<(), HandshakeRefusal> {
+        if self
+            .join_limiter
+            .is_blocked(&source.rate_key, Instant::now())
+        {
+            return Err(HandshakeRefusal::new(
+                ErrorCode::RateLimited,
+                "too many failed join attempts from this address; wait a minute and try again",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Step 4 of a token join: checks the token's form, then redeems one use of its invite
+    /// and stores the new device in one transaction. The member is admitted only after
+    /// that commit, so a `joined` answer always means the membership is on disk.
+    async fn redeem_invite(
         &self,
         token: &str,
         device: DeviceInfo,
         path: PathKind,
-    ) -> Result<Admitted, Refusal> {
-        if token.len() > 256 {
-            return Err(Refusal::credential(
-                ErrorCode::InvalidToken,
-                "that is not an invite token",
-            ));
-        }
-        let token = Token::parse(token).map_err(|e| {
-            Refusal::credential(
-                ErrorCode::InvalidToken,
-                format!("that is not an invite token: {e}"),
-            )
-        })?;
-        let name = clean_text(&device.name, 64).unwrap_or_else(|| "Unnamed device".into());
-        let platform = clean_text(&device.platform, 32).unwrap_or_else(|| "unknown".into());
-        let device_key = random_b64(32);
-        let new = NewDevice {
-            id: random_hex(8),
-            name: name.clone(),
-            platform: platform.clone(),
-            key_hash: sha256_hex(&device_key),
-            joined_at: store::now_secs(),
-            path: path.as_str().to_string(),
-        };
-        let hash = token.hash_hex();
-        let now = store::now_secs();
-        let dev = new.clone();
-        let res = self
-            .store
-            .call(move |c| store::redeem_invite(c, &hash, now, &dev))
-            .await
-            .map_err(|e| {
-                warn!(error = %e, "database error while redeeming an invite");
-                Refusal::new(
-                    ErrorCode::Internal,
-                    "the host could not store the membership; try again",
-                )
-            })?;
-        let invite_id = res.map_err(|e| match e {
-            RedeemError::Unknown => Refusal::credential(
-                ErrorCode::InvalidToken,
-                "this invite token is not known to the host",
-            ),
-            RedeemError::Revoked => Refusal::credential(
-                ErrorCode::TokenRevoked,
-                "this invite was revoked by the host",
-            ),
-            RedeemError::Expired => Refusal::credential(
-                ErrorCode::TokenExpired,
-                "this invite has expired; ask for a new one",
-            ),
-            RedeemError::Exhausted => Refusal::credential(
-                ErrorCode::TokenExhausted,
-                "this invite has already been used up",
-            ),
-        })?;
+    ) -> Result<Admitted, HandshakeRefusal> {
+        let token = parse_token(token)?;
+        let (new, device_key) = new_device(&device, path);
+        let invite_id = self.store_redemption(&token, &new).await?;
         Ok(Admitted {
             peer: Peer {
                 device_id: new.id,
-                name,
-                platform,
+                name: new.name,
+                platform: new.platform,
                 path,
             },
             device_key: Some(device_key),
@@ -561,9 +384,57 @@ impl Hub {
         })
     }
 
-    async fn rejoin(&self, id: &str, key: &str, path: PathKind) -> Result<Admitted, Refusal> {
+    /// The store step of a token join: one use of the invite and the new device, atomically.
+    /// Returns the invite id.
+    async fn store_redemption(
+        &self,
+        token: &Token,
+        new: &NewDevice,
+    ) -> Result<String, HandshakeRefusal> {
+        let hash = token.hash_hex();
+        let now = now_secs();
+        let dev = new.clone();
+        let res = self
+            .store
+            .call(move |c| store::redeem_invite(c, &hash, now, &dev))
+            .await
+            .map_err(|e| {
+                warn!(error = %e, "database error while redeeming an invite");
+                HandshakeRefusal::new(
+                    ErrorCode::Internal,
+                    "the host could not store the membership; try again",
+                )
+            })?;
+        res.map_err(|e| match e {
+            RedeemError::Unknown => HandshakeRefusal::credential(
+                ErrorCode::InvalidToken,
+                "this invite token is not known to the host",
+            ),
+            RedeemError::Revoked => HandshakeRefusal::credential(
+                ErrorCode::TokenRevoked,
+                "this invite was revoked by the host",
+            ),
+            RedeemError::Expired => HandshakeRefusal::credential(
+                ErrorCode::TokenExpired,
+                "this invite has expired; ask for a new one",
+            ),
+            RedeemError::Exhausted => HandshakeRefusal::credential(
+                ErrorCode::TokenExhausted,
+                "this invite has already been used up",
+            ),
+        })
+    }
+
+    /// Step 4 of a rejoin: checks the device credential against the stored key hash (in
+    /// constant time) and records the visit.
+    async fn authenticate_device(
+        &self,
+        id: &str,
+        key: &str,
+        path: PathKind,
+    ) -> Result<Admitted, HandshakeRefusal> {
         let unknown = || {
-            Refusal::credential(
+            HandshakeRefusal::credential(
                 ErrorCode::UnknownDevice,
                 "this device is not a member of the mesh (unknown id or wrong key)",
             )
@@ -580,7 +451,7 @@ impl Hub {
                 let row = store::get_device(c, &id_owned)?;
                 if let Some(r) = &row {
                     if constant_time_eq(r.key_hash.as_bytes(), key_hash.as_bytes()) {
-                        store::touch_device(c, &id_owned, store::now_secs(), &path_s)?;
+                        store::touch_device(c, &id_owned, now_secs(), &path_s)?;
                         return Ok(row);
                     }
                 }
@@ -589,7 +460,7 @@ impl Hub {
             .await
             .map_err(|e| {
                 warn!(error = %e, "database error while checking a device");
-                Refusal::new(
+                HandshakeRefusal::new(
                     ErrorCode::Internal,
                     "the host could not check the device; try again",
                 )
@@ -607,60 +478,35 @@ impl Hub {
         })
     }
 
-    /// The live part of a session, after `join` succeeded.
-    async fn live(self: Arc<Self>, mut sock: FrameSocket, source: Source, a: Admitted) {
-        let me = a.peer.clone();
-        let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
-        let (tx, mut rx) = mpsc::channel::<Arc<str>>(self.cfg.outbound_queue);
-        let kick = Arc::new(Kick {
-            notify: Notify::new(),
-            reason: Mutex::new(None),
-        });
-        let peers = {
-            let mut members = self.lock_members();
-            if let Some(old) = members.remove(&me.device_id) {
-                // The same device connected again (e.g. a new path won): the newest wins.
-                old.kick
-                    .kick("replaced by a newer connection of the same device");
-            }
-            let peers: Vec<Peer> = members.values().map(|m| m.peer.clone()).collect();
-            let joined_frame: Arc<str> =
-                ServerMsg::PeerJoined { peer: me.clone() }.to_json().into();
-            self.fanout(&members, None, &joined_frame);
-            members.insert(
-                me.device_id.clone(),
-                Member {
-                    conn,
-                    peer: me.clone(),
-                    tx,
-                    kick: kick.clone(),
-                },
-            );
-            peers
-        };
-        // Even if this task panicked, the guard takes the member out of the presence table.
-        let presence = PresenceGuard {
-            hub: self.clone(),
-            device_id: me.device_id.clone(),
-            conn,
-            done: false,
-        };
+    /// Step 5: puts the member into presence (the others get `peer_joined`), counts and
+    /// announces the join. Returns its place in the hub and the peers already online.
+    fn admit(&self, a: &Admitted, source: &Source) -> (Membership, Vec<Peer>) {
+        let me = &a.peer;
+        let (membership, peers) = self.hub.enter(me.clone());
         self.metrics.joined(me.path);
         info!(device_id = %me.device_id, name = %me.name, platform = %me.platform, path = %me.path,
             addr = %source.addr, new_device = a.device_key.is_some(), "member joined");
         if let Some(inv) = &a.invite_id {
-            self.emit(MeshEvent::InviteUsed {
+            self.hub.emit(MeshEvent::InviteUsed {
                 invite_id: inv.clone(),
                 device_id: me.device_id.clone(),
             });
         }
-        self.emit(MeshEvent::DeviceJoined {
+        self.hub.emit(MeshEvent::DeviceJoined {
             device_id: me.device_id.clone(),
             name: me.name.clone(),
             platform: me.platform.clone(),
             path: me.path,
             new_device: a.device_key.is_some(),
         });
+        (membership, peers)
+    }
+
+    /// The live part of a session, after its handshake: admit, answer `joined` and
+    /// `peers`, run the frame loop, leave.
+    async fn live(&self, mut sock: FrameSocket, source: Source, a: Admitted) {
+        let me = a.peer.clone();
+        let (mut membership, peers) = self.admit(&a, &source);
 
         let joined = ServerMsg::Joined(atmosphere_shared::wire::Joined {
             mesh_id: self.mesh_id.clone(),
@@ -676,17 +522,31 @@ impl Hub {
                 .await
             {
                 Err(r) => r,
-                Ok(()) => self.run_live(&mut sock, &me, &mut rx, &kick).await,
+                Ok(()) => {
+                    self.run_live(&mut sock, &me, &mut membership.outbox, &membership.kick)
+                        .await
+                }
             },
         };
+        self.leave(sock, &me, &source, membership, reason).await;
+    }
 
-        // Leave: drop from presence unless a newer session of this device already took over.
-        let was_current = presence.finish();
+    /// The end of a session: drops it from presence unless a newer session of this device
+    /// already took over, stores `last_seen`, announces it and closes the socket.
+    async fn leave(
+        &self,
+        mut sock: FrameSocket,
+        me: &Peer,
+        source: &Source,
+        membership: Membership,
+        reason: String,
+    ) {
+        let was_current = membership.leave();
         let id = me.device_id.clone();
         let path_s = me.path.as_str().to_string();
         if let Err(e) = self
             .store
-            .call(move |c| store::touch_device(c, &id, store::now_secs(), &path_s))
+            .call(move |c| store::touch_device(c, &id, now_secs(), &path_s))
             .await
         {
             warn!(error = %e, "could not record last_seen");
@@ -694,9 +554,9 @@ impl Hub {
         info!(device_id = %me.device_id, name = %me.name, path = %me.path, addr = %source.addr,
             reason = %reason, "member left");
         if was_current {
-            self.emit(MeshEvent::DeviceLeft {
+            self.hub.emit(MeshEvent::DeviceLeft {
                 device_id: me.device_id.clone(),
-                reason: reason.clone(),
+                reason,
             });
         }
         let _ = timeout(
@@ -711,7 +571,7 @@ impl Hub {
         &self,
         sock: &mut FrameSocket,
         me: &Peer,
-        rx: &mut mpsc::Receiver<Arc<str>>,
+        outbox: &mut mpsc::Receiver<Arc<str>>,
         kick: &Kick,
     ) -> String {
         let mut ping = tokio::time::interval(self.cfg.ping_interval);
@@ -727,36 +587,35 @@ impl Hub {
                         None => return "connection closed".into(),
                         Some(Err(RecvError::Broken(e))) => return format!("connection error: {e}"),
                         Some(Err(RecvError::TooLarge)) => {
-                            return self.protocol_error(sock, ErrorCode::TooLarge,
-                                format!("frames are limited to {MAX_FRAME_BYTES} bytes")).await;
+                            return self.protocol_error(sock, ProtocolViolation::too_large()).await;
                         }
                         Some(Ok(Frame::Close(_))) => return "member closed the connection".into(),
                         Some(Ok(Frame::Ping(_) | Frame::Pong(_))) => continue,
                         Some(Ok(Frame::Binary(_))) => {
-                            return self.protocol_error(sock, ErrorCode::BadRequest,
-                                "binary frames are not part of the protocol; send JSON text".into()).await;
+                            return self.protocol_error(sock, ProtocolViolation::new(ErrorCode::BadRequest,
+                                "binary frames are not part of the protocol; send JSON text")).await;
                         }
                         Some(Ok(Frame::Text(t))) => t,
                     };
                     match parse_frame(&text) {
-                        Err(r) => return self.protocol_error(sock, r.code, r.message).await,
+                        Err(v) => return self.protocol_error(sock, v).await,
                         Ok(ClientMsg::Join { .. }) => {
-                            return self.protocol_error(sock, ErrorCode::BadRequest,
-                                "already joined; join is only valid as the first frame".into()).await;
+                            return self.protocol_error(sock, ProtocolViolation::new(ErrorCode::BadRequest,
+                                "already joined; join is only valid as the first frame")).await;
                         }
-                        Ok(ClientMsg::Send { to, body }) => self.deliver(me, to.as_deref(), body).await,
+                        Ok(ClientMsg::Send { to, body }) => self.hub.deliver(me, to.as_deref(), body).await,
                     }
                 }
-                out = rx.recv() => {
+                out = outbox.recv() => {
                     let Some(text) = out else { return "dropped".into() };
                     // A member whose socket is full blocks here; a kick (queue overflow)
                     // must still end it at once rather than after the write timeout.
                     tokio::select! {
                         r = self.send_text(sock, text.to_string()) => if let Err(r) = r { return r },
-                        _ = kick.notify.notified() => return kick.reason(),
+                        reason = kick.kicked() => return reason,
                     }
                 }
-                _ = kick.notify.notified() => return kick.reason(),
+                reason = kick.kicked() => return reason,
                 _ = ping.tick() => {
                     if let Err(r) = self.send_frame(sock, Frame::Ping(b"atmosphere".to_vec())).await {
                         return r;
@@ -770,23 +629,18 @@ impl Hub {
     }
 
     /// Sends an error frame for a protocol violation and returns the leave reason.
-    async fn protocol_error(
-        &self,
-        sock: &mut FrameSocket,
-        code: ErrorCode,
-        message: String,
-    ) -> String {
+    async fn protocol_error(&self, sock: &mut FrameSocket, v: ProtocolViolation) -> String {
+        let ProtocolViolation { code, message } = v;
         self.metrics.refusal(code);
         let reason = format!("{code}: {message}");
-        let close = if code == ErrorCode::TooLarge {
-            close_code::TOO_BIG
-        } else {
-            close_code::POLICY
-        };
         let _ = self
             .send_text(sock, ServerMsg::Error { code, message }.to_json())
             .await;
-        let _ = timeout(self.cfg.write_timeout, sock.close(close, code.as_str())).await;
+        let _ = timeout(
+            self.cfg.write_timeout,
+            sock.close(close_code_for(code), code.as_str()),
+        )
+        .await;
         reason
     }
 
@@ -804,132 +658,29 @@ impl Hub {
             )),
         }
     }
-
-    /// Takes session `conn` of `device_id` out of presence and tells the others, unless a
-    /// newer session of the same device replaced it. Returns whether it was current.
-    fn leave(&self, device_id: &str, conn: u64) -> bool {
-        let mut members = self.lock_members();
-        let ours = members.get(device_id).is_some_and(|m| m.conn == conn);
-        if ours {
-            members.remove(device_id);
-            let left: Arc<str> = ServerMsg::PeerLeft {
-                device_id: device_id.to_string(),
-            }
-            .to_json()
-            .into();
-            self.fanout(&members, None, &left);
-        }
-        ours
-    }
-
-    /// Routes a `send` from `from` to one member or to everyone else.
-    ///
-    /// Flow control: a recipient whose queue is full makes the *sender* wait (its session
-    /// reads no further frames meanwhile), so a flood is paced to its readers and memory stays
-    /// bounded. A recipient that makes no room within [`SessionConfig::slow_grace`] is
-    /// stalled and is dropped; the sender then carries on. Nobody else waits on it.
-    async fn deliver(&self, from: &Peer, to: Option<&str>, body: serde_json::Value) {
-        let frame: Arc<str> = ServerMsg::Message {
-            from: from.device_id.clone(),
-            body,
-        }
-        .to_json()
-        .into();
-        let mut waiting = Vec::new();
-        {
-            let members = self.lock_members();
-            let targets: Vec<(&String, &Member)> = match to {
-                None => members
-                    .iter()
-                    .filter(|(id, _)| **id != from.device_id)
-                    .collect(),
-                Some(id) => match members.get_key_value(id) {
-                    Some(t) => vec![t],
-                    None => {
-                        debug!(from = %from.device_id, to = %id, "message for a device that is not online dropped");
-                        vec![]
-                    }
-                },
-            };
-            for (id, m) in targets {
-                if let Err(mpsc::error::TrySendError::Full(f)) = m.tx.try_send(frame.clone()) {
-                    waiting.push((id.clone(), m.tx.clone(), m.kick.clone(), f));
-                }
-            }
-        }
-        let grace = self.cfg.slow_grace;
-        futures_util::future::join_all(waiting.into_iter().map(|(id, tx, kick, f)| async move {
-            if timeout(grace, tx.send(f)).await.is_err() {
-                warn!(device_id = %id, "member cannot keep up (outbound queue full); dropping it");
-                kick.kick("too slow: outbound queue stayed full");
-            }
-        }))
-        .await;
-    }
-
-    /// Queues a host-originated frame (presence) for every member except `except`. Never
-    /// waits: a full queue gets the frame from a short-lived task, or the member is dropped.
-    fn fanout(&self, members: &HashMap<String, Member>, except: Option<&str>, frame: &Arc<str>) {
-        for (id, m) in members.iter() {
-            if Some(id.as_str()) == except {
-                continue;
-            }
-            if let Err(mpsc::error::TrySendError::Full(f)) = m.tx.try_send(frame.clone()) {
-                let (id, tx, kick, grace) = (
-                    id.clone(),
-                    m.tx.clone(),
-                    m.kick.clone(),
-                    self.cfg.slow_grace,
-                );
-                tokio::spawn(async move {
-                    if timeout(grace, tx.send(f)).await.is_err() {
-                        warn!(device_id = %id, "member cannot keep up (outbound queue full); dropping it");
-                        kick.kick("too slow: outbound queue stayed full");
-                    }
-                });
-            }
-        }
-    }
 }
 
-/// Removes a session from the presence table when it ends, however it ends.
-struct PresenceGuard {
-    hub: Arc<Hub>,
-    device_id: String,
-    conn: u64,
-    done: bool,
-}
-
-impl PresenceGuard {
-    /// Leaves now; returns whether this session was still the device's current one.
-    fn finish(mut self) -> bool {
-        self.done = true;
-        self.hub.leave(&self.device_id, self.conn)
-    }
-}
-
-impl Drop for PresenceGuard {
-    fn drop(&mut self) {
-        if !self.done {
-            self.hub.leave(&self.device_id, self.conn);
-        }
+/// The WebSocket close code that goes with an error frame: "message too big" for
+/// `too_large`, "policy violation" for everything else.
+fn close_code_for(code: ErrorCode) -> u16 {
+    if code == ErrorCode::TooLarge {
+        close_code::TOO_BIG
+    } else {
+        close_code::POLICY
     }
 }
 
 /// Waits for the first text frame, answering pings (the libraries do) and ignoring pongs.
-async fn first_text(sock: &mut FrameSocket) -> Result<String, Option<Refusal>> {
+async fn first_text(sock: &mut FrameSocket) -> Result<String, Option<HandshakeRefusal>> {
     loop {
         match sock.recv().await {
             None | Some(Ok(Frame::Close(_))) | Some(Err(RecvError::Broken(_))) => return Err(None),
             Some(Err(RecvError::TooLarge)) => {
-                return Err(Some(Refusal::new(
-                    ErrorCode::TooLarge,
-                    format!("frames are limited to {MAX_FRAME_BYTES} bytes"),
-                )))
+                return Err(Some(ProtocolViolation::too_large().into()))
             }
             Some(Ok(Frame::Ping(_) | Frame::Pong(_))) => continue,
             Some(Ok(Frame::Binary(_))) => {
-                return Err(Some(Refusal::new(
+                return Err(Some(HandshakeRefusal::new(
                     ErrorCode::BadRequest,
                     "binary frames are not part of the protocol; send a JSON join frame",
                 )))
@@ -940,9 +691,9 @@ async fn first_text(sock: &mut FrameSocket) -> Result<String, Option<Refusal>> {
 }
 
 /// Parses a member's text frame with the size limit and clear errors.
-fn parse_frame(text: &str) -> Result<ClientMsg, Refusal> {
+fn parse_frame(text: &str) -> Result<ClientMsg, ProtocolViolation> {
     if text.len() > MAX_FRAME_BYTES {
-        return Err(Refusal::new(
+        return Err(ProtocolViolation::new(
             ErrorCode::TooLarge,
             format!(
                 "frame of {} bytes exceeds the limit of {MAX_FRAME_BYTES} bytes",
@@ -958,8 +709,38 @@ fn parse_frame(text: &str) -> Result<ClientMsg, Refusal> {
         };
         let mut e = e;
         e.truncate(200);
-        Refusal::new(ErrorCode::BadRequest, format!("{what}: {e}"))
+        ProtocolViolation::new(ErrorCode::BadRequest, format!("{what}: {e}"))
     })
+}
+
+/// The invite token of a join, or `invalid_token` (a credential failure).
+fn parse_token(token: &str) -> Result<Token, HandshakeRefusal> {
+    if token.len() > 256 {
+        return Err(HandshakeRefusal::credential(
+            ErrorCode::InvalidToken,
+            "that is not an invite token",
+        ));
+    }
+    Token::parse(token).map_err(|e| {
+        HandshakeRefusal::credential(
+            ErrorCode::InvalidToken,
+            format!("that is not an invite token: {e}"),
+        )
+    })
+}
+
+/// The device a token join creates, with its new key (only the key's hash is stored).
+fn new_device(device: &DeviceInfo, path: PathKind) -> (NewDevice, String) {
+    let device_key = random_b64(32);
+    let new = NewDevice {
+        id: random_hex(8),
+        name: clean_text(&device.name, 64).unwrap_or_else(|| "Unnamed device".into()),
+        platform: clean_text(&device.platform, 32).unwrap_or_else(|| "unknown".into()),
+        key_hash: sha256_hex(&device_key),
+        joined_at: now_secs(),
+        path: path.as_str().to_string(),
+    };
+    (new, device_key)
 }
 
 /// Trims, drops control characters and bounds a person-supplied string.
@@ -973,90 +754,25 @@ fn clean_text(s: &str, max_chars: usize) -> Option<String> {
     (!t.is_empty()).then(|| t.to_string())
 }
 
-/// Lowercase hex of `n` CSPRNG bytes.
-pub fn random_hex(n: usize) -> String {
-    let mut b = vec![0u8; n];
-    rand::rngs::OsRng.fill_bytes(&mut b);
-    hex(&b)
-}
-
-/// URL-safe base64 (no padding) of `n` CSPRNG bytes.
-pub fn random_b64(n: usize) -> String {
-    let mut b = vec![0u8; n];
-    rand::rngs::OsRng.fill_bytes(&mut b);
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
-}
-
-/// Hex SHA-256 of a secret (what the store keeps instead of the secret).
-pub fn sha256_hex(s: &str) -> String {
-    hex(&Sha256::digest(s.as_bytes()))
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-/// Compares secrets without an early exit.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn rate_limiter_blocks_after_limit_and_forgets_after_window() {
-        let mut rl = RateLimiter::default();
-        let w = Duration::from_secs(60);
-        let t0 = Instant::now();
-        for i in 1..=3 {
-            assert_eq!(rl.record("a", t0, w), i);
-        }
-        assert!(rl.is_blocked("a", t0, 3, w));
-        assert!(!rl.is_blocked("b", t0, 3, w));
-        assert!(!rl.is_blocked("a", t0 + w, 3, w));
-    }
-
-    #[test]
-    fn rate_limiter_sweeps_stale_sources_at_most_once_a_second() {
-        let mut rl = RateLimiter::default();
-        let w = Duration::from_secs(60);
-        let t0 = Instant::now();
-        for i in 0..=RATE_SWEEP_ABOVE {
-            rl.record(&format!("old{i}"), t0, w);
-        }
-        // A window later the old sources are stale: the next failure sweeps them out.
-        let t1 = t0 + w;
-        rl.record("new0", t1, w);
-        assert_eq!(rl.failures.len(), 1, "stale sources were not swept");
-        // Refill past the threshold within the same second: no second scan yet.
-        for i in 0..=RATE_SWEEP_ABOVE {
-            rl.record(&format!("burst{i}"), t1 - w, w);
-        }
-        let before = rl.failures.len();
-        rl.record("new1", t1 + Duration::from_millis(500), w);
-        assert_eq!(rl.failures.len(), before + 1, "swept twice within a second");
-        rl.record("new2", t1 + RATE_SWEEP_EVERY, w);
-        assert_eq!(
-            rl.failures.len(),
-            3,
-            "the next due sweep keeps only live sources"
-        );
-    }
-
-    #[test]
     fn frame_parsing_errors_are_clear() {
-        assert_eq!(parse_frame("nope").unwrap_err().code, ErrorCode::BadRequest);
         assert_eq!(
-            parse_frame(r#"{"type":"dance"}"#).unwrap_err().code,
+            parse_frame("nope").err().unwrap().code,
+            ErrorCode::BadRequest
+        );
+        assert_eq!(
+            parse_frame(r#"{"type":"dance"}"#).err().unwrap().code,
             ErrorCode::BadRequest
         );
         let big = format!(
             r#"{{"type":"send","body":"{}"}}"#,
             "x".repeat(MAX_FRAME_BYTES)
         );
-        assert_eq!(parse_frame(&big).unwrap_err().code, ErrorCode::TooLarge);
+        assert_eq!(parse_frame(&big).err().unwrap().code, ErrorCode::TooLarge);
     }
 
     #[test]
@@ -1082,14 +798,28 @@ mod tests {
     }
 
     #[test]
-    fn one_ipv6_subscriber_is_one_bucket_however_many_addresses_it_uses() {
-        let a: std::net::SocketAddr = "[2001:db8:0:1::7]:5000".parse().unwrap();
-        let b: std::net::SocketAddr = "[2001:db8:0:1:ffff::9]:5001".parse().unwrap();
+    fn direct_sources_are_bucketed_by_address() {
+        let a: SocketAddr = "[2001:db8:0:1::7]:5000".parse().unwrap();
+        let b: SocketAddr = "[2001:db8:0:1:ffff::9]:5001".parse().unwrap();
         assert_eq!(Source::direct(a).rate_key, Source::direct(b).rate_key);
-        let v4: std::net::SocketAddr = "192.0.2.7:1".parse().unwrap();
+        let v4: SocketAddr = "192.0.2.7:1".parse().unwrap();
         assert_eq!(Source::direct(v4).rate_key, "192.0.2.7");
-        let mapped: std::net::SocketAddr = "[::ffff:192.0.2.7]:1".parse().unwrap();
-        assert_eq!(Source::direct(mapped).rate_key, "192.0.2.7");
+    }
+
+    #[test]
+    fn relayed_members_are_on_the_relay_path_whatever_they_report() {
+        let relayed = Source::relay("198.51.100.4");
+        assert_eq!(relayed.path(PathKind::Local), PathKind::Relay);
+        let direct = Source::direct("192.0.2.7:1".parse().unwrap());
+        assert_eq!(direct.path(PathKind::Public), PathKind::Public);
+    }
+
+    #[test]
+    fn token_form_failures_count_as_credential_failures() {
+        let r = parse_token(&"A".repeat(300)).err().unwrap();
+        assert!(r.credential_failure);
+        assert_eq!(r.code, ErrorCode::InvalidToken);
+        assert!(parse_token("not a token").err().unwrap().credential_failure);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! SQLite persistence of the host: the mesh identity (name + Ed25519 key), invites (token
-//! hashes only) and member devices (credential hashes only).
+//! hashes only) and member devices (credential hashes only). Times are stored as Unix
+//! seconds ([`crate::clock`]).
 //!
 //! One `rusqlite::Connection` in WAL mode behind a mutex. Every call from async code goes
 //! through [`Store::call`], which runs it on tokio's blocking pool so a slow disk never stalls
@@ -9,12 +10,13 @@
 //! revocation, expiry and the use limit, bumps the use count and inserts the device, so two
 //! phones racing for the last use of an invite cannot both get in.
 
+use crate::clock::now_secs;
 use anyhow::Context;
 use ed25519_dalek::SigningKey;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// Current schema version (`PRAGMA user_version`).
 const SCHEMA_VERSION: i64 = 1;
@@ -48,20 +50,6 @@ const MIGRATIONS: &[&str] = &[r#"
         last_path   TEXT
     );
 "#];
-
-/// Seconds since the Unix epoch (the stored time unit).
-pub fn now_secs() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
-/// RFC 3339 UTC text (`2026-11-25T10:00:00Z`) of a stored time.
-pub fn rfc3339(secs: i64) -> String {
-    let t = UNIX_EPOCH + Duration::from_secs(secs.max(0) as u64);
-    humantime::format_rfc3339_seconds(t).to_string()
-}
 
 /// The mesh's identity as stored.
 #[derive(Clone)]
@@ -138,14 +126,8 @@ impl Store {
     pub fn open(path: &Path) -> anyhow::Result<Store> {
         // The database holds the mesh's private key: create it readable by the user only
         // (SQLite gives its -wal/-shm files the same mode).
-        #[cfg(unix)]
         if !path.exists() {
-            use std::os::unix::fs::OpenOptionsExt;
-            std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(path)
+            crate::data_dir::write_private_file(path, b"")
                 .with_context(|| format!("cannot create database {}", path.display()))?;
         }
         let conn = Connection::open(path)
@@ -390,10 +372,8 @@ mod tests {
         pub struct Dir(pub std::path::PathBuf);
         impl Dir {
             pub fn new() -> Dir {
-                use rand::RngCore;
-                let mut b = [0u8; 8];
-                rand::rngs::OsRng.fill_bytes(&mut b);
-                let p = std::env::temp_dir().join(format!("atm-store-{:x}", u64::from_le_bytes(b)));
+                let p = std::env::temp_dir()
+                    .join(format!("atm-store-{}", crate::secret::random_hex(8)));
                 std::fs::create_dir_all(&p).unwrap();
                 Dir(p)
             }

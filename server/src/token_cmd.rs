@@ -3,6 +3,7 @@
 //! terminal QR code of `join_url` (what a phone camera opens), or the raw API answer with
 //! `--json`.
 
+use crate::data_dir;
 use atmosphere_shared::api::{ApiError, TokenRequest, TokenResponse};
 use atmosphere_shared::path::PathKind;
 use qrcode::render::unicode::Dense1x2;
@@ -64,13 +65,8 @@ pub async fn run(args: Args) -> ExitCode {
 }
 
 async fn mint(args: &Args) -> anyhow::Result<(TokenResponse, String)> {
-    let data_dir = match &args.data_dir {
-        Some(d) => d.clone(),
-        None => directories::ProjectDirs::from("", "", "atmosphere")
-            .map(|p| p.data_dir().to_path_buf())
-            .ok_or_else(|| anyhow::anyhow!("cannot find a user data directory; pass --data-dir"))?,
-    };
-    let secret_path = data_dir.join("admin_secret");
+    let dir = data_dir::resolve(args.data_dir.as_deref())?;
+    let secret_path = data_dir::admin_secret_path(&dir);
     let secret = std::fs::read_to_string(&secret_path)
         .map_err(|e| {
             anyhow::anyhow!(

@@ -1,5 +1,6 @@
 //! JSON shapes of the host's HTTP API, shared by the server (which produces them), the CLI
-//! (`atmosphere token`) and the web app (which consumes them). Field names are contracts,
+//! (`atmosphere token`) and the web app (which consumes them): request and answer bodies,
+//! the error body, and the events of `GET /api/events`. Field names are contracts,
 //! documented with examples in `docs/PROTOCOL.md`.
 
 use crate::link::Endpoints;
@@ -20,7 +21,8 @@ pub struct TokenRequest {
     pub label: Option<String>,
 }
 
-/// `network_info` of an invite: the discovery summary of the original design's invite answer.
+/// `network_info` of an invite: the discovery summary of the original invite answer, which
+/// the v1/v2 app clients read.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetworkInfo {
     pub local_ip: Option<String>,
@@ -29,7 +31,9 @@ pub struct NetworkInfo {
     pub stun_source: Option<String>,
 }
 
-/// Answer of `POST /api/mesh/token` (a superset of the original design's invite answer).
+/// Answer of `POST /api/mesh/token`: the original invite answer the v1/v2 app clients read
+/// (`token`, `mesh_id`, `endpoint`, `network_info`, `qr_data`, …), plus the endpoint set,
+/// the web join link, the expiry and the invite id.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenResponse {
     pub token: String,
@@ -178,4 +182,77 @@ pub struct MeshView {
 pub struct ApiError {
     pub error: String,
     pub message: String,
+}
+
+/// One Server-Sent Event of `GET /api/events`: a `data:` line holding one JSON object,
+/// tagged by `"type"`. Each says the mesh changed; the admin UI refetches `GET /api/mesh`.
+///
+/// ```json
+/// {"type":"device_joined","device_id":"3f9a1c0e5b7d2a64","name":"Pixel 8","platform":"android","path":"local","new_device":true}
+/// {"type":"device_left","device_id":"3f9a1c0e5b7d2a64","reason":"connection closed"}
+/// {"type":"invite_minted","invite_id":"0c1d2e3f4a5b6c7d"}
+/// {"type":"invite_used","invite_id":"0c1d2e3f4a5b6c7d","device_id":"3f9a1c0e5b7d2a64"}
+/// {"type":"invite_revoked","invite_id":"0c1d2e3f4a5b6c7d"}
+/// {"type":"resync"}
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum MeshEvent {
+    /// A member finished its handshake; `new_device` when it joined with an invite (rather
+    /// than rejoining with its device credential).
+    DeviceJoined {
+        device_id: String,
+        name: String,
+        platform: String,
+        path: PathKind,
+        new_device: bool,
+    },
+    /// A member's session ended; `reason` says why, for people (not a code).
+    DeviceLeft { device_id: String, reason: String },
+    /// An invite was minted.
+    InviteMinted { invite_id: String },
+    /// A device joined with the invite (one use of it).
+    InviteUsed {
+        invite_id: String,
+        device_id: String,
+    },
+    /// The invite was revoked.
+    InviteRevoked { invite_id: String },
+    /// The subscriber fell behind and missed events: refetch everything. The host sends it
+    /// in place of the events it dropped.
+    Resync,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mesh_events_keep_their_wire_shape() {
+        let ev = MeshEvent::DeviceJoined {
+            device_id: "d1".into(),
+            name: "Pixel".into(),
+            platform: "android".into(),
+            path: PathKind::Relay,
+            new_device: true,
+        };
+        let json = serde_json::to_value(&ev).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"type":"device_joined","device_id":"d1","name":"Pixel",
+                "platform":"android","path":"relay","new_device":true})
+        );
+        assert_eq!(serde_json::from_value::<MeshEvent>(json).unwrap(), ev);
+        assert_eq!(
+            serde_json::to_string(&MeshEvent::Resync).unwrap(),
+            r#"{"type":"resync"}"#
+        );
+        assert_eq!(
+            serde_json::from_str::<MeshEvent>(r#"{"type":"invite_minted","invite_id":"i"}"#)
+                .unwrap(),
+            MeshEvent::InviteMinted {
+                invite_id: "i".into()
+            }
+        );
+    }
 }

@@ -326,11 +326,9 @@ fn subscribe(ctx: Ctx) -> StoredValue<bool> {
         }
     });
     es.set_onopen(Some(on_open.as_ref().unchecked_ref()));
+    // The host sends only unnamed events (`MeshEvent` as JSON, `resync` included): each
+    // means "mesh state changed".
     es.set_onmessage(Some(on_change.as_ref().unchecked_ref()));
-    // Named events some hosts use; each means "mesh state changed".
-    for name in ["mesh", "devices", "invites", "network", "change"] {
-        let _ = es.add_event_listener_with_callback(name, on_change.as_ref().unchecked_ref());
-    }
     es.set_onerror(Some(on_error.as_ref().unchecked_ref()));
     // The page lives as long as the stream: leak the callbacks on purpose.
     on_open.forget();

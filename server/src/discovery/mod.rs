@@ -25,7 +25,7 @@ use atmosphere_shared::api::NetworkSnapshot;
 use atmosphere_shared::link::Endpoints;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 use tokio::sync::{watch, Notify};
 
 pub use local::LocalInfo;
@@ -34,8 +34,6 @@ pub use stun::{ProbeOutcome, StunOptions, StunServer};
 
 /// Default STUN servers when neither `--stun-server` nor `ATMOSPHERE_STUN_SERVERS` is set.
 pub const DEFAULT_STUN_SERVERS: &[&str] = &["stun.l.google.com:19302", "stun.cloudflare.com:3478"];
-/// Env var with a comma-separated STUN server list (`none` disables STUN).
-pub const STUN_SERVERS_ENV: &str = "ATMOSPHERE_STUN_SERVERS";
 /// Default time between background rounds.
 pub const DEFAULT_REFRESH_INTERVAL: Duration = Duration::from_secs(300);
 /// Default overall deadline of one STUN round.
@@ -142,11 +140,6 @@ impl DiscoveryConfig {
             ..StunOptions::default()
         }
     }
-}
-
-/// RFC 3339 UTC timestamp of now, e.g. `2026-11-25T10:00:00Z`.
-fn now_rfc3339() -> String {
-    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
 }
 
 /// Turns one round's findings into the API snapshot. `stun_finished` says whether every
@@ -286,7 +279,7 @@ where
         None => None,
     };
     let mut snap = build_snapshot(cfg, &local, &outcomes, true, path.as_ref());
-    snap.updated_at = Some(now_rfc3339());
+    snap.updated_at = Some(crate::clock::now_rfc3339());
     tracing::debug!(
         local_ip = ?snap.local_ip,
         public_ip = ?snap.public_ip,
@@ -357,11 +350,6 @@ impl Discovery {
     /// more round right after it.
     pub fn refresh_now(&self) {
         self.refresh.notify_one();
-    }
-
-    /// A receiver that sees every published snapshot (for pushing updates to the UI).
-    pub fn subscribe(&self) -> watch::Receiver<NetworkSnapshot> {
-        self.rx.clone()
     }
 }
 

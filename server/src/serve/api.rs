@@ -4,11 +4,12 @@
 //! Every error is JSON: `{"error": "<code>", "message": "<human sentence>"}`.
 
 use super::AppState;
-use crate::session::{random_hex, MeshEvent};
+use crate::clock::{now_secs, rfc3339};
+use crate::secret::{random_bytes, random_hex};
 use crate::store::{self, NewInvite};
 use atmosphere_shared::api::{
-    ApiError, DeviceView, InviteView, MeshView, NetworkInfo, NetworkSnapshot, RelayState,
-    TokenRequest, TokenResponse,
+    ApiError, DeviceView, InviteView, MeshEvent, MeshView, NetworkInfo, NetworkSnapshot,
+    RelayState, TokenRequest, TokenResponse,
 };
 use atmosphere_shared::link::Invite;
 use atmosphere_shared::path::PathKind;
@@ -20,7 +21,6 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::Stream;
-use rand::RngCore;
 use std::convert::Infallible;
 use std::net::IpAddr;
 use std::time::Duration;
@@ -126,10 +126,8 @@ pub async fn mint(
     }
 
     let snap = st.network_snapshot().await;
-    let mut bytes = [0u8; TOKEN_BYTES];
-    rand::rngs::OsRng.fill_bytes(&mut bytes);
-    let token = Token::from_entropy(bytes);
-    let now = store::now_secs();
+    let token = Token::from_entropy(random_bytes::<TOKEN_BYTES>());
+    let now = now_secs();
     let expires = now + ttl as i64;
     let inv = NewInvite {
         id: random_hex(8),
@@ -152,14 +150,14 @@ pub async fn mint(
     let invite = Invite {
         version: 2,
         token: token.as_str().to_string(),
-        mesh_name: st.hub.mesh_name.clone(),
+        mesh_name: st.mesh_name.clone(),
         endpoints: endpoints.clone(),
     };
     let base = st.web_base(&snap);
     let resp = TokenResponse {
         token: token.as_str().to_string(),
-        mesh_id: st.hub.mesh_id.clone(),
-        mesh_name: st.hub.mesh_name.clone(),
+        mesh_id: st.mesh_id.clone(),
+        mesh_name: st.mesh_name.clone(),
         endpoint: endpoints.legacy().map(str::to_string),
         network_info: NetworkInfo {
             local_ip: snap.local_ip.clone(),
@@ -170,7 +168,7 @@ pub async fn mint(
         qr_data: invite.to_v2_link(),
         join_url: invite.to_web_link(&base),
         endpoints,
-        expires_at: store::rfc3339(expires),
+        expires_at: rfc3339(expires),
         max_uses: req.max_uses,
         invite_id: invite_id.clone(),
     };
@@ -192,15 +190,15 @@ pub async fn mesh(State(st): State<AppState>) -> Response {
     };
     let online = st.hub.online();
     let view = MeshView {
-        mesh_id: st.hub.mesh_id.clone(),
-        mesh_name: st.hub.mesh_name.clone(),
+        mesh_id: st.mesh_id.clone(),
+        mesh_name: st.mesh_name.clone(),
         invites: invites
             .into_iter()
             .map(|i| InviteView {
                 invite_id: i.id,
                 label: i.label,
-                created_at: store::rfc3339(i.created_at),
-                expires_at: store::rfc3339(i.expires_at),
+                created_at: rfc3339(i.created_at),
+                expires_at: rfc3339(i.expires_at),
                 max_uses: i.max_uses,
                 uses: i.uses,
                 revoked: i.revoked,
@@ -216,8 +214,8 @@ pub async fn mesh(State(st): State<AppState>) -> Response {
                     device_id: d.id,
                     name: d.name,
                     platform: d.platform,
-                    joined_at: store::rfc3339(d.joined_at),
-                    last_seen: d.last_seen.map(store::rfc3339),
+                    joined_at: rfc3339(d.joined_at),
+                    last_seen: d.last_seen.map(rfc3339),
                 }
             })
             .collect(),
@@ -260,24 +258,21 @@ pub async fn whoami() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "admin": true }))
 }
 
-/// `GET /api/events`: Server-Sent Events, one `data:` JSON object per mesh change (see
-/// [`MeshEvent`] for the shapes). If the client falls behind, it gets
+/// `GET /api/events`: Server-Sent Events, one unnamed event (a `data:` line) per mesh
+/// change, holding one [`MeshEvent`] as JSON. If the client falls behind, it gets
 /// `{"type":"resync"}` and should refetch `GET /api/mesh`.
 pub async fn events(
     State(st): State<AppState>,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let rx = st.hub.subscribe();
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        match rx.recv().await {
-            Ok(ev) => {
-                let data = serde_json::to_string(&ev).unwrap_or_else(|_| "{}".into());
-                Some((Ok(Event::default().data(data)), rx))
-            }
-            Err(RecvError::Lagged(_)) => {
-                Some((Ok(Event::default().data(r#"{"type":"resync"}"#)), rx))
-            }
-            Err(RecvError::Closed) => None,
-        }
+        let ev = match rx.recv().await {
+            Ok(ev) => ev,
+            Err(RecvError::Lagged(_)) => MeshEvent::Resync,
+            Err(RecvError::Closed) => return None,
+        };
+        let data = serde_json::to_string(&ev).unwrap_or_else(|_| "{}".into());
+        Some((Ok(Event::default().data(data)), rx))
     });
     Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
 }
@@ -286,8 +281,8 @@ pub async fn events(
 pub async fn health(State(st): State<AppState>) -> Json<serde_json::Value> {
     Json(serde_json::json!({
         "status": "ok",
-        "mesh_id": st.hub.mesh_id,
-        "mesh_name": st.hub.mesh_name,
+        "mesh_id": st.mesh_id,
+        "mesh_name": st.mesh_name,
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_secs": st.started.elapsed().as_secs(),
         "members_online": st.hub.online_count(),

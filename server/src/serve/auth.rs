@@ -7,7 +7,8 @@
 //! sends no CORS headers at all, so scripts on other origins cannot read any API answer.
 
 use super::AppState;
-use crate::session::{constant_time_eq, random_b64};
+use crate::data_dir;
+use crate::secret::{constant_time_eq, random_b64};
 use anyhow::Context;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
@@ -18,9 +19,10 @@ use std::path::Path;
 /// Name of the admin cookie.
 pub const COOKIE: &str = "atmosphere_admin";
 
-/// Reads `<data_dir>/admin_secret`, creating it (0600) with 256 random bits if missing.
-pub fn load_or_create_secret(data_dir: &Path) -> anyhow::Result<String> {
-    let path = data_dir.join("admin_secret");
+/// Reads `<dir>/admin_secret` (`dir` is the data dir), creating it (0600) with 256 random
+/// bits if missing or empty.
+pub fn load_or_create_secret(dir: &Path) -> anyhow::Result<String> {
+    let path = data_dir::admin_secret_path(dir);
     match std::fs::read_to_string(&path) {
         Ok(s) if !s.trim().is_empty() => return Ok(s.trim().to_string()),
         Ok(_) => {} // empty file: write a fresh secret below
@@ -28,24 +30,8 @@ pub fn load_or_create_secret(data_dir: &Path) -> anyhow::Result<String> {
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
     }
     let secret = random_b64(32);
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    use std::io::Write;
-    let mut f = opts
-        .open(&path)
+    data_dir::write_private_file(&path, format!("{secret}\n").as_bytes())
         .with_context(|| format!("cannot create {}", path.display()))?;
-    f.write_all(format!("{secret}\n").as_bytes())?;
-    f.sync_all()?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-    }
     Ok(secret)
 }
 

@@ -2,22 +2,25 @@
 //!
 //! - the mesh WebSocket at `/` and `/api/ws` (→ [`crate::session`]),
 //! - the admin API under `/api/` ([`api`], guarded by [`auth`]),
-//! - `GET /health` and `GET /metrics` (open),
+//! - `GET /health` and `GET /metrics` (open; counters in [`crate::host_metrics`]),
 //! - the web UI with an SPA fallback ([`web`]).
 //!
-//! Around it: SQLite persistence ([`crate::store`]), background network discovery
-//! ([`crate::discovery`]) and, with `--relay-url`, the host's link to its relay
-//! ([`relay_link`]), whose relayed sessions enter the same session handler as direct ones.
+//! Around it: the data dir ([`crate::data_dir`]), SQLite persistence ([`crate::store`]),
+//! background network discovery ([`crate::discovery`]) and, with `--relay-url`, the host's
+//! link to its relay ([`relay_link`]), whose relayed sessions enter the same session handler
+//! as direct ones.
 
 pub mod api;
 pub mod auth;
-pub mod metrics;
 pub mod relay_link;
 pub mod web;
 
+use crate::data_dir;
 use crate::discovery::{Discovery, DiscoveryConfig};
+use crate::host_metrics::HostMetrics;
+use crate::hub::{Hub, HubConfig};
 use crate::limits::PerIpLimiter;
-use crate::session::{Hub, SessionConfig, Source};
+use crate::session::{SessionConfig, Sessions, Source};
 use crate::store::{self, Store};
 use crate::ws::FrameSocket;
 use anyhow::Context;
@@ -30,7 +33,6 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{any, delete, get, post};
 use axum::Router;
-use metrics::Metrics;
 use relay_link::{HostLink, HostLinkConfig, OnSession};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -145,9 +147,15 @@ pub struct AppState(Arc<Inner>);
 
 /// The contents of [`AppState`].
 pub struct Inner {
+    /// The mesh id (derived from the mesh key).
+    pub mesh_id: String,
+    /// The mesh's display name.
+    pub mesh_name: String,
     /// Caps direct mesh WebSockets per source address.
     pub per_ip: Arc<PerIpLimiter>,
-    /// Live sessions, presence and the event feed.
+    /// Where member sockets go: handshake and live loop.
+    pub sessions: Arc<Sessions>,
+    /// Who is online, and the event feed.
     pub hub: Arc<Hub>,
     /// The SQLite store.
     pub store: Store,
@@ -158,7 +166,7 @@ pub struct Inner {
     /// Contents of `<data-dir>/admin_secret`.
     pub admin_secret: String,
     /// Counters for `/metrics`.
-    pub metrics: Arc<Metrics>,
+    pub metrics: Arc<HostMetrics>,
     /// The port actually listened on.
     pub port: u16,
     /// `--web-url`: base of invite join links.
@@ -230,22 +238,12 @@ async fn run_inner(args: Args) -> Result<(), Fail> {
     }
 
     // Data dir, admin secret, database, mesh identity.
-    let data_dir = match &args.data_dir {
-        Some(d) => d.clone(),
-        None => directories::ProjectDirs::from("", "", "atmosphere")
-            .map(|p| p.data_dir().to_path_buf())
-            .ok_or_else(|| {
-                cfg(anyhow::anyhow!(
-                    "cannot find a user data directory; pass --data-dir"
-                ))
-            })?,
-    };
-    create_private_dir(&data_dir)
-        .with_context(|| format!("cannot create the data dir {}", data_dir.display()))
+    let dir = data_dir::resolve(args.data_dir.as_deref()).map_err(|e| cfg(e.into()))?;
+    data_dir::create_private_dir(&dir)
+        .with_context(|| format!("cannot create the data dir {}", dir.display()))
         .map_err(cfg)?;
-    let admin_secret = auth::load_or_create_secret(&data_dir).map_err(cfg)?;
-    let db_path = data_dir.join("atmosphere.db");
-    let store = Store::open(&db_path).map_err(cfg)?;
+    let admin_secret = auth::load_or_create_secret(&dir).map_err(cfg)?;
+    let store = Store::open(&data_dir::database_path(&dir)).map_err(cfg)?;
     let mesh_name = args.mesh_name.clone();
     let mesh = store
         .call(move |c| store::load_or_create_mesh(c, mesh_name.as_deref().map(str::trim)))
@@ -277,11 +275,13 @@ async fn run_inner(args: Args) -> Result<(), Fail> {
         stun_deadline: Duration::from_millis(1500),
     });
 
-    let metrics = Arc::new(Metrics::default());
-    let hub = Hub::new(
+    let metrics = Arc::new(HostMetrics::default());
+    let hub = Hub::new(HubConfig::default());
+    let sessions = Sessions::new(
         mesh_id.clone(),
         mesh.name.clone(),
         store.clone(),
+        hub.clone(),
         SessionConfig {
             handshake_timeout: Duration::from_millis(args.handshake_timeout_ms.max(1)),
             ping_interval: Duration::from_millis(args.ping_interval_ms.max(100)),
@@ -293,11 +293,11 @@ async fn run_inner(args: Args) -> Result<(), Fail> {
     );
 
     let host_link = args.relay_url.as_ref().map(|url| {
-        let hub = hub.clone();
+        let sessions = sessions.clone();
         let on_session: OnSession = Arc::new(move |sock, member: String| {
-            let hub = hub.clone();
+            let sessions = sessions.clone();
             tokio::spawn(
-                hub.serve_member(FrameSocket::from_tungstenite(sock), Source::relay(&member)),
+                sessions.serve_member(FrameSocket::from_tungstenite(sock), Source::relay(&member)),
             );
         });
         HostLink::spawn(
@@ -322,7 +322,10 @@ async fn run_inner(args: Args) -> Result<(), Fail> {
     }
 
     let state = AppState(Arc::new(Inner {
+        mesh_id: mesh_id.clone(),
+        mesh_name: mesh.name.clone(),
         per_ip: PerIpLimiter::new(args.max_conns_per_ip),
+        sessions,
         hub,
         store,
         discovery: discovery.clone(),
@@ -338,7 +341,7 @@ async fn run_inner(args: Args) -> Result<(), Fail> {
     let app = router(state);
 
     info!(mesh_id = %mesh_id, mesh_name = %mesh.name, addr = %format!("{}:{port}", args.bind),
-        data_dir = %data_dir.display(), stun = %if stun_servers.is_empty() { "disabled".to_string() } else { stun_servers.join(",") },
+        data_dir = %dir.display(), stun = %if stun_servers.is_empty() { "disabled".to_string() } else { stun_servers.join(",") },
         relay = args.relay_url.as_deref().unwrap_or("none"), "atmosphere host listening");
     let link_ip = if args.bind.is_unspecified() || args.bind.is_loopback() {
         IpAddr::from([127, 0, 0, 1])
@@ -382,21 +385,6 @@ async fn run_inner(args: Args) -> Result<(), Fail> {
     crate::http::serve(listener, app, options, crate::http::shutdown_signal()).await;
     info!("host stopped");
     Ok(())
-}
-
-/// Creates the data dir readable only by the user (it holds the admin secret and keys).
-fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
-    if dir.is_dir() {
-        return Ok(());
-    }
-    let mut b = std::fs::DirBuilder::new();
-    b.recursive(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        b.mode(0o700);
-    }
-    b.create(dir)
 }
 
 /// The host's HTTP routes.
@@ -451,8 +439,8 @@ async fn common_headers(State(st): State<AppState>, req: Request, next: Next) ->
     resp
 }
 
-/// `GET /`: the mesh WebSocket when it is an upgrade (the seed's bare `ws://IP:11451`),
-/// else the web UI.
+/// `GET /`: the mesh WebSocket when it is an upgrade (the bare `ws://IP:PORT` endpoint of
+/// the v1/v2 app links), else the web UI.
 async fn root(
     st: State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -484,7 +472,7 @@ async fn ws_only(
 fn upgrade(st: AppState, peer: SocketAddr, ws: WebSocketUpgrade) -> Response {
     let permit = st.per_ip.try_acquire(peer.ip());
     let max = st.per_ip.max();
-    let hub = st.hub.clone();
+    let sessions = st.sessions.clone();
     ws.max_message_size(WS_BUFFER_LIMIT)
         .max_frame_size(WS_BUFFER_LIMIT)
         .read_buffer_size(crate::ws::SOCKET_READ_BUFFER)
@@ -493,10 +481,11 @@ fn upgrade(st: AppState, peer: SocketAddr, ws: WebSocketUpgrade) -> Response {
             let source = Source::direct(peer);
             match permit {
                 // The permit lives as long as the session.
-                Some(_permit) => hub.serve_member(sock, source).await,
+                Some(_permit) => sessions.serve_member(sock, source).await,
                 None => {
                     let why = format!("too many connections from {} (limit {max})", peer.ip());
-                    hub.turn_away(sock, &source, ErrorCode::RateLimited, why)
+                    sessions
+                        .turn_away(sock, &source, ErrorCode::RateLimited, why)
                         .await
                 }
             }

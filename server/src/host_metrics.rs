@@ -1,4 +1,6 @@
-//! Counters behind `GET /metrics` (Prometheus text exposition format, version 0.0.4).
+//! The host's counters behind `GET /metrics` (Prometheus text exposition format, version
+//! 0.0.4). The HTTP layer ([`crate::serve`]) and the session handler ([`crate::session`]) both
+//! count into one [`HostMetrics`]; the relay has its own ([`crate::relay::metrics`]).
 //!
 //! Hand-rolled because the set is small and fixed: joins by path, refusals by error code,
 //! sessions online, invites minted and HTTP requests by status class.
@@ -12,14 +14,14 @@ use std::sync::Mutex;
 
 /// Host-wide counters; shared by the HTTP layer and the session handler.
 #[derive(Default)]
-pub struct Metrics {
+pub struct HostMetrics {
     joins: [AtomicU64; 3],
     refusals: Mutex<BTreeMap<&'static str, u64>>,
     invites_minted: AtomicU64,
     http: Mutex<BTreeMap<&'static str, u64>>,
 }
 
-impl Metrics {
+impl HostMetrics {
     /// A member joined on `path`.
     pub fn joined(&self, path: PathKind) {
         let i = PathKind::ALL.iter().position(|p| *p == path).unwrap_or(0);
