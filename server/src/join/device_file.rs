@@ -1,8 +1,9 @@
 //! The `--device-file`: this device's [`DeviceCredential`] for one mesh, as pretty JSON,
 //! readable by the owner only (the key in it is as good as a password).
 
+use crate::data_dir::write_private_file;
 use atmosphere_shared::credential::DeviceCredential;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::Path;
 
 /// Largest device file we read: it holds four short strings.
@@ -50,19 +51,6 @@ pub(super) fn save(path: &Path, cred: &DeviceCredential) -> Result<(), String> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(fail)?;
     }
-    let tmp = path.with_extension("tmp");
     let text = serde_json::to_string_pretty(cred).expect("credential serialises");
-    {
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            opts.mode(0o600);
-        }
-        let mut f = opts.open(&tmp).map_err(fail)?;
-        f.write_all(text.as_bytes()).map_err(fail)?;
-        f.sync_all().map_err(fail)?;
-    }
-    std::fs::rename(&tmp, path).map_err(fail)
+    write_private_file(path, text.as_bytes()).map_err(fail)
 }

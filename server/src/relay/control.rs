@@ -24,7 +24,6 @@ use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
-use rand::RngCore;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -91,8 +90,7 @@ fn check_mesh_id(mesh_id: &str) -> Result<(), Refused> {
 
 /// Sends `challenge` with a fresh nonce; returns the nonce.
 async fn send_challenge(ws: &mut WebSocket) -> Result<[u8; NONCE_BYTES], Stop> {
-    let mut nonce = [0u8; NONCE_BYTES];
-    rand::rngs::OsRng.fill_bytes(&mut nonce);
+    let nonce = crate::secret::random_bytes::<NONCE_BYTES>();
     let challenge = RelayMsg::Challenge {
         nonce: b64_encode(&nonce),
     };

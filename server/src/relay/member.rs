@@ -15,8 +15,9 @@
 
 use super::metrics::{ConnKind, RefusalKind};
 use super::registry::{HostCmd, HostDataSocket, NoSession, OpenSession};
-use super::server::{close_and_drain, configure, random_hex, too_many_from, Ctx, Refused, Relay};
+use super::server::{close_and_drain, configure, too_many_from, Ctx, Refused, Relay};
 use super::splice::splice;
+use crate::secret::random_hex;
 use atmosphere_shared::relay_proto::RelayMsg;
 use atmosphere_shared::wire::ErrorCode;
 use axum::extract::ws::{WebSocket, WebSocketUpgrade};

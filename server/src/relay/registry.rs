@@ -4,7 +4,8 @@
 //! removes it, so no exit path of a handler leaks one.
 
 use super::metrics::{ConnGuard, Metrics, RefusalKind};
-use super::server::{ct_eq, Refused};
+use super::server::Refused;
+use crate::secret::constant_time_eq;
 use atmosphere_shared::relay_proto::RelayMsg;
 use axum::extract::ws::WebSocket;
 use std::collections::HashMap;
@@ -178,7 +179,7 @@ impl Registry {
             let why = "session belongs to another mesh";
             return Err(Refused::new(RefusalKind::BadRequest, why));
         }
-        if !secret.is_some_and(|s| ct_eq(s.as_bytes(), pending.secret.as_bytes())) {
+        if !secret.is_some_and(|s| constant_time_eq(s.as_bytes(), pending.secret.as_bytes())) {
             let why = "missing or wrong session secret";
             return Err(Refused::new(RefusalKind::BadSignature, why));
         }

@@ -23,7 +23,6 @@ use axum::http::{header, HeaderMap, HeaderName};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use rand::RngCore;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -266,18 +265,6 @@ pub(super) fn to_json<T: serde::Serialize>(m: &T) -> String {
     serde_json::to_string(m).unwrap_or_default()
 }
 
-/// `bytes` random bytes from the OS as lowercase hex (session ids and their secrets).
-pub(super) fn random_hex(bytes: usize) -> String {
-    let mut b = vec![0u8; bytes];
-    rand::rngs::OsRng.fill_bytes(&mut b);
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-/// Constant-time comparison, so the secret check leaks no prefix length through timing.
-pub(super) fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 /// Whether a WebSocket read failed because a frame or message exceeded the size limit.
 pub(crate) fn is_too_large(e: axum::Error) -> bool {
     use tokio_tungstenite::tungstenite::Error as WsError;
@@ -301,16 +288,4 @@ pub async fn serve(
         tls,
     };
     crate::http::serve(listener, router(relay), options, shutdown).await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ct_eq_works() {
-        assert!(ct_eq(b"abc", b"abc"));
-        assert!(!ct_eq(b"abc", b"abd"));
-        assert!(!ct_eq(b"abc", b"ab"));
-    }
 }
