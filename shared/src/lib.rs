@@ -5,12 +5,20 @@
 //!
 //! - [`token`]: the invite token format (`ATM-…`, ≥128 bits, typing-tolerant parsing);
 //! - [`link`]: the invite link codec (v2, v1 and the web `join` form);
-//! - [`api`]: the JSON shapes of the host's HTTP API (invite answer, network snapshot, mesh view);
+//! - [`api`]: the JSON shapes of the host's HTTP API (invite answer, network snapshot, mesh
+//!   view, the error body, the events of `/api/events`);
+//! - [`mesh_id`]: the self-certifying mesh id derived from the host's Ed25519 public key;
+//! - [`path`]: the path kinds (`local`, `public`, `relay`) and their preference order;
 //! - [`wire`]: the mesh WebSocket message table, the join credential and the `joined` answer;
 //! - [`credential`]: the device credential a member stores to rejoin (CLI file, browser record);
 //! - [`racing`]: the fallback/racing policy as a sans-IO state machine;
 //! - [`join_event`]: every JSON line `atmosphere join --json` prints;
+//! - [`relay_proto`]: the relay's control protocol: messages, the registration handshake
+//!   (`sign` on the host, `verify` on the relay) and the close codes;
 //! - [`backoff`]: capped exponential reconnect backoff with caller-supplied jitter.
+//!
+//! Every wire and API shape here is documented with examples in `docs/PROTOCOL.md`, and a
+//! test (`shared/tests/protocol_doc.rs`) parses each example with these types.
 //!
 //! Nothing here performs I/O, reads a clock or spawns tasks, so the same code runs on
 //! tokio and in `wasm32-unknown-unknown`, and is tested with virtual time.
