@@ -230,8 +230,6 @@ enum Kind {
     OptU64,
     OptBool,
     StrList,
-    /// `local`, `public` or `relay`.
-    Path,
     /// Checked by a shared type.
     Shared(fn(&Value) -> Result<(), String>),
 }
@@ -259,7 +257,6 @@ fn check_object(v: &Value, fields: &[(&str, Kind)]) -> Result<(), String> {
             Kind::OptU64 => x.is_u64() || x.is_null(),
             Kind::OptBool => x.is_boolean() || x.is_null(),
             Kind::StrList => x.as_array().is_some_and(|a| a.iter().all(Value::is_string)),
-            Kind::Path => matches!(x.as_str(), Some("local" | "public" | "relay")),
             Kind::Shared(check) => {
                 check(x).map_err(|e| format!("{key}: {e}"))?;
                 true
