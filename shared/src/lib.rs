@@ -10,6 +10,7 @@
 //! - [`credential`]: the device credential a member stores to rejoin (CLI file, browser record);
 //! - [`racing`]: the fallback/racing policy as a sans-IO state machine;
 //! - [`join_event`]: every JSON line `atmosphere join --json` prints;
+//! - [`netcheck`]: the report `atmosphere netcheck --json` prints (discovery plus relay check);
 //! - [`backoff`]: capped exponential reconnect backoff with caller-supplied jitter.
 //!
 //! Nothing here performs I/O, reads a clock or spawns tasks, so the same code runs on
@@ -21,6 +22,7 @@ pub mod credential;
 pub mod join_event;
 pub mod link;
 pub mod mesh_id;
+pub mod netcheck;
 pub mod path;
 pub mod racing;
 pub mod relay_proto;
