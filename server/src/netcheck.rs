@@ -1,36 +1,14 @@
 //! `atmosphere netcheck`: one discovery round (the same code `serve` runs in the
 //! background) plus a relay reachability check, printed as a table or as one JSON object.
 //!
-//! JSON shape (`--json`), one object on one line:
-//!
-//! ```json
-//! {
-//!   "local_ip": "192.168.86.237",            // advertised local IP or null
-//!   "local_ips": ["192.168.86.237"],         // non-loopback interface addresses
-//!   "public_ip": "73.45.123.89",             // first STUN answer, or null
-//!   "stun_source": "stun:host:port",         // the server that gave public_ip, or null
-//!   "is_behind_nat": true,
-//!   "mapping_varies": false,                 // null with fewer than two answers
-//!   "cgnat": false,                          // 100.64.0.0/10 here, in STUN or on the path
-//!   "cgnat_hop": "100.64.0.1",               // the first 100.64.0.0/10 router on the path, or null
-//!   "hint": "human sentence" ,               // or null
-//!   "path": {"target": "ip:port", "error": null,   // TTL-limited probes toward the STUN
-//!            "hops": [{"ttl": 1, "addr": "192.168.1.1", "destination": false}]},  // server; or null
-//!   "endpoints": {"local": "ws://…", "public": "ws://…" , "relay": "ws(s)://…"},
-//!   "probes": [{"server": "stun:host:port", "mapped": "ip:port", "rtt_ms": 12, "error": null}],
-//!   "relay": {"url": "wss://…", "status": "reachable|unreachable|not_configured|invalid",
-//!             "error": null, "http_status": 101, "connect_ms": 3, "handshake_ms": 5},
-//!   "checked_at": "2026-11-25T10:00:00Z"
-//! }
-//! ```
+//! `--json` prints one [`Report`] (its shape, with every key, is in
+//! [`atmosphere_shared::netcheck`]).
 //!
 //! The exit code is 0 whatever the network says: netcheck reports, it does not judge.
 
 use crate::dial::{dial, DialError, DialOptions};
 use crate::discovery::{self, DiscoveryConfig};
-use atmosphere_shared::api::{NetworkSnapshot, PathTrace, StunProbe};
-use atmosphere_shared::link::Endpoints;
-use serde::Serialize;
+use atmosphere_shared::netcheck::{RelayCheck, RelayStatus, Report};
 use std::net::IpAddr;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -85,98 +63,6 @@ pub struct Args {
     pub public_port: Option<u16>,
 }
 
-/// Outcome of the relay reachability check.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct RelayCheck {
-    /// The URL checked, as given.
-    pub url: Option<String>,
-    /// `reachable`, `unreachable`, `not_configured` or `invalid`.
-    pub status: &'static str,
-    /// Why it is not reachable (or a note when the server answered without upgrading).
-    pub error: Option<String>,
-    /// HTTP status of the handshake answer (101 = WebSocket accepted).
-    pub http_status: Option<u16>,
-    /// Time to the TCP connection.
-    pub connect_ms: Option<u64>,
-    /// Time to the handshake answer, from the start.
-    pub handshake_ms: Option<u64>,
-}
-
-impl RelayCheck {
-    fn not_configured() -> RelayCheck {
-        RelayCheck {
-            url: None,
-            status: "not_configured",
-            error: None,
-            http_status: None,
-            connect_ms: None,
-            handshake_ms: None,
-        }
-    }
-
-    fn failed(
-        url: &str,
-        status: &'static str,
-        error: String,
-        connect_ms: Option<u64>,
-    ) -> RelayCheck {
-        RelayCheck {
-            url: Some(url.to_string()),
-            status,
-            error: Some(error),
-            http_status: None,
-            connect_ms,
-            handshake_ms: None,
-        }
-    }
-}
-
-/// The whole report (`--json` prints exactly this).
-#[derive(Debug, Clone, Serialize)]
-pub struct Report {
-    pub local_ip: Option<String>,
-    pub local_ips: Vec<String>,
-    pub public_ip: Option<String>,
-    pub stun_source: Option<String>,
-    pub is_behind_nat: bool,
-    pub mapping_varies: Option<bool>,
-    pub cgnat: bool,
-    /// The first router on the path to the STUN server with a 100.64.0.0/10 address.
-    pub cgnat_hop: Option<String>,
-    pub hint: Option<String>,
-    /// The routers toward the STUN server (null when no STUN server answered).
-    pub path: Option<PathTrace>,
-    pub endpoints: Endpoints,
-    pub probes: Vec<StunProbe>,
-    pub relay: RelayCheck,
-    pub checked_at: Option<String>,
-}
-
-impl Report {
-    fn new(snap: NetworkSnapshot, relay: RelayCheck) -> Report {
-        let mut endpoints = snap.endpoints;
-        if relay.status != "invalid" {
-            endpoints.relay = relay.url.clone();
-        }
-        Report {
-            local_ip: snap.local_ip,
-            local_ips: snap.local_ips,
-            public_ip: snap.public_ip,
-            stun_source: snap.stun_source,
-            is_behind_nat: snap.is_behind_nat,
-            mapping_varies: snap.mapping_varies,
-            cgnat: snap.cgnat,
-            cgnat_hop: snap.cgnat_hop,
-            hint: snap.hint,
-            path: snap.path,
-            endpoints,
-            probes: snap.probes,
-            relay,
-            checked_at: snap.updated_at,
-        }
-    }
-}
-
 fn ms(d: Duration) -> u64 {
     d.as_millis().min(u64::MAX as u128) as u64
 }
@@ -202,7 +88,7 @@ pub async fn check_relay(relay_url: Option<&str>, timeout: Duration) -> RelayChe
     if raw.len() > 2048 {
         return RelayCheck::failed(
             truncate_chars(raw, 64),
-            "invalid",
+            RelayStatus::Invalid,
             "the relay URL is longer than 2048 bytes".into(),
             None,
         );
@@ -214,7 +100,7 @@ pub async fn check_relay(relay_url: Option<&str>, timeout: Duration) -> RelayChe
     };
     let reachable = |status: u16, error: Option<String>, connected_after: Duration| RelayCheck {
         url: Some(raw.to_string()),
-        status: "reachable",
+        status: RelayStatus::Reachable,
         error,
         http_status: Some(status),
         connect_ms: Some(ms(connected_after)),
@@ -239,12 +125,15 @@ pub async fn check_relay(relay_url: Option<&str>, timeout: Duration) -> RelayChe
             )),
             connected_after,
         ),
-        Err(DialError::BadUrl(why)) => {
-            RelayCheck::failed(raw, "invalid", format!("bad relay URL: {why}"), None)
-        }
+        Err(DialError::BadUrl(why)) => RelayCheck::failed(
+            raw,
+            RelayStatus::Invalid,
+            format!("bad relay URL: {why}"),
+            None,
+        ),
         Err(e) => {
             let connect_ms = e.connected_after().map(ms);
-            RelayCheck::failed(raw, "unreachable", e.to_string(), connect_ms)
+            RelayCheck::failed(raw, RelayStatus::Unreachable, e.to_string(), connect_ms)
         }
     }
 }
@@ -383,8 +272,10 @@ pub fn render_table(r: &Report, stun_disabled: bool) -> String {
 
     let _ = writeln!(o, "Relay");
     let relay = match r.relay.status {
-        "not_configured" => "not configured (--relay-url / ATMOSPHERE_RELAY_URL)".to_string(),
-        "reachable" => {
+        RelayStatus::NotConfigured => {
+            "not configured (--relay-url / ATMOSPHERE_RELAY_URL)".to_string()
+        }
+        RelayStatus::Reachable => {
             let mut s = format!(
                 "reachable (HTTP {}, connect {} ms, handshake {} ms)",
                 r.relay.http_status.unwrap_or(0),
@@ -396,7 +287,11 @@ pub fn render_table(r: &Report, stun_disabled: bool) -> String {
             }
             s
         }
-        other => format!("{other}: {}", r.relay.error.as_deref().unwrap_or("")),
+        other => format!(
+            "{}: {}",
+            other.as_str(),
+            r.relay.error.as_deref().unwrap_or("")
+        ),
     };
     row(&mut o, r.relay.url.as_deref().unwrap_or("relay"), &relay);
     o
@@ -405,6 +300,7 @@ pub fn render_table(r: &Report, stun_disabled: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use atmosphere_shared::api::{NetworkSnapshot, PathTrace};
 
     #[test]
     fn table_shows_the_carrier_nat_hop() {
@@ -478,7 +374,7 @@ mod tests {
         let url = format!("wss://relay.example/a/{}", "🛰".repeat(600));
         assert!(!url.is_char_boundary(64));
         let r = check_relay(Some(&url), Duration::from_secs(1)).await;
-        assert_eq!(r.status, "invalid");
+        assert_eq!(r.status, RelayStatus::Invalid);
         assert!(url.starts_with(r.url.as_deref().unwrap()));
         assert!(r.url.unwrap().len() <= 64);
     }
@@ -487,10 +383,10 @@ mod tests {
     async fn relay_check_states() {
         assert_eq!(
             check_relay(None, Duration::from_secs(1)).await.status,
-            "not_configured"
+            RelayStatus::NotConfigured
         );
         let bad = check_relay(Some("http://x"), Duration::from_secs(1)).await;
-        assert_eq!(bad.status, "invalid");
+        assert_eq!(bad.status, RelayStatus::Invalid);
         assert!(bad.error.unwrap().contains("ws://"));
         // A port nobody listens on: refused, reported, not a panic.
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -503,7 +399,7 @@ mod tests {
             Duration::from_secs(2),
         )
         .await;
-        assert_eq!(down.status, "unreachable");
+        assert_eq!(down.status, RelayStatus::Unreachable);
         assert!(down.error.unwrap().contains("TCP connect"));
     }
 
@@ -520,7 +416,7 @@ mod tests {
             }
         });
         let ok = check_relay(Some(&format!("ws://{addr}/")), Duration::from_secs(2)).await;
-        assert_eq!(ok.status, "reachable", "{ok:?}");
+        assert_eq!(ok.status, RelayStatus::Reachable, "{ok:?}");
         assert_eq!(ok.http_status, Some(101));
     }
 
@@ -537,7 +433,7 @@ mod tests {
         let t = Instant::now();
         let r = check_relay(Some(&format!("ws://{addr}")), Duration::from_millis(300)).await;
         assert!(t.elapsed() < Duration::from_secs(2));
-        assert_eq!(r.status, "unreachable");
+        assert_eq!(r.status, RelayStatus::Unreachable);
         assert!(
             r.error.unwrap().contains("handshake did not finish"),
             "timeout named"

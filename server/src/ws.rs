@@ -147,14 +147,10 @@ impl FrameSocket {
 pub mod close_code {
     /// Normal closure.
     pub const NORMAL: u16 = 1000;
-    /// Going away (host shutting down, member replaced).
-    pub const AWAY: u16 = 1001;
     /// Policy violation (bad request, refused credential, deadline).
     pub const POLICY: u16 = 1008;
     /// Message too big.
     pub const TOO_BIG: u16 = 1009;
-    /// Unsupported data (binary frames).
-    pub const UNSUPPORTED: u16 = 1003;
 }
 
 fn classify(err: Box<dyn std::error::Error + Send + Sync>) -> RecvError {

@@ -1,6 +1,6 @@
 //! JSON shapes of the host's HTTP API, shared by the server (which produces them), the CLI
 //! (`atmosphere token`) and the web app (which consumes them): request and answer bodies,
-//! the error body, and the events of `GET /api/events`. Field names are contracts,
+//! the error body, the events of `GET /api/events` and the host's `GET /health`. Field names are contracts,
 //! documented with examples in `docs/PROTOCOL.md`.
 
 use crate::link::Endpoints;
@@ -175,6 +175,37 @@ pub struct MeshView {
     pub mesh_name: String,
     pub invites: Vec<InviteView>,
     pub devices: Vec<DeviceView>,
+}
+
+/// Answer of `DELETE /api/mesh/invites/{id}` (and `POST …/{id}/revoke`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevokeResponse {
+    pub invite_id: String,
+    /// Always `true`: an unknown id is a 404 [`ApiError`] instead.
+    pub revoked: bool,
+}
+
+/// Answer of `GET /api/auth`: `{"admin":true}` when the caller is admin (anyone else gets a
+/// 401 [`ApiError`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthStatus {
+    pub admin: bool,
+}
+
+/// Answer of the host's open `GET /health`. The fields are in the order the host sends
+/// them (alphabetical).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostHealth {
+    /// Members connected now.
+    pub members_online: u64,
+    pub mesh_id: String,
+    pub mesh_name: String,
+    /// Always `ok` (a host that answers is up).
+    pub status: String,
+    /// Seconds since the host started.
+    pub uptime_secs: u64,
+    /// The host's `atmosphere` version.
+    pub version: String,
 }
 
 /// JSON error body of the HTTP API (`401`, `400`, …).

@@ -15,6 +15,7 @@
 //! - [`join_event`]: every JSON line `atmosphere join --json` prints;
 //! - [`relay_proto`]: the relay's control protocol: messages, the registration handshake
 //!   (`sign` on the host, `verify` on the relay) and the close codes;
+//! - [`netcheck`]: the report `atmosphere netcheck --json` prints (discovery plus relay check);
 //! - [`backoff`]: capped exponential reconnect backoff with caller-supplied jitter.
 //!
 //! Every wire and API shape here is documented with examples in `docs/PROTOCOL.md`, and a
@@ -29,6 +30,7 @@ pub mod credential;
 pub mod join_event;
 pub mod link;
 pub mod mesh_id;
+pub mod netcheck;
 pub mod path;
 pub mod racing;
 pub mod relay_proto;

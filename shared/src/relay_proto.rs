@@ -1,4 +1,5 @@
-//! The relay's control protocol (host ↔ relay) and its close codes.
+//! The relay's control protocol (host ↔ relay), its close codes and its `GET /health` answer
+//! ([`RelayHealth`]).
 //!
 //! The relay is a dumb splice: it never reads mesh traffic. The only messages it speaks are
 //! the few below, on the host's control socket `GET /mesh/{mesh_id}/host`:
@@ -167,6 +168,22 @@ pub enum HostMsg {
         public_key: String,
         signature: String,
     },
+}
+
+/// Answer of the relay's open `GET /health`. The fields are in the order the relay sends
+/// them (alphabetical).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayHealth {
+    /// Open WebSockets of every kind.
+    pub connections: u64,
+    /// Hosts registered now.
+    pub meshes: u64,
+    /// Sessions waiting for their host or spliced.
+    pub sessions: u64,
+    /// Always `ok` (a relay that answers is up).
+    pub status: String,
+    /// Seconds since the relay started.
+    pub uptime_secs: u64,
 }
 
 /// WebSocket close codes the relay uses (4000–4999 is the application range). The table is

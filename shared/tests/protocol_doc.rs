@@ -12,19 +12,19 @@
 //!   `mesh_id` and `relay_proto`.
 //! - Across all JSON: every `mesh_id` has the mesh-id shape, every `token` is a valid token
 //!   and every error `code` is an [`ErrorCode`] or one of the CLI's own codes.
-//!
-//! Shapes that are defined only in the server crate (not in `shared`) are checked by their
-//! keys and value types, by hand, each in one clearly marked function.
 
 use atmosphere_shared::api::{
-    ApiError, MeshEvent, MeshView, NetworkSnapshot, PathTrace, RelayState, StunProbe, TokenRequest,
-    TokenResponse,
+    ApiError, AuthStatus, HostHealth, MeshEvent, MeshView, NetworkSnapshot, RelayState,
+    RevokeResponse, TokenRequest, TokenResponse,
 };
 use atmosphere_shared::credential::DeviceCredential;
 use atmosphere_shared::join_event::JoinEvent;
-use atmosphere_shared::link::{Endpoints, Invite};
+use atmosphere_shared::link::Invite;
 use atmosphere_shared::mesh_id::{is_valid_mesh_id, mesh_id_from_public_key};
-use atmosphere_shared::relay_proto::{self, b64_decode, registration_message, HostMsg, RelayMsg};
+use atmosphere_shared::netcheck::Report;
+use atmosphere_shared::relay_proto::{
+    self, b64_decode, registration_message, HostMsg, RelayHealth, RelayMsg,
+};
 use atmosphere_shared::token::Token;
 use atmosphere_shared::wire::{ClientMsg, ErrorCode, ServerMsg};
 use ed25519_dalek::SigningKey;
@@ -187,6 +187,10 @@ fn check_json(tag: &str, v: &Value, text: &str) -> Result<(), String> {
         "token_request" => strict::<TokenRequest>(v),
         "token_response" => strict::<TokenResponse>(v),
         "mesh_view" => strict::<MeshView>(v),
+        "revoke_response" => strict::<RevokeResponse>(v),
+        "auth_response" => strict::<AuthStatus>(v),
+        "host_health" => strict::<HostHealth>(v),
+        "relay_health" => strict::<RelayHealth>(v),
         "network_snapshot" => strict::<NetworkSnapshot>(v),
         "relay_state" => strict::<RelayState>(v),
         "client_msg" => strict::<ClientMsg>(v),
@@ -195,11 +199,8 @@ fn check_json(tag: &str, v: &Value, text: &str) -> Result<(), String> {
         "host_msg" => strict::<HostMsg>(v),
         "mesh_event" => check_mesh_event(v),
         "join_line" => check_join_line(v, text),
-        "netcheck" => check_netcheck(v),
+        "netcheck" => strict::<Report>(v),
         "device_file" => strict::<DeviceCredential>(v),
-        "revoke_response" | "auth_response" | "host_health" | "relay_health" => {
-            check_server_only_shape(tag, v)
-        }
         other => Err(format!(
             "unknown tag `json {other}`: add it to JSON_TAGS and check_json"
         )),
@@ -220,55 +221,6 @@ fn check_inspect(v: &Value, text: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// The value types the hand-written checks below know.
-#[derive(Clone, Copy)]
-enum Kind {
-    Str,
-    OptStr,
-    Bool,
-    U64,
-    OptU64,
-    OptBool,
-    StrList,
-    /// Checked by a shared type.
-    Shared(fn(&Value) -> Result<(), String>),
-}
-
-/// Requires `v` to be an object with exactly these keys, each of its kind.
-fn check_object(v: &Value, fields: &[(&str, Kind)]) -> Result<(), String> {
-    let obj = v.as_object().ok_or("expected a JSON object")?;
-    let want: BTreeSet<&str> = fields.iter().map(|(k, _)| *k).collect();
-    let have: BTreeSet<&str> = obj.keys().map(String::as_str).collect();
-    let missing: Vec<&&str> = want.difference(&have).collect();
-    let unknown: Vec<&&str> = have.difference(&want).collect();
-    if !missing.is_empty() {
-        return Err(format!("missing field(s) {missing:?}"));
-    }
-    if !unknown.is_empty() {
-        return Err(format!("not field(s) of this shape: {unknown:?}"));
-    }
-    for (key, kind) in fields {
-        let x = &obj[*key];
-        let ok = match kind {
-            Kind::Str => x.is_string(),
-            Kind::OptStr => x.is_string() || x.is_null(),
-            Kind::Bool => x.is_boolean(),
-            Kind::U64 => x.is_u64(),
-            Kind::OptU64 => x.is_u64() || x.is_null(),
-            Kind::OptBool => x.is_boolean() || x.is_null(),
-            Kind::StrList => x.as_array().is_some_and(|a| a.iter().all(Value::is_string)),
-            Kind::Shared(check) => {
-                check(x).map_err(|e| format!("{key}: {e}"))?;
-                true
-            }
-        };
-        if !ok {
-            return Err(format!("{key}: {x} has the wrong type"));
-        }
-    }
-    Ok(())
-}
-
 /// The server-sent events of `GET /api/events`: each is one [`MeshEvent`].
 fn check_mesh_event(v: &Value) -> Result<(), String> {
     strict::<MeshEvent>(v)
@@ -284,87 +236,6 @@ fn check_join_line(v: &Value, text: &str) -> Result<(), String> {
         return Err("`event` is the first key of every join line".into());
     }
     strict::<JoinEvent>(v)
-}
-
-// =======================================================================================
-// The JSON object of `atmosphere netcheck --json`.
-// Checked by hand against `server/src/netcheck.rs` (`Report`, `RelayCheck`). REPLACE with a
-// strict parse once the report type lives in `shared`.
-// =======================================================================================
-fn check_netcheck(v: &Value) -> Result<(), String> {
-    use Kind::*;
-    fn relay_check(v: &Value) -> Result<(), String> {
-        check_object(
-            v,
-            &[
-                ("url", OptStr),
-                ("status", Str),
-                ("error", OptStr),
-                ("http_status", OptU64),
-                ("connect_ms", OptU64),
-                ("handshake_ms", OptU64),
-            ],
-        )?;
-        match v["status"].as_str() {
-            Some("reachable" | "unreachable" | "not_configured" | "invalid") => Ok(()),
-            other => Err(format!("unknown relay status {other:?}")),
-        }
-    }
-    check_object(
-        v,
-        &[
-            ("local_ip", OptStr),
-            ("local_ips", StrList),
-            ("public_ip", OptStr),
-            ("stun_source", OptStr),
-            ("is_behind_nat", Bool),
-            ("mapping_varies", OptBool),
-            ("cgnat", Bool),
-            ("cgnat_hop", OptStr),
-            ("hint", OptStr),
-            ("path", Shared(strict::<Option<PathTrace>>)),
-            ("endpoints", Shared(strict::<Endpoints>)),
-            ("probes", Shared(strict::<Vec<StunProbe>>)),
-            ("relay", Shared(relay_check)),
-            ("checked_at", OptStr),
-        ],
-    )
-}
-
-// =======================================================================================
-// Small answers built in the server crate with `json!` (or a private struct).
-// Checked by hand against `server/src/serve/api.rs` (`revoke`, `whoami`, `health`),
-// `server/src/relay/server.rs` (`health`).
-// REPLACE a case with a strict parse when its type moves to `shared`.
-// =======================================================================================
-fn check_server_only_shape(tag: &str, v: &Value) -> Result<(), String> {
-    use Kind::*;
-    match tag {
-        "revoke_response" => check_object(v, &[("invite_id", Str), ("revoked", Bool)]),
-        "auth_response" => check_object(v, &[("admin", Bool)]),
-        "host_health" => check_object(
-            v,
-            &[
-                ("status", Str),
-                ("mesh_id", Str),
-                ("mesh_name", Str),
-                ("version", Str),
-                ("uptime_secs", U64),
-                ("members_online", U64),
-            ],
-        ),
-        "relay_health" => check_object(
-            v,
-            &[
-                ("status", Str),
-                ("meshes", U64),
-                ("sessions", U64),
-                ("connections", U64),
-                ("uptime_secs", U64),
-            ],
-        ),
-        other => Err(format!("no server-only shape named {other}")),
-    }
 }
 
 /// Every `mesh_id` in the examples has the mesh-id shape, every `token` is a valid token
@@ -596,7 +467,7 @@ fn the_checker_rejects_drift() {
         "json client_msg",
         r#"{"type":"send","to":null,"body":"x"}"#
     ));
-    // Hand-checked shapes: exact key sets, `event` first on join lines.
+    // Exact key sets, `event` first on join lines.
     assert!(passes(
         "json mesh_event",
         r#"{"type":"invite_minted","invite_id":"a"}"#
@@ -617,6 +488,14 @@ fn the_checker_rejects_drift() {
         "json join_line",
         r#"{"event":"peer_left","device":"d"}"#
     ));
+    // Small answers are whole types too: a misspelt key fails.
+    let health = r#"{"connections":13,"meshes":3,"sessions":5,"status":"ok","uptime_secs":8125}"#;
+    assert!(passes("json relay_health", health));
+    assert!(fails(
+        "json relay_health",
+        &health.replace("uptime_secs", "uptime")
+    ));
+    assert!(fails("json auth_response", r#"{"admin":true,"user":"x"}"#));
     // `inspect --json` is compared byte for byte, key order included.
     let inspect = r#"{"version":1,"token":"ATM-HAEQDDBYEJ9FCA91ABJEK9GC76VZTCRG","mesh_name":"Home","endpoints":{"local":null,"public":"ws://h","relay":null}}"#;
     assert!(passes("json inspect", inspect));

@@ -16,6 +16,7 @@ use super::metrics::{Metrics, RefusalKind};
 use super::registry::Registry;
 use super::{control, member};
 use crate::limits::{IpPermit, PerIpLimiter};
+use atmosphere_shared::relay_proto::RelayHealth;
 use atmosphere_shared::wire::{ErrorCode, ServerMsg};
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
@@ -229,14 +230,14 @@ pub fn router(relay: Arc<Relay>) -> Router {
         .with_state(relay)
 }
 
-async fn health(State(relay): State<Arc<Relay>>) -> Json<serde_json::Value> {
-    Json(serde_json::json!({
-        "status": "ok",
-        "meshes": relay.meshes(),
-        "sessions": relay.metrics.sessions.load(Ordering::Relaxed),
-        "connections": relay.metrics.connections(),
-        "uptime_secs": relay.started.elapsed().as_secs(),
-    }))
+async fn health(State(relay): State<Arc<Relay>>) -> Json<RelayHealth> {
+    Json(RelayHealth {
+        connections: relay.metrics.connections(),
+        meshes: relay.meshes() as u64,
+        sessions: relay.metrics.sessions.load(Ordering::Relaxed),
+        status: "ok".into(),
+        uptime_secs: relay.started.elapsed().as_secs(),
+    })
 }
 
 async fn metrics(State(relay): State<Arc<Relay>>) -> Response {

@@ -8,8 +8,8 @@ use crate::clock::{now_secs, rfc3339};
 use crate::secret::{random_bytes, random_hex};
 use crate::store::{self, NewInvite};
 use atmosphere_shared::api::{
-    ApiError, DeviceView, InviteView, MeshEvent, MeshView, NetworkInfo, NetworkSnapshot,
-    RelayState, TokenRequest, TokenResponse,
+    ApiError, AuthStatus, DeviceView, HostHealth, InviteView, MeshEvent, MeshView, NetworkInfo,
+    NetworkSnapshot, RelayState, RevokeResponse, TokenRequest, TokenResponse,
 };
 use atmosphere_shared::link::Invite;
 use atmosphere_shared::path::PathKind;
@@ -235,7 +235,11 @@ pub async fn revoke(State(st): State<AppState>, Path(id): Path<String>) -> Respo
             st.hub.emit(MeshEvent::InviteRevoked {
                 invite_id: id.clone(),
             });
-            Json(serde_json::json!({ "invite_id": id, "revoked": true })).into_response()
+            Json(RevokeResponse {
+                invite_id: id,
+                revoked: true,
+            })
+            .into_response()
         }
         Ok(false) => error(StatusCode::NOT_FOUND, "not_found", "no invite has this id"),
         Err(e) => internal(e),
@@ -254,8 +258,8 @@ pub async fn refresh(State(st): State<AppState>) -> Json<NetworkSnapshot> {
 }
 
 /// `GET /api/auth`: 200 `{"admin":true}` when the caller is admin (the route is guarded).
-pub async fn whoami() -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "admin": true }))
+pub async fn whoami() -> Json<AuthStatus> {
+    Json(AuthStatus { admin: true })
 }
 
 /// `GET /api/events`: Server-Sent Events, one unnamed event (a `data:` line) per mesh
@@ -278,15 +282,15 @@ pub async fn events(
 }
 
 /// `GET /health` (open).
-pub async fn health(State(st): State<AppState>) -> Json<serde_json::Value> {
-    Json(serde_json::json!({
-        "status": "ok",
-        "mesh_id": st.mesh_id,
-        "mesh_name": st.mesh_name,
-        "version": env!("CARGO_PKG_VERSION"),
-        "uptime_secs": st.started.elapsed().as_secs(),
-        "members_online": st.hub.online_count(),
-    }))
+pub async fn health(State(st): State<AppState>) -> Json<HostHealth> {
+    Json(HostHealth {
+        members_online: st.hub.online_count() as u64,
+        mesh_id: st.mesh_id.clone(),
+        mesh_name: st.mesh_name.clone(),
+        status: "ok".into(),
+        uptime_secs: st.started.elapsed().as_secs(),
+        version: env!("CARGO_PKG_VERSION").into(),
+    })
 }
 
 /// `GET /metrics` (open, Prometheus text).
