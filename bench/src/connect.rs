@@ -118,7 +118,7 @@ pub async fn run(rep: &mut Report, runs: usize, seq_runs: usize) -> Result<()> {
     let inv = host
         .mint(&TokenRequest {
             label: Some("bench connect".into()),
-            ..TokenRequest::default()
+            ..TokenRequest::unlimited()
         })
         .await;
     let relay_ep = inv

@@ -64,7 +64,7 @@ pub async fn run(rep: &mut Report, devices: usize) -> Result<()> {
     let inv = host
         .mint(&TokenRequest {
             label: Some("bench devices".into()),
-            ..TokenRequest::default()
+            ..TokenRequest::unlimited()
         })
         .await;
     tokio::time::sleep(Duration::from_secs(1)).await;

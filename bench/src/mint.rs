@@ -50,7 +50,7 @@ async fn mint(client: &reqwest::Client, host: &Host, secret: &str) -> Result<f64
     let r = client
         .post(format!("{}/api/mesh/token", host.base()))
         .bearer_auth(secret)
-        .json(&TokenRequest::default())
+        .json(&TokenRequest::unlimited())
         .send()
         .await?;
     let status = r.status();

@@ -19,6 +19,8 @@ pub enum Command {
     Relay(crate::relay::Args),
     /// Mint an invite through the running host and show it (QR in the terminal).
     Token(crate::token_cmd::Args),
+    /// List the mesh's member devices, or remove one (through the running host).
+    Devices(crate::devices_cmd::Args),
     /// Join a mesh from the terminal, racing the invite's endpoints.
     Join(crate::join::Args),
     /// Work with invite links.
@@ -41,6 +43,7 @@ impl Cli {
             Command::Serve(a) => crate::serve::run(a).await,
             Command::Relay(a) => crate::relay::run(a).await,
             Command::Token(a) => crate::token_cmd::run(a).await,
+            Command::Devices(a) => crate::devices_cmd::run(a).await,
             Command::Join(a) => crate::join::run(a).await,
             Command::Invite(InviteCommand::Inspect(a)) => crate::inspect::run(a),
             Command::Netcheck(a) => crate::netcheck::run(a).await,

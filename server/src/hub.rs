@@ -1,6 +1,6 @@
 //! The mesh's live state, shared by every member session of the host: who is online (the
 //! presence table), the frames on their way to each member (fan-out), asking a session to
-//! end (kicks), and the feed of mesh changes behind `GET /api/events`.
+//! end (kicks, including [`Hub::remove`] when the admin removes a device), and the feed of mesh changes behind `GET /api/events`.
 //!
 //! A session enters the hub only after its handshake ([`Hub::enter`]) and leaves when its
 //! [`Membership`] ends, however it ends. The hub never writes to a socket: each member has
@@ -11,7 +11,7 @@
 
 use atmosphere_shared::api::MeshEvent;
 use atmosphere_shared::path::PathKind;
-use atmosphere_shared::wire::{Peer, ServerMsg};
+use atmosphere_shared::wire::{ErrorCode, Peer, ServerMsg};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -59,10 +59,19 @@ struct Member {
     kick: Arc<Kick>,
 }
 
-/// Asks a live session to end (slow consumer, replaced by a newer session).
+/// Asks a live session to end (slow consumer, replaced by a newer session, removed).
 pub struct Kick {
     notify: Notify,
-    reason: Mutex<Option<&'static str>>,
+    reason: Mutex<Option<Kicked>>,
+}
+
+/// Why a session was kicked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Kicked {
+    /// For the log and the `device_left` event.
+    pub reason: &'static str,
+    /// An error the member must be told before the socket closes (`device_removed`).
+    pub error: Option<ErrorCode>,
 }
 
 impl Kick {
@@ -75,18 +84,37 @@ impl Kick {
 
     /// Ends the session with `reason` (it reads the kick at its next turn).
     fn kick(&self, reason: &'static str) {
-        *self.reason.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
+        self.kick_with(Kicked {
+            reason,
+            error: None,
+        });
+    }
+
+    fn kick_with(&self, why: Kicked) {
+        *self.reason.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
         self.notify.notify_one();
     }
 
+    /// Why the session was kicked, if it was. The hub drops a member's queue only after
+    /// kicking it, so a session that finds its queue closed reads the reason here.
+    pub fn reason(&self) -> Option<Kicked> {
+        self.reason
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// Waits until the session is kicked; returns why.
-    pub async fn kicked(&self) -> String {
+    pub async fn kicked(&self) -> Kicked {
         self.notify.notified().await;
         self.reason
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .unwrap_or("kicked")
-            .to_string()
+            .clone()
+            .unwrap_or(Kicked {
+                reason: "kicked",
+                error: None,
+            })
     }
 }
 
@@ -217,6 +245,27 @@ impl Hub {
         )
     }
 
+    /// Ends the live session of a removed device at once: it is taken out of presence (the
+    /// others get `peer_left`) and told `device_removed` before its socket closes. Returns
+    /// whether the device was online.
+    pub fn remove(&self, device_id: &str) -> bool {
+        let mut members = self.lock_members();
+        let Some(m) = members.remove(device_id) else {
+            return false;
+        };
+        m.kick.kick_with(Kicked {
+            reason: "removed by the host's admin",
+            error: Some(ErrorCode::DeviceRemoved),
+        });
+        let left: Arc<str> = ServerMsg::PeerLeft {
+            device_id: device_id.to_string(),
+        }
+        .to_json()
+        .into();
+        self.fanout(&members, &left);
+        true
+    }
+
     /// Takes session `conn` of `device_id` out of presence and tells the others
     /// (`peer_left`), unless a newer session of the same device replaced it. Returns
     /// whether it was current.
@@ -336,7 +385,7 @@ mod tests {
 
         // A second session of `a` replaces the first, which is kicked and leaves quietly.
         let (a2, _) = hub.enter(peer("a"));
-        assert!(a.kick.kicked().await.starts_with("replaced"));
+        assert!(a.kick.kicked().await.reason.starts_with("replaced"));
         assert!(!a.leave(), "the replaced session was no longer current");
         assert_eq!(hub.online_count(), 2);
         assert!(a2.leave());
@@ -355,6 +404,20 @@ mod tests {
         let (_fast, _) = hub.enter(peer("fast")); // fills slow's queue with peer_joined
         hub.deliver(&peer("fast"), Some("slow"), serde_json::json!("hi"))
             .await;
-        assert!(slow.kick.kicked().await.starts_with("too slow"));
+        assert!(slow.kick.kicked().await.reason.starts_with("too slow"));
+    }
+
+    #[tokio::test]
+    async fn a_removed_device_is_kicked_with_device_removed_and_the_others_see_it_leave() {
+        let hub = Hub::new(HubConfig::default());
+        let (gone, _) = hub.enter(peer("gone"));
+        let (mut stay, _) = hub.enter(peer("stay"));
+        assert!(hub.remove("gone"));
+        assert!(!hub.remove("gone"), "no longer online");
+        let why = gone.kick.kicked().await;
+        assert_eq!(why.error, Some(ErrorCode::DeviceRemoved));
+        assert!(stay.outbox.recv().await.unwrap().contains("peer_left"));
+        assert!(!gone.leave(), "already out of presence");
+        assert_eq!(hub.online().keys().collect::<Vec<_>>(), vec!["stay"]);
     }
 }

@@ -2,8 +2,8 @@
 //!
 //! The native side of Atmosphere, shipped as one binary, `atmosphere`:
 //!
-//! - [`cli`]: the command line (`serve`, `relay`, `token`, `join`, `invite inspect`,
-//!   `netcheck`) and logging setup;
+//! - [`cli`]: the command line (`serve`, `relay`, `token`, `devices`, `join`,
+//!   `invite inspect`, `netcheck`) and logging setup;
 //! - [`serve`]: the host (axum): web UI, invite API, admin auth, mesh WebSocket;
 //! - [`session`]: one member session, direct or relayed: the handshake and the live loop;
 //! - [`hub`]: the mesh's live state: presence table, fan-out to members, kicks, the event
@@ -24,13 +24,18 @@
 //!   relay;
 //! - [`ws`]: one WebSocket frame type over axum's and tungstenite's sockets, and the close
 //!   codes;
-//! - CLI shells: [`join`], [`token_cmd`], [`inspect`], [`netcheck`], dispatched by [`cli`].
+//! - [`admin_client`]: the admin API as the CLI calls it (`--data-dir`, `--server`, the
+//!   admin secret, errors), for `token` and `devices`;
+//! - CLI shells: [`join`], [`token_cmd`], [`devices_cmd`], [`inspect`], [`netcheck`],
+//!   dispatched by [`cli`].
 //!
 //! Protocol, link and policy logic live in `atmosphere-shared`; this crate is the I/O shell.
 
+pub mod admin_client;
 pub mod cli;
 pub mod clock;
 pub mod data_dir;
+pub mod devices_cmd;
 pub mod dial;
 pub mod discovery;
 pub mod host_metrics;

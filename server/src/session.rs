@@ -7,12 +7,16 @@
 //!    (default [`HANDSHAKE_TIMEOUT_MS`]), else `timeout`; frames are limited to
 //!    [`MAX_FRAME_BYTES`], else `too_large`;
 //! 2. `parse_frame`: it must be a `join`, else `bad_request`;
-//! 3. `check_rate_limit`: a source with too many failed credentials in the last minute gets
-//!    `rate_limited` ([`crate::limits::JoinRateLimiter`]);
-//! 4. authenticate: a token join (`redeem_invite`) checks the token, then verifies the
+//! 3. authenticate: a token join (`redeem_invite`) checks the token, then verifies the
 //!    invite and stores the new device in one SQLite transaction (`store_redemption`); a
 //!    rejoin (`authenticate_device`) checks the device credential. A wrong credential counts
-//!    against the source's rate limit;
+//!    against the source's rate limit ([`crate::limits::JoinRateLimiter`]);
+//! 4. `apply_rate_limit`: a source with too many failed credentials in the last minute gets
+//!    `rate_limited` *for a wrong credential only*. A valid credential is admitted whatever
+//!    others behind the same address (a carrier NAT, a proxy) did, so an attacker cannot
+//!    lock members out. The limiter still bounds an attacker's work: a blocked source's
+//!    attempt costs one indexed read (the device row, or the invite's token hash before any
+//!    write transaction) and is not counted again;
 //! 5. `admit`: only now, after the database commit, the member enters the presence table
 //!    ([`crate::hub`]) and the others get `peer_joined`;
 //! 6. answer `joined` (with the new `device_key` after a token join, and the peers online),
@@ -27,7 +31,7 @@
 
 use crate::clock::now_secs;
 use crate::host_metrics::HostMetrics;
-use crate::hub::{Hub, Kick, Membership};
+use crate::hub::{Hub, Kick, Kicked, Membership};
 use crate::limits::{rate_bucket, JoinRateLimiter};
 use crate::secret::{constant_time_eq, random_b64, random_hex, sha256_hex};
 use crate::store::{self, NewDevice, RedeemError, Store};
@@ -313,10 +317,12 @@ impl Sessions {
                 "the first frame must be a join",
             )));
         };
-        self.check_rate_limit(source).map_err(Some)?;
+        let blocked = self
+            .join_limiter
+            .is_blocked(&source.rate_key, Instant::now());
         let path = source.path(path);
         let admitted = if let Some(token) = token {
-            self.redeem_invite(&token, device.unwrap_or_default(), path)
+            self.redeem_invite(&token, device.unwrap_or_default(), path, blocked)
                 .await
         } else if let (Some(id), Some(key)) = (device_id, device_key) {
             self.authenticate_device(&id, &key, path).await
@@ -326,7 +332,7 @@ impl Sessions {
                 "join needs either a token or a device_id and device_key",
             ))
         };
-        admitted.map_err(Some)
+        admitted.map_err(|r| Some(apply_rate_limit(r, blocked)))
     }
 
     /// Step 1: the first text frame within the handshake deadline.
@@ -346,30 +352,22 @@ impl Sessions {
         }
     }
 
-    /// Step 3: refuses a source that has used up its failed credential attempts.
-    fn check_rate_limit(&self, source: &Source) -> Result<(), HandshakeRefusal> {
-        if self
-            .join_limiter
-            .is_blocked(&source.rate_key, Instant::now())
-        {
-            return Err(HandshakeRefusal::new(
-                ErrorCode::RateLimited,
-                "too many failed join attempts from this address; wait a minute and try again",
-            ));
-        }
-        Ok(())
-    }
-
-    /// Step 4 of a token join: checks the token's form, then redeems one use of its invite
+    /// Step 3 of a token join: checks the token's form, then redeems one use of its invite
     /// and stores the new device in one transaction. The member is admitted only after
-    /// that commit, so a `joined` answer always means the membership is on disk.
+    /// that commit, so a `joined` answer always means the membership is on disk. From a
+    /// `blocked` source an unknown token is turned away by a read before any write
+    /// transaction.
     async fn redeem_invite(
         &self,
         token: &str,
         device: DeviceInfo,
         path: PathKind,
+        blocked: bool,
     ) -> Result<Admitted, HandshakeRefusal> {
         let token = parse_token(token)?;
+        if blocked && !self.invite_known(&token).await? {
+            return Err(unknown_token());
+        }
         let (new, device_key) = new_device(&device, path);
         let invite_id = self.store_redemption(&token, &new).await?;
         Ok(Admitted {
@@ -382,6 +380,21 @@ impl Sessions {
             device_key: Some(device_key),
             invite_id: Some(invite_id),
         })
+    }
+
+    /// Whether an invite has this token (a read only; its state is checked on redemption).
+    async fn invite_known(&self, token: &Token) -> Result<bool, HandshakeRefusal> {
+        let hash = token.hash_hex();
+        self.store
+            .call(move |c| store::invite_known(c, &hash))
+            .await
+            .map_err(|e| {
+                warn!(error = %e, "database error while looking an invite up");
+                HandshakeRefusal::new(
+                    ErrorCode::Internal,
+                    "the host could not check the invite; try again",
+                )
+            })
     }
 
     /// The store step of a token join: one use of the invite and the new device, atomically.
@@ -406,10 +419,7 @@ impl Sessions {
                 )
             })?;
         res.map_err(|e| match e {
-            RedeemError::Unknown => HandshakeRefusal::credential(
-                ErrorCode::InvalidToken,
-                "this invite token is not known to the host",
-            ),
+            RedeemError::Unknown => unknown_token(),
             RedeemError::Revoked => HandshakeRefusal::credential(
                 ErrorCode::TokenRevoked,
                 "this invite was revoked by the host",
@@ -425,7 +435,7 @@ impl Sessions {
         })
     }
 
-    /// Step 4 of a rejoin: checks the device credential against the stored key hash (in
+    /// Step 3 of a rejoin: checks the device credential against the stored key hash (in
     /// constant time) and records the visit.
     async fn authenticate_device(
         &self,
@@ -607,15 +617,22 @@ impl Sessions {
                     }
                 }
                 out = outbox.recv() => {
-                    let Some(text) = out else { return "dropped".into() };
+                    let Some(text) = out else {
+                        // The hub let go of this member's queue: it was kicked (removed,
+                        // replaced), and the kick says how to end.
+                        return match kick.reason() {
+                            Some(why) => self.kicked(sock, why).await,
+                            None => "dropped".into(),
+                        };
+                    };
                     // A member whose socket is full blocks here; a kick (queue overflow)
                     // must still end it at once rather than after the write timeout.
                     tokio::select! {
                         r = self.send_text(sock, text.to_string()) => if let Err(r) = r { return r },
-                        reason = kick.kicked() => return reason,
+                        why = kick.kicked() => return self.kicked(sock, why).await,
                     }
                 }
-                reason = kick.kicked() => return reason,
+                why = kick.kicked() => return self.kicked(sock, why).await,
                 _ = ping.tick() => {
                     if let Err(r) = self.send_frame(sock, Frame::Ping(b"atmosphere".to_vec())).await {
                         return r;
@@ -626,6 +643,19 @@ impl Sessions {
                 }
             }
         }
+    }
+
+    /// Ends a kicked session: a removed device is told `device_removed` (and the socket
+    /// closed) first. Returns the leave reason.
+    async fn kicked(&self, sock: &mut FrameSocket, why: Kicked) -> String {
+        let Some(code) = why.error else {
+            return why.reason.to_string();
+        };
+        self.protocol_error(
+            sock,
+            ProtocolViolation::new(code, "this device was removed from the mesh by its host"),
+        )
+        .await
     }
 
     /// Sends an error frame for a protocol violation and returns the leave reason.
@@ -711,6 +741,28 @@ fn parse_frame(text: &str) -> Result<ClientMsg, ProtocolViolation> {
         e.truncate(200);
         ProtocolViolation::new(ErrorCode::BadRequest, format!("{what}: {e}"))
     })
+}
+
+/// Step 4: a wrong credential from a source that has used up its failed attempts is
+/// answered `rate_limited` (and not counted again); every other answer stands, so a valid
+/// credential is never refused for what others from the same address did.
+fn apply_rate_limit(r: HandshakeRefusal, blocked: bool) -> HandshakeRefusal {
+    if blocked && r.credential_failure {
+        HandshakeRefusal::new(
+            ErrorCode::RateLimited,
+            "too many failed join attempts from this address; wait a minute and try again",
+        )
+    } else {
+        r
+    }
+}
+
+/// The refusal of a token no invite has.
+fn unknown_token() -> HandshakeRefusal {
+    HandshakeRefusal::credential(
+        ErrorCode::InvalidToken,
+        "this invite token is not known to the host",
+    )
 }
 
 /// The invite token of a join, or `invalid_token` (a credential failure).

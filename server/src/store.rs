@@ -6,6 +6,10 @@
 //! through [`Store::call`], which runs it on tokio's blocking pool so a slow disk never stalls
 //! the reactor. The schema is versioned with `PRAGMA user_version`; [`Store::open`] migrates.
 //!
+//! Removing a device deletes its row, so its key stops working at the next check; each
+//! device keeps the id of the invite it joined with (`devices.invite_id`), so revoking an
+//! invite can remove the devices it enrolled ([`revoke_invite`]).
+//!
 //! Redeeming an invite ([`redeem_invite`]) is one `IMMEDIATE` transaction that checks
 //! revocation, expiry and the use limit, bumps the use count and inserts the device, so two
 //! phones racing for the last use of an invite cannot both get in.
@@ -99,9 +103,20 @@ pub struct DeviceRow {
     pub name: String,
     pub platform: String,
     pub key_hash: String,
+    /// The invite it joined with.
+    pub invite_id: Option<String>,
     pub joined_at: i64,
     pub last_seen: Option<i64>,
     pub last_path: Option<String>,
+}
+
+/// What revoking an invite did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Revoked {
+    /// No invite has this id.
+    Unknown,
+    /// The invite is revoked; with these devices (the ones it enrolled) removed, when asked.
+    Done { removed_devices: Vec<String> },
 }
 
 /// Why an invite could not be redeemed.
@@ -290,11 +305,24 @@ pub fn redeem_invite(
     Ok(Ok(id))
 }
 
+/// Whether an invite has this token hash (whatever its state): a read only, for turning an
+/// unknown token away without a write transaction.
+pub fn invite_known(conn: &mut Connection, token_hash: &str) -> anyhow::Result<bool> {
+    Ok(conn
+        .query_row(
+            "SELECT 1 FROM invites WHERE token_hash = ?1",
+            params![token_hash],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some())
+}
+
 /// Looks a device up by id.
 pub fn get_device(conn: &mut Connection, id: &str) -> anyhow::Result<Option<DeviceRow>> {
     Ok(conn
         .query_row(
-            "SELECT id, name, platform, key_hash, joined_at, last_seen, last_path FROM devices WHERE id = ?1",
+            "SELECT id, name, platform, key_hash, invite_id, joined_at, last_seen, last_path FROM devices WHERE id = ?1",
             params![id],
             device_from_row,
         )
@@ -310,9 +338,33 @@ pub fn touch_device(conn: &mut Connection, id: &str, now: i64, path: &str) -> an
     Ok(())
 }
 
-/// Marks an invite revoked. Returns false when no invite has this id.
-pub fn revoke_invite(conn: &mut Connection, id: &str) -> anyhow::Result<bool> {
-    Ok(conn.execute("UPDATE invites SET revoked = 1 WHERE id = ?1", params![id])? > 0)
+/// Deletes a device: its key is refused from the next check on. Returns false when no
+/// device has this id.
+pub fn delete_device(conn: &mut Connection, id: &str) -> anyhow::Result<bool> {
+    Ok(conn.execute("DELETE FROM devices WHERE id = ?1", params![id])? > 0)
+}
+
+/// Marks an invite revoked and, with `remove_devices`, deletes the devices it enrolled, in
+/// one transaction.
+pub fn revoke_invite(
+    conn: &mut Connection,
+    id: &str,
+    remove_devices: bool,
+) -> anyhow::Result<Revoked> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    if tx.execute("UPDATE invites SET revoked = 1 WHERE id = ?1", params![id])? == 0 {
+        return Ok(Revoked::Unknown);
+    }
+    let mut removed_devices = Vec::new();
+    if remove_devices {
+        let mut st = tx.prepare("DELETE FROM devices WHERE invite_id = ?1 RETURNING id")?;
+        removed_devices = st
+            .query_map(params![id], |r| r.get::<_, String>(0))?
+            .collect::<Result<_, _>>()?;
+        drop(st);
+    }
+    tx.commit()?;
+    Ok(Revoked::Done { removed_devices })
 }
 
 /// All invites, newest first.
@@ -338,7 +390,7 @@ pub fn list_invites(conn: &mut Connection) -> anyhow::Result<Vec<InviteRow>> {
 /// All devices, in join order.
 pub fn list_devices(conn: &mut Connection) -> anyhow::Result<Vec<DeviceRow>> {
     let mut st = conn.prepare(
-        "SELECT id, name, platform, key_hash, joined_at, last_seen, last_path
+        "SELECT id, name, platform, key_hash, invite_id, joined_at, last_seen, last_path
          FROM devices ORDER BY joined_at, rowid",
     )?;
     let rows = st.query_map([], device_from_row)?;
@@ -351,9 +403,10 @@ fn device_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeviceRow> {
         name: r.get(1)?,
         platform: r.get(2)?,
         key_hash: r.get(3)?,
-        joined_at: r.get(4)?,
-        last_seen: r.get(5)?,
-        last_path: r.get(6)?,
+        invite_id: r.get(4)?,
+        joined_at: r.get(5)?,
+        last_seen: r.get(6)?,
+        last_path: r.get(7)?,
     })
 }
 
@@ -432,7 +485,12 @@ mod tests {
                 redeem_invite(c, "hb", 10, &dev("d3"))?,
                 Err(RedeemError::Expired)
             );
-            assert!(revoke_invite(c, "r")?);
+            assert_eq!(
+                revoke_invite(c, "r", false)?,
+                Revoked::Done {
+                    removed_devices: vec![]
+                }
+            );
             assert_eq!(
                 redeem_invite(c, "hr", 10, &dev("d4"))?,
                 Err(RedeemError::Revoked)
@@ -446,6 +504,49 @@ mod tests {
                 list_invites(c)?.iter().find(|i| i.id == "a").unwrap().uses,
                 1
             );
+            Ok(())
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn revoking_can_remove_the_devices_an_invite_enrolled() {
+        let (_d, s) = store();
+        s.call_blocking(|c| {
+            for (id, hash) in [("a", "ha"), ("b", "hb")] {
+                insert_invite(
+                    c,
+                    &NewInvite {
+                        id: id.into(),
+                        token_hash: hash.into(),
+                        label: None,
+                        created_at: 0,
+                        expires_at: 100,
+                        max_uses: None,
+                    },
+                )?;
+            }
+            redeem_invite(c, "ha", 10, &dev("a1"))?.unwrap();
+            redeem_invite(c, "ha", 10, &dev("a2"))?.unwrap();
+            redeem_invite(c, "hb", 10, &dev("b1"))?.unwrap();
+            assert_eq!(
+                get_device(c, "a1")?.unwrap().invite_id.as_deref(),
+                Some("a")
+            );
+            assert_eq!(revoke_invite(c, "zz", true)?, Revoked::Unknown);
+            let Revoked::Done {
+                mut removed_devices,
+            } = revoke_invite(c, "a", true)?
+            else {
+                panic!("invite a exists");
+            };
+            removed_devices.sort();
+            assert_eq!(removed_devices, vec!["a1", "a2"]);
+            let left: Vec<String> = list_devices(c)?.into_iter().map(|d| d.id).collect();
+            assert_eq!(left, vec!["b1"]);
+            assert!(delete_device(c, "b1")?);
+            assert!(!delete_device(c, "b1")?);
+            assert!(get_device(c, "b1")?.is_none());
             Ok(())
         })
         .unwrap();

@@ -1,41 +1,35 @@
 //! `atmosphere token`: mints an invite through the running host (`POST /api/mesh/token`
-//! with the admin secret read from the data dir) and shows it: a readable summary with a
+//! with the admin secret read from the data dir, through [`crate::admin_client`]) and shows it: a readable summary with a
 //! terminal QR code of `join_url` (what a phone camera opens), or the raw API answer with
 //! `--json`.
 
-use crate::data_dir;
-use atmosphere_shared::api::{ApiError, TokenRequest, TokenResponse};
+use crate::admin_client::{parse_answer, AdminClient, AdminError, HostArgs};
+use atmosphere_shared::api::{TokenRequest, TokenResponse};
 use atmosphere_shared::path::PathKind;
 use qrcode::render::unicode::Dense1x2;
 use qrcode::QrCode;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 /// `atmosphere token` flags.
 #[derive(Debug, clap::Args)]
-pub struct Args {
-    /// Data dir of the running host (where its admin_secret lives) [default: the user's
-    /// data directory, as for `serve`].
-    #[arg(long, env = "ATMOSPHERE_DATA_DIR")]
-    pub data_dir: Option<PathBuf>,
+#[command(after_help = "\
+Safe by default: an invite lets ONE device join and expires after ONE hour. Ask for more \
+with --uses N (or --uses unlimited) and --ttl (e.g. 24h, 7d).
 
-    /// URL of the running host.
-    #[arg(
-        long,
-        value_name = "URL",
-        env = "ATMOSPHERE_SERVER",
-        default_value = "http://127.0.0.1:11451"
-    )]
-    pub server: String,
+Exit codes: 0 minted; 1 the host refused or is unreachable (no admin secret, not running); \
+2 usage.")]
+pub struct Args {
+    #[command(flatten)]
+    pub host: HostArgs,
 
     /// How long the invite stays valid (e.g. 30m, 24h, 7d; at most 30 days).
-    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     pub ttl: Duration,
 
-    /// How many devices may join with it [default: unlimited].
-    #[arg(long, value_name = "N")]
-    pub uses: Option<u32>,
+    /// How many devices may join with it: a number, or `unlimited`.
+    #[arg(long, value_name = "N|unlimited", default_value = "1", value_parser = parse_uses)]
+    pub uses: Uses,
 
     /// A note shown in the host's invite list.
     #[arg(long, value_name = "TEXT")]
@@ -44,6 +38,21 @@ pub struct Args {
     /// Print the API answer as JSON instead of the summary and QR code.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `--uses`: how many devices an invite admits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Uses(pub Option<u32>);
+
+fn parse_uses(s: &str) -> Result<Uses, String> {
+    if s.eq_ignore_ascii_case("unlimited") {
+        return Ok(Uses(None));
+    }
+    match s.parse::<u32>() {
+        Ok(0) => Err("must be at least 1 (or `unlimited`)".into()),
+        Ok(n) => Ok(Uses(Some(n))),
+        Err(_) => Err(format!("{s:?} is neither a number nor `unlimited`")),
+    }
 }
 
 /// Runs the command; exit 0 on success, 1 on failure.
@@ -58,76 +67,23 @@ pub async fn run(args: Args) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {e}");
             ExitCode::from(1)
         }
     }
 }
 
-async fn mint(args: &Args) -> anyhow::Result<(TokenResponse, String)> {
-    let dir = data_dir::resolve(args.data_dir.as_deref())?;
-    let secret_path = data_dir::admin_secret_path(&dir);
-    let secret = std::fs::read_to_string(&secret_path)
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "cannot read the admin secret {}: {e}. Start the host first (`atmosphere serve`), \
-                 or pass the --data-dir it uses.",
-                secret_path.display()
-            )
-        })?
-        .trim()
-        .to_string();
-    anyhow::ensure!(!secret.is_empty(), "{} is empty", secret_path.display());
-
-    let base = url::Url::parse(&args.server)
-        .map_err(|e| anyhow::anyhow!("--server {:?} is not a URL: {e}", args.server))?;
-    anyhow::ensure!(
-        base.scheme() == "http",
-        "--server must be an http:// URL of the host (this command talks to a host it can reach directly)"
-    );
-    let url = base.join("/api/mesh/token")?;
+async fn mint(args: &Args) -> Result<(TokenResponse, String), AdminError> {
+    let client = AdminClient::new(&args.host)?;
     let req = TokenRequest {
         ttl_secs: Some(args.ttl.as_secs().max(1)),
-        max_uses: args.uses,
+        max_uses: Some(args.uses.0),
         label: args.label.clone(),
     };
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .connect_timeout(Duration::from_secs(3))
-        .build()?;
-    let resp = client
-        .post(url.clone())
-        .bearer_auth(&secret)
-        .json(&req)
-        .send()
-        .await
-        .map_err(|e| {
-            if e.is_connect() || e.is_timeout() {
-                anyhow::anyhow!(
-                    "no host answers at {}: is `atmosphere serve` running there? ({e})",
-                    args.server
-                )
-            } else {
-                anyhow::anyhow!("request to {url} failed: {e}")
-            }
-        })?;
-    let status = resp.status();
-    let text = resp.text().await?;
-    if !status.is_success() {
-        let detail = serde_json::from_str::<ApiError>(&text)
-            .map(|e| format!("{}: {}", e.error, e.message))
-            .unwrap_or_else(|_| text.chars().take(300).collect());
-        if status == reqwest::StatusCode::UNAUTHORIZED {
-            anyhow::bail!(
-                "the host refused the admin secret from {} ({detail}); is --data-dir the one the host uses?",
-                secret_path.display()
-            );
-        }
-        anyhow::bail!("the host answered {status}: {detail}");
-    }
-    let parsed: TokenResponse = serde_json::from_str(&text)
-        .map_err(|e| anyhow::anyhow!("unexpected answer from the host: {e}"))?;
-    Ok((parsed, text))
+    let text = client
+        .request(reqwest::Method::POST, "/api/mesh/token", Some(&req))
+        .await?;
+    Ok((parse_answer(&text)?, text))
 }
 
 /// The readable summary with the QR code.
@@ -175,4 +131,17 @@ fn summary(r: &TokenResponse) -> String {
         }
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uses_is_a_number_or_unlimited() {
+        assert_eq!(parse_uses("5"), Ok(Uses(Some(5))));
+        assert_eq!(parse_uses("unlimited"), Ok(Uses(None)));
+        assert!(parse_uses("0").is_err());
+        assert!(parse_uses("many").is_err());
+    }
 }

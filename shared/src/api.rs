@@ -7,18 +7,65 @@ use crate::link::Endpoints;
 use crate::path::PathKind;
 use serde::{Deserialize, Serialize};
 
-/// Optional body of `POST /api/mesh/token`.
+/// Lifetime of an invite when the request names none: one hour.
+pub const DEFAULT_INVITE_TTL_SECS: u64 = 3600;
+/// Uses of an invite when the request names none: one device.
+pub const DEFAULT_INVITE_USES: u32 = 1;
+
+/// Optional body of `POST /api/mesh/token`. The safe defaults apply to what it leaves out:
+/// an invite for [`DEFAULT_INVITE_USES`] device that expires after
+/// [`DEFAULT_INVITE_TTL_SECS`].
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenRequest {
-    /// Lifetime in seconds (default 24 h).
+    /// Lifetime in seconds (absent: 1 hour).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl_secs: Option<u64>,
-    /// How many devices may join with it (`null` = unlimited).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_uses: Option<u32>,
+    /// How many devices may join with it: absent = 1, `null` = unlimited, else that many.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "absent_or_null"
+    )]
+    pub max_uses: Option<Option<u32>>,
     /// A note for the host's list of invites.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label: Option<String>,
+}
+
+impl TokenRequest {
+    /// A request for an invite any number of devices may use (`"max_uses": null`), with
+    /// the default lifetime.
+    pub fn unlimited() -> TokenRequest {
+        TokenRequest {
+            max_uses: Some(None),
+            ..TokenRequest::default()
+        }
+    }
+
+    /// The use limit this request asks for, with the default applied (`None` = unlimited).
+    pub fn uses_limit(&self) -> Option<u32> {
+        self.max_uses.unwrap_or(Some(DEFAULT_INVITE_USES))
+    }
+
+    /// The lifetime this request asks for, with the default applied.
+    pub fn ttl(&self) -> u64 {
+        self.ttl_secs.unwrap_or(DEFAULT_INVITE_TTL_SECS)
+    }
+}
+
+/// Tells an absent field (`None`, the default) from an explicit `null` (`Some(None)`).
+mod absent_or_null {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<Option<u32>>, s: S) -> Result<S::Ok, S::Error> {
+        // `skip_serializing_if` drops `None`; what is left is the inner value or `null`.
+        v.flatten().serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<u32>>, D::Error> {
+        // Called only when the field is present: `null` → `Some(None)`.
+        Option::<u32>::deserialize(d).map(Some)
+    }
 }
 
 /// `network_info` of an invite: the discovery summary of the original invite answer, which
@@ -159,6 +206,9 @@ pub struct InviteView {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceView {
     pub device_id: String,
+    /// The invite it joined with (absent for devices whose invite is not recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invite_id: Option<String>,
     pub name: String,
     pub platform: String,
     /// Path of the current or last connection.
@@ -183,6 +233,27 @@ pub struct RevokeResponse {
     pub invite_id: String,
     /// Always `true`: an unknown id is a 404 [`ApiError`] instead.
     pub revoked: bool,
+    /// With `?remove_devices=true`: the devices this invite enrolled, now removed (absent
+    /// otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub removed_devices: Option<Vec<String>>,
+}
+
+/// Answer of `GET /api/mesh/devices`: every member device, in join order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceList {
+    pub devices: Vec<DeviceView>,
+}
+
+/// Answer of `DELETE /api/mesh/devices/{id}`: the device is gone, its live session (if
+/// any) was closed with `device_removed`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceRemoved {
+    pub device_id: String,
+    /// Always `true`: an unknown id is a 404 [`ApiError`] instead.
+    pub removed: bool,
+    /// Whether a live session was closed.
+    pub was_online: bool,
 }
 
 /// Answer of `GET /api/auth`: `{"admin":true}` when the caller is admin (anyone else gets a
@@ -224,6 +295,7 @@ pub struct ApiError {
 /// {"type":"invite_minted","invite_id":"0c1d2e3f4a5b6c7d"}
 /// {"type":"invite_used","invite_id":"0c1d2e3f4a5b6c7d","device_id":"3f9a1c0e5b7d2a64"}
 /// {"type":"invite_revoked","invite_id":"0c1d2e3f4a5b6c7d"}
+/// {"type":"device_removed","device_id":"3f9a1c0e5b7d2a64"}
 /// {"type":"resync"}
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -249,6 +321,8 @@ pub enum MeshEvent {
     },
     /// The invite was revoked.
     InviteRevoked { invite_id: String },
+    /// The admin removed the device: its row is gone and its live session was closed.
+    DeviceRemoved { device_id: String },
     /// The subscriber fell behind and missed events: refetch everything. The host sends it
     /// in place of the events it dropped.
     Resync,

@@ -127,6 +127,9 @@ pub enum ErrorCode {
     Internal,
     /// Relay: no host is registered for this mesh right now.
     HostOffline,
+    /// The host's admin removed this device: its live session ends with this error and its
+    /// credential is refused from now on. Final: forget the credential, do not reconnect.
+    DeviceRemoved,
 }
 
 impl ErrorCode {
@@ -144,6 +147,7 @@ impl ErrorCode {
             ErrorCode::Timeout => "timeout",
             ErrorCode::Internal => "internal",
             ErrorCode::HostOffline => "host_offline",
+            ErrorCode::DeviceRemoved => "device_removed",
         }
     }
 
@@ -157,6 +161,7 @@ impl ErrorCode {
                 | ErrorCode::TokenExhausted
                 | ErrorCode::TokenRevoked
                 | ErrorCode::UnknownDevice
+                | ErrorCode::DeviceRemoved
         )
     }
 }

@@ -14,8 +14,8 @@
 //!   and every error `code` is an [`ErrorCode`] or one of the CLI's own codes.
 
 use atmosphere_shared::api::{
-    ApiError, AuthStatus, HostHealth, MeshEvent, MeshView, NetworkSnapshot, RelayState,
-    RevokeResponse, TokenRequest, TokenResponse,
+    ApiError, AuthStatus, DeviceList, DeviceRemoved, HostHealth, MeshEvent, MeshView,
+    NetworkSnapshot, RelayState, RevokeResponse, TokenRequest, TokenResponse,
 };
 use atmosphere_shared::credential::DeviceCredential;
 use atmosphere_shared::join_event::JoinEvent;
@@ -47,6 +47,8 @@ const JSON_TAGS: &[&str] = &[
     "token_response",
     "mesh_view",
     "revoke_response",
+    "device_list",
+    "device_removed",
     "network_snapshot",
     "relay_state",
     "auth_response",
@@ -188,6 +190,8 @@ fn check_json(tag: &str, v: &Value, text: &str) -> Result<(), String> {
         "token_response" => strict::<TokenResponse>(v),
         "mesh_view" => strict::<MeshView>(v),
         "revoke_response" => strict::<RevokeResponse>(v),
+        "device_list" => strict::<DeviceList>(v),
+        "device_removed" => strict::<DeviceRemoved>(v),
         "auth_response" => strict::<AuthStatus>(v),
         "host_health" => strict::<HostHealth>(v),
         "relay_health" => strict::<RelayHealth>(v),

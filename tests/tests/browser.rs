@@ -107,7 +107,7 @@ async fn qr_on_host_page_decodes_to_join_url_and_phone_connects_via_local() {
     );
     // The API builds `join_url` with the shared codec from the invite's endpoints: the
     // scanned text must be exactly that link for this token.
-    let api_mint = host.mint(&TokenRequest::default()).await;
+    let api_mint = host.mint(&TokenRequest::unlimited()).await;
     let expected = Invite::v2(
         token.clone(),
         api_mint.mesh_name.clone(),
@@ -226,7 +226,7 @@ async fn phone_connects_via_relay_when_direct_paths_are_black_holes() {
         assert!(start.elapsed() < UI, "host never registered with the relay");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let inv = host.mint(&TokenRequest::default()).await;
+    let inv = host.mint(&TokenRequest::unlimited()).await;
     let holes = (BlackHole::start().await, BlackHole::start().await);
     let relay_ep = inv
         .endpoints
@@ -335,7 +335,7 @@ async fn reload_rejoins_with_stored_credential_without_a_second_device() {
     // reload proves the stored device credential was used.
     let inv = host
         .mint(&TokenRequest {
-            max_uses: Some(1),
+            max_uses: Some(Some(1)),
             ..Default::default()
         })
         .await;
@@ -372,7 +372,7 @@ async fn reload_rejoins_with_stored_credential_without_a_second_device() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paste_box_accepts_an_app_link_on_a_desktop() {
     let host = host_with_ui(&[]).await;
-    let inv = host.mint(&TokenRequest::default()).await;
+    let inv = host.mint(&TokenRequest::unlimited()).await;
     let b = Browser::start("paste_link", Screen::Desktop).await;
     b.goto(&format!("{}/join", host.base())).await;
     b.wait_text("#headline", UI, |t| t == "No invite in this link")

@@ -1,6 +1,7 @@
 //! The host's HTTP API against a real `atmosphere serve` process on loopback: the invite
 //! answer's shape and links, input limits, admin auth (bearer, cookie, 401s), no CORS,
-//! revocation, health/metrics, the SPA fallback, the event feed and `atmosphere token`.
+//! revocation (optionally removing the devices an invite enrolled), listing and removing
+//! devices, health/metrics, the SPA fallback, the event feed and `atmosphere token`.
 
 mod host_support;
 
@@ -9,7 +10,7 @@ use atmosphere_shared::link::Invite;
 use atmosphere_shared::mesh_id::is_valid_mesh_id;
 use atmosphere_shared::token::Token;
 use atmosphere_tests::{bin_path, Host};
-use host_support::{now_secs, rfc3339_secs};
+use host_support::{joined_ids, now_secs, rfc3339_secs, Member, FRAME_WAIT};
 use reqwest::header;
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -66,13 +67,13 @@ async fn invite_answer_has_every_field_with_the_right_type() {
         local.as_str(),
         "legacy endpoint = first of public, local, relay"
     );
-    assert!(v["max_uses"].is_null());
+    // Safe defaults of a bare request: one device, one hour.
+    assert_eq!(v["max_uses"], 1, "{v}");
     assert!(v["invite_id"].as_str().is_some_and(|s| !s.is_empty()));
-    // Default lifetime is 24 h.
     let exp = rfc3339_secs(v["expires_at"].as_str().expect("expires_at string"));
     assert!(
-        (exp - now_secs() - 24 * 3600).abs() < 120,
-        "expires_at {exp} is not ~24 h ahead"
+        (exp - now_secs() - 3600).abs() < 120,
+        "expires_at {exp} is not ~1 h ahead"
     );
 
     // Both links decode with the shared codec to the same invite.
@@ -101,7 +102,7 @@ async fn invite_answer_has_every_field_with_the_right_type() {
     let r = host
         .mint(&TokenRequest {
             ttl_secs: Some(600),
-            max_uses: Some(2),
+            max_uses: Some(Some(2)),
             label: Some("kitchen tablet".into()),
         })
         .await;
@@ -321,7 +322,7 @@ async fn admin_link_sets_a_strict_cookie_and_drops_the_secret_from_the_url() {
 async fn revocation_health_metrics_and_routing() {
     let host = Host::start().await;
     let c = client();
-    let inv = host.mint(&TokenRequest::default()).await;
+    let inv = host.mint(&TokenRequest::unlimited()).await;
 
     let r = c
         .delete(format!(
@@ -425,7 +426,7 @@ async fn event_feed_reports_invites() {
         .to_str()
         .unwrap()
         .starts_with("text/event-stream"));
-    let inv = host.mint(&TokenRequest::default()).await;
+    let inv = host.mint(&TokenRequest::unlimited()).await;
     let mut seen = String::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while !seen.contains("invite_minted") {
@@ -440,6 +441,167 @@ async fn event_feed_reports_invites() {
         ev,
         json!({"type":"invite_minted","invite_id": inv.invite_id})
     );
+}
+
+/// Reads the event feed until an event of `ty` arrives; returns it.
+async fn next_event(r: &mut reqwest::Response, ty: &str) -> Value {
+    let mut seen = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(line) = seen
+            .lines()
+            .find(|l| l.contains(&format!("\"type\":\"{ty}\"")))
+        {
+            return serde_json::from_str(line.trim_start_matches("data:").trim()).unwrap();
+        }
+        match tokio::time::timeout_at(deadline, r.chunk()).await {
+            Ok(Ok(Some(b))) => seen.push_str(&String::from_utf8_lossy(&b)),
+            other => panic!("no {ty} event (got {seen:?}, {other:?})"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn devices_are_listed_and_removed_and_unknown_ids_get_a_json_404() {
+    let host = Host::start().await;
+    let c = client();
+    let inv = host.mint(&TokenRequest::unlimited()).await;
+    let (_m, j) = Member::join_token(&host.ws_url(), &inv.token, "Pixel 8").await;
+    let (id, _) = joined_ids(&j);
+
+    let list = host.get_json("/api/mesh/devices").await;
+    let devices = list["devices"].as_array().unwrap();
+    assert_eq!(devices.len(), 1, "{list}");
+    assert_eq!(devices[0]["device_id"], id.as_str());
+    assert_eq!(devices[0]["name"], "Pixel 8");
+    assert_eq!(devices[0]["online"], true);
+    assert_eq!(devices[0]["invite_id"], inv.invite_id.as_str());
+
+    // Admin only, like every other admin route.
+    let r = c
+        .get(format!("{}/api/mesh/devices", host.base()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = c
+        .delete(format!("{}/api/mesh/devices/{id}", host.base()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+
+    let mut events = c
+        .get(format!("{}/api/events", host.base()))
+        .bearer_auth(host.admin_secret())
+        .send()
+        .await
+        .unwrap();
+    let remove = || {
+        c.delete(format!("{}/api/mesh/devices/{id}", host.base()))
+            .bearer_auth(host.admin_secret())
+            .send()
+    };
+    let r = remove().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["removed"], true);
+    assert_eq!(
+        next_event(&mut events, "device_removed").await,
+        json!({"type":"device_removed","device_id": id})
+    );
+    assert_eq!(
+        host.get_json("/api/mesh/devices").await["devices"],
+        json!([])
+    );
+
+    // Removing it again, or a device that never existed: 404 with the API error body.
+    for path in [id.clone(), "0000000000000000".into(), "x".repeat(100)] {
+        let r = c
+            .delete(format!("{}/api/mesh/devices/{path}", host.base()))
+            .bearer_auth(host.admin_secret())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404, "{path}");
+        let e: Value = r.json().await.unwrap();
+        assert_eq!(e["error"], "not_found", "{e}");
+        assert!(e["message"].as_str().unwrap().contains("device"), "{e}");
+    }
+}
+
+#[tokio::test]
+async fn revoking_with_remove_devices_removes_the_devices_the_invite_enrolled() {
+    let host = Host::start().await;
+    let c = client();
+    let url = host.ws_url();
+    let doomed = host.mint(&TokenRequest::unlimited()).await;
+    let other = host.mint(&TokenRequest::unlimited()).await;
+    let (mut a, j) = Member::join_token(&url, &doomed.token, "a").await;
+    let (a_id, _) = joined_ids(&j);
+    let (_b, j) = Member::join_token(&url, &doomed.token, "b").await;
+    let (b_id, _) = joined_ids(&j);
+    let (_keep, j) = Member::join_token(&url, &other.token, "keep").await;
+    let (keep_id, _) = joined_ids(&j);
+
+    // A plain revoke keeps the devices (and says nothing about them).
+    let r = c
+        .post(format!(
+            "{}/api/mesh/invites/{}/revoke",
+            host.base(),
+            other.invite_id
+        ))
+        .bearer_auth(host.admin_secret())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body, json!({"invite_id": other.invite_id, "revoked": true}));
+
+    let r = c
+        .delete(format!(
+            "{}/api/mesh/invites/{}?remove_devices=true",
+            host.base(),
+            doomed.invite_id
+        ))
+        .bearer_auth(host.admin_secret())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["revoked"], true);
+    let mut removed: Vec<String> = serde_json::from_value(body["removed_devices"].clone()).unwrap();
+    removed.sort();
+    let mut expected = vec![a_id.clone(), b_id.clone()];
+    expected.sort();
+    assert_eq!(removed, expected);
+
+    // Their live sessions end at once; the other invite's device stays.
+    assert_eq!(a.next_of_type("error").await["code"], "device_removed");
+    a.expect_closed(FRAME_WAIT).await;
+    let left: Vec<String> = host.get_json("/api/mesh/devices").await["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["device_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(left, vec![keep_id]);
+
+    let r = c
+        .delete(format!(
+            "{}/api/mesh/invites/{}?remove_devices=maybe",
+            host.base(),
+            doomed.invite_id
+        ))
+        .bearer_auth(host.admin_secret())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error"], "bad_request");
 }
 
 #[tokio::test]
@@ -486,6 +648,30 @@ async fn token_command_mints_through_the_running_host() {
         .iter()
         .any(|i| i["label"] == "from cli"));
 
+    // Safe defaults: one device, one hour; more only when asked for.
+    let mint = |extra: &[&str]| {
+        let mut args = vec![
+            s("token"),
+            s("--data-dir"),
+            dd.clone(),
+            s("--server"),
+            host.base(),
+            s("--json"),
+        ];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let out = run(args);
+        assert!(out.status.success(), "{extra:?}: {out:?}");
+        serde_json::from_slice::<TokenResponse>(&out.stdout).unwrap()
+    };
+    let r = mint(&[]);
+    assert_eq!(r.max_uses, Some(1));
+    assert!((rfc3339_secs(&r.expires_at) - now_secs() - 3600).abs() < 60);
+    assert_eq!(mint(&["--uses", "unlimited"]).max_uses, None);
+    for bad in ["0", "many"] {
+        let out = run(vec![s("token"), s("--uses"), s(bad)]);
+        assert_eq!(out.status.code(), Some(2), "--uses {bad}: {out:?}");
+    }
+
     // Readable form: summary with every endpoint line and a QR code.
     let out = run(vec![
         s("token"),
@@ -495,6 +681,10 @@ async fn token_command_mints_through_the_running_host() {
         host.base(),
     ]);
     assert!(out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("uses: 1"),
+        "{out:?}"
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("Token:    ATM-"), "{text}");
     assert!(

@@ -15,18 +15,18 @@ async fn mesh_invites_and_devices_survive_a_restart() {
     let mesh_id = before["mesh_id"].as_str().unwrap().to_string();
 
     // A device joins before the restart; one invite stays unused; one is used up.
-    let inv = host.mint(&TokenRequest::default()).await;
+    let inv = host.mint(&TokenRequest::unlimited()).await;
     let unused = host
         .mint(&TokenRequest {
             ttl_secs: Some(3600),
-            max_uses: Some(1),
+            max_uses: Some(Some(1)),
             label: Some("later".into()),
         })
         .await;
     let single = host
         .mint(&TokenRequest {
             ttl_secs: None,
-            max_uses: Some(1),
+            max_uses: Some(Some(1)),
             label: None,
         })
         .await;
@@ -99,7 +99,7 @@ async fn mesh_invites_and_devices_survive_a_restart() {
 #[tokio::test]
 async fn mesh_name_flag_names_the_mesh() {
     let host = Host::start_with(&["--mesh-name", "Cabin"], &[]).await;
-    let inv = host.mint(&TokenRequest::default()).await;
+    let inv = host.mint(&TokenRequest::unlimited()).await;
     assert_eq!(inv.mesh_name, "Cabin");
     let (_m, j) = Member::join_token(&host.ws_url(), &inv.token, "x").await;
     assert_eq!(j["mesh_name"], "Cabin");

@@ -17,7 +17,7 @@ use tokio_tungstenite::tungstenite::Message;
 fn req(max_uses: Option<u32>, ttl_secs: Option<u64>) -> TokenRequest {
     TokenRequest {
         ttl_secs,
-        max_uses,
+        max_uses: Some(max_uses),
         label: None,
     }
 }
@@ -34,7 +34,7 @@ async fn device<'a>(mesh: &'a Value, id: &str) -> &'a Value {
 #[tokio::test]
 async fn token_join_then_rejoin_with_the_device_credential() {
     let host = Host::start().await;
-    let inv = host.mint(&TokenRequest::default()).await;
+    let inv = host.mint(&TokenRequest::unlimited()).await;
 
     // Both WebSocket paths work: `/` (the bare ws://IP:PORT of v1 links) and `/api/ws`.
     let (mut m, joined) = Member::join_token(&host.ws_url(), &inv.token, "Pixel 8").await;
@@ -129,7 +129,7 @@ async fn each_refused_token_gets_its_own_code() {
     b.expect_closed(FRAME_WAIT).await;
 
     // Revoked.
-    let rev = host.mint(&TokenRequest::default()).await;
+    let rev = host.mint(&TokenRequest::unlimited()).await;
     let r = reqwest::Client::new()
         .delete(format!(
             "{}/api/mesh/invites/{}",
@@ -146,7 +146,7 @@ async fn each_refused_token_gets_its_own_code() {
     m.expect_closed(FRAME_WAIT).await;
 
     // A person-typed token (lowercase, spaces) is accepted.
-    let ok = host.mint(&TokenRequest::default()).await;
+    let ok = host.mint(&TokenRequest::unlimited()).await;
     let typed = ok.token.to_lowercase().replacen("atm-", "atm- ", 1);
     let (_m, first) = Member::join_token(&url, &typed, "typed").await;
     joined_ids(&first);
@@ -176,7 +176,7 @@ async fn each_refused_token_gets_its_own_code() {
 #[tokio::test]
 async fn presence_and_messages_between_members() {
     let host = Host::start().await;
-    let inv = host.mint(&TokenRequest::default()).await;
+    let inv = host.mint(&TokenRequest::unlimited()).await;
     let url = host.ws_url();
 
     let (mut a, ja) = Member::join_token(&url, &inv.token, "Alice").await;
@@ -235,7 +235,7 @@ async fn presence_and_messages_between_members() {
 #[tokio::test]
 async fn bad_input_is_answered_and_closed_while_others_keep_working() {
     let host = Host::start_with(&[], &[("ATMOSPHERE_HANDSHAKE_TIMEOUT_MS", "600")]).await;
-    let inv = host.mint(&TokenRequest::default()).await;
+    let inv = host.mint(&TokenRequest::unlimited()).await;
     let url = host.ws_url();
 
     // A member that stays connected through all of this.
@@ -326,7 +326,7 @@ async fn keepalive_pings_keep_a_member_and_silence_ends_it() {
         ],
     )
     .await;
-    let inv = host.mint(&TokenRequest::default()).await;
+    let inv = host.mint(&TokenRequest::unlimited()).await;
     // A reading client answers pings (tungstenite does it while reading): it stays.
     let (mut m, j) = Member::join_token(&host.ws_url(), &inv.token, "awake").await;
     joined_ids(&j);
@@ -365,7 +365,7 @@ async fn keepalive_pings_keep_a_member_and_silence_ends_it() {
 async fn token_guessing_from_one_address_is_rate_limited() {
     let host = Host::start().await;
     let url = host.ws_url();
-    let good = host.mint(&TokenRequest::default()).await;
+    let good = host.mint(&TokenRequest::unlimited()).await;
     // Successful joins do not count.
     for i in 0..3 {
         let (_m, j) = Member::join_token(&url, &good.token, &format!("ok{i}")).await;
@@ -377,8 +377,9 @@ async fn token_guessing_from_one_address_is_rate_limited() {
         assert_eq!(first["code"], "invalid_token", "{first}");
         m.expect_closed(FRAME_WAIT).await;
     }
-    // Now even the right token is refused from this address, with its own code.
-    let (mut m, first) = Member::join_token(&url, &good.token, "after").await;
+    // Now a further guess from this address is refused with its own code.
+    let (mut m, first) =
+        Member::join_token(&url, "ATM-CCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCC", "guess").await;
     assert_eq!(first["code"], "rate_limited", "{first}");
     m.expect_closed(FRAME_WAIT).await;
     // And it is logged.
@@ -393,10 +394,108 @@ async fn token_guessing_from_one_address_is_rate_limited() {
     assert!(logged, "no rate-limit log line:\n{}", host.proc.output());
 }
 
+/// F7: behind a carrier NAT or a proxy many members share one address. One of them guessing
+/// credentials must not lock the others out: a valid credential is admitted whatever others
+/// from the same address did, while wrong ones stay rate limited.
+#[tokio::test]
+async fn valid_credentials_are_admitted_after_others_failed_from_the_same_address() {
+    let host = Host::start().await;
+    let url = host.ws_url();
+    let inv = host.mint(&TokenRequest::unlimited()).await;
+    let (m, j) = Member::join_token(&url, &inv.token, "phone").await;
+    let (id, key) = joined_ids(&j);
+    let key = key.unwrap();
+    drop(m);
+
+    // Someone else at 127.0.0.1 guesses: tokens and device keys, past the limit.
+    for i in 0..12 {
+        let (mut m, first) = if i % 2 == 0 {
+            Member::join_token(&url, "ATM-BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB", "guess").await
+        } else {
+            Member::rejoin(&url, &id, "not-the-key").await
+        };
+        assert_eq!(first["type"], "error", "{first}");
+        m.expect_closed(FRAME_WAIT).await;
+    }
+    // The guesser is still rate limited, for both kinds of credential.
+    let (mut m, first) = Member::rejoin(&url, &id, "still-not-the-key").await;
+    assert_eq!(first["code"], "rate_limited", "{first}");
+    m.expect_closed(FRAME_WAIT).await;
+    let (mut m, first) =
+        Member::join_token(&url, "ATM-CCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCC", "guess").await;
+    assert_eq!(first["code"], "rate_limited", "{first}");
+    m.expect_closed(FRAME_WAIT).await;
+
+    // The real member's rejoin from the same address gets in.
+    let (mut m, first) = Member::rejoin(&url, &id, &key).await;
+    assert_eq!(
+        first["type"], "joined",
+        "a valid rejoin was refused: {first}"
+    );
+    assert_eq!(first["device_id"], id.as_str());
+    m.next_of_type("peers").await;
+    // And so does a new member with a valid invite.
+    let (_n, first) = Member::join_token(&url, &inv.token, "tablet").await;
+    assert_eq!(
+        first["type"], "joined",
+        "a valid token join was refused: {first}"
+    );
+}
+
+/// Removing a device ends its live session at once with a final `device_removed` error,
+/// the others see it leave, and its key is refused from then on.
+#[tokio::test]
+async fn removing_a_device_closes_its_live_session_and_its_key_is_refused() {
+    let host = Host::start().await;
+    let url = host.ws_url();
+    let inv = host.mint(&TokenRequest::unlimited()).await;
+    let (mut gone, j) = Member::join_token(&url, &inv.token, "lost phone").await;
+    let (id, key) = joined_ids(&j);
+    let key = key.unwrap();
+    gone.next_of_type("peers").await;
+    let (mut stay, _) = Member::join_token(&url, &inv.token, "laptop").await;
+    stay.next_of_type("peers").await;
+    gone.next_of_type("peer_joined").await;
+
+    let r = reqwest::Client::new()
+        .delete(format!("{}/api/mesh/devices/{id}", host.base()))
+        .bearer_auth(host.admin_secret())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(
+        body,
+        json!({"device_id": id, "removed": true, "was_online": true})
+    );
+
+    let err = gone.expect_error("device_removed").await;
+    assert!(
+        err["message"].as_str().unwrap().contains("removed"),
+        "{err}"
+    );
+    let left = stay.next_of_type("peer_left").await;
+    assert_eq!(left["device_id"], id.as_str());
+
+    let (mut again, first) = Member::rejoin(&url, &id, &key).await;
+    assert_eq!(first["code"], "unknown_device", "{first}");
+    again.expect_closed(FRAME_WAIT).await;
+    let mesh = host.get_json("/api/mesh").await;
+    assert!(
+        mesh["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["device_id"] != id.as_str()),
+        "{mesh}"
+    );
+}
+
 #[tokio::test]
 async fn a_member_that_stops_reading_is_dropped_without_slowing_the_others() {
     let host = Host::start().await;
-    let inv = host.mint(&TokenRequest::default()).await;
+    let inv = host.mint(&TokenRequest::unlimited()).await;
     let url = host.ws_url();
     let (mut alice, ja) = Member::join_token(&url, &inv.token, "Alice").await;
     joined_ids(&ja);

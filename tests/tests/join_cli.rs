@@ -148,7 +148,7 @@ fn only_local(url: String) -> Endpoints {
 }
 
 async fn mint(host: &Host) -> TokenResponse {
-    host.mint(&TokenRequest::default()).await
+    host.mint(&TokenRequest::unlimited()).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -393,7 +393,7 @@ async fn exhausted_token_is_refused_with_token_exhausted() {
     let host = Host::start().await;
     let minted = host
         .mint(&TokenRequest {
-            max_uses: Some(1),
+            max_uses: Some(Some(1)),
             ..Default::default()
         })
         .await;
@@ -436,7 +436,7 @@ async fn device_file_rejoins_without_the_token() {
     // A single-use invite: the second join can only succeed with the stored credential.
     let minted = host
         .mint(&TokenRequest {
-            max_uses: Some(1),
+            max_uses: Some(Some(1)),
             ..Default::default()
         })
         .await;
@@ -685,8 +685,8 @@ async fn a_staying_member_reconnects_with_its_credential_after_the_host_restarts
     // device credential from the first join.
     let minted = host
         .mint(&TokenRequest {
-            max_uses: Some(1),
-            ..TokenRequest::default()
+            max_uses: Some(Some(1)),
+            ..TokenRequest::unlimited()
         })
         .await;
     let link = link_with(&minted, only_local(host.ws_url()));
@@ -720,4 +720,45 @@ async fn a_staying_member_reconnects_with_its_credential_after_the_host_restarts
     assert_eq!(devices[0]["online"], true, "{mesh}");
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// The admin removes a device while `atmosphere join` (without --once) is in the mesh: the
+/// member is told `device_removed`, exits 1 and does not try to reconnect (its key would be
+/// refused anyway).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_removed_device_ends_the_staying_join_without_reconnecting() {
+    let host = Host::start().await;
+    let minted = mint(&host).await;
+    let link = link_with(&minted, only_local(host.ws_url()));
+    let t0 = Instant::now();
+    let mut child = join_command(&["--json", "--name", "Lost phone", &link])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let rx = stamp_lines(&mut child, t0);
+    wait_line(&rx, &|v| v["event"] == "connected");
+    let list = host.get_json("/api/mesh/devices").await;
+    let id = list["devices"][0]["device_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let r = reqwest::Client::new()
+        .delete(format!("{}/api/mesh/devices/{id}", host.base()))
+        .bearer_auth(host.admin_secret())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    let err = wait_line(&rx, &|v| v["event"] == "error");
+    assert_eq!(err["code"], "device_removed", "{err}");
+    // The run ends: stdout closes with nothing after the error (no disconnected /
+    // reconnecting / trying lines), and the exit code is 1.
+    let after: Vec<String> = rx.iter().map(|(_, l)| l).collect();
+    assert!(after.is_empty(), "lines after device_removed: {after:?}");
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(1), "{status:?}");
 }

@@ -121,7 +121,7 @@ async fn serve_and_join_use_a_wss_relay_trusted_through_atmosphere_relay_ca() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    let inv = host.mint(&TokenRequest::default()).await;
+    let inv = host.mint(&TokenRequest::unlimited()).await;
     let relay_ep = inv.endpoints.relay.clone().unwrap();
     assert!(relay_ep.starts_with("wss://localhost:"), "{relay_ep}");
     let holes = (BlackHole::start().await, BlackHole::start().await);

@@ -1,7 +1,11 @@
 //! The host view (`/`, admin): the JoinPanel. Mint an invite and show it as a QR code
 //! (the `join_url`), with the token, expiry and the app link; a Connectivity block that
 //! says at a glance which paths will work; outstanding invites (revocable) and member
-//! devices with their path, online state and last seen, refreshed live.
+//! devices with their path, online state and last seen (each removable, after a
+//! confirmation), refreshed live.
+//!
+//! Invites are safe by default: one device, valid one hour. The person can ask for more
+//! (5 devices or unlimited; 24 hours or 7 days) before generating.
 //!
 //! Live updates: the host's `GET /api/events` (server-sent events) says when something
 //! changed; while that stream is not open (older host, proxy without streaming) the page
@@ -398,20 +402,53 @@ fn need_admin_view() -> impl IntoView {
     }
 }
 
+/// The "Devices" choice of the invite form: (value, label, `max_uses` to ask for).
+const USES_CHOICES: [(&str, &str, Option<u32>); 3] = [
+    ("1", "1 device", Some(1)),
+    ("5", "up to 5 devices", Some(5)),
+    ("unlimited", "any number of devices", None),
+];
+
+/// The "Valid for" choice of the invite form: (value, label, seconds).
+const TTL_CHOICES: [(&str, &str, u64); 3] = [
+    ("1h", "1 hour", 3600),
+    ("24h", "24 hours", 24 * 3600),
+    ("7d", "7 days", 7 * 24 * 3600),
+];
+
+/// The request the invite form sends for the chosen values (unknown values: the safe
+/// defaults).
+pub fn token_request(uses: &str, ttl: &str) -> TokenRequest {
+    let max_uses = USES_CHOICES
+        .iter()
+        .find(|c| c.0 == uses)
+        .map_or(Some(1), |c| c.2);
+    let ttl_secs = TTL_CHOICES
+        .iter()
+        .find(|c| c.0 == ttl)
+        .map_or(3600, |c| c.2);
+    TokenRequest {
+        ttl_secs: Some(ttl_secs),
+        max_uses: Some(max_uses),
+        label: None,
+    }
+}
+
 #[component]
 fn JoinPanel(ctx: Ctx) -> impl IntoView {
     let invite = ctx.invite;
     let minting = RwSignal::new(false);
     let error = RwSignal::new(None::<String>);
     let feedback = RwSignal::new(None::<String>);
+    let uses = RwSignal::new(USES_CHOICES[0].0.to_string());
+    let ttl = RwSignal::new(TTL_CHOICES[0].0.to_string());
     let mint = move || {
         minting.set(true);
         error.set(None);
         feedback.set(None);
+        let req = token_request(&uses.get_untracked(), &ttl.get_untracked());
         leptos::task::spawn_local(async move {
-            match api::post_json::<_, TokenResponse>("/api/mesh/token", &TokenRequest::default())
-                .await
-            {
+            match api::post_json::<_, TokenResponse>("/api/mesh/token", &req).await {
                 Ok(t) => invite.set(Some(t)),
                 Err(ApiFailure::Unauthorized) => ctx.access.set(Access::NeedAdmin),
                 Err(e) => error.set(Some(format!("Could not create an invite: {e}"))),
@@ -424,6 +461,18 @@ fn JoinPanel(ctx: Ctx) -> impl IntoView {
         <section class="card invite">
             <h2>"Invite a device"</h2>
             <p class="muted">"Scan the code with a phone camera; the page that opens connects over the best path."</p>
+            <div class="invite-options">
+                <label>"Devices "
+                    <select id="invite-uses" on:change=move |ev| uses.set(event_target_value(&ev))>
+                        {USES_CHOICES.iter().map(|(v, l, _)| view! { <option value=*v>{*l}</option> }).collect_view()}
+                    </select>
+                </label>
+                <label>" Valid for "
+                    <select id="invite-ttl" on:change=move |ev| ttl.set(event_target_value(&ev))>
+                        {TTL_CHOICES.iter().map(|(v, l, _)| view! { <option value=*v>{*l}</option> }).collect_view()}
+                    </select>
+                </label>
+            </div>
             <button id="generate" class="primary" on:click=move |_| mint() disabled=move || minting.get()>
                 {move || if minting.get() { "Generating…" } else { "Generate invite" }}
             </button>
@@ -515,7 +564,7 @@ fn members_view(ctx: Ctx) -> impl IntoView {
                 if devices.is_empty() {
                     view! { <p class="muted">"No devices yet. Generate an invite and scan it."</p> }.into_any()
                 } else {
-                    view! { <ul class="devices" id="devices">{devices.into_iter().map(device_view).collect_view()}</ul> }.into_any()
+                    view! { <ul class="devices" id="devices">{devices.into_iter().map(|d| device_view(ctx, d)).collect_view()}</ul> }.into_any()
                 }
             }}
         </section>
@@ -551,7 +600,8 @@ fn short(id: &str) -> String {
     id.chars().take(8).collect()
 }
 
-fn device_view(d: DeviceView) -> impl IntoView {
+/// One device, with a *Remove* button that asks for a confirmation first.
+fn device_view(ctx: Ctx, d: DeviceView) -> impl IntoView {
     let path = d.path.map(|p| p.as_str()).unwrap_or("—");
     let seen = if d.online {
         "online now".to_string()
@@ -562,6 +612,21 @@ fn device_view(d: DeviceView) -> impl IntoView {
             .unwrap_or_else(|| "never connected".into())
     };
     let (id, platform) = (d.device_id.clone(), d.platform.clone());
+    let confirming = RwSignal::new(false);
+    let failed = RwSignal::new(None::<String>);
+    let remove = move |id: String| {
+        leptos::task::spawn_local(async move {
+            match api::delete(&format!("/api/mesh/devices/{id}")).await {
+                Ok(()) | Err(ApiFailure::Http { status: 404, .. }) => {}
+                Err(ApiFailure::Unauthorized) => ctx.access.set(Access::NeedAdmin),
+                Err(e) => failed.set(Some(format!("Could not remove it: {e}"))),
+            }
+            confirming.set(false);
+            refresh(ctx).await;
+        });
+    };
+    let question = format!("Remove {}? Its key stops working at once.", d.name);
+    let remove_id = id.clone();
     view! {
         <li class=if d.online { "device online" } else { "device offline" } data-device=id data-platform=platform data-path=path>
             <span class="dot"></span>
@@ -569,6 +634,19 @@ fn device_view(d: DeviceView) -> impl IntoView {
             <span class="muted">{d.platform}</span>
             <span class=format!("badge {path}")>{path}</span>
             <span class="muted seen">{seen}</span>
+            {move || if confirming.get() {
+                let id = remove_id.clone();
+                view! {
+                    <span class="confirm">
+                        <span>{question.clone()}</span>
+                        " "<button class="danger confirm-remove" on:click=move |_| remove(id.clone())>"Remove"</button>
+                        " "<button class="secondary cancel-remove" on:click=move |_| confirming.set(false)>"Cancel"</button>
+                    </span>
+                }.into_any()
+            } else {
+                view! { <button class="danger remove" on:click=move |_| confirming.set(true)>"Remove"</button> }.into_any()
+            }}
+            {move || failed.get().map(|e| view! { <span class="error">{e}</span> })}
         </li>
     }
 }
@@ -627,6 +705,15 @@ mod tests {
         let rows = connectivity_rows(&NetworkSnapshot::default());
         assert_eq!(rows[3].health, Health::Off);
         assert_eq!(rows[1].health, Health::Off);
+    }
+
+    #[test]
+    fn invite_form_defaults_to_one_device_for_one_hour() {
+        let safe = token_request("1", "1h");
+        assert_eq!((safe.max_uses, safe.ttl_secs), (Some(Some(1)), Some(3600)));
+        assert_eq!(token_request("nonsense", "").max_uses, Some(Some(1)));
+        let open = token_request("unlimited", "7d");
+        assert_eq!((open.max_uses, open.ttl_secs), (Some(None), Some(604_800)));
     }
 
     #[test]

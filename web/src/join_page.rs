@@ -116,6 +116,10 @@ pub fn refusal_words(code: ErrorCode, message: &str) -> (String, String) {
             "The host no longer knows this device",
             "Ask the host for a new invite.",
         ),
+        ErrorCode::DeviceRemoved => (
+            "This device was removed from the mesh",
+            "The host removed it. To join again, ask the host for a new invite.",
+        ),
         ErrorCode::RateLimited => ("Too many attempts", "Wait a minute and try again."),
         _ => ("The host refused to let this device in", ""),
     };
@@ -310,7 +314,19 @@ fn on_event(
                 device_id: joined.device_id,
             });
         }
+        ShellEvent::Frame(ServerMsg::Error { code, message }) if code.is_final() => {
+            // The host removed this device: its credential is worthless now and a
+            // reconnect would only be refused, so forget it and stay on the refusal.
+            if let Some(c) = storage::find_for_endpoints(invite.endpoints.iter().map(|(_, u)| u)) {
+                storage::forget(&c.mesh_id);
+            }
+            ctx.members.set(Vec::new());
+            let (title, detail) = refusal_words(code, &message);
+            ctx.phase.set(Phase::Refused { title, detail });
+        }
         ShellEvent::Frame(msg) => on_frame(ctx, msg),
+        ShellEvent::SessionClosed { .. }
+            if matches!(ctx.phase.get_untracked(), Phase::Refused { .. }) => {}
         ShellEvent::SessionClosed { reason } => {
             ctx.members.set(Vec::new());
             ctx.phase.set(Phase::Disconnected { reason });

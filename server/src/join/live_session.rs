@@ -1,6 +1,7 @@
 //! The live session after the race is won (without `--once`): print presence and messages
 //! as the host sends them, send each line typed on stdin to every member, until Ctrl-C or
-//! the host goes away.
+//! the host goes away. A final error from the host (`device_removed`) ends the session for
+//! good: the credential is no longer valid, so there is nothing to reconnect with.
 
 use super::attempt::{close, stream_reason, Ws};
 use super::output::{Printer, Roster};
@@ -15,6 +16,8 @@ pub(super) enum SessionEnd {
     Left,
     /// The host or the network ended it (the reason, for the person).
     Lost(String),
+    /// The host ended it with a final error (already printed): do not reconnect.
+    Refused,
 }
 
 /// Runs one session on the winning socket `ws`, whose `joined` was `joined`.
@@ -32,6 +35,10 @@ pub(super) async fn run(
                 Some(Ok(Message::Text(t))) => match serde_json::from_str::<ServerMsg>(t.as_str()) {
                     Ok(m) if roster.is_news(&m) => {
                         out.frame(&m, &roster);
+                        if matches!(&m, ServerMsg::Error { code, .. } if code.is_final()) {
+                            close(ws).await;
+                            return SessionEnd::Refused;
+                        }
                         roster.apply(&m);
                     }
                     Ok(_) => {}

@@ -20,7 +20,8 @@
 //! prints presence and messages and sends each line typed on stdin as a broadcast.
 //!
 //! Exit codes: 0 connected (and, without `--once`, left with Ctrl-C), 1 all paths failed,
-//! the host refused the credential, or (with `--no-reconnect`) the session was lost,
+//! the host refused the credential, the host removed this device during the session
+//! (`device_removed`, never retried), or (with `--no-reconnect`) the session was lost,
 //! 2 bad link or usage. Without `--once` a lost session is re-established with the
 //! device credential, with capped, jittered backoff.
 
@@ -48,7 +49,8 @@ const MAX_NAME_CHARS: usize = 64;
 #[derive(Debug, clap::Args)]
 #[command(after_help = "\
 Exit codes: 0 connected; 1 every path failed, the host refused the token/device \
-(invalid_token, token_expired, token_exhausted, token_revoked, unknown_device) or, with \
+(invalid_token, token_expired, token_exhausted, token_revoked, unknown_device), the host \
+removed this device during the session (device_removed; no reconnection) or, with \
 --no-reconnect, the session was lost; 2 bad link or usage.
 
 With --json, stdout carries one JSON object per line:
@@ -221,6 +223,7 @@ async fn stay(
     loop {
         let reason = match live_session::run(won.ws, &won.joined, out, &mut stdin).await {
             SessionEnd::Left => return ExitCode::SUCCESS,
+            SessionEnd::Refused => return ExitCode::from(1),
             SessionEnd::Lost(reason) => reason,
         };
         let Some(credential) = &rejoin else {

@@ -6,29 +6,29 @@
 use super::AppState;
 use crate::clock::{now_secs, rfc3339};
 use crate::secret::{random_bytes, random_hex};
-use crate::store::{self, NewInvite};
+use crate::store::{self, DeviceRow, NewInvite, Revoked};
 use atmosphere_shared::api::{
-    ApiError, AuthStatus, DeviceView, HostHealth, InviteView, MeshEvent, MeshView, NetworkInfo,
-    NetworkSnapshot, RelayState, RevokeResponse, TokenRequest, TokenResponse,
+    ApiError, AuthStatus, DeviceList, DeviceRemoved, DeviceView, HostHealth, InviteView, MeshEvent,
+    MeshView, NetworkInfo, NetworkSnapshot, RelayState, RevokeResponse, TokenRequest,
+    TokenResponse,
 };
 use atmosphere_shared::link::Invite;
 use atmosphere_shared::path::PathKind;
 use atmosphere_shared::token::{Token, TOKEN_BYTES};
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::Stream;
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::IpAddr;
 use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
 use tracing::{info, warn};
 
-/// Default invite lifetime.
-pub const DEFAULT_TTL_SECS: u64 = 24 * 3600;
 /// Longest invite lifetime accepted.
 pub const MAX_TTL_SECS: u64 = 30 * 24 * 3600;
 /// Longest invite label accepted (characters).
@@ -93,7 +93,8 @@ pub async fn mint(
             }
         }
     };
-    let ttl = req.ttl_secs.unwrap_or(DEFAULT_TTL_SECS);
+    let ttl = req.ttl();
+    let max_uses = req.uses_limit();
     if ttl == 0 || ttl > MAX_TTL_SECS {
         return error(
             StatusCode::BAD_REQUEST,
@@ -101,7 +102,7 @@ pub async fn mint(
             &format!("ttl_secs must be between 1 and {MAX_TTL_SECS} (30 days)"),
         );
     }
-    if req.max_uses == Some(0) {
+    if max_uses == Some(0) {
         return error(
             StatusCode::BAD_REQUEST,
             "bad_request",
@@ -135,7 +136,7 @@ pub async fn mint(
         label: label.clone(),
         created_at: now,
         expires_at: expires,
-        max_uses: req.max_uses,
+        max_uses,
     };
     let invite_id = inv.id.clone();
     if let Err(e) = st.store.call(move |c| store::insert_invite(c, &inv)).await {
@@ -169,10 +170,10 @@ pub async fn mint(
         join_url: invite.to_web_link(&base),
         endpoints,
         expires_at: rfc3339(expires),
-        max_uses: req.max_uses,
+        max_uses,
         invite_id: invite_id.clone(),
     };
-    info!(invite_id = %invite_id, ttl_secs = ttl, max_uses = ?req.max_uses, label = ?label,
+    info!(invite_id = %invite_id, ttl_secs = ttl, max_uses = ?max_uses, label = ?label,
         local = resp.endpoints.local.is_some(), public = resp.endpoints.public.is_some(),
         relay = resp.endpoints.relay.is_some(), "invite minted");
     Json(resp).into_response()
@@ -204,44 +205,112 @@ pub async fn mesh(State(st): State<AppState>) -> Response {
                 revoked: i.revoked,
             })
             .collect(),
-        devices: devices
-            .into_iter()
-            .map(|d| {
-                let live = online.get(&d.id).copied();
-                DeviceView {
-                    path: live.or_else(|| d.last_path.as_deref().and_then(PathKind::parse)),
-                    online: live.is_some(),
-                    device_id: d.id,
-                    name: d.name,
-                    platform: d.platform,
-                    joined_at: rfc3339(d.joined_at),
-                    last_seen: d.last_seen.map(rfc3339),
-                }
-            })
-            .collect(),
+        devices: device_views(devices, &online),
     };
     Json(view).into_response()
 }
 
-/// `DELETE /api/mesh/invites/{id}` and `POST /api/mesh/invites/{id}/revoke`.
-pub async fn revoke(State(st): State<AppState>, Path(id): Path<String>) -> Response {
+/// The admin's view of stored devices, with who is online now (and on which path).
+fn device_views(rows: Vec<DeviceRow>, online: &HashMap<String, PathKind>) -> Vec<DeviceView> {
+    rows.into_iter()
+        .map(|d| {
+            let live = online.get(&d.id).copied();
+            DeviceView {
+                path: live.or_else(|| d.last_path.as_deref().and_then(PathKind::parse)),
+                online: live.is_some(),
+                device_id: d.id,
+                invite_id: d.invite_id,
+                name: d.name,
+                platform: d.platform,
+                joined_at: rfc3339(d.joined_at),
+                last_seen: d.last_seen.map(rfc3339),
+            }
+        })
+        .collect()
+}
+
+/// `GET /api/mesh/devices`: every member device, in join order.
+pub async fn devices(State(st): State<AppState>) -> Response {
+    match st.store.call(store::list_devices).await {
+        Ok(rows) => Json(DeviceList {
+            devices: device_views(rows, &st.hub.online()),
+        })
+        .into_response(),
+        Err(e) => internal(e),
+    }
+}
+
+/// `DELETE /api/mesh/devices/{id}`: deletes the device (its key is refused from now on),
+/// then closes its live session with `device_removed`.
+pub async fn remove_device(State(st): State<AppState>, Path(id): Path<String>) -> Response {
+    let no_such = || error(StatusCode::NOT_FOUND, "not_found", "no device has this id");
+    if id.len() > 64 {
+        return no_such();
+    }
+    let id2 = id.clone();
+    match st.store.call(move |c| store::delete_device(c, &id2)).await {
+        Ok(true) => {
+            let was_online = st.forget_device(&id);
+            Json(DeviceRemoved {
+                device_id: id,
+                removed: true,
+                was_online,
+            })
+            .into_response()
+        }
+        Ok(false) => no_such(),
+        Err(e) => internal(e),
+    }
+}
+
+/// Query of the revoke routes.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct RevokeQuery {
+    /// Also remove every device the invite enrolled.
+    #[serde(default)]
+    remove_devices: bool,
+}
+
+/// `DELETE /api/mesh/invites/{id}` and `POST /api/mesh/invites/{id}/revoke`, each with an
+/// optional `?remove_devices=true`.
+pub async fn revoke(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    query: Result<Query<RevokeQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(Query(q)) = query else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "remove_devices must be true or false",
+        );
+    };
     if id.len() > 64 {
         return error(StatusCode::NOT_FOUND, "not_found", "no invite has this id");
     }
     let id2 = id.clone();
-    match st.store.call(move |c| store::revoke_invite(c, &id2)).await {
-        Ok(true) => {
-            info!(invite_id = %id, "invite revoked");
+    let remove = q.remove_devices;
+    match st
+        .store
+        .call(move |c| store::revoke_invite(c, &id2, remove))
+        .await
+    {
+        Ok(Revoked::Done { removed_devices }) => {
+            info!(invite_id = %id, removed_devices = removed_devices.len(), "invite revoked");
             st.hub.emit(MeshEvent::InviteRevoked {
                 invite_id: id.clone(),
             });
+            for device in &removed_devices {
+                st.forget_device(device);
+            }
             Json(RevokeResponse {
                 invite_id: id,
                 revoked: true,
+                removed_devices: remove.then_some(removed_devices),
             })
             .into_response()
         }
-        Ok(false) => error(StatusCode::NOT_FOUND, "not_found", "no invite has this id"),
+        Ok(Revoked::Unknown) => error(StatusCode::NOT_FOUND, "not_found", "no invite has this id"),
         Err(e) => internal(e),
     }
 }
@@ -311,6 +380,17 @@ pub async fn not_found() -> Response {
 }
 
 impl AppState {
+    /// After a device's row is deleted: ends its live session with `device_removed` and
+    /// announces `device_removed`. Returns whether it was online.
+    fn forget_device(&self, device_id: &str) -> bool {
+        let was_online = self.hub.remove(device_id);
+        info!(device_id = %device_id, was_online, "device removed");
+        self.hub.emit(MeshEvent::DeviceRemoved {
+            device_id: device_id.to_string(),
+        });
+        was_online
+    }
+
     /// The snapshot with the relay endpoint and link state filled in.
     pub fn snapshot_now(&self) -> NetworkSnapshot {
         self.complete(self.discovery.snapshot())

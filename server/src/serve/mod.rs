@@ -394,6 +394,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/mesh", get(api::mesh))
         .route("/api/mesh/invites/{id}", delete(api::revoke))
         .route("/api/mesh/invites/{id}/revoke", post(api::revoke))
+        .route("/api/mesh/devices", get(api::devices))
+        .route("/api/mesh/devices/{id}", delete(api::remove_device))
         .route("/api/network", get(api::network))
         .route("/api/network/refresh", post(api::refresh))
         .route("/api/events", get(api::events))
