@@ -12,7 +12,7 @@
 use atmosphere_shared::api::MeshEvent;
 use atmosphere_shared::path::PathKind;
 use atmosphere_shared::wire::{ErrorCode, Peer, ServerMsg};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -47,6 +47,10 @@ pub struct Hub {
     cfg: HubConfig,
     events: broadcast::Sender<MeshEvent>,
     members: Mutex<HashMap<String, Member>>,
+    /// Devices removed while this host runs. A session that checked its credential just
+    /// before the row was deleted may enter only after [`Hub::remove`] looked for it; it is
+    /// turned away here instead of living on. Grows by one id per removal (an admin action).
+    removed: Mutex<HashSet<String>>,
     next_conn: AtomicU64,
 }
 
@@ -72,6 +76,15 @@ pub struct Kicked {
     pub reason: &'static str,
     /// An error the member must be told before the socket closes (`device_removed`).
     pub error: Option<ErrorCode>,
+}
+
+impl Kicked {
+    fn removed() -> Kicked {
+        Kicked {
+            reason: "removed by the host's admin",
+            error: Some(ErrorCode::DeviceRemoved),
+        }
+    }
 }
 
 impl Kick {
@@ -167,6 +180,7 @@ impl Hub {
             cfg,
             events,
             members: Mutex::new(HashMap::new()),
+            removed: Mutex::new(HashSet::new()),
             next_conn: AtomicU64::new(1),
         })
     }
@@ -198,9 +212,16 @@ impl Hub {
         self.members.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Taken only while holding the members lock (one lock order).
+    fn lock_removed(&self) -> MutexGuard<'_, HashSet<String>> {
+        self.removed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Puts an admitted member into the presence table and tells the others
     /// (`peer_joined`). An older session of the same device is kicked: the newest wins.
-    /// Returns the member's place and the peers that were online before it.
+    /// Returns the member's place and the peers that were online before it. A device
+    /// removed meanwhile does not enter: its membership comes back already kicked with
+    /// `device_removed`.
     pub fn enter(self: &Arc<Self>, peer: Peer) -> (Membership, Vec<Peer>) {
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let (tx, outbox) = mpsc::channel::<Arc<str>>(self.cfg.outbound_queue);
@@ -208,6 +229,24 @@ impl Hub {
         let device_id = peer.device_id.clone();
         let peers = {
             let mut members = self.lock_members();
+            if self.lock_removed().contains(&device_id) {
+                kick.kick_with(Kicked::removed());
+                drop(members);
+                let presence = PresenceGuard {
+                    hub: self.clone(),
+                    device_id,
+                    conn,
+                    done: false,
+                };
+                return (
+                    Membership {
+                        outbox,
+                        kick,
+                        presence,
+                    },
+                    Vec::new(),
+                );
+            }
             if let Some(old) = members.remove(&device_id) {
                 // The same device connected again (e.g. a new path won): the newest wins.
                 old.kick
@@ -250,13 +289,11 @@ impl Hub {
     /// whether the device was online.
     pub fn remove(&self, device_id: &str) -> bool {
         let mut members = self.lock_members();
+        self.lock_removed().insert(device_id.to_string());
         let Some(m) = members.remove(device_id) else {
             return false;
         };
-        m.kick.kick_with(Kicked {
-            reason: "removed by the host's admin",
-            error: Some(ErrorCode::DeviceRemoved),
-        });
+        m.kick.kick_with(Kicked::removed());
         let left: Arc<str> = ServerMsg::PeerLeft {
             device_id: device_id.to_string(),
         }
@@ -419,5 +456,17 @@ mod tests {
         assert!(stay.outbox.recv().await.unwrap().contains("peer_left"));
         assert!(!gone.leave(), "already out of presence");
         assert_eq!(hub.online().keys().collect::<Vec<_>>(), vec!["stay"]);
+
+        // A session of the removed device that checked its key before the removal and
+        // enters only now is turned away, unseen by the others.
+        let (late, before) = hub.enter(peer("gone"));
+        assert!(before.is_empty());
+        assert_eq!(
+            late.kick.reason().unwrap().error,
+            Some(ErrorCode::DeviceRemoved)
+        );
+        assert_eq!(hub.online().keys().collect::<Vec<_>>(), vec!["stay"]);
+        assert!(!late.leave());
+        assert!(stay.outbox.try_recv().is_err(), "no peer_joined for it");
     }
 }

@@ -6,13 +6,18 @@
 //! the API's `join_url`; a phone opening that link connects via `local` and the host lists
 //! it as a browser on `local`; with local and public black-holed the page connects via the
 //! relay; an expired invite is reported in plain words without trying the relay; a reload
-//! rejoins with the stored credential (no second device).
+//! rejoins with the stored credential (no second device); the invite form's safe defaults
+//! (one device, one hour) and its choices; the *Remove* button (after a confirmation) ends
+//! the phone's session, which then forgets its credential and stays on the refusal.
+
+mod host_support;
 
 use atmosphere_shared::api::TokenRequest;
 use atmosphere_shared::{Endpoints, Invite};
 use atmosphere_tests::browser::{web_dist, zbar_decode, Browser, CountingListener, Screen};
 use atmosphere_tests::{BlackHole, Host, Relay};
 use futures_util::{SinkExt, StreamExt};
+use host_support::rfc3339_secs;
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -398,4 +403,97 @@ async fn paste_box_accepts_an_app_link_on_a_desktop() {
     b.screenshot("desktop-pasted-link").await;
     assert_eq!(devices(&host).await.len(), 1);
     b.close().await;
+}
+
+/// The host view's *Remove* button (after its confirmation) ends the phone's live session at
+/// once: the phone says the device was removed, forgets its credential and does not
+/// reconnect; the host view drops the device. The invite form mints one-device, one-hour
+/// invites unless asked for more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remove_button_ends_the_phone_session_and_invites_default_to_one_device_for_one_hour() {
+    let host = host_with_ui(&[]).await;
+    let admin = Browser::start("remove_device", Screen::Desktop).await;
+    admin
+        .goto(&format!("{}/?admin={}", host.base(), host.admin_secret()))
+        .await;
+    admin
+        .wait_text("#generate", UI, |t| t == "Generate invite")
+        .await;
+
+    // Safe defaults: the first invite is single use and expires in an hour.
+    admin.click("#generate").await;
+    admin
+        .wait_text("#invite-expiry", UI, |t| t.contains("single use"))
+        .await;
+    let mesh = host.get_json("/api/mesh").await;
+    let first = &mesh["invites"][0];
+    assert_eq!(first["max_uses"], 1, "{mesh}");
+    let ttl = rfc3339_secs(first["expires_at"].as_str().unwrap())
+        - rfc3339_secs(first["created_at"].as_str().unwrap());
+    assert_eq!(ttl, 3600, "{mesh}");
+    // Asking for more: any number of devices for 7 days.
+    admin
+        .js("const s = document.querySelector('#invite-uses'); s.value = 'unlimited'; s.dispatchEvent(new Event('change')); \
+             const t = document.querySelector('#invite-ttl'); t.value = '7d'; t.dispatchEvent(new Event('change')); return true")
+        .await;
+    admin.click("#generate").await;
+    admin
+        .wait_text("#invite-expiry", UI, |t| {
+            t.contains("any number of devices")
+        })
+        .await;
+    let mesh = host.get_json("/api/mesh").await;
+    let open = &mesh["invites"][0];
+    assert!(open["max_uses"].is_null(), "{mesh}");
+    let ttl = rfc3339_secs(open["expires_at"].as_str().unwrap())
+        - rfc3339_secs(open["created_at"].as_str().unwrap());
+    assert_eq!(ttl, 7 * 24 * 3600, "{mesh}");
+    admin.screenshot("1-invite-options").await;
+
+    // A phone joins; the host view lists it online.
+    let join_url = admin.text("#invite-link").await.expect("join link shown");
+    let phone = Browser::start("remove_device", Screen::Phone).await;
+    phone.goto(&join_url).await;
+    phone
+        .wait_text("#headline", UI, |t| t == "Connected via local")
+        .await;
+    admin
+        .wait_text("#devices", UI, |t| t.contains("online"))
+        .await;
+
+    // Remove asks first; Cancel keeps the device.
+    admin.click("#devices .device button.remove").await;
+    admin
+        .wait_text("#devices", UI, |t| t.contains("Its key stops working"))
+        .await;
+    admin.screenshot("2-confirm-remove").await;
+    admin.click("#devices .device button.cancel-remove").await;
+    admin.click("#devices .device button.remove").await;
+    admin.click("#devices .device button.confirm-remove").await;
+
+    phone
+        .wait_text("#headline", UI, |t| {
+            t == "This device was removed from the mesh"
+        })
+        .await;
+    phone.screenshot("3-phone-removed").await;
+    admin
+        .wait_text("main", UI, |t| t.contains("No devices yet"))
+        .await;
+    assert!(devices(&host).await.is_empty());
+    let stored = phone
+        .js("return Object.keys(localStorage).filter(k => k.startsWith('atmosphere.device.')).length")
+        .await;
+    assert_eq!(
+        stored,
+        serde_json::json!(0),
+        "the removed credential is forgotten"
+    );
+    // The page stays on the refusal: no reconnection creates or revives a device.
+    assert_eq!(
+        phone.text("#headline").await.as_deref(),
+        Some("This device was removed from the mesh")
+    );
+    phone.close().await;
+    admin.close().await;
 }
