@@ -23,8 +23,10 @@
 //!    then `peers`.
 //!
 //! Live: `send` frames are relayed as `message`; the host pings every `ping_interval`; with
-//! no frame at all for `idle_timeout` the session is closed. At the end the member leaves
-//! presence (the others get `peer_left`) and its `last_seen` is stored.
+//! no frame at all for `idle_timeout` the session is closed. A session the hub kicks ends at
+//! once; a removed device's is told `device_removed` (final) before its socket closes. At
+//! the end the member leaves presence (the others get `peer_left`) and its `last_seen` is
+//! stored.
 //!
 //! Bad input (non-JSON, unknown type, binary, oversized frames) gets `bad_request` or
 //! `too_large` and a close; nothing a member sends can panic the host.
