@@ -12,6 +12,8 @@
 //! - [`wire`]: the mesh WebSocket message table, the join credential and the `joined` answer;
 //! - [`credential`]: the device credential a member stores to rejoin (CLI file, browser record);
 //! - [`racing`]: the fallback/racing policy as a sans-IO state machine;
+//! - [`handshake`]: the mesh handshake (Noise XX: members authenticate the host by its mesh
+//!   key before sending any credential) and the end-to-end encrypted channel after it;
 //! - [`join_event`]: every JSON line `atmosphere join --json` prints;
 //! - [`relay_proto`]: the relay's control protocol: messages, the registration handshake
 //!   (`sign` on the host, `verify` on the relay) and the close codes;
@@ -27,6 +29,7 @@
 pub mod api;
 pub mod backoff;
 pub mod credential;
+pub mod handshake;
 pub mod join_event;
 pub mod link;
 pub mod mesh_id;
