@@ -22,7 +22,7 @@
 //! | --- | --- | --- | --- | --- |
 //! | 1 | client → host | `e` | empty | exactly 32 bytes |
 //! | 2 | host → client | `e, ee, s, es` | the host certificate (96 bytes) | exactly 192 bytes |
-//! | 3 | client → host | `s, se` | the join request (JSON, ≤ [`MAX_JOIN_REQUEST_BYTES`]) | 64 + request + 0 bytes, ≤ 64 + 4096 |
+//! | 3 | client → host | `s, se` | the join request (JSON, ≤ [`MAX_JOIN_REQUEST_BYTES`]) | 64 + the request's length (≤ 4160) |
 //! | then | both | transport | one mesh JSON message (`ServerMsg`, `ClientMsg::Send`) | ≤ 65535 bytes |
 //!
 //! **The host certificate** (message 2) is `ed25519_public (32) ‖ signature (64)`: the host's

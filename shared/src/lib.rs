@@ -23,8 +23,9 @@
 //! Every wire and API shape here is documented with examples in `docs/PROTOCOL.md`, and a
 //! test (`shared/tests/protocol_doc.rs`) parses each example with these types.
 //!
-//! Nothing here performs I/O, reads a clock or spawns tasks, so the same code runs on
-//! tokio and in `wasm32-unknown-unknown`, and is tested with virtual time.
+//! Nothing here performs I/O, reads a clock, draws randomness or spawns tasks (the shells
+//! pass in the time and random bytes), so the same code runs on tokio and in
+//! `wasm32-unknown-unknown`, and is tested with virtual time and fixed randomness.
 
 pub mod api;
 pub mod backoff;
