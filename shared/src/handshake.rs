@@ -105,7 +105,6 @@
 //!
 //! ```
 //! use atmosphere_shared::handshake::*;
-//! use atmosphere_shared::mesh_id::mesh_id_from_public_key;
 //! use atmosphere_shared::wire::DeviceInfo;
 //! use atmosphere_shared::PathKind;
 //!
