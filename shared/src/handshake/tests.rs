@@ -13,6 +13,12 @@ fn mesh_key(n: u8) -> SigningKey {
     SigningKey::from_bytes(&[n; 32])
 }
 
+/// The host keys of `mesh_key(7)`, built once (the proptests would otherwise sign per case).
+fn host_keys() -> &'static HostKeys {
+    static KEYS: std::sync::OnceLock<HostKeys> = std::sync::OnceLock::new();
+    KEYS.get_or_init(|| HostKeys::from_signing_key(&mesh_key(7)))
+}
+
 fn entropy(n: u8) -> Entropy {
     Entropy::new([n; 32])
 }
@@ -782,7 +788,7 @@ proptest! {
     /// Random bytes into every read function: typed errors, never a panic, never success.
     #[test]
     fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..400), n in 0usize..4) {
-        let keys = HostKeys::from_signing_key(&mesh_key(7));
+        let keys = host_keys();
         let (client, msg1) = ClientHandshake::start(
             HostExpectation::TrustOnFirstUse, &invite_request(), &device(), entropy(1)).unwrap();
         // Stretch to a plausible size for the step now and then, so length checks pass.
@@ -798,14 +804,14 @@ proptest! {
             _ => sized(JOIN_OVERHEAD_BYTES + bytes.len()),
         };
         // Message 1 has no authentication: any 32 bytes are an ephemeral key.
-        let r = HostHandshake::new(&keys, entropy(2)).read_client_hello(&input);
+        let r = HostHandshake::new(keys, entropy(2)).read_client_hello(&input);
         prop_assert_eq!(r.is_ok(), input.len() == CLIENT_HELLO_BYTES);
         prop_assert!(client.read_host_hello(&input).is_err());
-        let (awaiting, msg2) = HostHandshake::new(&keys, entropy(2)).read_client_hello(&msg1).unwrap();
+        let (awaiting, msg2) = HostHandshake::new(keys, entropy(2)).read_client_hello(&msg1).unwrap();
         let _ = msg2;
         prop_assert!(awaiting.read_join(&input).is_err());
         let mut wire = Wire::default();
-        let mut s = handshake(&mut wire, &keys, HostExpectation::TrustOnFirstUse, &invite_request()).unwrap();
+        let mut s = handshake(&mut wire, keys, HostExpectation::TrustOnFirstUse, &invite_request()).unwrap();
         prop_assert!(s.client.channel.open(&input).is_err());
         prop_assert!(s.host.channel.open(&input).is_err());
         let _ = JoinRequest::parse(&input);
@@ -814,10 +820,10 @@ proptest! {
     /// Any single-bit change anywhere in a session is detected.
     #[test]
     fn any_flipped_bit_is_detected(frame in 0usize..3, bit in 0usize..2048) {
-        let keys = HostKeys::from_signing_key(&mesh_key(7));
+        let keys = host_keys();
         let (client, msg1) = ClientHandshake::start(
             HostExpectation::TrustOnFirstUse, &invite_request(), &device(), entropy(1)).unwrap();
-        let (host, mut msg2) = HostHandshake::new(&keys, entropy(2)).read_client_hello(&msg1).unwrap();
+        let (host, mut msg2) = HostHandshake::new(keys, entropy(2)).read_client_hello(&msg1).unwrap();
         if frame == 0 {
             let i = bit % (msg2.len() * 8);
             msg2[i / 8] ^= 1 << (i % 8);
