@@ -12,6 +12,8 @@
 //! - [`wire`]: the mesh WebSocket message table, the join credential and the `joined` answer;
 //! - [`credential`]: the device credential a member stores to rejoin (CLI file, browser record);
 //! - [`racing`]: the fallback/racing policy as a sans-IO state machine;
+//! - [`handshake`]: the mesh handshake (Noise XX: members authenticate the host by its mesh
+//!   key before sending any credential) and the end-to-end encrypted channel after it;
 //! - [`join_event`]: every JSON line `atmosphere join --json` prints;
 //! - [`relay_proto`]: the relay's control protocol: messages, the registration handshake
 //!   (`sign` on the host, `verify` on the relay) and the close codes;
@@ -21,12 +23,14 @@
 //! Every wire and API shape here is documented with examples in `docs/PROTOCOL.md`, and a
 //! test (`shared/tests/protocol_doc.rs`) parses each example with these types.
 //!
-//! Nothing here performs I/O, reads a clock or spawns tasks, so the same code runs on
-//! tokio and in `wasm32-unknown-unknown`, and is tested with virtual time.
+//! Nothing here performs I/O, reads a clock, draws randomness or spawns tasks (the shells
+//! pass in the time and random bytes), so the same code runs on tokio and in
+//! `wasm32-unknown-unknown`, and is tested with virtual time and fixed randomness.
 
 pub mod api;
 pub mod backoff;
 pub mod credential;
+pub mod handshake;
 pub mod join_event;
 pub mod link;
 pub mod mesh_id;

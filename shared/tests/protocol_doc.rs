@@ -10,6 +10,8 @@
 //!   writes for the decoded invite.
 //! - The `text relay_vector` block: the mesh id and the signed bytes are recomputed with
 //!   `mesh_id` and `relay_proto`.
+//! - The `text noise_vector` block: the host's derived keys, its certificate and the whole
+//!   handshake transcript are recomputed with `handshake`.
 //! - Across all JSON: every `mesh_id` has the mesh-id shape, every `token` is a valid token
 //!   and every error `code` is an [`ErrorCode`] or one of the CLI's own codes.
 
@@ -18,6 +20,10 @@ use atmosphere_shared::api::{
     NetworkSnapshot, RelayState, RevokeResponse, TokenRequest, TokenResponse,
 };
 use atmosphere_shared::credential::DeviceCredential;
+use atmosphere_shared::handshake::{
+    derive_host_static, ClientHandshake, Entropy, HostExpectation, HostHandshake, HostKeys,
+    JoinRequest, StaticSecret,
+};
 use atmosphere_shared::join_event::JoinEvent;
 use atmosphere_shared::link::Invite;
 use atmosphere_shared::mesh_id::{is_valid_mesh_id, mesh_id_from_public_key};
@@ -62,10 +68,11 @@ const JSON_TAGS: &[&str] = &[
     "device_file",
     "join_line",
     "netcheck",
+    "join_request",
 ];
 
 /// Tags of `text` blocks that are checked.
-const TEXT_TAGS: &[&str] = &["link", "link_generated", "relay_vector"];
+const TEXT_TAGS: &[&str] = &["link", "link_generated", "relay_vector", "noise_vector"];
 
 /// One fenced block of the doc.
 struct Block {
@@ -205,6 +212,7 @@ fn check_json(tag: &str, v: &Value, text: &str) -> Result<(), String> {
         "join_line" => check_join_line(v, text),
         "netcheck" => strict::<Report>(v),
         "device_file" => strict::<DeviceCredential>(v),
+        "join_request" => strict::<JoinRequest>(v),
         other => Err(format!(
             "unknown tag `json {other}`: add it to JSON_TAGS and check_json"
         )),
@@ -367,6 +375,82 @@ fn check_relay_vector(body: &str) -> Result<usize, String> {
     Ok(1)
 }
 
+/// The `name = value` lines of a vector block.
+fn vector_field<'a>(body: &'a str, name: &str) -> Result<&'a str, String> {
+    body.lines()
+        .filter_map(|l| l.split_once('='))
+        .find(|(k, _)| k.trim() == name)
+        .map(|(_, v)| v.trim())
+        .ok_or(format!("the vector has no {name}"))
+}
+
+fn hex32(body: &str, name: &str) -> Result<[u8; 32], String> {
+    hex(vector_field(body, name)?)?
+        .try_into()
+        .map_err(|_| format!("{name} is not 32 bytes"))
+}
+
+/// Checks the handshake transcript: keys, certificate, the three messages and one transport
+/// frame each way, all recomputed; and the host reads the request back.
+fn check_noise_vector(body: &str) -> Result<usize, String> {
+    let f = |name: &str| vector_field(body, name);
+    let same = |name: &str, code: &[u8]| -> Result<(), String> {
+        if hex(f(name)?)? == code {
+            Ok(())
+        } else {
+            let code: String = code.iter().map(|b| format!("{b:02x}")).collect();
+            Err(format!("{name} is not what the code computes ({code})"))
+        }
+    };
+    let mesh_key = SigningKey::from_bytes(&hex32(body, "host_secret_key_hex")?);
+    let keys = HostKeys::from_signing_key(&mesh_key);
+    if keys.mesh_id() != f("mesh_id")? {
+        return Err(format!("mesh_id is not the key's ({})", keys.mesh_id()));
+    }
+    same(
+        "host_static_secret_hex",
+        &derive_host_static(&mesh_key).to_bytes(),
+    )?;
+    same("host_static_public_hex", &keys.static_public().0)?;
+    same("certificate_hex", keys.certificate())?;
+    let device = StaticSecret::from_bytes(hex32(body, "device_static_secret_hex")?);
+    if device.public_key().to_string() != f("device_static_public")? {
+        return Err(format!(
+            "device_static_public is not the secret's ({})",
+            device.public_key()
+        ));
+    }
+    let request: JoinRequest =
+        serde_json::from_str(f("join_request")?).map_err(|e| format!("join_request: {e}"))?;
+    let expect = HostExpectation::MeshId(keys.mesh_id().to_string());
+    let member_e = Entropy::new(hex32(body, "member_ephemeral_hex")?);
+    let (client, msg1) =
+        ClientHandshake::start(expect, &request, &device, member_e).map_err(|e| e.to_string())?;
+    same("msg1_hex", &msg1)?;
+    let host_e = Entropy::new(hex32(body, "host_ephemeral_hex")?);
+    let (host, msg2) = HostHandshake::new(&keys, host_e)
+        .read_client_hello(&msg1)
+        .map_err(|e| e.to_string())?;
+    same("msg2_hex", &msg2)?;
+    let mut done = client.read_host_hello(&msg2).map_err(|e| e.to_string())?;
+    same("msg3_hex", &done.message)?;
+    let mut join = host.read_join(&done.message).map_err(|e| e.to_string())?;
+    if join.request.as_ref().ok() != Some(&request) || join.device_key != device.public_key() {
+        return Err("the host does not read back the request and the device key".into());
+    }
+    let host_frame = join
+        .channel
+        .seal(f("host_plaintext")?.as_bytes())
+        .map_err(|e| e.to_string())?;
+    same("host_frame_hex", &host_frame)?;
+    let member_frame = done
+        .channel
+        .seal(f("member_plaintext")?.as_bytes())
+        .map_err(|e| e.to_string())?;
+    same("member_frame_hex", &member_frame)?;
+    Ok(1)
+}
+
 /// Checks one block; returns how many JSON values it held (0 for other blocks).
 fn check_block(b: &Block) -> Result<usize, String> {
     match (b.lang.as_str(), b.tag.as_deref()) {
@@ -390,6 +474,7 @@ fn check_block(b: &Block) -> Result<usize, String> {
         ("text", Some("link")) => check_links(&b.body, false).map(|_| 0),
         ("text", Some("link_generated")) => check_links(&b.body, true).map(|_| 0),
         ("text", Some("relay_vector")) => check_relay_vector(&b.body).map(|_| 0),
+        ("text", Some("noise_vector")) => check_noise_vector(&b.body).map(|_| 0),
         (lang, Some(tag)) => Err(format!(
             "unknown tag `{lang} {tag}` (text tags: {TEXT_TAGS:?})"
         )),
