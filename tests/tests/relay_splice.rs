@@ -356,3 +356,66 @@ async fn a_spliced_session_counts_its_data_socket_until_it_ends() {
         "{m}"
     );
 }
+
+/// A burst of members through the relay: every one is spliced to the host. The host link
+/// dials a bounded number of data sockets at once; the notices beyond that must wait (the
+/// link stops reading its control socket), not be dropped to the relay's accept deadline.
+#[tokio::test]
+async fn a_burst_of_1000_members_is_spliced_every_one() {
+    const MEMBERS: usize = 1000;
+    // A long accept deadline: a member that was not picked up would otherwise pass the test
+    // by luck of timing; limits high enough that only the host link can lose someone.
+    let relay = Relay::start(&[
+        "--max-sessions-per-mesh",
+        "5000",
+        "--max-conns-per-ip",
+        "5000",
+        "--accept-timeout",
+        "60s",
+    ])
+    .await;
+    let mut host = TestHost::start(&relay.url()).await;
+    let url = host.member_url();
+    let members: Vec<_> = (0..MEMBERS)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                let mut m = connect(&url).await;
+                // Spliced means the host's greeting arrives; a refusal closes the socket.
+                match m.next().await {
+                    Some(Ok(Message::Text(t))) if t.as_str() == "hello" => Ok(m),
+                    other => Err(format!("{other:?}")),
+                }
+            })
+        })
+        .collect();
+    // The host side: greet every relayed session and count them.
+    let greeter = tokio::spawn(async move {
+        let mut datas = Vec::new();
+        while datas.len() < MEMBERS {
+            let Some((mut h, _)) = host.sessions.recv().await else {
+                break;
+            };
+            h.send(Message::text("hello")).await.unwrap();
+            datas.push(h);
+        }
+        (host, datas)
+    });
+    let mut refused = Vec::new();
+    let mut spliced = Vec::new();
+    for m in members {
+        match m.await.unwrap() {
+            Ok(m) => spliced.push(m),
+            Err(e) => refused.push(e),
+        }
+    }
+    assert!(
+        refused.is_empty(),
+        "{} of {MEMBERS} members were not spliced, e.g. {:?}",
+        refused.len(),
+        refused.first()
+    );
+    let (_host, datas) = greeter.await.unwrap();
+    assert_eq!(datas.len(), MEMBERS);
+    assert_eq!(relay.health().await["sessions"], MEMBERS as u64);
+}
