@@ -195,10 +195,10 @@ pub struct RelayHealth {
 /// | 4401 | [`BAD_SIGNATURE`](close::BAD_SIGNATURE) | registration signature does not verify (e.g. replayed), or wrong data-socket secret |
 /// | 4403 | [`MESH_MISMATCH`](close::MESH_MISMATCH) | the key does not derive this mesh id, or another key holds the mesh |
 /// | 4404 | [`HOST_OFFLINE`](close::HOST_OFFLINE) | no host registered for the mesh (member socket), or unknown/expired session (data socket) |
-/// | 4408 | [`TIMEOUT`](close::TIMEOUT) | handshake, host-accept or idle deadline passed |
+/// | 4408 | [`TIMEOUT`](close::TIMEOUT) | handshake, host-accept, host-answer or idle deadline passed |
 /// | 4409 | [`REPLACED`](close::REPLACED) | a newer control socket with the same key took over the mesh |
 /// | 4413 | [`TOO_LARGE`](close::TOO_LARGE) | a frame or message over the relay's size limit |
-/// | 4429 | [`TOO_MANY`](close::TOO_MANY) | too many connections from this IP, or sessions for this mesh |
+/// | 4429 | [`TOO_MANY`](close::TOO_MANY) | too many connections from this IP, sessions for this mesh, or unanswered sessions of this mesh from this IP |
 /// | 1001 | (going away) | the other side of a spliced session disconnected without a close frame, or the relay is shutting down |
 pub mod close {
     /// Malformed request: mesh id, control message or session path.
@@ -209,13 +209,14 @@ pub mod close {
     pub const MESH_MISMATCH: u16 = 4403;
     /// No host registered for this mesh (or unknown session).
     pub const HOST_OFFLINE: u16 = 4404;
-    /// A deadline passed (handshake, host accept, idle).
+    /// A deadline passed (handshake, host accept, host answer, idle).
     pub const TIMEOUT: u16 = 4408;
     /// This control socket was replaced by a newer one with the same key.
     pub const REPLACED: u16 = 4409;
     /// A frame or message exceeded the size limit.
     pub const TOO_LARGE: u16 = 4413;
-    /// Too many connections from one IP or sessions for one mesh.
+    /// Too many connections from one IP, sessions for one mesh, or unanswered sessions of
+    /// one mesh from one IP.
     pub const TOO_MANY: u16 = 4429;
 }
 

@@ -271,3 +271,97 @@ async fn the_real_ip_header_uses_the_last_line_a_proxy_appended() {
         "a forged first header line escaped the per-IP limit: {end:?}"
     );
 }
+
+/// Opens a member socket whose source the relay takes from `X-Real-IP`.
+async fn member_from(url: &str, ip: &str) -> Ws {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut().insert("x-real-ip", ip.parse().unwrap());
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_tungstenite::connect_async(req),
+    )
+    .await
+    .unwrap()
+    .unwrap()
+    .0
+}
+
+/// F5: five addresses open as many member sockets as the per-IP limit lets them and never
+/// send anything. They must not take all of the mesh's session slots: a real member from
+/// another address still reaches the host.
+#[tokio::test]
+async fn silent_members_from_a_few_ips_cannot_starve_a_mesh() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    // A long answer deadline: only the per-source cap may let the real member in.
+    let relay = Relay::start(&["--real-ip-header", "X-Real-IP", "--answer-timeout", "300s"]).await;
+    let mut host = TestHost::start(&relay.url()).await;
+    let url = host.member_url();
+    const REAL: &str = "203.0.113.99";
+    // The host holds every relayed session and answers only the real member (as a real
+    // host answers only a member that speaks its protocol).
+    let (answered_tx, mut answered_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let host_task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Some((mut h, remote)) = host.sessions.recv().await {
+            if remote == REAL {
+                h.send(Message::text("welcome")).await.unwrap();
+                let _ = answered_tx.send(());
+            }
+            held.push(h);
+        }
+    });
+    let mut attackers = Vec::new();
+    for a in 1..=5 {
+        for _ in 0..64 {
+            attackers.push(member_from(&url, &format!("198.51.100.{a}")).await);
+        }
+    }
+    // Every attacker socket is either a session or refused (4429); wait until the relay has
+    // decided all of them.
+    let start = Instant::now();
+    loop {
+        let sessions = relay.health().await["sessions"].as_u64().unwrap();
+        let m = relay.metrics().await;
+        let refused: u64 = m
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(
+                    "atmosphere_relay_refusals_total{reason=\"too_many\",code=\"4429\"} ",
+                )
+            })
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        if sessions + refused == attackers.len() as u64 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{sessions} sessions + {refused} refusals"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut member = member_from(&url, REAL).await;
+    match member.next().await {
+        Some(Ok(Message::Text(t))) => assert_eq!(t.as_str(), "welcome"),
+        other => panic!("the real member did not reach the host: {other:?}"),
+    }
+    answered_rx.recv().await.unwrap();
+    drop(attackers);
+    host_task.abort();
+}
+
+/// A relayed session the host never answers is closed at the answer deadline, on both
+/// sides, with 4408.
+#[tokio::test]
+async fn a_session_the_host_never_answers_is_closed_at_the_answer_deadline() {
+    let relay = Relay::start(&["--answer-timeout", "500ms"]).await;
+    let mut host = TestHost::start(&relay.url()).await;
+    let mut member = connect(&host.member_url()).await;
+    let mut h = host.next_session().await;
+    let end = read_until_close(&mut member, Duration::from_secs(10)).await;
+    assert_eq!(end.code, Some(close::TIMEOUT), "{end:?}");
+    let end = read_until_close(&mut h, Duration::from_secs(10)).await;
+    assert_eq!(end.code, Some(close::TIMEOUT), "{end:?}");
+}

@@ -370,6 +370,8 @@ async fn a_burst_of_1000_members_is_spliced_every_one() {
         "5000",
         "--max-conns-per-ip",
         "5000",
+        "--max-unanswered-per-ip",
+        "5000",
         "--accept-timeout",
         "60s",
     ])

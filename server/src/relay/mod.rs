@@ -65,6 +65,19 @@ pub struct Args {
         default_value_t = 256
     )]
     pub max_sessions_per_mesh: usize,
+    /// Unanswered sessions (the host has not yet sent the member anything) per mesh and
+    /// source IP (IPv6: per /64); more members from that source get 4429. Keeps a few
+    /// addresses with silent member sockets from taking all of a mesh's sessions.
+    #[arg(
+        long,
+        env = "ATMOSPHERE_RELAY_MAX_UNANSWERED_PER_IP",
+        default_value_t = 16
+    )]
+    pub max_unanswered_per_ip: usize,
+    /// Time the host has to send a member its first frame, from the member's arrival; then
+    /// both sides get 4408.
+    #[arg(long, env = "ATMOSPHERE_RELAY_ANSWER_TIMEOUT", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub answer_timeout: Duration,
     /// Open member and host-control WebSockets per source IP; more get 4429.
     #[arg(long, env = "ATMOSPHERE_RELAY_MAX_CONNS_PER_IP", default_value_t = 64)]
     pub max_conns_per_ip: usize,
@@ -98,6 +111,8 @@ impl Args {
         Ok(server::Limits {
             max_frame_bytes: self.max_frame_bytes as usize,
             max_sessions_per_mesh: self.max_sessions_per_mesh.max(1),
+            max_unanswered_per_ip: self.max_unanswered_per_ip.max(1),
+            answer_timeout: nonzero(self.answer_timeout),
             max_conns_per_ip: self.max_conns_per_ip.max(1),
             handshake_timeout: nonzero(self.handshake_timeout),
             accept_timeout: nonzero(self.accept_timeout),
@@ -143,6 +158,8 @@ pub async fn run(args: Args) -> ExitCode {
     tracing::info!(
         max_frame_bytes = limits.max_frame_bytes,
         max_sessions_per_mesh = limits.max_sessions_per_mesh,
+        max_unanswered_per_ip = limits.max_unanswered_per_ip,
+        answer_timeout_ms = limits.answer_timeout.as_millis() as u64,
         max_conns_per_ip = limits.max_conns_per_ip,
         handshake_timeout_ms = limits.handshake_timeout.as_millis() as u64,
         accept_timeout_ms = limits.accept_timeout.as_millis() as u64,

@@ -36,6 +36,11 @@ pub struct Limits {
     pub max_frame_bytes: usize,
     /// Live sessions (waiting or spliced) per mesh.
     pub max_sessions_per_mesh: usize,
+    /// Unanswered sessions (the host has not sent the member a frame yet) per mesh and
+    /// source IP (an IPv6 /64 counts as one source).
+    pub max_unanswered_per_ip: usize,
+    /// Time from a member's arrival to the host's first frame to it.
+    pub answer_timeout: Duration,
     /// Open member + host-control WebSockets per source IP.
     pub max_conns_per_ip: usize,
     /// Time for TLS + HTTP headers, and for a host to answer the challenge.
@@ -53,6 +58,8 @@ impl Default for Limits {
         Limits {
             max_frame_bytes: 256 * 1024,
             max_sessions_per_mesh: 256,
+            max_unanswered_per_ip: 16,
+            answer_timeout: Duration::from_secs(15),
             max_conns_per_ip: 64,
             handshake_timeout: Duration::from_secs(5),
             accept_timeout: Duration::from_secs(5),
