@@ -191,15 +191,19 @@ pub struct RelayHealth {
 ///
 /// | code | constant | when |
 /// | --- | --- | --- |
-/// | 4400 | [`BAD_REQUEST`](close::BAD_REQUEST) | malformed mesh id, control message or session path |
-/// | 4401 | [`BAD_SIGNATURE`](close::BAD_SIGNATURE) | registration signature does not verify (e.g. replayed), or wrong data-socket secret |
+/// | 4400 | [`BAD_REQUEST`](close::BAD_REQUEST) | malformed mesh id or control message |
+/// | 4401 | [`BAD_SIGNATURE`](close::BAD_SIGNATURE) | registration signature does not verify (e.g. replayed) |
 /// | 4403 | [`MESH_MISMATCH`](close::MESH_MISMATCH) | the key does not derive this mesh id, or another key holds the mesh |
-/// | 4404 | [`HOST_OFFLINE`](close::HOST_OFFLINE) | no host registered for the mesh (member socket), or unknown/expired session (data socket) |
+/// | 4404 | [`HOST_OFFLINE`](close::HOST_OFFLINE) | no host registered for the mesh (member socket) |
 /// | 4408 | [`TIMEOUT`](close::TIMEOUT) | handshake, host-accept, host-answer or idle deadline passed |
 /// | 4409 | [`REPLACED`](close::REPLACED) | a newer control socket with the same key took over the mesh |
 /// | 4413 | [`TOO_LARGE`](close::TOO_LARGE) | a frame or message over the relay's size limit |
 /// | 4429 | [`TOO_MANY`](close::TOO_MANY) | too many connections from this IP, sessions for this mesh, or unanswered sessions of this mesh from this IP |
 /// | 1001 | (going away) | the other side of a spliced session disconnected without a close frame, or the relay is shutting down |
+///
+/// Data sockets are refused before their upgrade, with the HTTP status of the same refusal
+/// (400, 401, 404, or 429 for a source with too many failed proofs) and a JSON
+/// `{"error":…,"message":…}` body (`api::ApiError`) whose `error` is the refusal's label.
 pub mod close {
     /// Malformed request: mesh id, control message or session path.
     pub const BAD_REQUEST: u16 = 4400;

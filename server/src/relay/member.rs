@@ -14,7 +14,7 @@
 //!
 //! Every refusal of a member also sends a mesh `error` frame first: members speak the mesh
 //! protocol and show that error. The host's data socket ([`data_ws`]) only has to present
-//! the session's secret.
+//! the session's secret, which is checked before the WebSocket upgrade.
 
 use super::metrics::{ConnKind, RefusalKind};
 use super::registry::{HostCmd, HostDataSocket, NoSession, OpenSession, SessionLimits};
@@ -193,6 +193,10 @@ async fn wait_for_host(
 }
 
 /// `GET /mesh/{mesh_id}/session/{session_id}`: the host's data socket for one member.
+///
+/// The session id and its secret are checked before the upgrade: a request that does not
+/// present them gets a plain HTTP refusal (`Relay::refuse_http`) and never holds a
+/// WebSocket.
 pub(super) async fn data_ws(
     ws: WebSocketUpgrade,
     State(relay): State<Arc<Relay>>,
@@ -201,29 +205,35 @@ pub(super) async fn data_ws(
     headers: HeaderMap,
 ) -> Response {
     let ip = relay.client_ip(peer, &headers);
-    let secret = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(|s| s.trim().to_string());
+    let secret = bearer(&headers);
+    let ctx = Ctx {
+        kind: "data",
+        ip,
+        mesh: mesh_id.clone(),
+    };
+    let member = match relay
+        .registry
+        .take_pending(&mesh_id, &session_id, secret.as_deref())
+    {
+        Ok(member) => member,
+        Err(r) => return relay.refuse_http(r, &ctx),
+    };
     let max = relay.limits.max_frame_bytes;
     // Data sockets are exempt from the per-IP limit: they are authenticated and bounded by
     // the per-mesh session limit, and a busy host would otherwise starve its own members.
     configure(ws, max).on_upgrade(move |socket| async move {
         let conn = relay.metrics.conn_opened(ConnKind::Data);
-        let ctx = Ctx {
-            kind: "data",
-            ip,
-            mesh: mesh_id.clone(),
-        };
-        let taken = relay
-            .registry
-            .take_pending(&mesh_id, &session_id, secret.as_deref());
-        match taken {
-            Err(r) => relay.refuse(socket, r, &ctx).await,
-            Ok(member) => hand_over(&relay, member, (socket, conn), &mesh_id).await,
-        }
+        hand_over(&relay, member, (socket, conn), &mesh_id).await
     })
+}
+
+/// The `Authorization: Bearer` value of a data-socket request.
+fn bearer(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|s| s.trim().to_string())
 }
 
 /// Gives the data socket to the waiting member's task, which splices it; closes it with
