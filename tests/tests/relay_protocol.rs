@@ -365,3 +365,83 @@ async fn a_session_the_host_never_answers_is_closed_at_the_answer_deadline() {
     let end = read_until_close(&mut h, Duration::from_secs(10)).await;
     assert_eq!(end.code, Some(close::TIMEOUT), "{end:?}");
 }
+
+/// F16: the registration names the relay. A relay with `--public-url` names itself by it in
+/// every challenge, whatever `Host` the request sent, and accepts only a signature over
+/// that name: a signature a host made for another relay (which forwarded this relay's
+/// challenge) is refused. A host whose challenge names another relay than the one it dialed
+/// refuses to sign.
+#[tokio::test]
+async fn a_registration_is_bound_to_the_relay_it_names() {
+    use atmosphere_shared::api::RelayState;
+    use atmosphere_shared::relay_proto;
+    let relay = Relay::start(&["--public-url", "wss://Relay-R.example:443/"]).await;
+    let key = new_key();
+    let mesh = mesh_of(&key);
+
+    // The challenge names the relay by its public URL, not by the Host this request sent.
+    let mut ws = connect(&format!("{}/mesh/{mesh}/host", relay.url())).await;
+    let RelayMsg::Challenge { nonce, relay: name } = next_relay_msg(&mut ws).await else {
+        panic!("expected a challenge")
+    };
+    assert_eq!(name, "relay-r.example");
+    let nonce = relay_proto::decode_nonce(&nonce).unwrap();
+    // A signature made for another relay (the one the host dialed, which forwarded this
+    // challenge) does not verify here.
+    send_json(
+        &mut ws,
+        &relay_proto::sign(&key, "relay-m.example", &mesh, &nonce),
+    )
+    .await;
+    let end = read_until_close(&mut ws, Duration::from_secs(5)).await;
+    assert_eq!(end.code, Some(close::BAD_SIGNATURE), "{end:?}");
+
+    // Signed for this relay's name, the same key registers.
+    let mut ws = connect(&format!("{}/mesh/{mesh}/host", relay.url())).await;
+    let RelayMsg::Challenge { nonce, relay: name } = next_relay_msg(&mut ws).await else {
+        panic!("expected a challenge")
+    };
+    let nonce = relay_proto::decode_nonce(&nonce).unwrap();
+    send_json(&mut ws, &relay_proto::sign(&key, &name, &mesh, &nonce)).await;
+    assert!(matches!(
+        next_relay_msg(&mut ws).await,
+        RelayMsg::Registered { .. }
+    ));
+    drop(ws);
+
+    // A real host link that dialed this relay as 127.0.0.1 sees a challenge naming
+    // another relay, and refuses to sign it.
+    let key = new_key();
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    let on: atmosphere_server::serve::relay_link::OnSession = std::sync::Arc::new(move |ws, r| {
+        let _ = tx.send((ws, r));
+    });
+    let link = atmosphere_server::serve::relay_link::HostLink::spawn(
+        atmosphere_server::serve::relay_link::HostLinkConfig {
+            relay_url: relay.url(),
+            signing_key: key,
+        },
+        on,
+    );
+    let start = Instant::now();
+    let last_error = loop {
+        if let RelayState::Retrying { last_error, .. } = link.state() {
+            break last_error;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{:?}",
+            link.state()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        last_error.contains("names itself \"relay-r.example\""),
+        "{last_error}"
+    );
+    let m = relay.metrics().await;
+    assert!(
+        m.contains("atmosphere_relay_registrations_total 1\n"),
+        "only the test's own registration: {m}"
+    );
+}

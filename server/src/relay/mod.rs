@@ -91,6 +91,13 @@ pub struct Args {
     /// Close a session or control socket after this long without any frame (pings count).
     #[arg(long, env = "ATMOSPHERE_RELAY_IDLE_TIMEOUT", default_value = "120s", value_parser = humantime::parse_duration)]
     pub idle_timeout: Duration,
+    /// The URL hosts dial this relay by, e.g. `wss://relay.example`. The relay names itself
+    /// by it in every challenge, so a host's registration is valid only here (a relay that
+    /// forwards this relay's challenge to its own hosts gets nothing usable). Without it the
+    /// relay names itself by the `Host` header of each control request, which the requester
+    /// chooses.
+    #[arg(long, env = "ATMOSPHERE_RELAY_PUBLIC_URL", value_name = "URL")]
+    pub public_url: Option<String>,
     /// Behind a trusted reverse proxy: take the client IP (for the per-IP limit and logs)
     /// from this header's last value, e.g. `X-Forwarded-For` or `X-Real-IP`. Do not set it
     /// when clients connect directly: they could forge it.
@@ -135,6 +142,18 @@ pub async fn run(args: Args) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let name = match &args.public_url {
+        None => None,
+        Some(url) => {
+            match atmosphere_shared::relay_proto::relay_name(url) {
+                Some(n) => Some(n),
+                None => {
+                    eprintln!("error: --public-url {url:?} is not a ws://, wss://, http:// or https:// URL");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+    };
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(c), Some(k)) => match tls::server_config(c, k) {
             Ok(t) => Some(t),
@@ -166,7 +185,11 @@ pub async fn run(args: Args) -> ExitCode {
         idle_timeout_ms = limits.idle_timeout.as_millis() as u64,
         "relay listening on {scheme}://{local} (hosts: /mesh/<mesh_id>/host, members: /mesh/<mesh_id>)"
     );
-    let relay = server::Relay::new(limits);
+    match &name {
+        Some(n) => tracing::info!("relay name in challenges: {n} (--public-url)"),
+        None => tracing::info!("relay name in challenges: each host's Host header (set --public-url to bind registrations to this relay)"),
+    }
+    let relay = server::Relay::new(limits, name);
     server::serve(listener, tls, relay, crate::http::shutdown_signal()).await;
     tracing::info!("relay shutting down");
     ExitCode::SUCCESS

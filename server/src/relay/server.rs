@@ -80,11 +80,15 @@ pub struct Relay {
     per_ip: Arc<PerIpLimiter>,
     /// Failed data-socket proofs per source ([`DATA_FAILURE_LIMIT`]).
     data_failures: JoinRateLimiter,
+    /// The relay's name from `--public-url` (`relay_proto::relay_name`), sent in every
+    /// challenge; `None`: each control request's `Host` header.
+    name: Option<String>,
 }
 
 impl Relay {
-    /// A relay with these limits and no hosts.
-    pub fn new(limits: Limits) -> Arc<Relay> {
+    /// A relay with these limits and no hosts, naming itself `name` in its challenges
+    /// (`None`: by the `Host` header of each control request).
+    pub fn new(limits: Limits, name: Option<String>) -> Arc<Relay> {
         Arc::new(Relay {
             per_ip: PerIpLimiter::new(limits.max_conns_per_ip),
             limits,
@@ -92,7 +96,22 @@ impl Relay {
             started: Instant::now(),
             registry: Arc::new(Registry::default()),
             data_failures: JoinRateLimiter::new(DATA_FAILURE_LIMIT, DATA_FAILURE_WINDOW),
+            name,
         })
+    }
+
+    /// The name this relay gives in a challenge on a control request with `headers`: its
+    /// `--public-url` name, else the request's `Host` header (lowercase), the authority the
+    /// host dialed. `None` without either.
+    pub(super) fn name_for(&self, headers: &HeaderMap) -> Option<String> {
+        if let Some(n) = &self.name {
+            return Some(n.clone());
+        }
+        headers
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .map(|h| h.trim().to_ascii_lowercase())
+            .filter(|h| !h.is_empty())
     }
 
     /// The limits in force.

@@ -2,7 +2,8 @@
 //! proves the mesh key, and dials a data socket for every relayed member. The relay server
 //! itself is [`crate::relay`].
 //!
-//! Life of the link: dial the control socket → answer the relay's challenge with
+//! Life of the link: dial the control socket → check that the relay's challenge names the
+//! relay this link dialed (`relay_proto::check_relay_name`) and answer it with
 //! `relay_proto::sign` → `registered` → wait for `session` notices, pinging every
 //! [`PING_EVERY`] so the relay's idle timeout never fires and a dead relay is noticed
 //! within [`SILENCE_LIMIT`]. Any failure (refused, reset, relay restarted)
@@ -204,12 +205,19 @@ impl Link {
 
     /// Challenge → register → registered, each read under [`STEP_TIMEOUT`].
     async fn register(&self, ws: &mut ClientSocket) -> Result<(), String> {
-        let nonce = match next_control(ws).await? {
-            RelayMsg::Challenge { nonce } => relay_proto::decode_nonce(&nonce)
-                .ok_or_else(|| "relay sent a malformed challenge".to_string())?,
+        let (nonce, relay) = match next_control(ws).await? {
+            RelayMsg::Challenge { nonce, relay } => (
+                relay_proto::decode_nonce(&nonce)
+                    .ok_or_else(|| "relay sent a malformed challenge".to_string())?,
+                relay,
+            ),
             other => return Err(format!("relay sent {other:?} instead of a challenge")),
         };
-        let register = relay_proto::sign(&self.key, &self.mesh_id, &nonce);
+        // Sign only for the relay this link dialed: a relay that forwards another relay's
+        // challenge gets nothing it can use there.
+        relay_proto::check_relay_name(&self.base, &relay)
+            .map_err(|e| format!("refusing the relay's challenge: {e}"))?;
+        let register = relay_proto::sign(&self.key, &relay, &self.mesh_id, &nonce);
         let register = serde_json::to_string(&register).unwrap_or_default();
         ws.send(Message::Text(register.into()))
             .await
