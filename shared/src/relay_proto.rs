@@ -275,7 +275,7 @@ pub struct RelayHealth {
 /// | code | constant | when |
 /// | --- | --- | --- |
 /// | 4400 | [`BAD_REQUEST`](close::BAD_REQUEST) | malformed mesh id or control message |
-/// | 4401 | [`BAD_SIGNATURE`](close::BAD_SIGNATURE) | registration signature does not verify (e.g. replayed) |
+/// | 4401 | [`BAD_SIGNATURE`](close::BAD_SIGNATURE) | registration signature does not verify (e.g. replayed, or signed for another relay name) |
 /// | 4403 | [`MESH_MISMATCH`](close::MESH_MISMATCH) | the key does not derive this mesh id, or another key holds the mesh |
 /// | 4404 | [`HOST_OFFLINE`](close::HOST_OFFLINE) | no host registered for the mesh (member socket) |
 /// | 4408 | [`TIMEOUT`](close::TIMEOUT) | handshake, host-accept, host-answer or idle deadline passed |
