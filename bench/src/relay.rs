@@ -34,6 +34,11 @@ const RELAY_FLAGS: &[&str] = &[
     "1000000",
     "--max-conns-per-ip",
     "1000000",
+    // The idle sessions are never answered by the host: they all come from two addresses.
+    "--max-unanswered-per-ip",
+    "1000000",
+    "--answer-timeout",
+    "3600s",
     "--idle-timeout",
     "3600s",
     "--accept-timeout",

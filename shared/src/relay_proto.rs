@@ -4,10 +4,14 @@
 //! The relay is a dumb splice: it never reads mesh traffic. The only messages it speaks are
 //! the few below, on the host's control socket `GET /mesh/{mesh_id}/host`:
 //!
-//! 1. relay → host [`RelayMsg::Challenge`] with a fresh random nonce;
-//! 2. host → relay [`HostMsg::Register`], built by [`sign`]: its Ed25519 public key and a
-//!    signature over [`registration_message`] (domain-separated, bound to the mesh id and
-//!    that nonce, so a captured signature is useless against the next challenge);
+//! 1. relay → host [`RelayMsg::Challenge`] with a fresh random nonce and the relay's name
+//!    (the authority hosts dial it by);
+//! 2. the host checks that name against the URL it dialed ([`check_relay_name`]: a relay
+//!    that forwards another relay's challenge is refused), then answers
+//!    [`HostMsg::Register`], built by [`sign`]: its Ed25519 public key and a signature over
+//!    [`registration_message`] (domain-separated, bound to the relay's name, the mesh id
+//!    and that nonce, so a captured signature is useless against the next challenge or at
+//!    another relay);
 //! 3. relay → host [`RelayMsg::Registered`] once [`verify`] accepted the answer: the
 //!    signature holds (`verify_strict`) and `mesh_id == mesh_id_from_public_key(public_key)`
 //!    (self-certifying ids: no database);
@@ -25,8 +29,8 @@ use crate::mesh_id::mesh_id_from_public_key;
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
-/// Domain separator of the registration signature (versioned).
-pub const REGISTRATION_DOMAIN: &[u8] = b"atmosphere-relay-v1";
+/// Domain separator of the registration signature (versioned; v2 names the relay).
+pub const REGISTRATION_DOMAIN: &[u8] = b"atmosphere-relay-v2";
 
 /// Largest control frame either side accepts (bytes). Control messages are tiny.
 pub const MAX_CONTROL_FRAME_BYTES: usize = 16 * 1024;
@@ -38,17 +42,88 @@ pub const NONCE_BYTES: usize = 32;
 /// bound only keeps a misbehaving relay from making a host sign arbitrary amounts of data.
 pub const MAX_NONCE_BYTES: usize = 1024;
 
-/// The exact bytes a host signs to register `mesh_id` against challenge `nonce`:
-/// `"atmosphere-relay-v1" ‖ 0x00 ‖ mesh_id ‖ 0x00 ‖ nonce`. The zero separators keep the
-/// fields unambiguous; the domain string keeps the signature from meaning anything else.
-pub fn registration_message(mesh_id: &str, nonce: &[u8]) -> Vec<u8> {
-    let mut m = Vec::with_capacity(REGISTRATION_DOMAIN.len() + mesh_id.len() + nonce.len() + 2);
+/// Longest relay name (an authority: host and optional port) a host accepts.
+pub const MAX_RELAY_NAME_BYTES: usize = 255;
+
+/// The exact bytes a host signs to register `mesh_id` at the relay named `relay` against
+/// challenge `nonce`: `"atmosphere-relay-v2" ‖ 0x00 ‖ relay ‖ 0x00 ‖ mesh_id ‖ 0x00 ‖ nonce`,
+/// where `relay` is the challenge's name exactly as sent. The zero separators keep the
+/// fields unambiguous (neither a name nor a mesh id holds a zero byte); the domain string
+/// keeps the signature from meaning anything else.
+pub fn registration_message(relay: &str, mesh_id: &str, nonce: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(
+        REGISTRATION_DOMAIN.len() + relay.len() + mesh_id.len() + nonce.len() + 3,
+    );
     m.extend_from_slice(REGISTRATION_DOMAIN);
+    m.push(0);
+    m.extend_from_slice(relay.as_bytes());
     m.push(0);
     m.extend_from_slice(mesh_id.as_bytes());
     m.push(0);
     m.extend_from_slice(nonce);
     m
+}
+
+/// The name of the relay at `url` (`ws://`, `wss://`, `http://` or `https://`): its
+/// authority as a URL parser normalises it, i.e. the lowercase (IDNA) host and `:port` only
+/// when the port is not the scheme's default. `wss://Relay.Example:443/x` names
+/// `relay.example`; `ws://127.0.0.1:8080` names `127.0.0.1:8080`. `None` for anything else.
+pub fn relay_name(url: &str) -> Option<String> {
+    let u = url::Url::parse(url.trim()).ok()?;
+    if !matches!(u.scheme(), "ws" | "wss" | "http" | "https") {
+        return None;
+    }
+    let host = u.host_str().filter(|h| !h.is_empty())?;
+    Some(match u.port() {
+        Some(p) => format!("{host}:{p}"),
+        None => host.to_string(),
+    })
+}
+
+/// Why a host refuses a challenge's relay name ([`check_relay_name`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RelayNameError {
+    /// The URL the host dialed is not a relay URL.
+    #[error("{0:?} is not a ws://, wss://, http:// or https:// URL")]
+    BadUrl(String),
+    /// The name is empty, too long, or not an authority (`host[:port]`).
+    #[error("the relay's name {0:?} is not a host[:port]")]
+    Malformed(String),
+    /// The relay names another relay: it forwarded someone else's challenge, or it is
+    /// configured with another public URL than the one this host dials.
+    #[error("the relay names itself {named:?}, but this host dialed {dialed:?}")]
+    OtherRelay { named: String, dialed: String },
+}
+
+/// The host's check of a challenge's relay name: `named`, read as an authority of the
+/// scheme of `dialed_url` (so `relay.example:443` is `relay.example` under `wss://`), must be
+/// [`relay_name`]`(dialed_url)`.
+pub fn check_relay_name(dialed_url: &str, named: &str) -> Result<(), RelayNameError> {
+    let dialed =
+        relay_name(dialed_url).ok_or_else(|| RelayNameError::BadUrl(dialed_url.to_string()))?;
+    let malformed = || RelayNameError::Malformed(named.to_string());
+    let is_authority_char =
+        |c: char| c.is_ascii_alphanumeric() || "-._~:[]%!$&'()*+,;=".contains(c);
+    if named.is_empty()
+        || named.len() > MAX_RELAY_NAME_BYTES
+        || !named.chars().all(is_authority_char)
+    {
+        return Err(malformed());
+    }
+    let scheme = dialed_url
+        .trim()
+        .split_once("://")
+        .map(|(s, _)| s)
+        .unwrap_or("ws");
+    let as_named = relay_name(&format!("{scheme}://{named}/")).ok_or_else(malformed)?;
+    if as_named == dialed {
+        Ok(())
+    } else {
+        Err(RelayNameError::OtherRelay {
+            named: named.to_string(),
+            dialed,
+        })
+    }
 }
 
 /// Standard base64 (with padding), the encoding of keys, signatures and nonces here.
@@ -67,11 +142,12 @@ pub fn decode_nonce(nonce: &str) -> Option<Vec<u8>> {
     b64_decode(nonce).filter(|n| !n.is_empty() && n.len() <= MAX_NONCE_BYTES)
 }
 
-/// The host's answer to a challenge: registers `mesh_id` with `signing_key`, signing
-/// [`registration_message`]`(mesh_id, nonce)`. `nonce` is the challenge's decoded nonce
-/// ([`decode_nonce`]).
-pub fn sign(signing_key: &SigningKey, mesh_id: &str, nonce: &[u8]) -> HostMsg {
-    let signature = signing_key.sign(&registration_message(mesh_id, nonce));
+/// The host's answer to a challenge of the relay named `relay` (the challenge's name,
+/// already checked with [`check_relay_name`]): registers `mesh_id` with `signing_key`,
+/// signing [`registration_message`]`(relay, mesh_id, nonce)`. `nonce` is the challenge's
+/// decoded nonce ([`decode_nonce`]).
+pub fn sign(signing_key: &SigningKey, relay: &str, mesh_id: &str, nonce: &[u8]) -> HostMsg {
+    let signature = signing_key.sign(&registration_message(relay, mesh_id, nonce));
     HostMsg::Register {
         public_key: b64_encode(&signing_key.verifying_key().to_bytes()),
         signature: b64_encode(&signature.to_bytes()),
@@ -100,18 +176,24 @@ pub enum RegisterError {
     /// The 32 bytes are not an Ed25519 public key (4400).
     #[error("public_key is not a valid Ed25519 key")]
     InvalidKey,
-    /// The signature is not over this mesh id and this challenge, e.g. replayed (4401).
+    /// The signature is not over this relay's name, this mesh id and this challenge, e.g.
+    /// replayed, or made for another relay (4401).
     #[error("signature does not verify against this challenge")]
     BadSignature,
 }
 
-/// The relay's check of a host's answer to the challenge `nonce` it sent on
+/// The relay's check of a host's answer to the challenge (`relay`, `nonce`) it sent on
 /// `/mesh/{mesh_id}/host`. On success, the host's key (which derives `mesh_id`).
 ///
 /// The checks run in this order, so each refusal names the first thing wrong: both fields
 /// decode to the right lengths, the key derives `mesh_id`, the key is a valid point, and
 /// the signature verifies strictly (no malleable or small-order forms).
-pub fn verify(mesh_id: &str, nonce: &[u8], msg: &HostMsg) -> Result<VerifyingKey, RegisterError> {
+pub fn verify(
+    relay: &str,
+    mesh_id: &str,
+    nonce: &[u8],
+    msg: &HostMsg,
+) -> Result<VerifyingKey, RegisterError> {
     let HostMsg::Register {
         public_key,
         signature,
@@ -132,7 +214,7 @@ pub fn verify(mesh_id: &str, nonce: &[u8], msg: &HostMsg) -> Result<VerifyingKey
     }
     let key = VerifyingKey::from_bytes(&key).map_err(|_| RegisterError::InvalidKey)?;
     key.verify_strict(
-        &registration_message(mesh_id, nonce),
+        &registration_message(relay, mesh_id, nonce),
         &Signature::from_bytes(&sig),
     )
     .map_err(|_| RegisterError::BadSignature)?;
@@ -143,8 +225,9 @@ pub fn verify(mesh_id: &str, nonce: &[u8], msg: &HostMsg) -> Result<VerifyingKey
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum RelayMsg {
-    /// First frame: sign this nonce (base64 of [`NONCE_BYTES`] random bytes).
-    Challenge { nonce: String },
+    /// First frame: sign this nonce (base64 of [`NONCE_BYTES`] random bytes) for the relay
+    /// named `relay` (an authority, `host[:port]`, see [`check_relay_name`]).
+    Challenge { nonce: String, relay: String },
     /// The registration was accepted; members dialing `/mesh/{mesh_id}` now reach this host.
     Registered { mesh_id: String },
     /// A member is waiting: dial `/mesh/{mesh_id}/session/{session_id}` with
@@ -191,15 +274,19 @@ pub struct RelayHealth {
 ///
 /// | code | constant | when |
 /// | --- | --- | --- |
-/// | 4400 | [`BAD_REQUEST`](close::BAD_REQUEST) | malformed mesh id, control message or session path |
-/// | 4401 | [`BAD_SIGNATURE`](close::BAD_SIGNATURE) | registration signature does not verify (e.g. replayed), or wrong data-socket secret |
+/// | 4400 | [`BAD_REQUEST`](close::BAD_REQUEST) | malformed mesh id or control message |
+/// | 4401 | [`BAD_SIGNATURE`](close::BAD_SIGNATURE) | registration signature does not verify (e.g. replayed, or signed for another relay name) |
 /// | 4403 | [`MESH_MISMATCH`](close::MESH_MISMATCH) | the key does not derive this mesh id, or another key holds the mesh |
-/// | 4404 | [`HOST_OFFLINE`](close::HOST_OFFLINE) | no host registered for the mesh (member socket), or unknown/expired session (data socket) |
-/// | 4408 | [`TIMEOUT`](close::TIMEOUT) | handshake, host-accept or idle deadline passed |
+/// | 4404 | [`HOST_OFFLINE`](close::HOST_OFFLINE) | no host registered for the mesh (member socket) |
+/// | 4408 | [`TIMEOUT`](close::TIMEOUT) | handshake, host-accept, host-answer or idle deadline passed |
 /// | 4409 | [`REPLACED`](close::REPLACED) | a newer control socket with the same key took over the mesh |
 /// | 4413 | [`TOO_LARGE`](close::TOO_LARGE) | a frame or message over the relay's size limit |
-/// | 4429 | [`TOO_MANY`](close::TOO_MANY) | too many connections from this IP, or sessions for this mesh |
+/// | 4429 | [`TOO_MANY`](close::TOO_MANY) | too many connections from this IP, sessions for this mesh, or unanswered sessions of this mesh from this IP |
 /// | 1001 | (going away) | the other side of a spliced session disconnected without a close frame, or the relay is shutting down |
+///
+/// Data sockets are refused before their upgrade, with the HTTP status of the same refusal
+/// (400, 401, 404, or 429 for a source with too many failed proofs) and a JSON
+/// `{"error":…,"message":…}` body (`api::ApiError`) whose `error` is the refusal's label.
 pub mod close {
     /// Malformed request: mesh id, control message or session path.
     pub const BAD_REQUEST: u16 = 4400;
@@ -209,13 +296,14 @@ pub mod close {
     pub const MESH_MISMATCH: u16 = 4403;
     /// No host registered for this mesh (or unknown session).
     pub const HOST_OFFLINE: u16 = 4404;
-    /// A deadline passed (handshake, host accept, idle).
+    /// A deadline passed (handshake, host accept, host answer, idle).
     pub const TIMEOUT: u16 = 4408;
     /// This control socket was replaced by a newer one with the same key.
     pub const REPLACED: u16 = 4409;
     /// A frame or message exceeded the size limit.
     pub const TOO_LARGE: u16 = 4413;
-    /// Too many connections from one IP or sessions for one mesh.
+    /// Too many connections from one IP, sessions for one mesh, or unanswered sessions of
+    /// one mesh from one IP.
     pub const TOO_MANY: u16 = 4429;
 }
 
@@ -223,13 +311,20 @@ pub mod close {
 mod tests {
     use super::*;
 
+    /// The relay name of these tests.
+    const R: &str = "relay.example";
+
     #[test]
     fn messages_match_the_documented_shapes() {
         let c = serde_json::to_string(&RelayMsg::Challenge {
             nonce: "AA==".into(),
+            relay: "relay.example".into(),
         })
         .unwrap();
-        assert_eq!(c, r#"{"type":"challenge","nonce":"AA=="}"#);
+        assert_eq!(
+            c,
+            r#"{"type":"challenge","nonce":"AA==","relay":"relay.example"}"#
+        );
         let r: HostMsg =
             serde_json::from_str(r#"{"type":"register","public_key":"k","signature":"s"}"#)
                 .unwrap();
@@ -245,9 +340,9 @@ mod tests {
 
     #[test]
     fn registration_message_binds_mesh_and_nonce() {
-        let a = registration_message("abc", &[1, 2]);
-        assert_ne!(a, registration_message("abd", &[1, 2]));
-        assert_ne!(a, registration_message("abc", &[1, 3]));
+        let a = registration_message(R, "abc", &[1, 2]);
+        assert_ne!(a, registration_message(R, "abd", &[1, 2]));
+        assert_ne!(a, registration_message(R, "abc", &[1, 3]));
         assert!(a.starts_with(REGISTRATION_DOMAIN));
     }
 
@@ -272,8 +367,8 @@ mod tests {
         let k = key(7);
         let mesh = mesh_of(&k);
         let nonce = [9u8; NONCE_BYTES];
-        let msg = sign(&k, &mesh, &nonce);
-        assert_eq!(verify(&mesh, &nonce, &msg), Ok(k.verifying_key()));
+        let msg = sign(&k, R, &mesh, &nonce);
+        assert_eq!(verify(R, &mesh, &nonce, &msg), Ok(k.verifying_key()));
         // The wire form is the documented one.
         let json = serde_json::to_value(&msg).unwrap();
         assert_eq!(json["type"], "register");
@@ -294,8 +389,8 @@ mod tests {
         // Wire compatibility: the signed bytes are exactly `registration_message`.
         let k = key(3);
         let mesh = mesh_of(&k);
-        let HostMsg::Register { signature, .. } = sign(&k, &mesh, b"n");
-        let expected = k.sign(&registration_message(&mesh, b"n")).to_bytes();
+        let HostMsg::Register { signature, .. } = sign(&k, R, &mesh, b"n");
+        let expected = k.sign(&registration_message(R, &mesh, b"n")).to_bytes();
         assert_eq!(b64_decode(&signature).unwrap(), expected);
     }
 
@@ -304,18 +399,19 @@ mod tests {
         let k = key(7);
         let mesh = mesh_of(&k);
         let nonce = [1u8; NONCE_BYTES];
-        let msg = sign(&k, &mesh, &nonce);
+        let msg = sign(&k, R, &mesh, &nonce);
 
         // A signature over another challenge (a replay) or another mesh id.
         assert_eq!(
-            verify(&mesh, &[2u8; NONCE_BYTES], &msg),
+            verify(R, &mesh, &[2u8; NONCE_BYTES], &msg),
             Err(RegisterError::BadSignature)
         );
         let other = key(8);
         let other_mesh = mesh_of(&other);
-        let for_other_mesh = sign(&k, &other_mesh, &nonce);
+        let for_other_mesh = sign(&k, R, &other_mesh, &nonce);
         assert_eq!(
             verify(
+                R,
                 &mesh,
                 &nonce,
                 &with_signature(&msg, {
@@ -327,12 +423,12 @@ mod tests {
         );
         // The right key, presented for a mesh it does not derive.
         assert_eq!(
-            verify(&other_mesh, &nonce, &msg),
+            verify(R, &other_mesh, &nonce, &msg),
             Err(RegisterError::NotThisMesh)
         );
         // A squatter: a correct signature by the wrong key.
         assert_eq!(
-            verify(&mesh, &nonce, &sign(&other, &mesh, &nonce)),
+            verify(R, &mesh, &nonce, &sign(&other, R, &mesh, &nonce)),
             Err(RegisterError::NotThisMesh)
         );
         // One flipped bit of the signature.
@@ -340,16 +436,21 @@ mod tests {
         let mut bytes = b64_decode(&signature).unwrap();
         bytes[10] ^= 1;
         assert_eq!(
-            verify(&mesh, &nonce, &with_signature(&msg, b64_encode(&bytes))),
+            verify(R, &mesh, &nonce, &with_signature(&msg, b64_encode(&bytes))),
             Err(RegisterError::BadSignature)
         );
         // Encoding and length errors.
         assert_eq!(
-            verify(&mesh, &nonce, &with_signature(&msg, "%%%".into())),
+            verify(R, &mesh, &nonce, &with_signature(&msg, "%%%".into())),
             Err(RegisterError::SignatureNotBase64)
         );
         assert_eq!(
-            verify(&mesh, &nonce, &with_signature(&msg, b64_encode(&[0; 63]))),
+            verify(
+                R,
+                &mesh,
+                &nonce,
+                &with_signature(&msg, b64_encode(&[0; 63]))
+            ),
             Err(RegisterError::SignatureLength { got: 63 })
         );
         let HostMsg::Register { signature, .. } = msg.clone();
@@ -358,11 +459,11 @@ mod tests {
             signature: signature.clone(),
         };
         assert_eq!(
-            verify(&mesh, &nonce, &bad_key("not base64!".into())),
+            verify(R, &mesh, &nonce, &bad_key("not base64!".into())),
             Err(RegisterError::KeyNotBase64)
         );
         assert_eq!(
-            verify(&mesh, &nonce, &bad_key(b64_encode(&[0; 31]))),
+            verify(R, &mesh, &nonce, &bad_key(b64_encode(&[0; 31]))),
             Err(RegisterError::KeyLength { got: 31 })
         );
     }
@@ -383,7 +484,7 @@ mod tests {
             public_key: b64_encode(&not_a_point),
             signature: b64_encode(&[0; 64]),
         };
-        assert_eq!(verify(&mesh, b"n", &msg), Err(RegisterError::InvalidKey));
+        assert_eq!(verify(R, &mesh, b"n", &msg), Err(RegisterError::InvalidKey));
     }
 
     #[test]
@@ -404,5 +505,92 @@ mod tests {
             vec![0, 255, 7]
         );
         assert!(b64_decode("%%%").is_none());
+    }
+
+    #[test]
+    fn registration_message_binds_the_relay() {
+        // The signed bytes name the relay: a signature made for one relay does not verify
+        // at another.
+        let a = registration_message("a.example", "abc", &[1]);
+        assert_ne!(a, registration_message("b.example", "abc", &[1]));
+        assert_eq!(a, b"atmosphere-relay-v2\0a.example\0abc\0\x01".to_vec());
+        let k = key(5);
+        let mesh = mesh_of(&k);
+        let nonce = [4u8; NONCE_BYTES];
+        let for_a = sign(&k, "a.example", &mesh, &nonce);
+        assert_eq!(
+            verify("b.example", &mesh, &nonce, &for_a),
+            Err(RegisterError::BadSignature)
+        );
+        assert!(verify("a.example", &mesh, &nonce, &for_a).is_ok());
+    }
+
+    #[test]
+    fn relay_names_are_normalised_authorities() {
+        assert_eq!(
+            relay_name("wss://Relay.Example:443/x").as_deref(),
+            Some("relay.example")
+        );
+        assert_eq!(
+            relay_name("ws://127.0.0.1:8080").as_deref(),
+            Some("127.0.0.1:8080")
+        );
+        assert_eq!(
+            relay_name("ws://relay.example:80/").as_deref(),
+            Some("relay.example")
+        );
+        assert_eq!(
+            relay_name("wss://[::1]:8443").as_deref(),
+            Some("[::1]:8443")
+        );
+        assert_eq!(relay_name("ftp://relay.example"), None);
+        assert_eq!(relay_name("not a url"), None);
+    }
+
+    #[test]
+    fn a_host_accepts_only_the_name_of_the_relay_it_dialed() {
+        assert_eq!(
+            check_relay_name("wss://relay.example", "relay.example"),
+            Ok(())
+        );
+        assert_eq!(
+            check_relay_name("wss://relay.example", "Relay.Example:443"),
+            Ok(())
+        );
+        assert_eq!(
+            check_relay_name("ws://127.0.0.1:8080/", "127.0.0.1:8080"),
+            Ok(())
+        );
+        // Another relay's challenge, forwarded.
+        assert_eq!(
+            check_relay_name("wss://evil.example", "relay.example"),
+            Err(RelayNameError::OtherRelay {
+                named: "relay.example".into(),
+                dialed: "evil.example".into()
+            })
+        );
+        // The same host on another port is another relay.
+        assert!(matches!(
+            check_relay_name("ws://127.0.0.1:8080", "127.0.0.1:8081"),
+            Err(RelayNameError::OtherRelay { .. })
+        ));
+        // Names that would bend the URL, or are not names at all.
+        for bad in [
+            "",
+            "relay.example/x",
+            "user@relay.example",
+            "a b",
+            "relay.example#",
+        ] {
+            assert_eq!(
+                check_relay_name("wss://relay.example", bad),
+                Err(RelayNameError::Malformed(bad.into())),
+                "{bad:?}"
+            );
+        }
+        assert!(matches!(
+            check_relay_name("relay.example", "relay.example"),
+            Err(RelayNameError::BadUrl(_))
+        ));
     }
 }

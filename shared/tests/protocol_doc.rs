@@ -8,8 +8,8 @@
 //! - `text link` blocks: every line must decode with [`Invite::parse`]. `text
 //!   link_generated` blocks: every line must also be exactly what the generator of its form
 //!   writes for the decoded invite.
-//! - The `text relay_vector` block: the mesh id and the signed bytes are recomputed with
-//!   `mesh_id` and `relay_proto`.
+//! - The `text relay_vector` block: the mesh id and the signed bytes (which name the relay)
+//!   are recomputed with `mesh_id` and `relay_proto`.
 //! - The `text noise_vector` block: the host's derived keys, its certificate and the whole
 //!   handshake transcript are recomputed with `handshake`.
 //! - Across all JSON: every `mesh_id` has the mesh-id shape, every `token` is a valid token
@@ -339,9 +339,10 @@ fn check_relay_vector(body: &str) -> Result<usize, String> {
             mesh_id_from_public_key(&key)
         ));
     }
+    let relay = field("relay")?;
     let nonce = hex(field("nonce_hex")?)?;
-    if hex(field("signed_hex")?)? != registration_message(mesh_id, &nonce) {
-        return Err("signed_hex is not registration_message(mesh_id, nonce)".into());
+    if hex(field("signed_hex")?)? != registration_message(relay, mesh_id, &nonce) {
+        return Err("signed_hex is not registration_message(relay, mesh_id, nonce)".into());
     }
     if b64_decode(field("public_key_b64")?) != Some(key.to_vec()) {
         return Err("public_key_b64 is not public_key_hex".into());
@@ -362,7 +363,7 @@ fn check_relay_vector(body: &str) -> Result<usize, String> {
     if signing_key.verifying_key().to_bytes() != key {
         return Err("public_key_hex is not the public key of secret_key_hex".into());
     }
-    let register = relay_proto::sign(&signing_key, mesh_id, &nonce);
+    let register = relay_proto::sign(&signing_key, relay, mesh_id, &nonce);
     let HostMsg::Register {
         public_key,
         signature: signed,
@@ -370,7 +371,7 @@ fn check_relay_vector(body: &str) -> Result<usize, String> {
     if b64_decode(signed) != Some(signature) || b64_decode(public_key) != Some(key.to_vec()) {
         return Err("signature_b64 is not what relay_proto::sign makes for this key".into());
     }
-    relay_proto::verify(mesh_id, &nonce, &register)
+    relay_proto::verify(relay, mesh_id, &nonce, &register)
         .map_err(|e| format!("relay_proto::verify refuses the example: {e}"))?;
     Ok(1)
 }

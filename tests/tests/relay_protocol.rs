@@ -271,3 +271,177 @@ async fn the_real_ip_header_uses_the_last_line_a_proxy_appended() {
         "a forged first header line escaped the per-IP limit: {end:?}"
     );
 }
+
+/// Opens a member socket whose source the relay takes from `X-Real-IP`.
+async fn member_from(url: &str, ip: &str) -> Ws {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut().insert("x-real-ip", ip.parse().unwrap());
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_tungstenite::connect_async(req),
+    )
+    .await
+    .unwrap()
+    .unwrap()
+    .0
+}
+
+/// F5: five addresses open as many member sockets as the per-IP limit lets them and never
+/// send anything. They must not take all of the mesh's session slots: a real member from
+/// another address still reaches the host.
+#[tokio::test]
+async fn silent_members_from_a_few_ips_cannot_starve_a_mesh() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    // A long answer deadline: only the per-source cap may let the real member in.
+    let relay = Relay::start(&["--real-ip-header", "X-Real-IP", "--answer-timeout", "300s"]).await;
+    let mut host = TestHost::start(&relay.url()).await;
+    let url = host.member_url();
+    const REAL: &str = "203.0.113.99";
+    // The host holds every relayed session and answers only the real member (as a real
+    // host answers only a member that speaks its protocol).
+    let (answered_tx, mut answered_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let host_task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Some((mut h, remote)) = host.sessions.recv().await {
+            if remote == REAL {
+                h.send(Message::text("welcome")).await.unwrap();
+                let _ = answered_tx.send(());
+            }
+            held.push(h);
+        }
+    });
+    let mut attackers = Vec::new();
+    for a in 1..=5 {
+        for _ in 0..64 {
+            attackers.push(member_from(&url, &format!("198.51.100.{a}")).await);
+        }
+    }
+    // Every attacker socket is either a session or refused (4429); wait until the relay has
+    // decided all of them.
+    let start = Instant::now();
+    loop {
+        let sessions = relay.health().await["sessions"].as_u64().unwrap();
+        let m = relay.metrics().await;
+        let refused: u64 = m
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(
+                    "atmosphere_relay_refusals_total{reason=\"too_many\",code=\"4429\"} ",
+                )
+            })
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        if sessions + refused == attackers.len() as u64 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{sessions} sessions + {refused} refusals"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut member = member_from(&url, REAL).await;
+    match member.next().await {
+        Some(Ok(Message::Text(t))) => assert_eq!(t.as_str(), "welcome"),
+        other => panic!("the real member did not reach the host: {other:?}"),
+    }
+    answered_rx.recv().await.unwrap();
+    drop(attackers);
+    host_task.abort();
+}
+
+/// A relayed session the host never answers is closed at the answer deadline, on both
+/// sides, with 4408.
+#[tokio::test]
+async fn a_session_the_host_never_answers_is_closed_at_the_answer_deadline() {
+    let relay = Relay::start(&["--answer-timeout", "500ms"]).await;
+    let mut host = TestHost::start(&relay.url()).await;
+    let mut member = connect(&host.member_url()).await;
+    let mut h = host.next_session().await;
+    let end = read_until_close(&mut member, Duration::from_secs(10)).await;
+    assert_eq!(end.code, Some(close::TIMEOUT), "{end:?}");
+    let end = read_until_close(&mut h, Duration::from_secs(10)).await;
+    assert_eq!(end.code, Some(close::TIMEOUT), "{end:?}");
+}
+
+/// F16: the registration names the relay. A relay with `--public-url` names itself by it in
+/// every challenge, whatever `Host` the request sent, and accepts only a signature over
+/// that name: a signature a host made for another relay (which forwarded this relay's
+/// challenge) is refused. A host whose challenge names another relay than the one it dialed
+/// refuses to sign.
+#[tokio::test]
+async fn a_registration_is_bound_to_the_relay_it_names() {
+    use atmosphere_shared::api::RelayState;
+    use atmosphere_shared::relay_proto;
+    let relay = Relay::start(&["--public-url", "wss://Relay-R.example:443/"]).await;
+    let key = new_key();
+    let mesh = mesh_of(&key);
+
+    // The challenge names the relay by its public URL, not by the Host this request sent.
+    let mut ws = connect(&format!("{}/mesh/{mesh}/host", relay.url())).await;
+    let RelayMsg::Challenge { nonce, relay: name } = next_relay_msg(&mut ws).await else {
+        panic!("expected a challenge")
+    };
+    assert_eq!(name, "relay-r.example");
+    let nonce = relay_proto::decode_nonce(&nonce).unwrap();
+    // A signature made for another relay (the one the host dialed, which forwarded this
+    // challenge) does not verify here.
+    send_json(
+        &mut ws,
+        &relay_proto::sign(&key, "relay-m.example", &mesh, &nonce),
+    )
+    .await;
+    let end = read_until_close(&mut ws, Duration::from_secs(5)).await;
+    assert_eq!(end.code, Some(close::BAD_SIGNATURE), "{end:?}");
+
+    // Signed for this relay's name, the same key registers.
+    let mut ws = connect(&format!("{}/mesh/{mesh}/host", relay.url())).await;
+    let RelayMsg::Challenge { nonce, relay: name } = next_relay_msg(&mut ws).await else {
+        panic!("expected a challenge")
+    };
+    let nonce = relay_proto::decode_nonce(&nonce).unwrap();
+    send_json(&mut ws, &relay_proto::sign(&key, &name, &mesh, &nonce)).await;
+    assert!(matches!(
+        next_relay_msg(&mut ws).await,
+        RelayMsg::Registered { .. }
+    ));
+    drop(ws);
+
+    // A real host link that dialed this relay as 127.0.0.1 sees a challenge naming
+    // another relay, and refuses to sign it.
+    let key = new_key();
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    let on: atmosphere_server::serve::relay_link::OnSession = std::sync::Arc::new(move |ws, r| {
+        let _ = tx.send((ws, r));
+    });
+    let link = atmosphere_server::serve::relay_link::HostLink::spawn(
+        atmosphere_server::serve::relay_link::HostLinkConfig {
+            relay_url: relay.url(),
+            signing_key: key,
+        },
+        on,
+    );
+    let start = Instant::now();
+    let last_error = loop {
+        if let RelayState::Retrying { last_error, .. } = link.state() {
+            break last_error;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{:?}",
+            link.state()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        last_error.contains("names itself \"relay-r.example\""),
+        "{last_error}"
+    );
+    let m = relay.metrics().await;
+    assert!(
+        m.contains("atmosphere_relay_registrations_total 1\n"),
+        "only the test's own registration: {m}"
+    );
+}

@@ -194,24 +194,113 @@ async fn member_gets_timeout_when_the_host_never_dials_in() {
     assert_eq!(relay.health().await["sessions"], 0);
 }
 
+/// Dials a data socket and expects a plain HTTP refusal (no upgrade): its status and the
+/// `error` of its JSON body.
+async fn data_socket_refusal(url: &str, secret: Option<&str>) -> (u16, serde_json::Value) {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Error;
+    let mut req = url.into_client_request().unwrap();
+    if let Some(s) = secret {
+        req.headers_mut()
+            .insert("authorization", format!("Bearer {s}").parse().unwrap());
+    }
+    match tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_tungstenite::connect_async(req),
+    )
+    .await
+    .expect("the relay answered in time")
+    {
+        Err(Error::Http(resp)) => {
+            let body = resp.body().clone().unwrap_or_default();
+            let body: serde_json::Value = serde_json::from_slice(&body)
+                .unwrap_or_else(|e| panic!("body is not JSON ({e}): {body:?}"));
+            (resp.status().as_u16(), body)
+        }
+        Ok(_) => panic!("the relay upgraded a data socket it should have refused"),
+        Err(e) => panic!("unexpected error: {e}"),
+    }
+}
+
+/// F10: the data socket's session id and secret are checked before the WebSocket upgrade:
+/// a wrong or missing secret, an unknown session and a session of another mesh get a plain
+/// HTTP refusal with a JSON body, never an upgraded socket; a source that keeps failing is
+/// answered 429; the right secret still gets its socket.
 #[tokio::test]
 async fn data_socket_needs_the_session_secret() {
     let relay = Relay::start(&[]).await;
     let key = new_key();
     let mesh = mesh_of(&key);
     let mut control = register_ok(&relay.url(), &key).await;
-    let _member = connect(&format!("{}/mesh/{mesh}", relay.url())).await;
-    let RelayMsg::Session { session_id, .. } = next_relay_msg(&mut control).await else {
+    let mut member = connect(&format!("{}/mesh/{mesh}", relay.url())).await;
+    let RelayMsg::Session {
+        session_id, secret, ..
+    } = next_relay_msg(&mut control).await
+    else {
         panic!()
     };
-    // Without the secret (or with a wrong one) the data socket is refused with 4401.
-    let mut ws = connect(&format!("{}/mesh/{mesh}/session/{session_id}", relay.url())).await;
-    let end = read_until_close(&mut ws, Duration::from_secs(5)).await;
-    assert_eq!(end.code, Some(close::BAD_SIGNATURE), "{end:?}");
-    // An unknown session id is 4404.
-    let mut ws = connect(&format!("{}/mesh/{mesh}/session/00ff", relay.url())).await;
-    let end = read_until_close(&mut ws, Duration::from_secs(5)).await;
-    assert_eq!(end.code, Some(close::HOST_OFFLINE), "{end:?}");
+    let data_url = format!("{}/mesh/{mesh}/session/{session_id}", relay.url());
+    let (status, body) = data_socket_refusal(&data_url, None).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("bad_signature")),
+        "{body}"
+    );
+    let (status, body) = data_socket_refusal(&data_url, Some("00")).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("bad_signature")),
+        "{body}"
+    );
+    assert!(
+        body["message"].as_str().unwrap().contains("secret"),
+        "{body}"
+    );
+    // An unknown session id is 404.
+    let unknown = format!("{}/mesh/{mesh}/session/00ff", relay.url());
+    let (status, body) = data_socket_refusal(&unknown, Some(&secret)).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (404, Some("host_offline")),
+        "{body}"
+    );
+    // Another mesh's path for this session is 400.
+    let other = format!(
+        "{}/mesh/{}/session/{session_id}",
+        relay.url(),
+        unknown_mesh()
+    );
+    let (status, body) = data_socket_refusal(&other, Some(&secret)).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("bad_request")),
+        "{body}"
+    );
+    // Past ten failed proofs from one source, its failures are answered 429...
+    for _ in 0..7 {
+        data_socket_refusal(&data_url, Some("00")).await;
+    }
+    let (status, body) = data_socket_refusal(&data_url, Some("00")).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (429, Some("too_many")),
+        "{body}"
+    );
+    assert_eq!(
+        relay.health().await["connections"],
+        2,
+        "no data socket was ever opened"
+    );
+    // ...but the right secret is still admitted, and the session splices.
+    let mut ws = {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut req = data_url.as_str().into_client_request().unwrap();
+        req.headers_mut()
+            .insert("authorization", format!("Bearer {secret}").parse().unwrap());
+        tokio_tungstenite::connect_async(req).await.unwrap().0
+    };
+    ws.send(Message::text("hi")).await.unwrap();
+    assert_eq!(next_data(&mut member).await, Message::text("hi"));
 }
 
 #[tokio::test]
@@ -355,4 +444,69 @@ async fn a_spliced_session_counts_its_data_socket_until_it_ends() {
         m.contains("atmosphere_relay_connections{kind=\"data\"} 0\n"),
         "{m}"
     );
+}
+
+/// A burst of members through the relay: every one is spliced to the host. The host link
+/// dials a bounded number of data sockets at once; the notices beyond that must wait (the
+/// link stops reading its control socket), not be dropped to the relay's accept deadline.
+#[tokio::test]
+async fn a_burst_of_2000_members_is_spliced_every_one() {
+    const MEMBERS: usize = 2000;
+    // A long accept deadline: a member that was not picked up would otherwise pass the test
+    // by luck of timing; limits high enough that only the host link can lose someone.
+    let relay = Relay::start(&[
+        "--max-sessions-per-mesh",
+        "5000",
+        "--max-conns-per-ip",
+        "5000",
+        "--max-unanswered-per-ip",
+        "5000",
+        "--accept-timeout",
+        "60s",
+    ])
+    .await;
+    let mut host = TestHost::start(&relay.url()).await;
+    let url = host.member_url();
+    let members: Vec<_> = (0..MEMBERS)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                let mut m = connect(&url).await;
+                // Spliced means the host's greeting arrives; a refusal closes the socket.
+                match m.next().await {
+                    Some(Ok(Message::Text(t))) if t.as_str() == "hello" => Ok(m),
+                    other => Err(format!("{other:?}")),
+                }
+            })
+        })
+        .collect();
+    // The host side: greet every relayed session and count them.
+    let greeter = tokio::spawn(async move {
+        let mut datas = Vec::new();
+        while datas.len() < MEMBERS {
+            let Some((mut h, _)) = host.sessions.recv().await else {
+                break;
+            };
+            h.send(Message::text("hello")).await.unwrap();
+            datas.push(h);
+        }
+        (host, datas)
+    });
+    let mut refused = Vec::new();
+    let mut spliced = Vec::new();
+    for m in members {
+        match m.await.unwrap() {
+            Ok(m) => spliced.push(m),
+            Err(e) => refused.push(e),
+        }
+    }
+    assert!(
+        refused.is_empty(),
+        "{} of {MEMBERS} members were not spliced, e.g. {:?}",
+        refused.len(),
+        refused.first()
+    );
+    let (_host, datas) = greeter.await.unwrap();
+    assert_eq!(datas.len(), MEMBERS);
+    assert_eq!(relay.health().await["sessions"], MEMBERS as u64);
 }

@@ -1,8 +1,9 @@
 //! The relay's side of a host's control socket, `GET /mesh/{mesh_id}/host` (the host's side
 //! is `serve::relay_link`). The accept path is its steps, in order:
 //!
-//! 1. [`check_mesh_id`]: the path holds a mesh id (else 4400);
-//! 2. [`send_challenge`]: a fresh random nonce;
+//! 1. [`check_mesh_id`]: the path holds a mesh id (else 4400), and the relay has a name for
+//!    this request (its `--public-url`, else the `Host` header; else 4400);
+//! 2. [`send_challenge`]: a fresh random nonce and that name;
 //! 3. [`read_register`]: the host's `register` within the handshake deadline (4408; a
 //!    binary or malformed frame 4400; an oversize one 4413);
 //! 4. [`verify_register`]: `relay_proto::verify` (4400, 4401, 4403);
@@ -38,6 +39,7 @@ pub(super) async fn host_ws(
     headers: HeaderMap,
 ) -> Response {
     let ip = relay.client_ip(peer, &headers);
+    let name = relay.name_for(&headers);
     let slot = relay.take_ip_slot(ip);
     configure(ws, MAX_CONTROL_FRAME_BYTES).on_upgrade(move |socket| async move {
         let _conn = relay.metrics.conn_opened(ConnKind::Host);
@@ -49,12 +51,18 @@ pub(super) async fn host_ws(
         let Some(_slot) = slot else {
             return relay.refuse(socket, too_many_from(ip), &ctx).await;
         };
-        host_control(&relay, socket, &mesh_id, &ctx).await;
+        host_control(&relay, socket, &mesh_id, name, &ctx).await;
     })
 }
 
-async fn host_control(relay: &Arc<Relay>, mut ws: WebSocket, mesh_id: &str, ctx: &Ctx) {
-    match register(relay, &mut ws, mesh_id, ctx).await {
+async fn host_control(
+    relay: &Arc<Relay>,
+    mut ws: WebSocket,
+    mesh_id: &str,
+    name: Option<String>,
+    ctx: &Ctx,
+) {
+    match register(relay, &mut ws, mesh_id, name, ctx).await {
         Ok((_registration, commands)) => serve_control(relay, ws, commands, ctx).await,
         Err(Stop::Refuse(r)) => relay.refuse(ws, r, ctx).await,
         Err(Stop::Gone) => {}
@@ -67,12 +75,19 @@ async fn register(
     relay: &Arc<Relay>,
     ws: &mut WebSocket,
     mesh_id: &str,
+    name: Option<String>,
     ctx: &Ctx,
 ) -> Result<(HostRegistration, mpsc::Receiver<HostCmd>), Stop> {
     check_mesh_id(mesh_id)?;
-    let nonce = send_challenge(ws).await?;
+    let name = name.ok_or_else(|| {
+        Refused::new(
+            RefusalKind::BadRequest,
+            "no Host header to name the relay by",
+        )
+    })?;
+    let nonce = send_challenge(ws, &name).await?;
     let answer = read_register(ws, relay.limits.handshake_timeout).await?;
-    let key = verify_register(mesh_id, &nonce, &answer)?;
+    let key = verify_register(&name, mesh_id, &nonce, &answer)?;
     let claimed = claim_mesh(relay, mesh_id, key)?;
     relay.metrics.registered();
     tracing::info!(mesh = %mesh_id, ip = %ctx.ip, "host registered");
@@ -88,11 +103,12 @@ fn check_mesh_id(mesh_id: &str) -> Result<(), Refused> {
     }
 }
 
-/// Sends `challenge` with a fresh nonce; returns the nonce.
-async fn send_challenge(ws: &mut WebSocket) -> Result<[u8; NONCE_BYTES], Stop> {
+/// Sends `challenge` with a fresh nonce and the relay's `name`; returns the nonce.
+async fn send_challenge(ws: &mut WebSocket, name: &str) -> Result<[u8; NONCE_BYTES], Stop> {
     let nonce = crate::secret::random_bytes::<NONCE_BYTES>();
     let challenge = RelayMsg::Challenge {
         nonce: b64_encode(&nonce),
+        relay: name.to_string(),
     };
     ws.send(Message::Text(to_json(&challenge).into()))
         .await
@@ -131,8 +147,13 @@ async fn read_register(ws: &mut WebSocket, within: Duration) -> Result<HostMsg, 
 }
 
 /// The shared check of the answer; each way it can fail has its close code.
-fn verify_register(mesh_id: &str, nonce: &[u8], answer: &HostMsg) -> Result<[u8; 32], Refused> {
-    relay_proto::verify(mesh_id, nonce, answer)
+fn verify_register(
+    name: &str,
+    mesh_id: &str,
+    nonce: &[u8],
+    answer: &HostMsg,
+) -> Result<[u8; 32], Refused> {
+    relay_proto::verify(name, mesh_id, nonce, answer)
         .map(|key| key.to_bytes())
         .map_err(|e| {
             let kind = match e {

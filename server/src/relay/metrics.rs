@@ -16,11 +16,11 @@ pub enum RefusalKind {
     MeshMismatch,
     /// 4404: no host registered (member) or unknown session (data socket).
     HostOffline,
-    /// 4408: handshake or host-accept deadline passed.
+    /// 4408: handshake, host-accept, host-answer or idle deadline passed.
     Timeout,
     /// 4413: frame over the size limit.
     TooLarge,
-    /// 4429: per-IP connection or per-mesh session limit.
+    /// 4429: per-IP connection, per-mesh session or per-source unanswered limit.
     TooMany,
 }
 

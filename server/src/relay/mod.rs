@@ -65,6 +65,19 @@ pub struct Args {
         default_value_t = 256
     )]
     pub max_sessions_per_mesh: usize,
+    /// Unanswered sessions (the host has not yet sent the member anything) per mesh and
+    /// source IP (IPv6: per /64); more members from that source get 4429. Keeps a few
+    /// addresses with silent member sockets from taking all of a mesh's sessions.
+    #[arg(
+        long,
+        env = "ATMOSPHERE_RELAY_MAX_UNANSWERED_PER_IP",
+        default_value_t = 16
+    )]
+    pub max_unanswered_per_ip: usize,
+    /// Time the host has to send a member its first frame, from the member's arrival; then
+    /// both sides get 4408.
+    #[arg(long, env = "ATMOSPHERE_RELAY_ANSWER_TIMEOUT", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub answer_timeout: Duration,
     /// Open member and host-control WebSockets per source IP; more get 4429.
     #[arg(long, env = "ATMOSPHERE_RELAY_MAX_CONNS_PER_IP", default_value_t = 64)]
     pub max_conns_per_ip: usize,
@@ -78,6 +91,13 @@ pub struct Args {
     /// Close a session or control socket after this long without any frame (pings count).
     #[arg(long, env = "ATMOSPHERE_RELAY_IDLE_TIMEOUT", default_value = "120s", value_parser = humantime::parse_duration)]
     pub idle_timeout: Duration,
+    /// The URL hosts dial this relay by, e.g. `wss://relay.example`. The relay names itself
+    /// by it in every challenge, so a host's registration is valid only here (a relay that
+    /// forwards this relay's challenge to its own hosts gets nothing usable). Without it the
+    /// relay names itself by the `Host` header of each control request, which the requester
+    /// chooses.
+    #[arg(long, env = "ATMOSPHERE_RELAY_PUBLIC_URL", value_name = "URL")]
+    pub public_url: Option<String>,
     /// Behind a trusted reverse proxy: take the client IP (for the per-IP limit and logs)
     /// from this header's last value, e.g. `X-Forwarded-For` or `X-Real-IP`. Do not set it
     /// when clients connect directly: they could forge it.
@@ -98,6 +118,8 @@ impl Args {
         Ok(server::Limits {
             max_frame_bytes: self.max_frame_bytes as usize,
             max_sessions_per_mesh: self.max_sessions_per_mesh.max(1),
+            max_unanswered_per_ip: self.max_unanswered_per_ip.max(1),
+            answer_timeout: nonzero(self.answer_timeout),
             max_conns_per_ip: self.max_conns_per_ip.max(1),
             handshake_timeout: nonzero(self.handshake_timeout),
             accept_timeout: nonzero(self.accept_timeout),
@@ -118,6 +140,18 @@ pub async fn run(args: Args) -> ExitCode {
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(2);
+        }
+    };
+    let name = match &args.public_url {
+        None => None,
+        Some(url) => {
+            match atmosphere_shared::relay_proto::relay_name(url) {
+                Some(n) => Some(n),
+                None => {
+                    eprintln!("error: --public-url {url:?} is not a ws://, wss://, http:// or https:// URL");
+                    return ExitCode::from(2);
+                }
+            }
         }
     };
     let tls = match (&args.tls_cert, &args.tls_key) {
@@ -143,13 +177,19 @@ pub async fn run(args: Args) -> ExitCode {
     tracing::info!(
         max_frame_bytes = limits.max_frame_bytes,
         max_sessions_per_mesh = limits.max_sessions_per_mesh,
+        max_unanswered_per_ip = limits.max_unanswered_per_ip,
+        answer_timeout_ms = limits.answer_timeout.as_millis() as u64,
         max_conns_per_ip = limits.max_conns_per_ip,
         handshake_timeout_ms = limits.handshake_timeout.as_millis() as u64,
         accept_timeout_ms = limits.accept_timeout.as_millis() as u64,
         idle_timeout_ms = limits.idle_timeout.as_millis() as u64,
         "relay listening on {scheme}://{local} (hosts: /mesh/<mesh_id>/host, members: /mesh/<mesh_id>)"
     );
-    let relay = server::Relay::new(limits);
+    match &name {
+        Some(n) => tracing::info!("relay name in challenges: {n} (--public-url)"),
+        None => tracing::info!("relay name in challenges: each host's Host header (set --public-url to bind registrations to this relay)"),
+    }
+    let relay = server::Relay::new(limits, name);
     server::serve(listener, tls, relay, crate::http::shutdown_signal()).await;
     tracing::info!("relay shutting down");
     ExitCode::SUCCESS

@@ -1,7 +1,14 @@
 //! The relay's only state: which host holds each mesh, which members wait for their host's
-//! data socket, and how many sessions each mesh has. No database: every entry belongs to a
-//! live socket and is owned by a guard ([`HostRegistration`], [`SessionSlot`]) whose `Drop`
-//! removes it, so no exit path of a handler leaks one.
+//! data socket, how many sessions each mesh has, and how many of them each source has left
+//! unanswered. No database: every entry belongs to a live socket and is owned by a guard
+//! ([`HostRegistration`], [`SessionSlot`], [`UnansweredSlot`]) whose `Drop` removes it, so
+//! no exit path of a handler leaks one.
+//!
+//! A session is *unanswered* from the member's arrival until the host sends it its first
+//! text or binary frame. The relay cannot read the (end-to-end encrypted) mesh frames, but
+//! it sees that: a host only answers a member that spoke its protocol. Each source (an IP,
+//! or an IPv6 /64) may hold only a few unanswered sessions per mesh, so a handful of
+//! addresses opening silent member sockets cannot take all of a mesh's session slots.
 
 use super::metrics::{ConnGuard, Metrics, RefusalKind};
 use super::server::Refused;
@@ -42,6 +49,8 @@ struct Maps {
     hosts: HashMap<String, HostEntry>,
     pending: HashMap<String, Pending>,
     sessions_per_mesh: HashMap<String, usize>,
+    /// Unanswered sessions by (mesh id, source bucket).
+    unanswered: HashMap<(String, String), usize>,
 }
 
 /// Hosts by mesh id and members waiting for their host, behind one lock.
@@ -59,12 +68,17 @@ pub(super) enum NoSession {
     HostOffline,
     /// The mesh has its maximum number of sessions.
     MeshFull,
+    /// This source already has its maximum of unanswered sessions for the mesh.
+    SourceBusy,
 }
 
 /// A member's session, registered and waiting for the host's data socket.
 pub(super) struct OpenSession {
     /// Holds the slot (and the pending entry) until dropped.
     pub slot: SessionSlot,
+    /// Holds the source's unanswered-session slot until the host answers (or the session
+    /// ends).
+    pub unanswered: UnansweredSlot,
     /// The control task of the mesh's host.
     pub host: mpsc::Sender<HostCmd>,
     /// Delivers the host's data socket once it dials in with the secret.
@@ -120,14 +134,16 @@ impl Registry {
         Some((registration, rx))
     }
 
-    /// Under one lock: finds the mesh's host, checks its session limit and registers the
-    /// member as waiting for a data socket with `session_id` and `secret`.
+    /// Under one lock: finds the mesh's host, checks its session limit and the source's
+    /// unanswered limit, and registers the member (from source bucket `source`) as waiting
+    /// for a data socket with `session_id` and `secret`.
     pub fn open_session(
         self: &Arc<Self>,
         mesh_id: &str,
+        source: &str,
         session_id: &str,
         secret: &str,
-        max_sessions_per_mesh: usize,
+        limits: SessionLimits,
         metrics: &Arc<Metrics>,
     ) -> Result<OpenSession, NoSession> {
         let (tx, data) = oneshot::channel();
@@ -137,14 +153,19 @@ impl Registry {
             .get(mesh_id)
             .map(|h| h.tx.clone())
             .ok_or(NoSession::HostOffline)?;
+        let key = (mesh_id.to_string(), source.to_string());
+        if maps.unanswered.get(&key).copied().unwrap_or(0) >= limits.unanswered_per_source {
+            return Err(NoSession::SourceBusy);
+        }
         let n = maps
             .sessions_per_mesh
             .entry(mesh_id.to_string())
             .or_insert(0);
-        if *n >= max_sessions_per_mesh {
+        if *n >= limits.sessions_per_mesh {
             return Err(NoSession::MeshFull);
         }
         *n += 1;
+        *maps.unanswered.entry(key.clone()).or_insert(0) += 1;
         maps.pending.insert(
             session_id.to_string(),
             Pending {
@@ -161,7 +182,16 @@ impl Registry {
             mesh_id: mesh_id.to_string(),
             session_id: session_id.to_string(),
         };
-        Ok(OpenSession { slot, host, data })
+        let unanswered = UnansweredSlot {
+            registry: self.clone(),
+            key,
+        };
+        Ok(OpenSession {
+            slot,
+            unanswered,
+            host,
+            data,
+        })
     }
 
     /// Takes the waiting member of `session_id` for the host's data socket, if it belongs
@@ -187,6 +217,34 @@ impl Registry {
             .remove(session_id)
             .map(|p| p.tx)
             .ok_or_else(gone)
+    }
+}
+
+/// The per-mesh limits [`Registry::open_session`] enforces.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct SessionLimits {
+    /// Live sessions (waiting or spliced) per mesh.
+    pub sessions_per_mesh: usize,
+    /// Unanswered sessions per mesh and source bucket.
+    pub unanswered_per_source: usize,
+}
+
+/// One unanswered session of a source for a mesh; released on drop (when the host answers
+/// or the session ends).
+pub(super) struct UnansweredSlot {
+    registry: Arc<Registry>,
+    key: (String, String),
+}
+
+impl Drop for UnansweredSlot {
+    fn drop(&mut self) {
+        let mut maps = self.registry.maps();
+        if let Some(n) = maps.unanswered.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                maps.unanswered.remove(&self.key);
+            }
+        }
     }
 }
 

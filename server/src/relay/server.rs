@@ -15,12 +15,13 @@
 use super::metrics::{Metrics, RefusalKind};
 use super::registry::Registry;
 use super::{control, member};
-use crate::limits::{IpPermit, PerIpLimiter};
+use crate::limits::{rate_bucket, IpPermit, JoinRateLimiter, PerIpLimiter};
+use atmosphere_shared::api::ApiError;
 use atmosphere_shared::relay_proto::RelayHealth;
 use atmosphere_shared::wire::{ErrorCode, ServerMsg};
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
-use axum::http::{header, HeaderMap, HeaderName};
+use axum::http::{header, HeaderMap, HeaderName, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -36,6 +37,11 @@ pub struct Limits {
     pub max_frame_bytes: usize,
     /// Live sessions (waiting or spliced) per mesh.
     pub max_sessions_per_mesh: usize,
+    /// Unanswered sessions (the host has not sent the member a frame yet) per mesh and
+    /// source IP (an IPv6 /64 counts as one source).
+    pub max_unanswered_per_ip: usize,
+    /// Time from a member's arrival to the host's first frame to it.
+    pub answer_timeout: Duration,
     /// Open member + host-control WebSockets per source IP.
     pub max_conns_per_ip: usize,
     /// Time for TLS + HTTP headers, and for a host to answer the challenge.
@@ -53,6 +59,8 @@ impl Default for Limits {
         Limits {
             max_frame_bytes: 256 * 1024,
             max_sessions_per_mesh: 256,
+            max_unanswered_per_ip: 16,
+            answer_timeout: Duration::from_secs(15),
             max_conns_per_ip: 64,
             handshake_timeout: Duration::from_secs(5),
             accept_timeout: Duration::from_secs(5),
@@ -70,18 +78,40 @@ pub struct Relay {
     started: Instant,
     pub(super) registry: Arc<Registry>,
     per_ip: Arc<PerIpLimiter>,
+    /// Failed data-socket proofs per source ([`DATA_FAILURE_LIMIT`]).
+    data_failures: JoinRateLimiter,
+    /// The relay's name from `--public-url` (`relay_proto::relay_name`), sent in every
+    /// challenge; `None`: each control request's `Host` header.
+    name: Option<String>,
 }
 
 impl Relay {
-    /// A relay with these limits and no hosts.
-    pub fn new(limits: Limits) -> Arc<Relay> {
+    /// A relay with these limits and no hosts, naming itself `name` in its challenges
+    /// (`None`: by the `Host` header of each control request).
+    pub fn new(limits: Limits, name: Option<String>) -> Arc<Relay> {
         Arc::new(Relay {
             per_ip: PerIpLimiter::new(limits.max_conns_per_ip),
             limits,
             metrics: Arc::new(Metrics::default()),
             started: Instant::now(),
             registry: Arc::new(Registry::default()),
+            data_failures: JoinRateLimiter::new(DATA_FAILURE_LIMIT, DATA_FAILURE_WINDOW),
+            name,
         })
+    }
+
+    /// The name this relay gives in a challenge on a control request with `headers`: its
+    /// `--public-url` name, else the request's `Host` header (lowercase), the authority the
+    /// host dialed. `None` without either.
+    pub(super) fn name_for(&self, headers: &HeaderMap) -> Option<String> {
+        if let Some(n) = &self.name {
+            return Some(n.clone());
+        }
+        headers
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .map(|h| h.trim().to_ascii_lowercase())
+            .filter(|h| !h.is_empty())
     }
 
     /// The limits in force.
@@ -119,6 +149,46 @@ impl Relay {
         peer.ip()
     }
 
+    /// Refuses a data-socket request before its upgrade: a plain HTTP answer with an
+    /// [`ApiError`] body naming the refusal (`bad_request` 400, `bad_signature` 401,
+    /// `host_offline` 404, `too_many` 429). Failed proofs (400, 401) count against the
+    /// source's failure window; a source past it gets 429 without a log line and its HTTP
+    /// connection closed, so a flood of bad secrets costs a TCP handshake each and cannot
+    /// flood the log. A valid secret is admitted whatever its source did.
+    pub(super) fn refuse_http(&self, r: Refused, ctx: &Ctx) -> Response {
+        let now = tokio::time::Instant::now();
+        let source = rate_bucket(ctx.ip);
+        if self.data_failures.is_blocked(&source, now) {
+            self.metrics.refused(RefusalKind::TooMany);
+            let body = ApiError {
+                error: RefusalKind::TooMany.as_str().into(),
+                message: format!("too many failed data-socket attempts from {source}"),
+            };
+            let status = StatusCode::TOO_MANY_REQUESTS;
+            return (status, [(header::CONNECTION, "close")], Json(body)).into_response();
+        }
+        let Refused { kind, why, .. } = r;
+        if matches!(kind, RefusalKind::BadRequest | RefusalKind::BadSignature)
+            && self.data_failures.record_failure(&source, now)
+        {
+            tracing::warn!(ip = %ctx.ip, "{DATA_FAILURE_LIMIT} failed data-socket attempts from {source}: refusing its failures with 429 for a while");
+        }
+        self.metrics.refused(kind);
+        tracing::info!(
+            status = http_status(kind).as_u16(),
+            reason = kind.as_str(),
+            kind = ctx.kind,
+            ip = %ctx.ip,
+            mesh = %ctx.mesh,
+            "relay refused connection: {why}"
+        );
+        let body = ApiError {
+            error: kind.as_str().into(),
+            message: why,
+        };
+        (http_status(kind), Json(body)).into_response()
+    }
+
     /// Logs, counts and performs one refusal: optional mesh error frame, then close.
     pub(super) async fn refuse(&self, mut ws: WebSocket, r: Refused, ctx: &Ctx) {
         let Refused {
@@ -146,6 +216,25 @@ impl Relay {
                     .await;
         }
         close_and_drain(&mut ws, kind.close_code(), &why).await;
+    }
+}
+
+/// Failed data-socket proofs (wrong secret, session of another mesh) one source may make
+/// within [`DATA_FAILURE_WINDOW`] before its failures are answered 429.
+pub const DATA_FAILURE_LIMIT: usize = 10;
+/// The window of [`DATA_FAILURE_LIMIT`].
+pub const DATA_FAILURE_WINDOW: Duration = Duration::from_secs(60);
+
+/// The HTTP status of a data-socket refusal of `kind`.
+fn http_status(kind: RefusalKind) -> StatusCode {
+    match kind {
+        RefusalKind::BadSignature => StatusCode::UNAUTHORIZED,
+        RefusalKind::HostOffline => StatusCode::NOT_FOUND,
+        RefusalKind::TooMany => StatusCode::TOO_MANY_REQUESTS,
+        RefusalKind::Timeout => StatusCode::REQUEST_TIMEOUT,
+        RefusalKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        RefusalKind::MeshMismatch => StatusCode::FORBIDDEN,
+        RefusalKind::BadRequest => StatusCode::BAD_REQUEST,
     }
 }
 

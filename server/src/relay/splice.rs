@@ -7,6 +7,10 @@
 //! frame limit) per direction. Text, binary, ping and pong frames are forwarded as they
 //! are; a close frame is forwarded with its code and reason, and then both sockets are
 //! closed. If one side vanishes (EOF, reset) the other is closed at once with 1001.
+//!
+//! Until the host's first text or binary frame reaches the member the session is
+//! unanswered ([`Unanswered`]): it holds its source's unanswered slot, and if the host has
+//! not answered by the deadline both sides are closed with 4408.
 
 use super::metrics::{Direction, Metrics, RefusalKind};
 use super::server::is_too_large;
@@ -14,9 +18,33 @@ use atmosphere_shared::relay_proto::close;
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
+use tokio::sync::Notify;
 use tokio::time::Instant;
+
+/// A session the host has not answered yet: `slot` is released at the host's first text or
+/// binary frame to the member; `deadline` is when the relay gives up on that answer.
+pub struct Unanswered<S> {
+    pub slot: S,
+    pub deadline: Instant,
+}
+
+/// Set once the host's first text or binary frame was forwarded to the member.
+#[derive(Default)]
+struct Answer {
+    answered: AtomicBool,
+    notify: Notify,
+}
+
+impl Answer {
+    fn mark(&self) {
+        if !self.answered.swap(true, Ordering::Relaxed) {
+            // `notify_one` keeps a permit if the watcher is not waiting yet.
+            self.notify.notify_one();
+        }
+    }
+}
 
 /// Going Away: the standard code for "the other side disconnected".
 const GOING_AWAY: u16 = 1001;
@@ -40,6 +68,7 @@ async fn pump(
     metrics: &Metrics,
     last_ms: &AtomicU64,
     base: Instant,
+    answer: Option<&Answer>,
 ) -> PumpEnd {
     loop {
         let msg = match rx.next().await {
@@ -59,8 +88,12 @@ async fn pump(
             Message::Text(t) => t.as_str().len(),
             Message::Binary(b) | Message::Ping(b) | Message::Pong(b) => b.len(),
         };
+        let is_data = matches!(msg, Message::Text(_) | Message::Binary(_));
         if tx.send(msg).await.is_err() {
             return PumpEnd::WriteFailed;
+        }
+        if let Some(a) = answer.filter(|_| is_data) {
+            a.mark();
         }
         metrics.forwarded(dir, len);
     }
@@ -88,29 +121,48 @@ fn frame(code: u16, reason: &str) -> Option<CloseFrame> {
     })
 }
 
+/// Waits until the host answers (then releases `slot` and never returns) or the deadline
+/// passes (returns).
+async fn answer_watch<S>(answer: &Answer, unanswered: Option<Unanswered<S>>) {
+    let Some(Unanswered { slot, deadline }) = unanswered else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = answer.notify.notified() => {}
+        _ = tokio::time::sleep_until(deadline) => return,
+    }
+    drop(slot);
+    std::future::pending().await
+}
+
 /// Splices `client` and `host` until either side closes; returns a short description of
-/// how it ended (for logs).
-pub async fn splice(
+/// how it ended (for logs). `unanswered` is the session's answer deadline and the slot it
+/// holds until the host's first text or binary frame to the member (`None`: answered).
+pub async fn splice<S>(
     client: WebSocket,
     host: WebSocket,
     metrics: &Metrics,
     idle: Duration,
     max_frame_bytes: usize,
+    unanswered: Option<Unanswered<S>>,
 ) -> &'static str {
     let (mut c_tx, mut c_rx) = client.split();
     let (mut h_tx, mut h_rx) = host.split();
     let base = Instant::now();
     let last_ms = AtomicU64::new(0);
+    let answer = Answer::default();
 
     enum End {
         Client(PumpEnd),
         Host(PumpEnd),
         Idle,
+        Unanswered,
     }
     let end = tokio::select! {
-        e = pump(&mut c_rx, &mut h_tx, Direction::ClientToHost, metrics, &last_ms, base) => End::Client(e),
-        e = pump(&mut h_rx, &mut c_tx, Direction::HostToClient, metrics, &last_ms, base) => End::Host(e),
+        e = pump(&mut c_rx, &mut h_tx, Direction::ClientToHost, metrics, &last_ms, base, None) => End::Client(e),
+        e = pump(&mut h_rx, &mut c_tx, Direction::HostToClient, metrics, &last_ms, base, Some(&answer)) => End::Host(e),
         _ = idle_watch(&last_ms, base, idle) => End::Idle,
+        _ = answer_watch(&answer, unanswered) => End::Unanswered,
     };
     let too_large = format!("frame over the relay limit of {max_frame_bytes} bytes");
     let what = match end {
@@ -127,6 +179,19 @@ pub async fn splice(
                 send_close(&mut h_tx, frame(close::TIMEOUT, "idle timeout"))
             );
             "idle timeout"
+        }
+        End::Unanswered => {
+            metrics.refused(RefusalKind::Timeout);
+            let why = "the host did not answer the member in time";
+            tracing::info!(
+                code = close::TIMEOUT,
+                "relayed session unanswered, closing both sides"
+            );
+            tokio::join!(
+                send_close(&mut c_tx, frame(close::TIMEOUT, why)),
+                send_close(&mut h_tx, frame(close::TIMEOUT, why))
+            );
+            "unanswered"
         }
     };
     // Let both close handshakes complete (so each side sees its code), but not for long.

@@ -2,7 +2,8 @@
 //! proves the mesh key, and dials a data socket for every relayed member. The relay server
 //! itself is [`crate::relay`].
 //!
-//! Life of the link: dial the control socket → answer the relay's challenge with
+//! Life of the link: dial the control socket → check that the relay's challenge names the
+//! relay this link dialed (`relay_proto::check_relay_name`) and answer it with
 //! `relay_proto::sign` → `registered` → wait for `session` notices, pinging every
 //! [`PING_EVERY`] so the relay's idle timeout never fires and a dead relay is noticed
 //! within [`SILENCE_LIMIT`]. Any failure (refused, reset, relay restarted)
@@ -12,7 +13,10 @@
 //!
 //! Each `session` notice spawns a task that dials `/mesh/{mesh_id}/session/{session_id}`
 //! with `Authorization: Bearer <secret>` and hands the resulting WebSocket to `on_session`,
-//! i.e. the same mesh-session handler direct sockets use.
+//! i.e. the same mesh-session handler direct sockets use. At most [`MAX_PENDING_DIALS`]
+//! dials run at once; while all of them are busy the link stops reading its control socket,
+//! so the next notices wait in the relay (bounded there by its per-mesh session limit)
+//! instead of being dropped: no relayed member is lost to a burst.
 
 use crate::dial::{dial, ClientSocket, DialOptions};
 use atmosphere_shared::api::RelayState;
@@ -56,7 +60,8 @@ pub const SILENCE_LIMIT: Duration = Duration::from_secs(45);
 /// session handler (not the transport) reports oversize frames with its clear error.
 const DATA_MAX_BYTES: usize = 1024 * 1024;
 /// Data sockets being dialled at once. The relay asks for one per waiting member; a relay
-/// that floods session notices must not make the host open connections without bound.
+/// that floods session notices must not make the host open connections without bound, so
+/// past this many the link reads no further notice until a dial finishes.
 const MAX_PENDING_DIALS: usize = 64;
 
 struct Inner {
@@ -200,12 +205,19 @@ impl Link {
 
     /// Challenge → register → registered, each read under [`STEP_TIMEOUT`].
     async fn register(&self, ws: &mut ClientSocket) -> Result<(), String> {
-        let nonce = match next_control(ws).await? {
-            RelayMsg::Challenge { nonce } => relay_proto::decode_nonce(&nonce)
-                .ok_or_else(|| "relay sent a malformed challenge".to_string())?,
+        let (nonce, relay) = match next_control(ws).await? {
+            RelayMsg::Challenge { nonce, relay } => (
+                relay_proto::decode_nonce(&nonce)
+                    .ok_or_else(|| "relay sent a malformed challenge".to_string())?,
+                relay,
+            ),
             other => return Err(format!("relay sent {other:?} instead of a challenge")),
         };
-        let register = relay_proto::sign(&self.key, &self.mesh_id, &nonce);
+        // Sign only for the relay this link dialed: a relay that forwards another relay's
+        // challenge gets nothing it can use there.
+        relay_proto::check_relay_name(&self.base, &relay)
+            .map_err(|e| format!("refusing the relay's challenge: {e}"))?;
+        let register = relay_proto::sign(&self.key, &relay, &self.mesh_id, &nonce);
         let register = serde_json::to_string(&register).unwrap_or_default();
         ws.send(Message::Text(register.into()))
             .await
@@ -218,16 +230,33 @@ impl Link {
 
     /// Serves `session` notices until the link ends, keeping it alive with pings and
     /// noticing a silent relay. Returns why it ended.
+    ///
+    /// A notice is only read once a dial permit is in hand: while [`MAX_PENDING_DIALS`]
+    /// dials are in flight the control socket is not read, TCP pushes back, and the relay
+    /// keeps the notices (and the members' sessions, under its accept deadline). The relay's
+    /// silence is only measured while the link is reading.
     async fn serve_notices(&self, mut ws: ClientSocket) -> String {
         let mut ping = tokio::time::interval_at(Instant::now() + PING_EVERY, PING_EVERY);
         let mut last_frame = Instant::now();
+        let mut permit: Option<tokio::sync::OwnedSemaphorePermit> = None;
         loop {
             tokio::select! {
-                frame = ws.next() => {
+                p = self.dials.clone().acquire_owned(), if permit.is_none() => {
+                    // The semaphore is never closed; a closed one would end the link.
+                    let Ok(p) = p else { return "dial permits closed".into() };
+                    permit = Some(p);
+                    // Time spent waiting for our own dials is not the relay's silence.
+                    last_frame = Instant::now();
+                }
+                frame = ws.next(), if permit.is_some() => {
                     last_frame = Instant::now();
                     match frame {
                         Some(Ok(Message::Text(t))) => match serde_json::from_str::<RelayMsg>(t.as_str()) {
-                            Ok(RelayMsg::Session { session_id, secret, remote }) => self.accept(session_id, secret, remote),
+                            Ok(RelayMsg::Session { session_id, secret, remote }) => {
+                                if let Some(p) = permit.take() {
+                                    self.accept(p, session_id, secret, remote);
+                                }
+                            }
                             Ok(other) => tracing::debug!("ignoring relay message {other:?}"),
                             Err(e) => tracing::debug!("ignoring unknown relay message: {e}"),
                         },
@@ -242,15 +271,22 @@ impl Link {
                         return format!("control link lost: {e}");
                     }
                 }
-                _ = tokio::time::sleep_until(last_frame + SILENCE_LIMIT) => {
+                _ = tokio::time::sleep_until(last_frame + SILENCE_LIMIT), if permit.is_some() => {
                     return format!("relay silent for {} s", SILENCE_LIMIT.as_secs());
                 }
             }
         }
     }
 
-    /// Dials the data socket for one relayed member in the background.
-    fn accept(&self, session_id: String, secret: String, remote: String) {
+    /// Dials the data socket for one relayed member in the background, holding `permit`
+    /// (one of [`MAX_PENDING_DIALS`]) until the dial is done.
+    fn accept(
+        &self,
+        permit: tokio::sync::OwnedSemaphorePermit,
+        session_id: String,
+        secret: String,
+        remote: String,
+    ) {
         // Session ids are hex from the relay; refuse anything that could bend the URL.
         if session_id.is_empty()
             || session_id.len() > 128
@@ -259,10 +295,6 @@ impl Link {
             tracing::warn!("relay sent a malformed session id; ignoring");
             return;
         }
-        let Ok(permit) = self.dials.clone().try_acquire_owned() else {
-            tracing::warn!(%remote, "{MAX_PENDING_DIALS} relayed sessions are already being opened; ignoring one more (the relay times it out)");
-            return;
-        };
         let url = format!("{}/mesh/{}/session/{}", self.base, self.mesh_id, session_id);
         let on_session = self.on_session.clone();
         tokio::spawn(async move {

@@ -105,11 +105,12 @@ pub async fn register_raw(
     signer: &SigningKey,
 ) -> (Ws, Vec<u8>, String) {
     let mut ws = connect(&format!("{relay_url}/mesh/{mesh_id}/host")).await;
-    let RelayMsg::Challenge { nonce } = next_relay_msg(&mut ws).await else {
+    let RelayMsg::Challenge { nonce, relay } = next_relay_msg(&mut ws).await else {
         panic!("expected a challenge")
     };
+    relay_proto::check_relay_name(relay_url, &relay).expect("the relay names itself");
     let nonce = relay_proto::decode_nonce(&nonce).expect("a well-formed challenge");
-    let reg = relay_proto::sign(signer, mesh_id, &nonce);
+    let reg = relay_proto::sign(signer, &relay, mesh_id, &nonce);
     send_json(&mut ws, &reg).await;
     let HostMsg::Register { signature, .. } = reg;
     (ws, nonce, signature)
