@@ -289,7 +289,7 @@ async fn phone_connects_via_relay_when_direct_paths_are_black_holes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn expired_invite_is_explained_and_relay_is_never_tried() {
+async fn expired_invite_is_explained_and_no_path_is_tried_after_it() {
     let host = host_with_ui(&[]).await;
     let inv = host
         .mint(&TokenRequest {
@@ -316,19 +316,29 @@ async fn expired_invite_is_explained_and_relay_is_never_tried() {
     phone
         .wait_text("#headline", UI, |t| t == "This invite has expired")
         .await;
+    // The local path answers first; the relay starts only if the host took longer than the
+    // 250 ms stagger to say so (a loaded machine). Either way the row tells the truth, and
+    // nothing is tried after the final error.
+    let row = ".path-row[data-path=relay]";
     phone
-        .wait_text(".path-row[data-path=relay]", UI, |t| {
-            t.contains("not tried")
+        .wait_text(row, UI, |t| {
+            t.contains("not tried") || t.contains("stopped: the host refused")
         })
         .await;
     phone.screenshot("phone-invite-expired").await;
     // Give a wrongly started relay attempt time to show up before asserting it did not.
     tokio::time::sleep(Duration::from_millis(800)).await;
-    assert_eq!(
-        relay.count(),
-        0,
-        "the relay must not be tried after a final token error"
-    );
+    let shown = phone.text(row).await.unwrap_or_default();
+    if shown.contains("not tried") {
+        assert_eq!(relay.count(), 0, "the relay row says 'not tried': {shown}");
+    } else {
+        assert!(
+            shown.contains("stopped: the host refused") && relay.count() <= 1,
+            "a relay attempt started before the refusal is stopped, and none starts after it: \
+             {shown}, {} connections",
+            relay.count()
+        );
+    }
     assert!(devices(&host).await.is_empty());
     phone.close().await;
 }

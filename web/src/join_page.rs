@@ -29,6 +29,8 @@ pub enum RowState {
     },
     /// The race ended (host refusal) before this path was tried.
     NotTried,
+    /// This path was being tried when the host's refusal on another path ended the race.
+    StoppedByRefusal,
 }
 
 /// One endpoint of the invite, as shown to the person.
@@ -272,11 +274,12 @@ fn on_event(
         ShellEvent::Race(RaceEvent::AllFailed { .. }) => ctx.phase.set(Phase::AllFailed),
         ShellEvent::Race(RaceEvent::Fatal { code, message, .. }) => {
             ctx.rows.update(|rows| {
-                for r in rows
-                    .iter_mut()
-                    .filter(|r| matches!(r.state, RowState::Waiting | RowState::Trying))
-                {
-                    r.state = RowState::NotTried;
+                for r in rows.iter_mut() {
+                    match r.state {
+                        RowState::Waiting => r.state = RowState::NotTried,
+                        RowState::Trying => r.state = RowState::StoppedByRefusal,
+                        _ => {}
+                    }
                 }
             });
             // A stale credential (the host was reset) is not the invite's fault: forget it
@@ -540,6 +543,7 @@ fn row_view(row: Row) -> impl IntoView {
         RowState::NotNeeded => ("idle", "not needed".to_string()),
         RowState::Stopped { winner } => ("idle", format!("no answer yet — stopped, {winner} won")),
         RowState::NotTried => ("idle", "not tried".to_string()),
+        RowState::StoppedByRefusal => ("idle", "stopped: the host refused".to_string()),
     };
     view! {
         <li class=format!("path-row {class}") data-path=row.path.as_str()>
