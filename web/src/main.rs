@@ -1,5 +1,16 @@
 //! Entry point of the Atmosphere web app (built by trunk into `dist/`, served by
-//! `atmosphere serve`).
+//! `atmosphere serve`). Every protocol decision comes from `atmosphere-shared`; these
+//! modules are the browser shell around it:
+//!
+//! - `app`: picks the view from `location.pathname` (`/` host view, `/join` Join page);
+//! - `host_panel`: the host view: mint an invite and show its QR code, connectivity,
+//!   invites and devices (with *Remove*), live through `GET /api/events`;
+//! - `join_page`: the Join page: decode the link, show each path's progress, keep the
+//!   credential, then the mesh (members, messages);
+//! - `ws`: the browser driver of the shared racing policy: DOM `WebSocket`s and timers;
+//! - `storage`: the device credential in `localStorage`;
+//! - `api`: a `fetch` wrapper with deadlines for the host's HTTP API;
+//! - `qr`: the QR code as inline SVG.
 
 mod api;
 mod app;
