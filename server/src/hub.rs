@@ -4,27 +4,37 @@
 //!
 //! A session enters the hub only after its handshake ([`Hub::enter`]) and leaves when its
 //! [`Membership`] ends, however it ends. The hub never writes to a socket: each member has
-//! a bounded outbound queue that its own session drains.
+//! an outbound queue ([`Outbox`]) that its own session drains, bounded both in frames and in
+//! bytes ([`OUTBOUND_QUEUE_BYTES`]), so a member that stops reading holds at most that much
+//! of the host's memory whatever size the frames sent to it are.
 //!
 //! A slow member never blocks the others. A sender facing a full queue waits a short grace
 //! (flow control for bursts); a member whose queue stays full is kicked.
 
 use atmosphere_shared::api::MeshEvent;
 use atmosphere_shared::path::PathKind;
-use atmosphere_shared::wire::{ErrorCode, Peer, ServerMsg};
+use atmosphere_shared::wire::{ErrorCode, Peer, ServerMsg, MAX_FRAME_BYTES};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
-use tokio::sync::{broadcast, mpsc, Notify};
+use tokio::sync::{broadcast, mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::timeout;
 use tracing::{debug, warn};
+
+/// Bytes of frames queued for one member before it is too slow (see [`HubConfig`]): eight
+/// frames of the largest size (`MAX_FRAME_BYTES`), or thousands of chat-sized ones. Without a
+/// byte cap the frame cap alone let one stalled member hold 256 × 64 KiB = 16 MiB.
+pub const OUTBOUND_QUEUE_BYTES: usize = 8 * MAX_FRAME_BYTES;
 
 /// Tunables of the fan-out.
 #[derive(Debug, Clone)]
 pub struct HubConfig {
     /// Frames queued for one member before it is considered too slow and dropped.
     pub outbound_queue: usize,
+    /// Bytes queued for one member before it is considered too slow and dropped; at least
+    /// `MAX_FRAME_BYTES`, so every frame fits an empty queue.
+    pub outbound_bytes: usize,
     /// How long a sender waits for a recipient with a full queue before that recipient is
     /// considered stalled and dropped.
     pub slow_grace: Duration,
@@ -34,6 +44,7 @@ impl Default for HubConfig {
     fn default() -> Self {
         HubConfig {
             outbound_queue: 256,
+            outbound_bytes: OUTBOUND_QUEUE_BYTES,
             slow_grace: Duration::from_secs(2),
         }
     }
@@ -59,8 +70,91 @@ struct Member {
     /// Which session of the device this is (a device has at most one in the table).
     conn: u64,
     peer: Peer,
-    tx: mpsc::Sender<Arc<str>>,
+    queue: Inbox,
     kick: Arc<Kick>,
+}
+
+/// A frame in a member's queue, holding its share of the queue's byte budget until the
+/// session takes it out.
+struct Queued {
+    frame: Arc<str>,
+    _bytes: OwnedSemaphorePermit,
+}
+
+/// The hub's end of one member's queue: frames go in only with room for them, in frames
+/// (the channel's capacity) and in bytes (the budget's permits, one per byte).
+#[derive(Clone)]
+struct Inbox {
+    tx: mpsc::Sender<Queued>,
+    budget: Arc<Semaphore>,
+}
+
+/// A frame that found no room in a member's queue yet.
+struct NoRoom(Arc<str>);
+
+impl Inbox {
+    /// Permits for `frame`; a frame bigger than any budget can never fit.
+    fn cost(frame: &str) -> u32 {
+        u32::try_from(frame.len()).unwrap_or(u32::MAX)
+    }
+
+    /// Queues `frame` if there is room right now.
+    fn try_push(&self, frame: Arc<str>) -> Result<(), NoRoom> {
+        let Ok(bytes) = self
+            .budget
+            .clone()
+            .try_acquire_many_owned(Self::cost(&frame))
+        else {
+            return Err(NoRoom(frame));
+        };
+        match self.tx.try_send(Queued {
+            frame,
+            _bytes: bytes,
+        }) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(q)) => Err(NoRoom(q.frame)),
+            // The session ended: nobody will read it, nothing to wait for.
+            Err(mpsc::error::TrySendError::Closed(_)) => Ok(()),
+        }
+    }
+
+    /// Queues `frame` once there is room for it, in bytes and in frames.
+    async fn push(&self, frame: Arc<str>) {
+        let Ok(bytes) = self
+            .budget
+            .clone()
+            .acquire_many_owned(Self::cost(&frame))
+            .await
+        else {
+            return; // the budget is never closed
+        };
+        let _ = self
+            .tx
+            .send(Queued {
+                frame,
+                _bytes: bytes,
+            })
+            .await;
+    }
+}
+
+/// A member's queue, as its session reads it.
+pub struct Outbox {
+    rx: mpsc::Receiver<Queued>,
+}
+
+impl Outbox {
+    /// The next frame for the member; `None` once the hub let go of it (it was kicked).
+    /// Taking a frame out returns its bytes to the queue's budget.
+    pub async fn recv(&mut self) -> Option<Arc<str>> {
+        self.rx.recv().await.map(|q| q.frame)
+    }
+
+    /// The next frame if one is queued.
+    #[cfg(test)]
+    fn try_recv(&mut self) -> Result<Arc<str>, mpsc::error::TryRecvError> {
+        self.rx.try_recv().map(|q| q.frame)
+    }
 }
 
 /// Asks a live session to end (slow consumer, replaced by a newer session, removed).
@@ -134,7 +228,7 @@ impl Kick {
 /// A session's place in the hub, from [`Hub::enter`] to [`Membership::leave`] (or drop).
 pub struct Membership {
     /// Frames for this member, in order; the session writes them to its socket.
-    pub outbox: mpsc::Receiver<Arc<str>>,
+    pub outbox: Outbox,
     /// Set when the hub wants this session to end.
     pub kick: Arc<Kick>,
     presence: PresenceGuard,
@@ -224,7 +318,16 @@ impl Hub {
     /// `device_removed`.
     pub fn enter(self: &Arc<Self>, peer: Peer) -> (Membership, Vec<Peer>) {
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
-        let (tx, outbox) = mpsc::channel::<Arc<str>>(self.cfg.outbound_queue);
+        let (tx, rx) = mpsc::channel(self.cfg.outbound_queue.max(1));
+        let queue = Inbox {
+            tx,
+            budget: Arc::new(Semaphore::new(
+                self.cfg
+                    .outbound_bytes
+                    .clamp(MAX_FRAME_BYTES, Semaphore::MAX_PERMITS),
+            )),
+        };
+        let outbox = Outbox { rx };
         let kick = Arc::new(Kick::new());
         let device_id = peer.device_id.clone();
         let peers = {
@@ -262,7 +365,7 @@ impl Hub {
                 Member {
                     conn,
                     peer,
-                    tx,
+                    queue,
                     kick: kick.clone(),
                 },
             );
@@ -351,8 +454,8 @@ impl Hub {
                 },
             };
             for (id, m) in targets {
-                if let Err(mpsc::error::TrySendError::Full(f)) = m.tx.try_send(frame.clone()) {
-                    waiting.push((id.clone(), m.tx.clone(), m.kick.clone(), f));
+                if let Err(NoRoom(f)) = m.queue.try_push(frame.clone()) {
+                    waiting.push((id.clone(), m.queue.clone(), m.kick.clone(), f));
                 }
             }
         }
@@ -360,7 +463,7 @@ impl Hub {
         futures_util::future::join_all(
             waiting
                 .into_iter()
-                .map(|(id, tx, kick, f)| send_or_kick(id, tx, kick, f, grace)),
+                .map(|(id, queue, kick, f)| send_or_kick(id, queue, kick, f, grace)),
         )
         .await;
     }
@@ -369,10 +472,10 @@ impl Hub {
     /// waits: a full queue gets the frame from a short-lived task, or the member is dropped.
     fn fanout(&self, members: &HashMap<String, Member>, frame: &Arc<str>) {
         for (id, m) in members.iter() {
-            if let Err(mpsc::error::TrySendError::Full(f)) = m.tx.try_send(frame.clone()) {
+            if let Err(NoRoom(f)) = m.queue.try_push(frame.clone()) {
                 tokio::spawn(send_or_kick(
                     id.clone(),
-                    m.tx.clone(),
+                    m.queue.clone(),
                     m.kick.clone(),
                     f,
                     self.cfg.slow_grace,
@@ -385,12 +488,12 @@ impl Hub {
 /// Waits up to `grace` for room in a member's full queue; kicks the member if none comes.
 async fn send_or_kick(
     device_id: String,
-    tx: mpsc::Sender<Arc<str>>,
+    queue: Inbox,
     kick: Arc<Kick>,
     frame: Arc<str>,
     grace: Duration,
 ) {
-    if timeout(grace, tx.send(frame)).await.is_err() {
+    if timeout(grace, queue.push(frame)).await.is_err() {
         warn!(device_id = %device_id, "member cannot keep up (outbound queue full); dropping it");
         kick.kick("too slow: outbound queue stayed full");
     }
@@ -436,12 +539,57 @@ mod tests {
         let hub = Hub::new(HubConfig {
             outbound_queue: 1,
             slow_grace: Duration::from_millis(20),
+            ..HubConfig::default()
         });
         let (slow, _) = hub.enter(peer("slow"));
         let (_fast, _) = hub.enter(peer("fast")); // fills slow's queue with peer_joined
         hub.deliver(&peer("fast"), Some("slow"), serde_json::json!("hi"))
             .await;
         assert!(slow.kick.kicked().await.reason.starts_with("too slow"));
+    }
+
+    #[tokio::test]
+    async fn a_stalled_member_is_kicked_at_its_byte_cap_and_a_reading_member_is_not() {
+        let cfg = HubConfig {
+            slow_grace: Duration::from_millis(50),
+            ..HubConfig::default()
+        };
+        let cap = cfg.outbound_bytes;
+        let hub = Hub::new(cfg);
+        let (mut stalled, _) = hub.enter(peer("stalled"));
+        let (mut reader, _) = hub.enter(peer("reader"));
+        let sender = peer("sender");
+        let _sending = hub.enter(sender.clone());
+        let body = serde_json::json!("x".repeat(60 * 1024));
+        let sent = 4 * cap / (60 * 1024);
+        let reading = tokio::spawn(async move {
+            let mut messages = 0;
+            while messages < sent {
+                let frame = reader.outbox.recv().await.expect("the reader stays in");
+                if frame.contains("\"type\":\"message\"") {
+                    messages += 1;
+                }
+            }
+            reader
+        });
+        for _ in 0..sent {
+            hub.deliver(&sender, None, body.clone()).await;
+        }
+        let reader = reading.await.unwrap();
+        assert_eq!(reader.kick.reason(), None, "a reading member was kicked");
+        let why = stalled
+            .kick
+            .reason()
+            .expect("the stalled member was not kicked");
+        assert!(why.reason.starts_with("too slow"), "{why:?}");
+        let mut queued = 0;
+        while let Ok(frame) = stalled.outbox.try_recv() {
+            queued += frame.len();
+        }
+        assert!(
+            queued <= cap,
+            "{queued} bytes queued for a member capped at {cap}"
+        );
     }
 
     #[tokio::test]

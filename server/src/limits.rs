@@ -1,8 +1,10 @@
 //! Per-source limits of the host and the relay.
 //!
-//! - [`PerIpLimiter`]: live connections per source IP, for the host's mesh WebSocket and the
+//! - [`PerIpLimiter`]: live connections per source, for the host's mesh WebSocket and the
 //!   relay. A permit is taken when a socket is accepted and released when it is dropped, so
-//!   the count is always the number of live sockets from that address and cannot leak.
+//!   the count is always the number of live sockets from that source and cannot leak.
+//!   Sources are bucketed by [`rate_bucket`] (IPv6 by /64), like the failure limiter: one
+//!   IPv6 subscriber cannot multiply its cap by using more of its own addresses.
 //! - [`JoinRateLimiter`]: failed credential attempts (bad token, unknown device) per source
 //!   within a sliding window; past the limit a source's joins are refused `rate_limited`
 //!   until its old failures age out. Sources are bucketed by [`rate_bucket`] (IPv6 by /64).
@@ -13,22 +15,22 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// Counts live connections per source IP and refuses past `max`.
+/// Counts live connections per source ([`rate_bucket`]) and refuses past `max`.
 #[derive(Debug)]
 pub struct PerIpLimiter {
     max: usize,
-    counts: Mutex<HashMap<IpAddr, usize>>,
+    counts: Mutex<HashMap<String, usize>>,
 }
 
-/// One live connection from `ip`; released on drop.
+/// One live connection from a source; released on drop.
 #[derive(Debug)]
 pub struct IpPermit {
     limiter: Arc<PerIpLimiter>,
-    ip: IpAddr,
+    source: String,
 }
 
 impl PerIpLimiter {
-    /// A limiter allowing `max` concurrent connections per IP.
+    /// A limiter allowing `max` concurrent connections per source.
     pub fn new(max: usize) -> Arc<PerIpLimiter> {
         Arc::new(PerIpLimiter {
             max,
@@ -41,25 +43,24 @@ impl PerIpLimiter {
         self.max
     }
 
-    fn counts(&self) -> MutexGuard<'_, HashMap<IpAddr, usize>> {
+    fn counts(&self) -> MutexGuard<'_, HashMap<String, usize>> {
         // The map holds plain counters; a panic elsewhere cannot leave it inconsistent.
         self.counts.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Takes a slot for `ip`, or `None` when it already has `max` live connections.
+    /// Takes a slot for the source of `ip`, or `None` when that source already has `max`
+    /// live connections.
     pub fn try_acquire(self: &Arc<Self>, ip: IpAddr) -> Option<IpPermit> {
+        let source = rate_bucket(ip);
         let mut counts = self.counts();
-        let n = counts.entry(ip).or_insert(0);
-        if *n >= self.max {
-            if *n == 0 {
-                counts.remove(&ip);
-            }
+        let n = counts.get(&source).copied().unwrap_or(0);
+        if n >= self.max {
             return None;
         }
-        *n += 1;
+        counts.insert(source.clone(), n + 1);
         Some(IpPermit {
             limiter: self.clone(),
-            ip,
+            source,
         })
     }
 }
@@ -67,10 +68,10 @@ impl PerIpLimiter {
 impl Drop for IpPermit {
     fn drop(&mut self) {
         let mut counts = self.limiter.counts();
-        if let Some(n) = counts.get_mut(&self.ip) {
+        if let Some(n) = counts.get_mut(&self.source) {
             *n -= 1;
             if *n == 0 {
-                counts.remove(&self.ip);
+                counts.remove(&self.source);
             }
         }
     }
@@ -240,8 +241,34 @@ mod tests {
         assert!(l.try_acquire(ip).is_none());
         assert!(l.try_acquire(other).is_some(), "limits are per address");
         drop(a);
-        assert_eq!(l.counts().get(&ip), Some(&1));
+        assert_eq!(l.counts().get("127.0.0.1"), Some(&1));
         assert!(l.try_acquire(ip).is_some());
+    }
+
+    #[test]
+    fn one_ipv6_subscriber_shares_one_connection_cap() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let l = PerIpLimiter::new(2);
+        let _a = l.try_acquire(ip("2001:db8:0:1::7")).unwrap();
+        let _b = l.try_acquire(ip("2001:db8:0:1:ffff::9")).unwrap();
+        assert!(
+            l.try_acquire(ip("2001:db8:0:1::abcd")).is_none(),
+            "another address of the same /64 got past the cap"
+        );
+        assert!(
+            l.try_acquire(ip("2001:db8:0:2::7")).is_some(),
+            "a different /64 is a different source"
+        );
+        let _c = l.try_acquire(ip("192.0.2.7")).unwrap();
+        let _d = l.try_acquire(ip("192.0.2.7")).unwrap();
+        assert!(
+            l.try_acquire(ip("::ffff:192.0.2.7")).is_none(),
+            "mapped IPv4 is its IPv4"
+        );
+        assert!(
+            l.try_acquire(ip("192.0.2.8")).is_some(),
+            "IPv4 stays per address"
+        );
     }
 
     #[test]

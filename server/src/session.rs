@@ -33,7 +33,7 @@
 
 use crate::clock::now_secs;
 use crate::host_metrics::HostMetrics;
-use crate::hub::{Hub, Kick, Kicked, Membership};
+use crate::hub::{Hub, Kick, Kicked, Membership, Outbox};
 use crate::limits::{rate_bucket, JoinRateLimiter};
 use crate::secret::{constant_time_eq, random_b64, random_hex, sha256_hex};
 use crate::store::{self, NewDevice, RedeemError, Store};
@@ -47,7 +47,6 @@ use atmosphere_shared::wire::{
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
 use tokio::time::{timeout, Instant};
 use tracing::{debug, info, warn};
 
@@ -583,7 +582,7 @@ impl Sessions {
         &self,
         sock: &mut FrameSocket,
         me: &Peer,
-        outbox: &mut mpsc::Receiver<Arc<str>>,
+        outbox: &mut Outbox,
         kick: &Kick,
     ) -> String {
         let mut ping = tokio::time::interval(self.cfg.ping_interval);

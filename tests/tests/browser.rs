@@ -360,6 +360,20 @@ async fn reload_rejoins_with_stored_credential_without_a_second_device() {
         .wait_text("#headline", UI, |t| t == "Connected via local")
         .await;
     phone.screenshot("1-first-join").await;
+    // The invite token leaves the address bar (and this history entry) once joined.
+    let address = phone
+        .js("return [location.pathname, location.hash, location.search, location.href]")
+        .await;
+    assert_eq!(address[0], "/join", "{address}");
+    assert_eq!(
+        address[1], "",
+        "the token is still in the address bar: {address}"
+    );
+    assert_eq!(address[2], "", "{address}");
+    assert!(
+        !address[3].as_str().unwrap().contains(&inv.token),
+        "{address}"
+    );
     let first = devices(&host).await;
     assert_eq!(first.len(), 1, "{first:?}");
     let stored = phone.js("return Object.keys(localStorage).filter(k => k.startsWith('atmosphere.device.')).length").await;
@@ -374,6 +388,7 @@ async fn reload_rejoins_with_stored_credential_without_a_second_device() {
         .wait_text("#headline", UI, |t| t == "Connected via local")
         .await;
     phone.screenshot("2-after-reload").await;
+    assert_eq!(phone.js("return location.hash").await, "");
     let after = devices(&host).await;
     assert_eq!(
         after.len(),

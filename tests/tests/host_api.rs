@@ -318,6 +318,80 @@ async fn admin_link_sets_a_strict_cookie_and_drops_the_secret_from_the_url() {
     assert!(r.headers().get(header::SET_COOKIE).is_none());
 }
 
+/// The cookie `?admin=SECRET` sets (`name=value`) and the whole `Set-Cookie` header.
+async fn admin_cookie(c: &reqwest::Client, host: &Host) -> (String, String) {
+    let r = c
+        .get(format!("{}/?admin={}", host.base(), host.admin_secret()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    let set_cookie = r.headers()[header::SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let cookie = set_cookie.split(';').next().unwrap().to_string();
+    (cookie, set_cookie)
+}
+
+/// The status of `GET /api/mesh` with `cookie`.
+async fn with_cookie(c: &reqwest::Client, host: &Host, cookie: &str) -> u16 {
+    c.get(format!("{}/api/mesh", host.base()))
+        .header(header::COOKIE, cookie)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn the_admin_cookie_is_a_session_derived_from_the_secret_and_dies_with_it() {
+    let host = Host::start().await;
+    let c = client();
+    let secret = host.admin_secret();
+    let (cookie, set_cookie) = admin_cookie(&c, &host).await;
+    let value = cookie.split_once('=').unwrap().1.to_string();
+    assert_ne!(value, secret);
+    assert!(
+        !set_cookie.contains(&secret),
+        "the secret is in {set_cookie}"
+    );
+    for attr in ["HttpOnly", "SameSite=Strict", "Path=/", "Max-Age=604800"] {
+        assert!(set_cookie.contains(attr), "{attr} missing: {set_cookie}");
+    }
+    assert_eq!(with_cookie(&c, &host, &cookie).await, 200);
+    let (again, _) = admin_cookie(&c, &host).await;
+    assert_ne!(again, cookie, "every login is a session of its own");
+    assert_eq!(with_cookie(&c, &host, &again).await, 200);
+
+    // A tampered cookie (one character of it changed) is refused …
+    let mut tampered = cookie.clone().into_bytes();
+    let last = tampered.len() - 1;
+    tampered[last] = if tampered[last] == b'A' { b'B' } else { b'A' };
+    let tampered = String::from_utf8(tampered).unwrap();
+    assert_eq!(with_cookie(&c, &host, &tampered).await, 401);
+    // … and so is the raw secret, which used to be the cookie.
+    assert_eq!(
+        with_cookie(&c, &host, &format!("atmosphere_admin={secret}")).await,
+        401
+    );
+
+    // A cookie of another host (another secret) is refused.
+    let other = Host::start().await;
+    let (foreign, _) = admin_cookie(&c, &other).await;
+    assert_eq!(with_cookie(&c, &other, &foreign).await, 200);
+    assert_eq!(with_cookie(&c, &host, &foreign).await, 401);
+
+    // Rotating the secret (delete the file, restart) ends every session.
+    std::fs::remove_file(host.data_dir.join("admin_secret")).unwrap();
+    let host = host.restart().await;
+    assert_ne!(host.admin_secret(), secret);
+    assert_eq!(with_cookie(&c, &host, &cookie).await, 401);
+    let (fresh, _) = admin_cookie(&c, &host).await;
+    assert_eq!(with_cookie(&c, &host, &fresh).await, 200);
+}
+
 #[tokio::test]
 async fn revocation_health_metrics_and_routing() {
     let host = Host::start().await;

@@ -1,7 +1,10 @@
 //! The Join view (`/join#…`, usually on a phone that scanned the host's QR code): decode
 //! the invite with the shared codec, race its endpoints with the shared policy (through
 //! [`crate::ws`]), show each path's progress live, remember the device credential, then
-//! show the mesh (members, their paths, a small message box).
+//! show the mesh (members, their paths, a small message box). Once joined, the invite link
+//! leaves the address bar (`history.replaceState` to the bare `/join`): the token must not
+//! show in a screenshot or a shared address. A reload finds the link in the tab's
+//! `sessionStorage` ([`crate::storage::tab_link`]) and rejoins with the stored credential.
 
 use crate::storage;
 use crate::ws::{Connector, ShellEvent};
@@ -309,6 +312,7 @@ fn on_event(
                     .collect();
                 storage::save(cred);
             }
+            drop_link_from_address_bar();
             ctx.members.set(joined.peers);
             ctx.phase.set(Phase::Connected {
                 path,
@@ -399,12 +403,29 @@ fn push_line(ctx: Ctx, line: Line) {
     });
 }
 
+/// Whether the address carries parameters (an invite's fragment or query).
+fn address_has_link(loc: &web_sys::Location) -> bool {
+    !loc.hash().unwrap_or_default().is_empty() || !loc.search().unwrap_or_default().is_empty()
+}
+
 fn current_link() -> Option<String> {
     let loc = web_sys::window()?.location();
     let href = loc.href().ok()?;
-    let has_params =
-        !loc.hash().unwrap_or_default().is_empty() || !loc.search().unwrap_or_default().is_empty();
-    has_params.then_some(href)
+    address_has_link(&loc).then_some(href)
+}
+
+/// Replaces the address (and this history entry) with the bare path, dropping the invite's
+/// fragment and its token.
+fn drop_link_from_address_bar() {
+    let Some(w) = web_sys::window() else { return };
+    let loc = w.location();
+    if !address_has_link(&loc) {
+        return;
+    }
+    let (Ok(path), Ok(history)) = (loc.pathname(), w.history()) else {
+        return;
+    };
+    let _ = history.replace_state_with_url(&wasm_bindgen::JsValue::NULL, "", Some(&path));
 }
 
 /// The Join view.
@@ -418,7 +439,11 @@ pub fn JoinPage() -> impl IntoView {
         lines: RwSignal::new(Vec::new()),
         connector: StoredValue::new_local(None),
     };
-    if let Some(link) = current_link() {
+    let address = current_link();
+    if let Some(link) = &address {
+        storage::remember_tab_link(link);
+    }
+    if let Some(link) = address.or_else(storage::tab_link) {
         match Invite::parse(&link) {
             Ok(inv) => begin(ctx, inv, true),
             Err(e) => ctx.phase.set(Phase::BadLink(e.to_string())),
@@ -437,6 +462,7 @@ pub fn JoinPage() -> impl IntoView {
         match Invite::parse(text) {
             Ok(inv) => {
                 paste_error.set(None);
+                storage::remember_tab_link(text);
                 begin(ctx, inv, true);
             }
             Err(e) => paste_error.set(Some(format!("That is not an invite link: {e}"))),

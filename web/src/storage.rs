@@ -9,10 +9,17 @@
 //! same host and reuses the credential. If the host no longer knows the device
 //! (`unknown_device`), the record is dropped and the page joins with the invite's token
 //! instead.
+//!
+//! The tab's invite link lives in `sessionStorage` ([`remember_tab_link`]): once joined, the
+//! page drops the link (and its token) from the address bar, so a screenshot or a shared
+//! address does not carry the token, and a reload of the bare `/join` finds the invite
+//! here and rejoins with the stored credential. It lasts as long as the tab.
 
 use atmosphere_shared::credential::DeviceCredential;
 
 const PREFIX: &str = "atmosphere.device.";
+/// The `sessionStorage` key of the tab's invite link.
+const TAB_LINK: &str = "atmosphere.join.link";
 /// Stored records larger than this are ignored (a tampered or corrupt entry).
 const MAX_RECORD_BYTES: usize = 8 * 1024;
 
@@ -62,4 +69,20 @@ pub fn forget(mesh_id: &str) {
     if let Some(s) = storage() {
         let _ = s.remove_item(&format!("{PREFIX}{mesh_id}"));
     }
+}
+
+fn tab_storage() -> Option<web_sys::Storage> {
+    web_sys::window()?.session_storage().ok().flatten()
+}
+
+/// Remembers the invite link this tab joins with, for a reload after the address bar lost it.
+pub fn remember_tab_link(link: &str) {
+    if let Some(s) = tab_storage() {
+        let _ = s.set_item(TAB_LINK, link);
+    }
+}
+
+/// The invite link this tab last joined with, if any.
+pub fn tab_link() -> Option<String> {
+    tab_storage()?.get_item(TAB_LINK).ok().flatten()
 }

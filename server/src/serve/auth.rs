@@ -2,11 +2,20 @@
 //!
 //! On first start the host writes a random secret to `<data-dir>/admin_secret` (mode 0600)
 //! and prints an admin link `http://127.0.0.1:PORT/?admin=SECRET`. Admin APIs accept either
-//! `Authorization: Bearer SECRET` (the CLI) or the cookie set when the UI is opened through
-//! the admin link (`HttpOnly; SameSite=Strict`, so other sites cannot ride on it). The host
-//! sends no CORS headers at all, so scripts on other origins cannot read any API answer.
+//! `Authorization: Bearer SECRET` (the CLI) or the session cookie set when the UI is opened
+//! through the admin link (`HttpOnly; SameSite=Strict`, so other sites cannot ride on it).
+//! The host sends no CORS headers at all, so scripts on other origins cannot read any API
+//! answer.
+//!
+//! The cookie is never the secret itself: cookies are shared by every port of a host name,
+//! so another program on the same machine could read a cookie it was sent. It is a session
+//! value `v1.ISSUED.ID.MAC`: the Unix time it was issued, 16 random bytes, and
+//! HMAC-SHA256, keyed with the admin secret, of [`SESSION_LABEL`], the time and the id. The
+//! host keeps no session table: it recomputes the MAC. A session lasts [`SESSION_MAX_AGE`];
+//! a new admin secret (delete the file, restart) ends every session at once.
 
 use super::AppState;
+use crate::clock::now_secs;
 use crate::data_dir;
 use crate::secret::{constant_time_eq, random_b64};
 use anyhow::Context;
@@ -14,10 +23,65 @@ use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
 use std::path::Path;
 
 /// Name of the admin cookie.
 pub const COOKIE: &str = "atmosphere_admin";
+
+/// What an admin session MAC covers before the issue time and id, so a MAC made with the
+/// admin secret for any other purpose can never pass as a session.
+pub const SESSION_LABEL: &str = "atmosphere-admin-session-v1";
+
+/// How long an admin session cookie is valid (seconds): one week.
+pub const SESSION_MAX_AGE: i64 = 7 * 24 * 60 * 60;
+
+/// How far in the future an issue time may lie (the clock stepped back since).
+const SESSION_CLOCK_SKEW: i64 = 5 * 60;
+
+/// The MAC of session `id` issued at `issued`, keyed with the admin secret.
+fn session_mac(secret: &str, issued: i64, id: &str) -> Option<Hmac<Sha256>> {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).ok()?;
+    mac.update(format!("{SESSION_LABEL}.{issued}.{id}").as_bytes());
+    Some(mac)
+}
+
+/// A fresh admin session cookie value, issued at `now` (Unix seconds).
+fn new_session(secret: &str, now: i64) -> Option<String> {
+    let id = random_b64(16);
+    let mac = session_mac(secret, now, &id)?.finalize().into_bytes();
+    Some(format!(
+        "v1.{now}.{id}.{}",
+        data_encoding::BASE64URL_NOPAD.encode(&mac)
+    ))
+}
+
+/// Whether `value` is a session this admin secret issued that has not expired at `now`.
+fn session_is_valid(secret: &str, value: &str, now: i64) -> bool {
+    let mut parts = value.split('.');
+    let (Some("v1"), Some(issued), Some(id), Some(tag), None) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
+        return false;
+    };
+    let Ok(issued) = issued.parse::<i64>() else {
+        return false;
+    };
+    if issued > now.saturating_add(SESSION_CLOCK_SKEW)
+        || now.saturating_sub(issued) >= SESSION_MAX_AGE
+    {
+        return false;
+    }
+    let Ok(tag) = data_encoding::BASE64URL_NOPAD.decode(tag.as_bytes()) else {
+        return false;
+    };
+    session_mac(secret, issued, id).is_some_and(|mac| mac.verify_slice(&tag).is_ok())
+}
 
 /// Reads `<dir>/admin_secret` (`dir` is the data dir), creating it (0600) with 256 random
 /// bits if missing or empty.
@@ -59,8 +123,8 @@ pub fn is_admin(secret: &str, headers: &HeaderMap, method: &Method) -> Result<()
     let Some(cookie) = cookie_value(headers, COOKIE) else {
         return Err("admin authentication required: open the admin link the host printed, or send Authorization: Bearer <data-dir/admin_secret>");
     };
-    if !constant_time_eq(cookie.as_bytes(), secret.as_bytes()) {
-        return Err("the admin cookie is stale (the secret changed); open the admin link again");
+    if !session_is_valid(secret, cookie, now_secs()) {
+        return Err("the admin session is not valid (expired, or the admin secret changed); open the admin link again");
     }
     // Defence in depth against cross-site requests that still carry the cookie (older
     // browsers without SameSite): an unsafe method must come from our own origin.
@@ -131,10 +195,13 @@ pub fn admin_login(st: &AppState, path: &str, query: Option<&str>) -> Option<Res
                 .finish(),
         );
     }
-    let cookie = format!(
-        "{COOKIE}={}; Path=/; HttpOnly; SameSite=Strict; Max-Age=31536000",
-        st.admin_secret
-    );
+    let Some(session) = new_session(&st.admin_secret, now_secs()) else {
+        return Some(unauthorized(
+            "cannot make an admin session from this admin secret",
+        ));
+    };
+    let cookie =
+        format!("{COOKIE}={session}; Path=/; HttpOnly; SameSite=Strict; Max-Age={SESSION_MAX_AGE}");
     Some(
         (
             StatusCode::SEE_OTHER,
@@ -173,9 +240,10 @@ mod tests {
         );
         assert!(is_admin("s3", &h, &Method::POST).is_err());
         let mut h = HeaderMap::new();
+        let session = new_session("s3", now_secs()).unwrap();
         h.insert(
             header::COOKIE,
-            HeaderValue::from_static("a=b; atmosphere_admin=s3"),
+            HeaderValue::from_str(&format!("a=b; atmosphere_admin={session}")).unwrap(),
         );
         h.insert(header::HOST, HeaderValue::from_static("127.0.0.1:11451"));
         assert!(is_admin("s3", &h, &Method::POST).is_ok());
@@ -190,5 +258,38 @@ mod tests {
         );
         assert!(is_admin("s3", &h, &Method::POST).is_err());
         assert!(is_admin("s3", &h, &Method::GET).is_ok());
+    }
+
+    #[test]
+    fn sessions_expire_and_belong_to_one_secret() {
+        let t = 1_800_000_000;
+        let v = new_session("s3", t).unwrap();
+        assert!(session_is_valid("s3", &v, t));
+        assert!(session_is_valid("s3", &v, t + SESSION_MAX_AGE - 1));
+        assert!(!session_is_valid("s3", &v, t + SESSION_MAX_AGE), "expired");
+        assert!(
+            !session_is_valid("s3", &v, t - SESSION_CLOCK_SKEW - 1),
+            "from the future"
+        );
+        assert!(!session_is_valid("other", &v, t), "another secret");
+        let (head, _) = v.rsplit_once('.').unwrap();
+        let forged = format!("{head}.{}", data_encoding::BASE64URL_NOPAD.encode(&[0; 32]));
+        assert!(!session_is_valid("s3", &forged, t));
+        let later = v.replacen(&format!(".{t}."), &format!(".{}.", t + 100), 1);
+        assert!(
+            !session_is_valid("s3", &later, t + 100),
+            "the issue time is covered"
+        );
+        for junk in [
+            "",
+            "s3",
+            "v1",
+            "v1...",
+            "v2.1.a.b",
+            "v1.x.a.b",
+            &format!("{v}.x"),
+        ] {
+            assert!(!session_is_valid("s3", junk, t), "{junk:?}");
+        }
     }
 }
