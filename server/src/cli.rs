@@ -51,12 +51,17 @@ impl Cli {
     }
 }
 
-/// Logs go to stderr, filtered by `RUST_LOG` (default `info`).
+/// Logs go to stderr, filtered by `RUST_LOG` (default `info`), coloured only when stderr is
+/// a terminal: a log file or journal gets plain text, so the only escape sequences a reader
+/// could meet there would be forged ones (and text other people chose is logged through
+/// [`crate::printable`], which shows them escaped).
 pub fn init_tracing() {
+    use std::io::IsTerminal as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .try_init();
 }

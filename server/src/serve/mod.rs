@@ -20,6 +20,7 @@ use crate::discovery::{Discovery, DiscoveryConfig};
 use crate::host_metrics::HostMetrics;
 use crate::hub::{Hub, HubConfig};
 use crate::limits::PerIpLimiter;
+use crate::printable::printable;
 use crate::session::{SessionConfig, Sessions, Source};
 use crate::store::{self, Store};
 use crate::ws::FrameSocket;
@@ -340,7 +341,7 @@ async fn run_inner(args: Args) -> Result<(), Fail> {
     }));
     let app = router(state);
 
-    info!(mesh_id = %mesh_id, mesh_name = %mesh.name, addr = %format!("{}:{port}", args.bind),
+    info!(mesh_id = %mesh_id, mesh_name = %printable(&mesh.name), addr = %format!("{}:{port}", args.bind),
         data_dir = %dir.display(), stun = %if stun_servers.is_empty() { "disabled".to_string() } else { stun_servers.join(",") },
         relay = args.relay_url.as_deref().unwrap_or("none"), "atmosphere host listening");
     let link_ip = if args.bind.is_unspecified() || args.bind.is_loopback() {
