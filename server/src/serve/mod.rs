@@ -110,25 +110,29 @@ pub struct Args {
     )]
     pub max_conns_per_ip: usize,
 
-    /// Milliseconds a member has to send its join frame (testing knob).
-    #[arg(long, hide = true, env = "ATMOSPHERE_HANDSHAKE_TIMEOUT_MS", default_value_t = atmosphere_shared::wire::HANDSHAKE_TIMEOUT_MS)]
+    /// Milliseconds a member has to send its join frame (testing knob; at most a day).
+    #[arg(long, hide = true, env = "ATMOSPHERE_HANDSHAKE_TIMEOUT_MS", default_value_t = atmosphere_shared::wire::HANDSHAKE_TIMEOUT_MS,
+          value_parser = clap::value_parser!(u64).range(..=crate::cli::MAX_TIMEOUT_MS))]
     pub handshake_timeout_ms: u64,
 
-    /// Milliseconds without any frame after which a session is closed (testing knob).
+    /// Milliseconds without any frame after which a session is closed (testing knob; at
+    /// most a day).
     #[arg(
         long,
         hide = true,
         env = "ATMOSPHERE_IDLE_TIMEOUT_MS",
-        default_value_t = 60_000
+        default_value_t = 60_000,
+        value_parser = clap::value_parser!(u64).range(..=crate::cli::MAX_TIMEOUT_MS)
     )]
     pub idle_timeout_ms: u64,
 
-    /// Milliseconds between keepalive pings (testing knob).
+    /// Milliseconds between keepalive pings (testing knob; at most a day).
     #[arg(
         long,
         hide = true,
         env = "ATMOSPHERE_PING_INTERVAL_MS",
-        default_value_t = 20_000
+        default_value_t = 20_000,
+        value_parser = clap::value_parser!(u64).range(..=crate::cli::MAX_TIMEOUT_MS)
     )]
     pub ping_interval_ms: u64,
 
