@@ -12,7 +12,8 @@
 //! - [`limits`]: per-source limits: live connections per IP (host and relay) and the join
 //!   rate limit on failed credentials;
 //! - [`store`]: SQLite persistence (mesh identity, invites, devices);
-//! - [`data_dir`]: where the data dir is, its file names, private (0700/0600) files;
+//! - [`data_dir`]: where the data dir is, its file names, private (0700/0600) files, the
+//!   check that an existing one is the user's alone;
 //! - [`secret`]: random ids and secrets, SHA-256 of secrets, constant-time comparison;
 //! - [`clock`]: Unix seconds and RFC 3339 text;
 //! - [`printable`]: text other people chose (names, messages, reasons), escaped for

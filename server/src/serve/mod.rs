@@ -247,6 +247,7 @@ async fn run_inner(args: Args) -> Result<(), Fail> {
     data_dir::create_private_dir(&dir)
         .with_context(|| format!("cannot create the data dir {}", dir.display()))
         .map_err(cfg)?;
+    data_dir::check_private(&dir).map_err(|e| cfg(e.into()))?;
     let admin_secret = auth::load_or_create_secret(&dir).map_err(cfg)?;
     let store = Store::open(&data_dir::database_path(&dir)).map_err(cfg)?;
     let mesh_name = args.mesh_name.clone();
