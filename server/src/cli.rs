@@ -51,12 +51,36 @@ impl Cli {
     }
 }
 
-/// Logs go to stderr, filtered by `RUST_LOG` (default `info`).
+/// The longest any timeout or interval setting (`serve`'s `--*-timeout-ms` and
+/// `--ping-interval-ms`, `relay`'s `--*-timeout`) may be: a day. Longer would mean "never",
+/// which no deadline should, and a value near the top of `Duration` would overflow the
+/// deadline's `Instant` arithmetic; larger values are refused when the command line is read
+/// (exit 2, naming the flag).
+pub const MAX_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(24 * 60 * 60);
+
+/// [`MAX_TIMEOUT`] in milliseconds, for the settings given in milliseconds.
+pub const MAX_TIMEOUT_MS: u64 = MAX_TIMEOUT.as_secs() * 1000;
+
+/// Parses a human duration (`5s`, `2m`, `1day`) of at most [`MAX_TIMEOUT`].
+pub fn parse_timeout(s: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d > MAX_TIMEOUT {
+        return Err("must be at most 1day (24h)".into());
+    }
+    Ok(d)
+}
+
+/// Logs go to stderr, filtered by `RUST_LOG` (default `info`), coloured only when stderr is
+/// a terminal: a log file or journal gets plain text, so the only escape sequences a reader
+/// could meet there would be forged ones (and text other people chose is logged through
+/// [`crate::printable`], which shows them escaped).
 pub fn init_tracing() {
+    use std::io::IsTerminal as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .try_init();
 }

@@ -9,6 +9,9 @@
 //!   ([`crate::serve::auth`]; `atmosphere token` reads it too).
 //!
 //! Both are secrets, so the directory is created 0700 and files in it are written 0600.
+//! An existing directory is not trusted blindly: [`check_private`] refuses one (or such a
+//! file in it) that another user owns or that its group or others can write to, since
+//! whoever can write there can replace the admin secret or the mesh key.
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -43,6 +46,84 @@ pub fn database_path(data_dir: &Path) -> PathBuf {
 /// `<data_dir>/admin_secret`.
 pub fn admin_secret_path(data_dir: &Path) -> PathBuf {
     data_dir.join(ADMIN_SECRET_FILE)
+}
+
+/// Why the data dir, or a secret file in it, cannot be trusted (Unix only).
+#[derive(Debug, thiserror::Error)]
+pub enum NotPrivate {
+    /// Its group or others may write to it.
+    #[error(
+        "{path} can be written by other users (mode {mode:o}): whoever can write there can \
+         replace the admin secret or the mesh key; run `chmod {fix:o} {path}`",
+        path = .path.display()
+    )]
+    Writable {
+        path: PathBuf,
+        mode: u32,
+        /// The mode to give it: 700 for the directory, 600 for a file.
+        fix: u32,
+    },
+    /// Another user owns it.
+    #[error(
+        "{path} belongs to user id {owner}, not to the user running the host ({me}): run the \
+         host as its owner, or give it to this user (`chown`) and `chmod {fix:o} {path}`",
+        path = .path.display()
+    )]
+    Foreign {
+        path: PathBuf,
+        owner: u32,
+        me: u32,
+        fix: u32,
+    },
+    /// Its metadata could not be read.
+    #[error("cannot check {path}: {source}", path = .path.display())]
+    Unreadable { path: PathBuf, source: io::Error },
+}
+
+/// Refuses a data dir that is not the running user's alone: the directory, and the admin
+/// secret and database if they exist, must be owned by the effective user and not be
+/// writable by group or others. On non-Unix platforms there is nothing to check.
+pub fn check_private(data_dir: &Path) -> Result<(), NotPrivate> {
+    check_one(data_dir, 0o700)?;
+    for file in [admin_secret_path(data_dir), database_path(data_dir)] {
+        if file.exists() {
+            check_one(&file, 0o600)?;
+        }
+    }
+    Ok(())
+}
+
+/// One path of [`check_private`]; `fix` is the mode the error suggests.
+#[cfg(unix)]
+fn check_one(path: &Path, fix: u32) -> Result<(), NotPrivate> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).map_err(|source| NotPrivate::Unreadable {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != me {
+        return Err(NotPrivate::Foreign {
+            path: path.to_path_buf(),
+            owner: meta.uid(),
+            me,
+            fix,
+        });
+    }
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        return Err(NotPrivate::Writable {
+            path: path.to_path_buf(),
+            mode,
+            fix,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn check_one(_path: &Path, _fix: u32) -> Result<(), NotPrivate> {
+    Ok(())
 }
 
 /// Creates `dir` (and missing parents) readable by the user only (0700 on Unix). An
@@ -137,6 +218,45 @@ mod tests {
             assert_eq!(mode(&dir), 0o700);
         }
         let _ = std::fs::remove_dir_all(dir.parent().unwrap());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_data_dir_or_secret_others_can_write_is_not_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let chmod = |p: &Path, m: u32| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+        };
+        let dir = temp_dir();
+        create_private_dir(&dir).unwrap();
+        write_private_file(&admin_secret_path(&dir), b"s\n").unwrap();
+        check_private(&dir).unwrap();
+
+        chmod(&dir, 0o770);
+        let e = check_private(&dir).unwrap_err();
+        assert!(matches!(e, NotPrivate::Writable { fix: 0o700, .. }), "{e}");
+        assert!(
+            e.to_string()
+                .contains(&format!("chmod 700 {}", dir.display())),
+            "{e}"
+        );
+        chmod(&dir, 0o755);
+        check_private(&dir).unwrap();
+
+        chmod(&admin_secret_path(&dir), 0o602);
+        let e = check_private(&dir).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                NotPrivate::Writable {
+                    mode: 0o602,
+                    fix: 0o600,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

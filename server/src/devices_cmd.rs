@@ -10,6 +10,7 @@
 //! 2 usage.
 
 use crate::admin_client::{parse_answer, AdminClient, AdminError, HostArgs};
+use crate::printable::printable;
 use atmosphere_shared::api::{DeviceList, DeviceRemoved};
 use std::process::ExitCode;
 
@@ -154,9 +155,4 @@ fn table(list: &DeviceList) -> String {
         );
     }
     s
-}
-
-/// A member-supplied name for the terminal: control characters shown escaped.
-fn printable(s: &str) -> String {
-    s.chars().flat_map(char::escape_debug).collect::<String>()
 }

@@ -12,9 +12,12 @@
 //! - [`limits`]: per-source limits: live connections per IP (host and relay) and the join
 //!   rate limit on failed credentials;
 //! - [`store`]: SQLite persistence (mesh identity, invites, devices);
-//! - [`data_dir`]: where the data dir is, its file names, private (0700/0600) files;
+//! - [`data_dir`]: where the data dir is, its file names, private (0700/0600) files, the
+//!   check that an existing one is the user's alone;
 //! - [`secret`]: random ids and secrets, SHA-256 of secrets, constant-time comparison;
 //! - [`clock`]: Unix seconds and RFC 3339 text;
+//! - [`printable`]: text other people chose (names, messages, reasons), escaped for
+//!   terminals and log lines;
 //! - [`discovery`]: background network discovery (local IPs, STUN, NAT/CGNAT flags);
 //! - [`relay`]: the relay server (`atmosphere relay`); the host's link to it is
 //!   [`serve::relay_link`];
@@ -45,6 +48,7 @@ pub mod inspect;
 pub mod join;
 pub mod limits;
 pub mod netcheck;
+pub mod printable;
 pub mod relay;
 pub mod secret;
 pub mod serve;

@@ -35,6 +35,7 @@ use crate::clock::now_secs;
 use crate::host_metrics::HostMetrics;
 use crate::hub::{Hub, Kick, Kicked, Membership, Outbox};
 use crate::limits::{rate_bucket, JoinRateLimiter};
+use crate::printable::printable;
 use crate::secret::{constant_time_eq, random_b64, random_hex, sha256_hex};
 use crate::store::{self, NewDevice, RedeemError, Store};
 use crate::ws::{close_code, Frame, FrameSocket, RecvError};
@@ -278,10 +279,10 @@ impl Sessions {
                 .join_limiter
                 .record_failure(&source.rate_key, Instant::now());
         if r.code == ErrorCode::RateLimited || blocked_now {
-            warn!(addr = %source.addr, code = %r.code, reason = %r.message,
+            warn!(addr = %source.addr, code = %r.code, reason = %printable(&r.message),
                 "join refused; source is rate limited after repeated failed credentials");
         } else {
-            info!(addr = %source.addr, code = %r.code, reason = %r.message, "join refused");
+            info!(addr = %source.addr, code = %r.code, reason = %printable(&r.message), "join refused");
         }
         self.metrics.refusal(r.code);
         let frame = ServerMsg::Error {
@@ -495,7 +496,7 @@ impl Sessions {
         let me = &a.peer;
         let (membership, peers) = self.hub.enter(me.clone());
         self.metrics.joined(me.path);
-        info!(device_id = %me.device_id, name = %me.name, platform = %me.platform, path = %me.path,
+        info!(device_id = %me.device_id, name = %printable(&me.name), platform = %printable(&me.platform), path = %me.path,
             addr = %source.addr, new_device = a.device_key.is_some(), "member joined");
         if let Some(inv) = &a.invite_id {
             self.hub.emit(MeshEvent::InviteUsed {
@@ -562,8 +563,8 @@ impl Sessions {
         {
             warn!(error = %e, "could not record last_seen");
         }
-        info!(device_id = %me.device_id, name = %me.name, path = %me.path, addr = %source.addr,
-            reason = %reason, "member left");
+        info!(device_id = %me.device_id, name = %printable(&me.name), path = %me.path, addr = %source.addr,
+            reason = %printable(&reason), "member left");
         if was_current {
             self.hub.emit(MeshEvent::DeviceLeft {
                 device_id: me.device_id.clone(),

@@ -123,9 +123,25 @@ impl JoinEvent {
         })
     }
 
-    /// The event as one line of JSON (no newline), `event` first.
+    /// The event as one line of JSON (no newline), `event` first, with no raw control
+    /// character in it: the strings carry other members' text, and the line may well be read
+    /// on a terminal. serde_json escapes C0 controls itself but writes DEL and the C1
+    /// controls (U+0080–U+009F, which some terminals act on like `ESC`) as they are; they
+    /// can only occur inside JSON strings, where a `\uXXXX` escape means the same character.
     pub fn to_line(&self) -> String {
-        serde_json::to_string(self).expect("JoinEvent always serialises")
+        let line = serde_json::to_string(self).expect("JoinEvent always serialises");
+        if !line.chars().any(char::is_control) {
+            return line;
+        }
+        let mut out = String::with_capacity(line.len() + 12);
+        for c in line.chars() {
+            if c.is_control() {
+                out.push_str(&format!("\\u{:04x}", u32::from(c)));
+            } else {
+                out.push(c);
+            }
+        }
+        out
     }
 }
 
@@ -201,6 +217,19 @@ mod tests {
     use super::*;
     use crate::racing::FailReason;
     use serde_json::json;
+
+    #[test]
+    fn lines_carry_no_raw_control_character_and_decode_to_the_text_sent() {
+        let body = "a\u{1b}[2J\u{7}\u{7f}\u{85}\u{9b}31m\n";
+        let line = JoinEvent::Message {
+            from: "d1".into(),
+            body: json!(body),
+        }
+        .to_line();
+        assert!(!line.chars().any(char::is_control), "{line:?}");
+        let back: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(back["body"], body);
+    }
 
     fn peer() -> Peer {
         Peer {

@@ -180,6 +180,12 @@ impl Host {
         env: Vec<(String, String)>,
     ) -> Host {
         std::fs::create_dir_all(&data_dir).unwrap();
+        // Private whatever the umask: the host refuses a data dir others can write to.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        }
         let port_s = port.to_string();
         let dd = data_dir.to_str().unwrap().to_string();
         let mut args: Vec<&str> = vec![

@@ -104,3 +104,88 @@ async fn mesh_name_flag_names_the_mesh() {
     let (_m, j) = Member::join_token(&host.ws_url(), &inv.token, "x").await;
     assert_eq!(j["mesh_name"], "Cabin");
 }
+
+/// Runs `atmosphere serve` on `data_dir`, which must refuse to start: its exit code (`None`
+/// if it was still running after 20 s) and output.
+#[cfg(unix)]
+fn serve_refused(data_dir: &std::path::Path) -> (Option<i32>, String) {
+    let log = data_dir.with_extension("refused.log");
+    let mut p = atmosphere_tests::Proc::spawn(
+        &[
+            "serve",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            &atmosphere_tests::free_port().to_string(),
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+        ],
+        &[],
+        log,
+    );
+    let t0 = std::time::Instant::now();
+    let code = loop {
+        if let Some(s) = p.child.try_wait().unwrap() {
+            break s.code();
+        }
+        if t0.elapsed() > std::time::Duration::from_secs(20) {
+            p.kill();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    (code, p.output())
+}
+
+#[cfg(unix)]
+fn chmod(path: &std::path::Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// The data dir holds the mesh's private key and the admin secret: a host refuses to start
+/// on one that other users can write to (or on such a secret or database file), naming the
+/// path and the fix, and starts once it is private again.
+#[cfg(unix)]
+#[tokio::test]
+async fn a_data_dir_others_can_write_is_refused_until_it_is_private() {
+    let host = Host::start().await;
+    let dir = host.data_dir.clone();
+    let mut host = host;
+    host.proc.kill();
+
+    chmod(&dir, 0o777);
+    let (code, text) = serve_refused(&dir);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains(&dir.display().to_string()), "{text}");
+    assert!(
+        text.contains(&format!("chmod 700 {}", dir.display())),
+        "{text}"
+    );
+
+    chmod(&dir, 0o700);
+    let secret = dir.join("admin_secret");
+    chmod(&secret, 0o666);
+    let (code, text) = serve_refused(&dir);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(
+        text.contains(&format!("chmod 600 {}", secret.display())),
+        "{text}"
+    );
+
+    chmod(&secret, 0o600);
+    let db = dir.join("atmosphere.db");
+    chmod(&db, 0o620);
+    let (code, text) = serve_refused(&dir);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(
+        text.contains(&format!("chmod 600 {}", db.display())),
+        "{text}"
+    );
+
+    // Private again: the same host starts on it.
+    chmod(&db, 0o600);
+    let host = host.restart().await;
+    let mesh = host.get_json("/api/mesh").await;
+    assert!(mesh["mesh_id"].is_string(), "{mesh}");
+}

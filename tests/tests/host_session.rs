@@ -668,3 +668,37 @@ async fn a_one_use_invite_raced_by_many_sockets_admits_exactly_one() {
         .unwrap();
     assert_eq!(inv["uses"], 1, "{inv}");
 }
+
+/// A device name is the member's to choose: with a newline, an escape sequence and a
+/// bidirectional override in it, it cannot forge a line in the host's log, colour or clear
+/// the operator's terminal, or reorder what the operator reads.
+#[tokio::test]
+async fn a_device_name_cannot_forge_or_disguise_host_log_lines() {
+    const FORGED: &str = "2026-01-01T00:00:00Z  INFO admin logged in";
+    let host = Host::start().await;
+    let inv = host.mint(&TokenRequest::unlimited()).await;
+    let name = format!("\u{202e}Eve\n{FORGED}\x1b[2K\r");
+    let (mut m, joined) = Member::join_token(&host.ws_url(), &inv.token, &name).await;
+    assert_eq!(joined["type"], "joined", "{joined}");
+    m.next_of_type("peers").await;
+    drop(m);
+
+    // The host logs the join, then the leave: wait for the leave so both are written.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !host.proc.output().contains("member left") && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let log = host.proc.output();
+    assert!(log.contains("member left"), "{log}");
+    for bad in ['\x1b', '\r', '\u{202e}'] {
+        assert!(!log.contains(bad), "raw {bad:?} in the host log:\n{log:?}");
+    }
+    assert!(
+        !log.lines().any(|l| l.starts_with(FORGED)),
+        "a forged line in the host log:\n{log}"
+    );
+    assert!(
+        log.contains("\\u{202e}Eve"),
+        "the name is logged escaped:\n{log}"
+    );
+}

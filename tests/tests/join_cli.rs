@@ -762,3 +762,90 @@ async fn a_removed_device_ends_the_staying_join_without_reconnecting() {
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(1), "{status:?}");
 }
+
+/// Waits up to 20 s for a raw stdout line containing `needle`; panics with what was seen.
+fn wait_raw(rx: &mpsc::Receiver<(Duration, String)>, needle: &str) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen = Vec::new();
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        match rx.recv_timeout(left) {
+            Ok((_, line)) => {
+                let done = line.contains(needle);
+                seen.push(line);
+                if done {
+                    return seen;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    panic!("expected a line with {needle:?}; saw {seen:?}");
+}
+
+/// A member whose message carries terminal escape sequences (clear the screen, colour, a C1
+/// control, DEL) cannot reach another member's terminal with them: the readable output shows
+/// them escaped, and `--json` carries them JSON-escaped, exactly as sent. (Names cannot carry
+/// them: `join` refuses such a `--name` and the host drops control characters from names;
+/// the readable output escapes names too, see the unit tests of `join::output`.)
+#[tokio::test(flavor = "multi_thread")]
+async fn another_members_escape_sequences_never_reach_the_terminal() {
+    const EVIL_BODY: &str = "hi\x1b[2J\x1b]0;pwned\x07\u{9b}31mthere\x7f";
+    let host = Host::start().await;
+    let minted = mint(&host).await;
+    let link = link_with(&minted, only_local(host.ws_url()));
+    let spawn = |args: &[&str]| {
+        let t0 = Instant::now();
+        let mut all = args.to_vec();
+        all.push(&link);
+        let mut child = join_command(&all)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let rx = stamp_lines(&mut child, t0);
+        (child, rx)
+    };
+    let (mut alice, alice_rx) = spawn(&["--name", "Alice"]);
+    wait_raw(&alice_rx, "to send it to everyone");
+    let (mut carol, carol_rx) = spawn(&["--json", "--name", "Carol"]);
+    wait_line(&carol_rx, &|v| v["event"] == "connected");
+    let (mut mal, mal_rx) = spawn(&["--json", "--name", "Mallory"]);
+    wait_line(&mal_rx, &|v| v["event"] == "connected");
+    mal.stdin
+        .as_mut()
+        .unwrap()
+        .write_all(format!("{EVIL_BODY}\n").as_bytes())
+        .unwrap();
+
+    let mut seen = wait_raw(&alice_rx, "there");
+    let controls = |s: &str| s.chars().any(|c| c.is_control());
+    assert!(
+        !seen.iter().any(|l| controls(l)),
+        "a control character reached the readable output: {seen:?}"
+    );
+    let said = seen.pop().unwrap();
+    assert_eq!(
+        said,
+        "Mallory: hi\\u{1b}[2J\\u{1b}]0;pwned\\u{7}\\u{9b}31mthere\\u{7f}"
+    );
+
+    // --json: no raw control character either (JSON escapes them, DEL and C1 included),
+    // and the lines decode to exactly what was sent.
+    let lines = wait_raw(&carol_rx, "\"event\":\"message\"");
+    assert!(
+        !lines.iter().any(|l| controls(l)),
+        "a control character reached the --json output: {lines:?}"
+    );
+    let events: Vec<Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let joined = events.iter().find(|v| v["event"] == "peer_joined").unwrap();
+    assert_eq!(joined["peer"]["name"], "Mallory");
+    assert_eq!(events.last().unwrap()["body"], EVIL_BODY);
+    for child in [&mut alice, &mut carol, &mut mal] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}

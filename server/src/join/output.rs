@@ -5,7 +5,14 @@
 //!
 //! Also [`Roster`], who is online, which turns device ids into names in readable lines and
 //! keeps a presence list that says nothing new from being printed at all.
+//!
+//! Readable lines carry text other people chose (member names and platforms, message bodies,
+//! the host's reasons): each such string goes through [`printable`] so that a control
+//! character or escape sequence in it is shown, never acted on by the terminal. `--json`
+//! needs no such step: every control character is escaped inside its JSON string
+//! ([`JoinEvent::to_line`]).
 
+use crate::printable::printable;
 use atmosphere_shared::join_event::{JoinErrorCode, JoinEvent};
 use atmosphere_shared::racing::RaceEvent;
 use atmosphere_shared::wire::{Peer, ServerMsg};
@@ -41,9 +48,9 @@ impl Printer {
         if self.json {
             self.emit(&JoinEvent::from_race(ev, mesh_name));
         } else if matches!(ev, RaceEvent::AllFailed { .. } | RaceEvent::Fatal { .. }) {
-            eprintln!("error: {}", ev.describe(mesh_name));
+            eprintln!("error: {}", printable(&ev.describe(mesh_name)));
         } else {
-            println!("{}", ev.describe(mesh_name));
+            println!("{}", printable(&ev.describe(mesh_name)));
         }
     }
 
@@ -55,7 +62,7 @@ impl Printer {
                 message: message.to_string(),
             });
         } else {
-            eprintln!("error: {message}");
+            eprintln!("error: {}", printable(message));
         }
     }
 
@@ -67,7 +74,7 @@ impl Printer {
                 reason: reason.to_string(),
             });
         } else {
-            eprintln!("disconnected: {reason}");
+            eprintln!("disconnected: {}", printable(reason));
         }
     }
 
@@ -110,7 +117,9 @@ impl Printer {
         }
         match m {
             ServerMsg::PeerJoined { peer } => println!("+ {} joined", describe_peer(peer)),
-            ServerMsg::PeerLeft { device_id } => println!("- {} left", roster.name_of(device_id)),
+            ServerMsg::PeerLeft { device_id } => {
+                println!("- {} left", printable(roster.name_of(device_id)));
+            }
             ServerMsg::Peers { peers } => {
                 let list: Vec<String> = peers.iter().map(describe_peer).collect();
                 println!(
@@ -123,13 +132,11 @@ impl Printer {
                 );
             }
             ServerMsg::Message { from, body } => {
-                let who = roster.name_of(from);
-                match body {
-                    serde_json::Value::String(s) => println!("{who}: {s}"),
-                    other => println!("{who}: {other}"),
-                }
+                println!("{}", message_line(roster.name_of(from), body))
             }
-            ServerMsg::Error { code, message } => eprintln!("host error ({code}): {message}"),
+            ServerMsg::Error { code, message } => {
+                eprintln!("host error ({code}): {}", printable(message));
+            }
             ServerMsg::Joined(_) => {}
         }
     }
@@ -137,23 +144,39 @@ impl Printer {
     /// Progress only a person needs (nothing with `--json`).
     pub(super) fn info(&self, text: &str) {
         if !self.json {
-            println!("{text}");
+            println!("{}", printable(text));
         }
     }
 
     /// Something went wrong that does not end the run (stderr, in both formats).
     pub(super) fn warning(&self, text: &str) {
-        eprintln!("warning: {text}");
+        eprintln!("warning: {}", printable(text));
     }
 
     /// A typed line that was not sent, and why (stderr, in both formats).
     pub(super) fn not_sent(&self, why: &str) {
-        eprintln!("not sent: {why}");
+        eprintln!("not sent: {}", printable(why));
     }
 }
 
+/// A member in a readable line: `NAME (PLATFORM, via PATH)`, escaped.
 fn describe_peer(p: &Peer) -> String {
-    format!("{} ({}, via {})", p.name, p.platform, p.path)
+    format!(
+        "{} ({}, via {})",
+        printable(&p.name),
+        printable(&p.platform),
+        p.path
+    )
+}
+
+/// A message in a readable line: `WHO: BODY`, escaped (a body that is not a string is shown
+/// as its JSON text).
+fn message_line(who: &str, body: &serde_json::Value) -> String {
+    let text = match body {
+        serde_json::Value::String(s) => printable(s).into_owned(),
+        other => printable(&other.to_string()).into_owned(),
+    };
+    format!("{}: {text}", printable(who))
 }
 
 /// Who is online now (device id → name), kept from the host's presence frames.
@@ -201,5 +224,36 @@ impl Roster {
     /// The member's name, or its device id if it is not (or no longer) online.
     pub(super) fn name_of<'a>(&'a self, device_id: &'a str) -> &'a str {
         self.names.get(device_id).map_or(device_id, String::as_str)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use atmosphere_shared::PathKind;
+
+    fn has_control(s: &str) -> bool {
+        s.chars().any(char::is_control)
+    }
+
+    #[test]
+    fn peers_are_described_without_control_characters() {
+        let p = Peer {
+            device_id: "d1".into(),
+            name: "Mal\x1b]0;pwned\x07".into(),
+            platform: "cli\u{9b}2J".into(),
+            path: PathKind::Local,
+        };
+        let line = describe_peer(&p);
+        assert!(!has_control(&line), "{line:?}");
+        assert_eq!(line, "Mal\\u{1b}]0;pwned\\u{7} (cli\\u{9b}2J, via local)");
+    }
+
+    #[test]
+    fn message_lines_escape_string_and_other_bodies() {
+        let s = message_line("Bob\n", &serde_json::json!("hi\x1b[2J"));
+        assert_eq!(s, "Bob\\n: hi\\u{1b}[2J");
+        let o = message_line("Bob", &serde_json::json!({"k": "\u{7f}\u{85}"}));
+        assert!(!has_control(&o), "{o:?}");
     }
 }

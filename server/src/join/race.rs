@@ -5,6 +5,7 @@
 
 use super::attempt::{self, Report, Ws};
 use super::output::Printer;
+use crate::printable::printable;
 use atmosphere_shared::backoff::Backoff;
 use atmosphere_shared::racing::{AttemptId, Outcome, Output, Policy, Race, RaceEvent};
 use atmosphere_shared::wire::{JoinCredential, Joined};
@@ -104,7 +105,7 @@ pub(super) async fn race(
                 }
                 Some(Report::Failed { id, reason }) => {
                     tasks.remove(&id);
-                    tracing::debug!(attempt = %id, %reason, "attempt failed");
+                    tracing::debug!(attempt = %id, reason = %printable(&reason.to_string()), "attempt failed");
                     race.handle_failed(id, reason, now_ms());
                 }
                 None => unreachable!("the loop holds a sender"),

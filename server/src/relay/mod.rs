@@ -75,21 +75,21 @@ pub struct Args {
     )]
     pub max_unanswered_per_ip: usize,
     /// Time the host has to send a member its first frame, from the member's arrival; then
-    /// both sides get 4408.
-    #[arg(long, env = "ATMOSPHERE_RELAY_ANSWER_TIMEOUT", default_value = "15s", value_parser = humantime::parse_duration)]
+    /// both sides get 4408 (at most 1day, like every timeout here).
+    #[arg(long, env = "ATMOSPHERE_RELAY_ANSWER_TIMEOUT", default_value = "15s", value_parser = crate::cli::parse_timeout)]
     pub answer_timeout: Duration,
     /// Open member and host-control WebSockets per source IP; more get 4429.
     #[arg(long, env = "ATMOSPHERE_RELAY_MAX_CONNS_PER_IP", default_value_t = 64)]
     pub max_conns_per_ip: usize,
     /// Deadline for TLS and HTTP headers, and for a host to answer the challenge (4408).
-    #[arg(long, env = "ATMOSPHERE_RELAY_HANDSHAKE_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "ATMOSPHERE_RELAY_HANDSHAKE_TIMEOUT", default_value = "5s", value_parser = crate::cli::parse_timeout)]
     pub handshake_timeout: Duration,
     /// Time the host has to dial the data socket after a member arrives; then the member
     /// gets a `timeout` error and 4408.
-    #[arg(long, env = "ATMOSPHERE_RELAY_ACCEPT_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "ATMOSPHERE_RELAY_ACCEPT_TIMEOUT", default_value = "5s", value_parser = crate::cli::parse_timeout)]
     pub accept_timeout: Duration,
     /// Close a session or control socket after this long without any frame (pings count).
-    #[arg(long, env = "ATMOSPHERE_RELAY_IDLE_TIMEOUT", default_value = "120s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "ATMOSPHERE_RELAY_IDLE_TIMEOUT", default_value = "120s", value_parser = crate::cli::parse_timeout)]
     pub idle_timeout: Duration,
     /// The URL hosts dial this relay by, e.g. `wss://relay.example`. The relay names itself
     /// by it in every challenge, so a host's registration is valid only here (a relay that

@@ -20,6 +20,7 @@ use crate::discovery::{Discovery, DiscoveryConfig};
 use crate::host_metrics::HostMetrics;
 use crate::hub::{Hub, HubConfig};
 use crate::limits::PerIpLimiter;
+use crate::printable::printable;
 use crate::session::{SessionConfig, Sessions, Source};
 use crate::store::{self, Store};
 use crate::ws::FrameSocket;
@@ -109,25 +110,29 @@ pub struct Args {
     )]
     pub max_conns_per_ip: usize,
 
-    /// Milliseconds a member has to send its join frame (testing knob).
-    #[arg(long, hide = true, env = "ATMOSPHERE_HANDSHAKE_TIMEOUT_MS", default_value_t = atmosphere_shared::wire::HANDSHAKE_TIMEOUT_MS)]
+    /// Milliseconds a member has to send its join frame (testing knob; at most a day).
+    #[arg(long, hide = true, env = "ATMOSPHERE_HANDSHAKE_TIMEOUT_MS", default_value_t = atmosphere_shared::wire::HANDSHAKE_TIMEOUT_MS,
+          value_parser = clap::value_parser!(u64).range(..=crate::cli::MAX_TIMEOUT_MS))]
     pub handshake_timeout_ms: u64,
 
-    /// Milliseconds without any frame after which a session is closed (testing knob).
+    /// Milliseconds without any frame after which a session is closed (testing knob; at
+    /// most a day).
     #[arg(
         long,
         hide = true,
         env = "ATMOSPHERE_IDLE_TIMEOUT_MS",
-        default_value_t = 60_000
+        default_value_t = 60_000,
+        value_parser = clap::value_parser!(u64).range(..=crate::cli::MAX_TIMEOUT_MS)
     )]
     pub idle_timeout_ms: u64,
 
-    /// Milliseconds between keepalive pings (testing knob).
+    /// Milliseconds between keepalive pings (testing knob; at most a day).
     #[arg(
         long,
         hide = true,
         env = "ATMOSPHERE_PING_INTERVAL_MS",
-        default_value_t = 20_000
+        default_value_t = 20_000,
+        value_parser = clap::value_parser!(u64).range(..=crate::cli::MAX_TIMEOUT_MS)
     )]
     pub ping_interval_ms: u64,
 
@@ -242,6 +247,7 @@ async fn run_inner(args: Args) -> Result<(), Fail> {
     data_dir::create_private_dir(&dir)
         .with_context(|| format!("cannot create the data dir {}", dir.display()))
         .map_err(cfg)?;
+    data_dir::check_private(&dir).map_err(|e| cfg(e.into()))?;
     let admin_secret = auth::load_or_create_secret(&dir).map_err(cfg)?;
     let store = Store::open(&data_dir::database_path(&dir)).map_err(cfg)?;
     let mesh_name = args.mesh_name.clone();
@@ -340,7 +346,7 @@ async fn run_inner(args: Args) -> Result<(), Fail> {
     }));
     let app = router(state);
 
-    info!(mesh_id = %mesh_id, mesh_name = %mesh.name, addr = %format!("{}:{port}", args.bind),
+    info!(mesh_id = %mesh_id, mesh_name = %printable(&mesh.name), addr = %format!("{}:{port}", args.bind),
         data_dir = %dir.display(), stun = %if stun_servers.is_empty() { "disabled".to_string() } else { stun_servers.join(",") },
         relay = args.relay_url.as_deref().unwrap_or("none"), "atmosphere host listening");
     let link_ip = if args.bind.is_unspecified() || args.bind.is_loopback() {

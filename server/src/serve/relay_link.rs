@@ -19,6 +19,7 @@
 //! instead of being dropped: no relayed member is lost to a burst.
 
 use crate::dial::{dial, ClientSocket, DialOptions};
+use crate::printable::printable;
 use atmosphere_shared::api::RelayState;
 use atmosphere_shared::backoff::Backoff;
 use atmosphere_shared::mesh_id::mesh_id_from_public_key;
@@ -160,7 +161,8 @@ impl Link {
             }
             let delay = backoff(attempt);
             attempt = attempt.saturating_add(1);
-            tracing::warn!(relay = %self.base, retry_in_ms = delay.as_millis() as u64, "relay link down: {err}");
+            tracing::warn!(relay = %self.base, retry_in_ms = delay.as_millis() as u64,
+                "relay link down: {}", printable(&err.to_string()));
             self.set(RelayState::Retrying {
                 url: self.base.clone(),
                 last_error: err,
