@@ -849,3 +849,36 @@ async fn another_members_escape_sequences_never_reach_the_terminal() {
         let _ = child.wait();
     }
 }
+
+/// A staying `join --device-file` has written the credential by the time it prints
+/// `connected`: a script that reads that line and stops the process keeps the device.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_device_file_is_written_before_connected_is_printed() {
+    let host = Host::start().await;
+    let minted = mint(&host).await;
+    let link = link_with(&minted, only_local(host.ws_url()));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("device.json");
+    let t0 = Instant::now();
+    let mut child = join_command(&[
+        "--json",
+        "--name",
+        "Scripted",
+        "--device-file",
+        file.to_str().unwrap(),
+        &link,
+    ])
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    let rx = stamp_lines(&mut child, t0);
+    wait_line(&rx, &|v| v["event"] == "connected");
+    let stored = std::fs::read_to_string(&file)
+        .expect("the device file exists as soon as `connected` is printed");
+    let stored: Value = serde_json::from_str(&stored).unwrap();
+    assert!(stored["device_key"].is_string(), "{stored}");
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -461,12 +461,7 @@ fn host_restart_while_phone_is_on_relay_then_device_credential_rejoins() {
         first.json["path"], first.json["elapsed_ms"]
     );
     assert_eq!(first.json["path"], "relay", "{}", bg.transcript());
-    // `connected` is printed when the race is won; the credential is written (fsynced)
-    // right after, so give the write a moment rather than racing it.
-    let stored_by = std::time::Instant::now() + Duration::from_secs(5);
-    while !device_file.exists() && std::time::Instant::now() < stored_by {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    // `join` stores the credential before it prints `connected`.
     assert!(
         device_file.exists(),
         "join --device-file stored no credential:\n{}",

@@ -128,16 +128,22 @@ pub async fn run(args: Args) -> ExitCode {
     };
     let policy = policy(&args);
 
-    let Ok(won) = race::race(&invite, policy, &credential, &out).await else {
+    // A first join's credential is on disk before `connected` is printed.
+    let keep_first_credential = |won: &race::Won| {
+        if won.joined.device_key.is_none() {
+            return;
+        }
+        let kept = DeviceCredential::after_join(&won.joined, &credential);
+        if let (Some(path), Some(cred)) = (&args.device_file, &kept) {
+            save_device_file(path, cred, &out);
+        }
+    };
+    let Ok(won) = race::race(&invite, policy, &credential, &out, &keep_first_credential).await
+    else {
         return ExitCode::from(1);
     };
     // What to rejoin with from now on: the key the host just issued, or the one presented.
     let kept = DeviceCredential::after_join(&won.joined, &credential);
-    if won.joined.device_key.is_some() {
-        if let (Some(path), Some(cred)) = (&args.device_file, &kept) {
-            save_device_file(path, cred, &out);
-        }
-    }
     if args.once {
         attempt::close(won.ws).await;
         return ExitCode::SUCCESS;

@@ -29,12 +29,15 @@ pub(super) struct Won {
 }
 
 /// Drives the shared [`Race`] with real sockets until it has an outcome. Returns the
-/// winner, or how the race was lost (already printed).
+/// winner, or how the race was lost (already printed). `before_connected` runs on the
+/// winner before `connected` is printed, so whatever it keeps (the device file) is stored
+/// by the time a person or a script sees the line.
 pub(super) async fn race(
     invite: &Invite,
     policy: Policy,
     credential: &JoinCredential,
     out: &Printer,
+    before_connected: &dyn Fn(&Won),
 ) -> Result<Won, Outcome> {
     let t0 = Instant::now();
     let now_ms = move || u64::try_from(t0.elapsed().as_millis()).unwrap_or(u64::MAX);
@@ -66,7 +69,10 @@ pub(super) async fn race(
                 Output::Event(ev) => {
                     let mesh = match (&ev, race.outcome()) {
                         (RaceEvent::Connected { .. }, Some(Outcome::Connected { id, .. })) => {
-                            joined.get(id).map(|w| w.joined.mesh_name.clone())
+                            joined.get(id).map(|w| {
+                                before_connected(w);
+                                w.joined.mesh_name.clone()
+                            })
                         }
                         _ => None,
                     };
@@ -136,7 +142,7 @@ pub(super) async fn reconnect(
                 return None;
             }
         }
-        match race(invite, policy, credential, out).await {
+        match race(invite, policy, credential, out, &|_| {}).await {
             Ok(won) => return Some(won),
             Err(Outcome::Fatal { .. }) => return None,
             Err(_) => {}
