@@ -266,11 +266,16 @@ impl Host {
         r.json().await.unwrap()
     }
 
+    /// A request to `path` on this host with the admin bearer secret.
+    pub fn admin(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        reqwest::Client::new()
+            .request(method, format!("{}{}", self.base(), path))
+            .bearer_auth(self.admin_secret())
+    }
+
     /// `GET path` with admin auth, parsed as JSON.
     pub async fn get_json(&self, path: &str) -> serde_json::Value {
-        reqwest::Client::new()
-            .get(format!("{}{}", self.base(), path))
-            .bearer_auth(self.admin_secret())
+        self.admin(reqwest::Method::GET, path)
             .send()
             .await
             .unwrap()

@@ -12,6 +12,7 @@ use atmosphere_shared::token::Token;
 use atmosphere_tests::{bin_path, Host};
 use host_support::{joined_ids, now_secs, rfc3339_secs, Member, FRAME_WAIT};
 use reqwest::header;
+use reqwest::Method;
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -26,9 +27,8 @@ fn client() -> reqwest::Client {
 #[tokio::test]
 async fn invite_answer_has_every_field_with_the_right_type() {
     let host = Host::start().await;
-    let r = client()
-        .post(format!("{}/api/mesh/token", host.base()))
-        .bearer_auth(host.admin_secret())
+    let r = host
+        .admin(Method::POST, "/api/mesh/token")
         .send()
         .await
         .unwrap();
@@ -135,10 +135,8 @@ async fn invite_answer_has_every_field_with_the_right_type() {
 #[tokio::test]
 async fn invite_requests_out_of_bounds_get_400_with_a_json_error() {
     let host = Host::start().await;
-    let c = client();
     let post = |body: String| {
-        c.post(format!("{}/api/mesh/token", host.base()))
-            .bearer_auth(host.admin_secret())
+        host.admin(Method::POST, "/api/mesh/token")
             .header(header::CONTENT_TYPE, "application/json")
             .body(body)
             .send()
@@ -398,13 +396,11 @@ async fn revocation_health_metrics_and_routing() {
     let c = client();
     let inv = host.mint(&TokenRequest::unlimited()).await;
 
-    let r = c
-        .delete(format!(
-            "{}/api/mesh/invites/{}",
-            host.base(),
-            inv.invite_id
-        ))
-        .bearer_auth(host.admin_secret())
+    let r = host
+        .admin(
+            Method::DELETE,
+            &format!("/api/mesh/invites/{}", inv.invite_id),
+        )
         .send()
         .await
         .unwrap();
@@ -417,12 +413,8 @@ async fn revocation_health_metrics_and_routing() {
         .find(|i| i["invite_id"] == inv.invite_id.as_str())
         .unwrap();
     assert_eq!(listed["revoked"], true);
-    let r = c
-        .post(format!(
-            "{}/api/mesh/invites/doesnotexist/revoke",
-            host.base()
-        ))
-        .bearer_auth(host.admin_secret())
+    let r = host
+        .admin(Method::POST, "/api/mesh/invites/doesnotexist/revoke")
         .send()
         .await
         .unwrap();
@@ -489,12 +481,7 @@ async fn revocation_health_metrics_and_routing() {
 #[tokio::test]
 async fn event_feed_reports_invites() {
     let host = Host::start().await;
-    let mut r = client()
-        .get(format!("{}/api/events", host.base()))
-        .bearer_auth(host.admin_secret())
-        .send()
-        .await
-        .unwrap();
+    let mut r = host.admin(Method::GET, "/api/events").send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert!(r.headers()[header::CONTENT_TYPE]
         .to_str()
@@ -565,15 +552,9 @@ async fn devices_are_listed_and_removed_and_unknown_ids_get_a_json_404() {
         .unwrap();
     assert_eq!(r.status(), 401);
 
-    let mut events = c
-        .get(format!("{}/api/events", host.base()))
-        .bearer_auth(host.admin_secret())
-        .send()
-        .await
-        .unwrap();
+    let mut events = host.admin(Method::GET, "/api/events").send().await.unwrap();
     let remove = || {
-        c.delete(format!("{}/api/mesh/devices/{id}", host.base()))
-            .bearer_auth(host.admin_secret())
+        host.admin(Method::DELETE, &format!("/api/mesh/devices/{id}"))
             .send()
     };
     let r = remove().await.unwrap();
@@ -591,9 +572,8 @@ async fn devices_are_listed_and_removed_and_unknown_ids_get_a_json_404() {
 
     // Removing it again, or a device that never existed: 404 with the API error body.
     for path in [id.clone(), "0000000000000000".into(), "x".repeat(100)] {
-        let r = c
-            .delete(format!("{}/api/mesh/devices/{path}", host.base()))
-            .bearer_auth(host.admin_secret())
+        let r = host
+            .admin(Method::DELETE, &format!("/api/mesh/devices/{path}"))
             .send()
             .await
             .unwrap();
@@ -607,7 +587,6 @@ async fn devices_are_listed_and_removed_and_unknown_ids_get_a_json_404() {
 #[tokio::test]
 async fn revoking_with_remove_devices_removes_the_devices_the_invite_enrolled() {
     let host = Host::start().await;
-    let c = client();
     let url = host.ws_url();
     let doomed = host.mint(&TokenRequest::unlimited()).await;
     let other = host.mint(&TokenRequest::unlimited()).await;
@@ -619,13 +598,11 @@ async fn revoking_with_remove_devices_removes_the_devices_the_invite_enrolled() 
     let (keep_id, _) = joined_ids(&j);
 
     // A plain revoke keeps the devices (and says nothing about them).
-    let r = c
-        .post(format!(
-            "{}/api/mesh/invites/{}/revoke",
-            host.base(),
-            other.invite_id
-        ))
-        .bearer_auth(host.admin_secret())
+    let r = host
+        .admin(
+            Method::POST,
+            &format!("/api/mesh/invites/{}/revoke", other.invite_id),
+        )
         .send()
         .await
         .unwrap();
@@ -633,13 +610,11 @@ async fn revoking_with_remove_devices_removes_the_devices_the_invite_enrolled() 
     let body: Value = r.json().await.unwrap();
     assert_eq!(body, json!({"invite_id": other.invite_id, "revoked": true}));
 
-    let r = c
-        .delete(format!(
-            "{}/api/mesh/invites/{}?remove_devices=true",
-            host.base(),
-            doomed.invite_id
-        ))
-        .bearer_auth(host.admin_secret())
+    let r = host
+        .admin(
+            Method::DELETE,
+            &format!("/api/mesh/invites/{}?remove_devices=true", doomed.invite_id),
+        )
         .send()
         .await
         .unwrap();
@@ -663,13 +638,14 @@ async fn revoking_with_remove_devices_removes_the_devices_the_invite_enrolled() 
         .collect();
     assert_eq!(left, vec![keep_id]);
 
-    let r = c
-        .delete(format!(
-            "{}/api/mesh/invites/{}?remove_devices=maybe",
-            host.base(),
-            doomed.invite_id
-        ))
-        .bearer_auth(host.admin_secret())
+    let r = host
+        .admin(
+            Method::DELETE,
+            &format!(
+                "/api/mesh/invites/{}?remove_devices=maybe",
+                doomed.invite_id
+            ),
+        )
         .send()
         .await
         .unwrap();

@@ -130,13 +130,11 @@ async fn each_refused_token_gets_its_own_code() {
 
     // Revoked.
     let rev = host.mint(&TokenRequest::unlimited()).await;
-    let r = reqwest::Client::new()
-        .delete(format!(
-            "{}/api/mesh/invites/{}",
-            host.base(),
-            rev.invite_id
-        ))
-        .bearer_auth(host.admin_secret())
+    let r = host
+        .admin(
+            reqwest::Method::DELETE,
+            &format!("/api/mesh/invites/{}", rev.invite_id),
+        )
         .send()
         .await
         .unwrap();
@@ -457,9 +455,8 @@ async fn removing_a_device_closes_its_live_session_and_its_key_is_refused() {
     stay.next_of_type("peers").await;
     gone.next_of_type("peer_joined").await;
 
-    let r = reqwest::Client::new()
-        .delete(format!("{}/api/mesh/devices/{id}", host.base()))
-        .bearer_auth(host.admin_secret())
+    let r = host
+        .admin(reqwest::Method::DELETE, &format!("/api/mesh/devices/{id}"))
         .send()
         .await
         .unwrap();

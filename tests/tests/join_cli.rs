@@ -67,6 +67,20 @@ fn join_command(args: &[&str]) -> Command {
     cmd
 }
 
+/// Starts a `join` that stays in the mesh (stdin piped, so it can be sent lines), with its
+/// stdout lines stamped by [`stamp_lines`].
+fn spawn_staying(args: &[&str]) -> (Child, mpsc::Receiver<(Duration, String)>) {
+    let t0 = Instant::now();
+    let mut child = join_command(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let rx = stamp_lines(&mut child, t0);
+    (child, rx)
+}
+
 /// Reads `child`'s stdout line by line on a thread, stamping each line with its arrival.
 fn stamp_lines(child: &mut Child, t0: Instant) -> mpsc::Receiver<(Duration, String)> {
     let stdout = child.stdout.take().expect("stdout piped");
@@ -412,13 +426,11 @@ async fn exhausted_token_is_refused_with_token_exhausted() {
 async fn revoked_token_is_refused_with_token_revoked() {
     let host = Host::start().await;
     let minted = mint(&host).await;
-    let r = reqwest::Client::new()
-        .post(format!(
-            "{}/api/mesh/invites/{}/revoke",
-            host.base(),
-            minted.invite_id
-        ))
-        .bearer_auth(host.admin_secret())
+    let r = host
+        .admin(
+            reqwest::Method::POST,
+            &format!("/api/mesh/invites/{}/revoke", minted.invite_id),
+        )
         .send()
         .await
         .unwrap();
@@ -520,17 +532,7 @@ async fn staying_members_see_each_other_and_exchange_messages() {
     let host = Host::start().await;
     let minted = mint(&host).await;
     let link = link_with(&minted, only_local(host.ws_url()));
-    let spawn = |name: &str| {
-        let t0 = Instant::now();
-        let mut child = join_command(&["--json", "--name", name, &link])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let rx = stamp_lines(&mut child, t0);
-        (child, rx)
-    };
+    let spawn = |name: &str| spawn_staying(&["--json", "--name", name, &link]);
     let (mut a, a_rx) = spawn("Alice");
     wait_line(&a_rx, &|v| v["event"] == "connected");
     let (mut b, b_rx) = spawn("Bob");
@@ -690,14 +692,7 @@ async fn a_staying_member_reconnects_with_its_credential_after_the_host_restarts
         })
         .await;
     let link = link_with(&minted, only_local(host.ws_url()));
-    let t0 = Instant::now();
-    let mut child = join_command(&["--json", "--name", "Stayer", &link])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let rx = stamp_lines(&mut child, t0);
+    let (mut child, rx) = spawn_staying(&["--json", "--name", "Stayer", &link]);
     wait_line(&rx, &|v| v["event"] == "connected");
 
     let host = host.restart().await;
@@ -730,14 +725,7 @@ async fn a_removed_device_ends_the_staying_join_without_reconnecting() {
     let host = Host::start().await;
     let minted = mint(&host).await;
     let link = link_with(&minted, only_local(host.ws_url()));
-    let t0 = Instant::now();
-    let mut child = join_command(&["--json", "--name", "Lost phone", &link])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let rx = stamp_lines(&mut child, t0);
+    let (mut child, rx) = spawn_staying(&["--json", "--name", "Lost phone", &link]);
     wait_line(&rx, &|v| v["event"] == "connected");
     let list = host.get_json("/api/mesh/devices").await;
     let id = list["devices"][0]["device_id"]
@@ -745,9 +733,8 @@ async fn a_removed_device_ends_the_staying_join_without_reconnecting() {
         .unwrap()
         .to_string();
 
-    let r = reqwest::Client::new()
-        .delete(format!("{}/api/mesh/devices/{id}", host.base()))
-        .bearer_auth(host.admin_secret())
+    let r = host
+        .admin(reqwest::Method::DELETE, &format!("/api/mesh/devices/{id}"))
         .send()
         .await
         .unwrap();
@@ -859,21 +846,14 @@ async fn the_device_file_is_written_before_connected_is_printed() {
     let link = link_with(&minted, only_local(host.ws_url()));
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("device.json");
-    let t0 = Instant::now();
-    let mut child = join_command(&[
+    let (mut child, rx) = spawn_staying(&[
         "--json",
         "--name",
         "Scripted",
         "--device-file",
         file.to_str().unwrap(),
         &link,
-    ])
-    .stdin(Stdio::piped())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::null())
-    .spawn()
-    .unwrap();
-    let rx = stamp_lines(&mut child, t0);
+    ]);
     wait_line(&rx, &|v| v["event"] == "connected");
     let stored = std::fs::read_to_string(&file)
         .expect("the device file exists as soon as `connected` is printed");

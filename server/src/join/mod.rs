@@ -209,7 +209,9 @@ fn policy(args: &Args) -> Policy {
 /// Writes the credential of a first join to `--device-file`. A failure is only a warning:
 /// the session is fine, only the next run will need a fresh invite.
 fn save_device_file(path: &std::path::Path, cred: &DeviceCredential, out: &Printer) {
-    match device_file::save(path, cred) {
+    // A small synchronous write with fsync, on the race loop's worker: tell the runtime so
+    // the attempt tasks keep running on the others.
+    match tokio::task::block_in_place(|| device_file::save(path, cred)) {
         Ok(()) => out.info(&format!("device credential saved to {}", path.display())),
         Err(e) => out.warning(&e),
     }

@@ -15,9 +15,7 @@
 
 use super::metrics::{ConnKind, RefusalKind};
 use super::registry::{HostCmd, HostRegistration};
-use super::server::{
-    close_and_drain, configure, is_too_large, to_json, too_many_from, Ctx, Refused, Relay, Stop,
-};
+use super::server::{close_and_drain, is_too_large, to_json, Ctx, Refused, Relay, Stop};
 use atmosphere_shared::relay_proto::{
     self, b64_encode, close, HostMsg, RegisterError, RelayMsg, MAX_CONTROL_FRAME_BYTES, NONCE_BYTES,
 };
@@ -40,19 +38,16 @@ pub(super) async fn host_ws(
 ) -> Response {
     let ip = relay.client_ip(peer, &headers);
     let name = relay.name_for(&headers);
-    let slot = relay.take_ip_slot(ip);
-    configure(ws, MAX_CONTROL_FRAME_BYTES).on_upgrade(move |socket| async move {
-        let _conn = relay.metrics.conn_opened(ConnKind::Host);
-        let ctx = Ctx {
-            kind: "host",
-            ip,
-            mesh: mesh_id.clone(),
-        };
-        let Some(_slot) = slot else {
-            return relay.refuse(socket, too_many_from(ip), &ctx).await;
-        };
-        host_control(&relay, socket, &mesh_id, name, &ctx).await;
-    })
+    relay.accept_limited(
+        ws,
+        MAX_CONTROL_FRAME_BYTES,
+        ConnKind::Host,
+        (ip, mesh_id),
+        move |relay, socket, ctx| async move {
+            let mesh_id = ctx.mesh.clone();
+            host_control(&relay, socket, &mesh_id, name, &ctx).await
+        },
+    )
 }
 
 async fn host_control(

@@ -18,7 +18,7 @@
 
 use super::metrics::{ConnKind, RefusalKind};
 use super::registry::{HostCmd, HostDataSocket, NoSession, OpenSession, SessionLimits};
-use super::server::{close_and_drain, configure, too_many_from, Ctx, Refused, Relay};
+use super::server::{close_and_drain, configure, Ctx, Refused, Relay};
 use super::splice::{splice, Unanswered};
 use crate::limits::rate_bucket;
 use crate::secret::random_hex;
@@ -42,21 +42,17 @@ pub(super) async fn client_ws(
     headers: HeaderMap,
 ) -> Response {
     let ip = relay.client_ip(peer, &headers);
-    let slot = relay.take_ip_slot(ip);
     let max = relay.limits.max_frame_bytes;
-    configure(ws, max).on_upgrade(move |socket| async move {
-        let _conn = relay.metrics.conn_opened(ConnKind::Client);
-        let ctx = Ctx {
-            kind: "client",
-            ip,
-            mesh: mesh_id.clone(),
-        };
-        let Some(_slot) = slot else {
-            let r = too_many_from(ip).with_error_frame(ErrorCode::RateLimited);
-            return relay.refuse(socket, r, &ctx).await;
-        };
-        client_session(&relay, socket, &mesh_id, &ctx).await;
-    })
+    relay.accept_limited(
+        ws,
+        max,
+        ConnKind::Client,
+        (ip, mesh_id),
+        |relay, socket, ctx| async move {
+            let mesh_id = ctx.mesh.clone();
+            client_session(&relay, socket, &mesh_id, &ctx).await
+        },
+    )
 }
 
 async fn client_session(relay: &Arc<Relay>, ws: WebSocket, mesh_id: &str, ctx: &Ctx) {

@@ -98,7 +98,7 @@ pub enum ConnKind {
 
 impl ConnKind {
     const ALL: [ConnKind; 3] = [ConnKind::Host, ConnKind::Client, ConnKind::Data];
-    fn as_str(self) -> &'static str {
+    pub(super) fn as_str(self) -> &'static str {
         match self {
             ConnKind::Host => "host",
             ConnKind::Client => "client",

@@ -12,7 +12,7 @@
 //! State is only live sockets (no database): see `registry`, plus the per-IP
 //! connection counts.
 
-use super::metrics::{Metrics, RefusalKind};
+use super::metrics::{ConnKind, Metrics, RefusalKind};
 use super::registry::Registry;
 use super::{control, member};
 use crate::limits::{rate_bucket, IpPermit, JoinRateLimiter, PerIpLimiter};
@@ -124,9 +124,39 @@ impl Relay {
         self.registry.meshes()
     }
 
-    /// Takes one connection slot for `ip`, or `None` when the IP is at its limit.
-    pub(super) fn take_ip_slot(&self, ip: IpAddr) -> Option<IpPermit> {
-        self.per_ip.try_acquire(ip)
+    /// The front of a control or member socket: the source's connection slot is taken
+    /// before the upgrade; once the socket is open the connection is counted and, if the
+    /// source had no slot left, refused with 4429 (and, for members, a `rate_limited` error
+    /// frame they can show); otherwise `serve` runs with the slot held until it returns.
+    pub(super) fn accept_limited<F, Fut>(
+        self: Arc<Self>,
+        ws: WebSocketUpgrade,
+        max_frame_bytes: usize,
+        kind: ConnKind,
+        (ip, mesh): (IpAddr, String),
+        serve: F,
+    ) -> Response
+    where
+        F: FnOnce(Arc<Relay>, WebSocket, Ctx) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send,
+    {
+        let slot: Option<IpPermit> = self.per_ip.try_acquire(ip);
+        configure(ws, max_frame_bytes).on_upgrade(move |socket| async move {
+            let _conn = self.metrics.conn_opened(kind);
+            let ctx = Ctx {
+                kind: kind.as_str(),
+                ip,
+                mesh,
+            };
+            let Some(_slot) = slot else {
+                let mut refusal = too_many_from(ip);
+                if kind == ConnKind::Client {
+                    refusal = refusal.with_error_frame(ErrorCode::RateLimited);
+                }
+                return self.refuse(socket, refusal, &ctx).await;
+            };
+            serve(self.clone(), socket, ctx).await;
+        })
     }
 
     /// The client's address: the peer's, or the configured real-IP header's (behind a
@@ -344,7 +374,7 @@ pub(super) fn configure(ws: WebSocketUpgrade, max: usize) -> WebSocketUpgrade {
 }
 
 /// The refusal of a member or control socket whose IP has no connection slot left (4429).
-pub(super) fn too_many_from(ip: IpAddr) -> Refused {
+fn too_many_from(ip: IpAddr) -> Refused {
     Refused::new(
         RefusalKind::TooMany,
         format!("too many connections from {ip}"),

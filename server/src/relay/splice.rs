@@ -39,7 +39,8 @@ struct Answer {
 
 impl Answer {
     fn mark(&self) {
-        if !self.answered.swap(true, Ordering::Relaxed) {
+        // Called for every forwarded frame: a plain load keeps the answered case read-only.
+        if !self.answered.load(Ordering::Relaxed) && !self.answered.swap(true, Ordering::Relaxed) {
             // `notify_one` keeps a permit if the watcher is not waiting yet.
             self.notify.notify_one();
         }
