@@ -139,7 +139,7 @@
 
 use crate::mesh_id::mesh_id_from_public_key;
 use crate::path::PathKind;
-use crate::wire::{DeviceInfo, JoinCredential, MAX_FRAME_BYTES};
+use crate::wire::{DeviceInfo, MAX_FRAME_BYTES};
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -527,25 +527,6 @@ pub enum JoinProof {
         device_id: String,
         device_key: String,
     },
-}
-
-impl From<&JoinCredential> for JoinProof {
-    /// What a credential of today's clients proves: a token join, or a legacy key rejoin.
-    fn from(c: &JoinCredential) -> JoinProof {
-        match c {
-            JoinCredential::Token { token, device } => JoinProof::Invite {
-                token: token.clone(),
-                device: device.clone(),
-            },
-            JoinCredential::Device {
-                device_id,
-                device_key,
-            } => JoinProof::DeviceKey {
-                device_id: device_id.clone(),
-                device_key: device_key.clone(),
-            },
-        }
-    }
 }
 
 /// Names the proof and the device, never the token or the key (they end up in logs).

@@ -105,7 +105,7 @@ impl JoinEvent {
     pub fn from_server(msg: &ServerMsg) -> Option<JoinEvent> {
         Some(match msg {
             ServerMsg::Joined(_) => return None,
-            ServerMsg::Peers { peers } => JoinEvent::Peers {
+            ServerMsg::Peers { peers, .. } => JoinEvent::Peers {
                 peers: peers.clone(),
             },
             ServerMsg::PeerJoined { peer } => JoinEvent::PeerJoined { peer: peer.clone() },
@@ -344,6 +344,7 @@ mod tests {
         let frames = [
             ServerMsg::Peers {
                 peers: vec![peer()],
+                more: false,
             },
             ServerMsg::PeerJoined { peer: peer() },
             ServerMsg::PeerLeft {
@@ -371,6 +372,7 @@ mod tests {
         pin(
             JoinEvent::from_server(&ServerMsg::Peers {
                 peers: vec![peer()],
+                more: false,
             })
             .unwrap(),
             r#"{"event":"peers","peers":[{"device_id":"d2","name":"Pixel","platform":"browser","path":"relay"}]}"#,
@@ -398,8 +400,6 @@ mod tests {
             mesh_id: "m".into(),
             mesh_name: "Home".into(),
             device_id: "d".into(),
-            device_key: None,
-            peers: vec![],
         });
         assert_eq!(JoinEvent::from_server(&joined), None);
     }

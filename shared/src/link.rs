@@ -7,7 +7,9 @@
 //!
 //! - `atmosphere://join?PARAMS` (also `atmosphere://join/?…` and `atmosphere://join#…`);
 //! - `http(s)://HOST[:PORT][/PREFIX]/join#PARAMS` and `…/join?PARAMS`;
-//! - `PARAMS` is `&`-separated `key=value`: `token`, `mesh`, and either `endpoints` (v2,
+//! - `PARAMS` is `&`-separated `key=value`: `token`, `mesh`, optionally `id` (the mesh id
+//!   the host must prove in the handshake, see [`crate::handshake`]; links of earlier
+//!   versions have none and still parse), and either `endpoints` (v2,
 //!   a JSON object with `local`/`public`/`relay` each a string or `null`, keys may be
 //!   missing) or `endpoint` (v1, one URL). Unknown parameters are ignored, a repeated known
 //!   parameter is an error (which one would the user have meant?).
@@ -41,6 +43,7 @@
 //! refused in every field, so printing a decoded invite cannot drive a terminal.
 //! [`Invite::parse`] never panics (it is fuzzed: see `fuzz/`).
 
+use crate::mesh_id::is_valid_mesh_id;
 use crate::path::PathKind;
 use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde::{Deserialize, Serialize};
@@ -129,6 +132,10 @@ pub struct Invite {
     pub token: String,
     /// The mesh's display name.
     pub mesh_name: String,
+    /// The mesh id the host must prove (the `id` parameter); `None` in links of earlier
+    /// versions (see [`Invite::expected_mesh_id`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mesh_id: Option<String>,
     /// Where to reach the host.
     pub endpoints: Endpoints,
 }
@@ -178,6 +185,9 @@ pub enum LinkError {
         /// The token found (shortened).
         token: String,
     },
+    /// The `id` parameter is not a mesh id (26 characters of lowercase base32).
+    #[error("the link's mesh id (id=…) is not a mesh id: {found:?}")]
+    BadMeshId { found: String },
     /// No `mesh` parameter, or an empty one.
     #[error("the link has no mesh name (mesh=…)")]
     MissingMesh,
@@ -258,8 +268,30 @@ impl Invite {
             version: 2,
             token: token.into(),
             mesh_name: mesh_name.into(),
+            mesh_id: None,
             endpoints,
         }
+    }
+
+    /// The same invite naming the mesh id its host must prove.
+    pub fn with_mesh_id(mut self, mesh_id: impl Into<String>) -> Invite {
+        self.mesh_id = Some(mesh_id.into());
+        self
+    }
+
+    /// The mesh id a client must see the host prove before it sends the token: the link's
+    /// `id`, else the id in the relay endpoint's path (`…/mesh/<id>`), else `None` (a link
+    /// of an earlier version without a relay: the client trusts the first host that
+    /// answers and pins it).
+    pub fn expected_mesh_id(&self) -> Option<String> {
+        if let Some(id) = &self.mesh_id {
+            return Some(id.clone());
+        }
+        let relay = Url::parse(self.endpoints.relay.as_deref()?).ok()?;
+        let mut segments = relay.path_segments()?;
+        let id = segments.next_back().filter(|s| !s.is_empty())?;
+        let parent = segments.next_back()?;
+        (parent == "mesh" && is_valid_mesh_id(id)).then(|| id.to_string())
     }
 
     /// Parses any supported link form. Never panics.
@@ -302,6 +334,21 @@ impl Invite {
         }
         reject_controls("mesh", &mesh_name)?;
 
+        let mesh_id = match p.id {
+            None => None,
+            Some(raw) => {
+                let id = decode("id", raw, Plus::Literal)?
+                    .trim()
+                    .to_ascii_lowercase();
+                if !is_valid_mesh_id(&id) {
+                    return Err(LinkError::BadMeshId {
+                        found: shorten(&id),
+                    });
+                }
+                Some(id)
+            }
+        };
+
         let (version, endpoints) = if let Some(raw) = p.endpoints {
             (2, parse_endpoints_json(raw)?)
         } else if let Some(raw) = p.endpoint {
@@ -314,18 +361,28 @@ impl Invite {
             version,
             token: token.to_string(),
             mesh_name,
+            mesh_id,
             endpoints,
         })
     }
 
-    /// `token=…&mesh=…&endpoints=…`, each value percent-encoded.
+    /// `token=…&mesh=…[&id=…]&endpoints=…`, each value percent-encoded.
     fn v2_params(&self) -> String {
         format!(
-            "token={}&mesh={}&endpoints={}",
+            "token={}&mesh={}{}&endpoints={}",
             enc(&self.token),
             enc(&self.mesh_name),
+            self.id_param(),
             enc(&self.endpoints.to_json())
         )
+    }
+
+    /// `&id=…`, or nothing for an invite without a mesh id.
+    fn id_param(&self) -> String {
+        self.mesh_id
+            .as_deref()
+            .map(|id| format!("&id={}", enc(id)))
+            .unwrap_or_default()
     }
 
     /// `atmosphere://join?token=…&mesh=…&endpoints=…` (mesh and endpoints percent-encoded).
@@ -337,9 +394,10 @@ impl Invite {
     /// public, local, relay). With no endpoint at all the `endpoint` parameter is left out.
     pub fn to_v1_link(&self) -> String {
         let mut s = format!(
-            "atmosphere://join?token={}&mesh={}",
+            "atmosphere://join?token={}&mesh={}{}",
             enc(&self.token),
-            enc(&self.mesh_name)
+            enc(&self.mesh_name),
+            self.id_param()
         );
         if let Some(e) = self.endpoints.legacy() {
             s.push_str("&endpoint=");
@@ -356,16 +414,17 @@ impl Invite {
     }
 
     /// The normalised invite as one line of JSON, exactly as `atmosphere invite inspect
-    /// --json` prints it: `{"version":…,"token":…,"mesh_name":…,"endpoints":{"local":…,
+    /// --json` prints it: `{"version":…,"token":…,"mesh_name":…,"mesh_id":…,"endpoints":{"local":…,
     /// "public":…,"relay":…}}` with `null` for missing endpoints.
     pub fn to_inspect_json(&self) -> String {
         // Built by hand so the key order is the contract's, whatever serde_json's map
         // ordering; `Value`'s `Display` does the string escaping and cannot fail.
         format!(
-            r#"{{"version":{},"token":{},"mesh_name":{},"endpoints":{}}}"#,
+            r#"{{"version":{},"token":{},"mesh_name":{},"mesh_id":{},"endpoints":{}}}"#,
             self.version,
             Value::from(self.token.as_str()),
             Value::from(self.mesh_name.as_str()),
+            self.mesh_id.as_deref().map_or(Value::Null, Value::from),
             self.endpoints.to_json()
         )
     }
@@ -435,6 +494,7 @@ fn locate_params(link: &str) -> Result<&str, LinkError> {
 struct Params<'a> {
     token: Option<&'a str>,
     mesh: Option<&'a str>,
+    id: Option<&'a str>,
     endpoints: Option<&'a str>,
     endpoint: Option<&'a str>,
 }
@@ -480,6 +540,7 @@ impl<'a> Params<'a> {
             let (slot, name) = match key.as_str() {
                 "token" => (&mut out.token, "token"),
                 "mesh" => (&mut out.mesh, "mesh"),
+                "id" => (&mut out.id, "id"),
                 "endpoints" => (&mut out.endpoints, "endpoints"),
                 "endpoint" => (&mut out.endpoint, "endpoint"),
                 _ => {

@@ -2,15 +2,14 @@
 //! host, `"type"`-tagged. This table is the only definition of the protocol; the host,
 //! the native `join` client and the browser all (de)serialise these types.
 //!
-//! Flow: the client sends [`ClientMsg::Join`] within the handshake deadline (10 s); the host
-//! answers [`ServerMsg::Joined`] only after the membership is durably stored, or
-//! [`ServerMsg::Error`] and closes. Afterwards presence ([`ServerMsg::Peers`],
-//! [`ServerMsg::PeerJoined`], [`ServerMsg::PeerLeft`]) and messages
-//! ([`ClientMsg::Send`] → [`ServerMsg::Message`]) flow; keepalive uses WebSocket ping/pong.
-//!
-//! A client proves it may join with a [`JoinCredential`] (an invite token, or the device
-//! credential a previous [`Joined`] handed out), which builds the `join` frame for each path
-//! it tries; what it keeps between sessions is a
+//! Flow: after the Noise handshake of [`crate::handshake`] (whose third message carries the
+//! join request), every frame below is one JSON message sealed into one WebSocket binary
+//! frame. The host answers the join with [`ServerMsg::Joined`] only after the membership is
+//! durably stored, or [`ServerMsg::Error`] and closes. Then the presence snapshot follows as
+//! one or more [`ServerMsg::Peers`] pages ([`peer_pages`]; a client joins them with
+//! [`PeersSnapshot`]), then changes ([`ServerMsg::PeerJoined`], [`ServerMsg::PeerLeft`]) and
+//! messages ([`ClientMsg::Send`] → [`ServerMsg::Message`]); keepalive uses WebSocket
+//! ping/pong. What a member keeps between sessions is a
 //! [`DeviceCredential`](crate::credential::DeviceCredential).
 
 use crate::path::PathKind;
@@ -35,20 +34,6 @@ pub struct DeviceInfo {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClientMsg {
-    /// First frame. Either `token` + `device` (first join through an invite) or
-    /// `device_id` + `device_key` (rejoin with the credential received earlier).
-    Join {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        token: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        device: Option<DeviceInfo>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        device_id: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        device_key: Option<String>,
-        /// The path this socket was opened on, as the client sees it.
-        path: PathKind,
-    },
     /// Send `body` to one member (`to` = its device id) or to everyone (`to` = null).
     Send {
         #[serde(default)]
@@ -75,12 +60,6 @@ pub struct Joined {
     pub mesh_name: String,
     /// This member's device id (new on a first join, the presented one on a rejoin).
     pub device_id: String,
-    /// Present on the first join only: the secret for later rejoins (see
-    /// [`DeviceCredential::after_join`](crate::credential::DeviceCredential::after_join)).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub device_key: Option<String>,
-    /// Members online right now (excluding the receiver).
-    pub peers: Vec<Peer>,
 }
 
 /// Frames the host sends to a member.
@@ -89,9 +68,13 @@ pub struct Joined {
 pub enum ServerMsg {
     /// The membership is stored; the session is live.
     Joined(Joined),
-    /// Full presence list (excluding the receiver).
+    /// The members online (excluding the receiver), as one snapshot in one or more pages:
+    /// every page but the last has `more: true` (left out when false). A snapshot follows
+    /// `joined`; a client shows it once the last page is in ([`PeersSnapshot`]).
     Peers {
         peers: Vec<Peer>,
+        #[serde(default, skip_serializing_if = "is_false")]
+        more: bool,
     },
     PeerJoined {
         peer: Peer,
@@ -172,69 +155,53 @@ impl std::fmt::Display for ErrorCode {
     }
 }
 
-/// How a client proves it may join: the one input of the `join` frame besides the path.
-///
-/// The native `atmosphere join` and the browser both hold one of these for a whole race and
-/// build every attempt's first frame with [`JoinCredential::join_frame`], so the two shells
-/// cannot drift apart in what they send.
-#[derive(Clone, PartialEq, Eq)]
-pub enum JoinCredential {
-    /// First join through an invite: its token, and how this device introduces itself.
-    Token { token: String, device: DeviceInfo },
-    /// Rejoin with the credential a previous [`Joined`] handed out (spends no invite use
-    /// and does not create a second device).
-    Device {
-        device_id: String,
-        device_key: String,
-    },
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
-impl JoinCredential {
-    /// The `join` message for a socket opened on `path`.
-    pub fn join_msg(&self, path: PathKind) -> ClientMsg {
-        match self {
-            JoinCredential::Token { token, device } => ClientMsg::Join {
-                token: Some(token.clone()),
-                device: Some(device.clone()),
-                device_id: None,
-                device_key: None,
-                path,
-            },
-            JoinCredential::Device {
-                device_id,
-                device_key,
-            } => ClientMsg::Join {
-                token: None,
-                device: None,
-                device_id: Some(device_id.clone()),
-                device_key: Some(device_key.clone()),
-                path,
-            },
-        }
-    }
+/// Bytes of peer JSON one `peers` page carries at most, well under the frame limit (and
+/// under the Noise transport limit, 65,519 bytes of plaintext) whatever the names.
+pub const PEERS_PAGE_BYTES: usize = 32 * 1024;
 
-    /// [`JoinCredential::join_msg`] as the JSON text frame to send.
-    pub fn join_frame(&self, path: PathKind) -> String {
-        self.join_msg(path).to_json()
+/// Splits a presence snapshot into `peers` pages of at most [`PEERS_PAGE_BYTES`] of peer
+/// JSON each, so presence never has to fit in one frame however many members are online.
+/// Always at least one page (an empty snapshot is one empty page).
+pub fn peer_pages(peers: Vec<Peer>) -> Vec<ServerMsg> {
+    let mut pages = Vec::new();
+    let mut page = Vec::new();
+    let mut bytes = 0;
+    for peer in peers {
+        let len = serde_json::to_string(&peer).map_or(0, |s| s.len()) + 1;
+        if !page.is_empty() && bytes + len > PEERS_PAGE_BYTES {
+            pages.push(std::mem::take(&mut page));
+            bytes = 0;
+        }
+        bytes += len;
+        page.push(peer);
     }
+    pages.push(page);
+    let last = pages.len() - 1;
+    pages
+        .into_iter()
+        .enumerate()
+        .map(|(i, peers)| ServerMsg::Peers {
+            peers,
+            more: i < last,
+        })
+        .collect()
 }
 
-/// Names the kind of credential and the device, never the token or the key: credentials
-/// end up in logs through `{:?}`, and a logged secret is a leaked one.
-impl std::fmt::Debug for JoinCredential {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            JoinCredential::Token { device, .. } => f
-                .debug_struct("Token")
-                .field("token", &"<redacted>")
-                .field("device", device)
-                .finish(),
-            JoinCredential::Device { device_id, .. } => f
-                .debug_struct("Device")
-                .field("device_id", device_id)
-                .field("device_key", &"<redacted>")
-                .finish(),
-        }
+/// Joins `peers` pages into the snapshot they make up (the client side of [`peer_pages`]).
+#[derive(Debug, Default)]
+pub struct PeersSnapshot {
+    pending: Vec<Peer>,
+}
+
+impl PeersSnapshot {
+    /// Takes one page; returns the whole snapshot when this was its last page.
+    pub fn page(&mut self, peers: &[Peer], more: bool) -> Option<Vec<Peer>> {
+        self.pending.extend_from_slice(peers);
+        (!more).then(|| std::mem::take(&mut self.pending))
     }
 }
 
@@ -268,27 +235,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn join_frame_matches_contract() {
-        let m = ClientMsg::parse(
-            r#"{"type":"join","token":"ATM-X","device":{"name":"Pixel 8","platform":"browser"},"path":"local"}"#,
-        )
-        .unwrap();
-        match m {
-            ClientMsg::Join {
-                token,
-                device,
-                path,
-                ..
-            } => {
-                assert_eq!(token.as_deref(), Some("ATM-X"));
-                assert_eq!(device.unwrap().name, "Pixel 8");
-                assert_eq!(path, PathKind::Local);
-            }
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-
-    #[test]
     fn error_frame_shape() {
         let s = ServerMsg::Error {
             code: ErrorCode::TokenExpired,
@@ -302,84 +248,58 @@ mod tests {
     }
 
     #[test]
-    fn join_credentials_build_the_contract_frames() {
-        let token = JoinCredential::Token {
-            token: "ATM-X".into(),
-            device: DeviceInfo {
-                name: "P".into(),
-                platform: "cli".into(),
-            },
-        };
-        assert_eq!(
-            token.join_frame(PathKind::Public),
-            r#"{"type":"join","token":"ATM-X","device":{"name":"P","platform":"cli"},"path":"public"}"#
-        );
-        let device = JoinCredential::Device {
-            device_id: "d1".into(),
-            device_key: "k1".into(),
-        };
-        assert_eq!(
-            device.join_frame(PathKind::Relay),
-            r#"{"type":"join","device_id":"d1","device_key":"k1","path":"relay"}"#
-        );
-        // Each frame parses back into the join message it was built from.
-        for (cred, path) in [(token, PathKind::Local), (device, PathKind::Public)] {
-            assert_eq!(
-                ClientMsg::parse(&cred.join_frame(path)).unwrap(),
-                cred.join_msg(path)
-            );
-        }
-    }
-
-    #[test]
-    fn join_credential_debug_hides_the_secrets() {
-        let token = JoinCredential::Token {
-            token: "ATM-SECRET".into(),
-            device: DeviceInfo::default(),
-        };
-        let device = JoinCredential::Device {
-            device_id: "d1".into(),
-            device_key: "SECRET-KEY".into(),
-        };
-        assert!(!format!("{token:?}").contains("SECRET"));
-        assert!(!format!("{device:?}").contains("SECRET"));
-        assert!(format!("{device:?}").contains("d1"));
-    }
-
-    #[test]
     fn joined_frame_matches_the_contract() {
         let joined = ServerMsg::Joined(Joined {
             mesh_id: "m1".into(),
             mesh_name: "Home".into(),
             device_id: "d1".into(),
-            device_key: Some("k1".into()),
-            peers: vec![Peer {
-                device_id: "d2".into(),
-                name: "Pixel".into(),
-                platform: "browser".into(),
-                path: PathKind::Relay,
-            }],
         });
         let text = joined.to_json();
         assert_eq!(
             text,
-            r#"{"type":"joined","mesh_id":"m1","mesh_name":"Home","device_id":"d1","device_key":"k1","peers":[{"device_id":"d2","name":"Pixel","platform":"browser","path":"relay"}]}"#
+            r#"{"type":"joined","mesh_id":"m1","mesh_name":"Home","device_id":"d1"}"#
         );
         assert_eq!(serde_json::from_str::<ServerMsg>(&text).unwrap(), joined);
-        // A rejoin's answer carries no key, and says so by leaving the field out.
-        let rejoined = ServerMsg::Joined(Joined {
-            mesh_id: "m1".into(),
-            mesh_name: "Home".into(),
-            device_id: "d1".into(),
-            device_key: None,
-            peers: vec![],
-        });
-        let text = rejoined.to_json();
+    }
+
+    fn peer(i: usize, name_len: usize) -> Peer {
+        Peer {
+            device_id: format!("{i:016x}"),
+            name: "\"".repeat(name_len),
+            platform: "browser".into(),
+            path: PathKind::Relay,
+        }
+    }
+
+    #[test]
+    fn presence_of_ten_thousand_members_is_paged_under_the_frame_limit() {
+        let peers: Vec<Peer> = (0..10_000).map(|i| peer(i, 64)).collect();
+        let pages = peer_pages(peers.clone());
+        assert!(pages.len() > 1);
+        let mut snapshot = PeersSnapshot::default();
+        let mut whole = None;
+        for (i, page) in pages.iter().enumerate() {
+            let text = page.to_json();
+            assert!(text.len() < 48 * 1024, "page {i} is {} bytes", text.len());
+            let ServerMsg::Peers { peers, more } = serde_json::from_str(&text).unwrap() else {
+                panic!("not a peers page")
+            };
+            assert_eq!(more, i + 1 < pages.len());
+            assert!(whole.is_none(), "a snapshot completed before its last page");
+            whole = snapshot.page(&peers, more);
+        }
+        assert_eq!(whole.unwrap(), peers);
+    }
+
+    #[test]
+    fn a_small_snapshot_is_one_page_without_more() {
+        let pages = peer_pages(vec![peer(1, 3)]);
+        assert_eq!(pages.len(), 1);
+        assert!(!pages[0].to_json().contains("more"));
         assert_eq!(
-            text,
-            r#"{"type":"joined","mesh_id":"m1","mesh_name":"Home","device_id":"d1","peers":[]}"#
+            peer_pages(Vec::new())[0].to_json(),
+            r#"{"type":"peers","peers":[]}"#
         );
-        assert_eq!(serde_json::from_str::<ServerMsg>(&text).unwrap(), rejoined);
     }
 
     #[test]

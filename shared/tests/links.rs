@@ -41,7 +41,7 @@ fn spec_v2_link_with_raw_json() {
     assert_eq!(inv, Invite::v2("ATM-XXX", "Home", spec_endpoints()));
     assert_eq!(
         inv.to_inspect_json(),
-        r#"{"version":2,"token":"ATM-XXX","mesh_name":"Home","endpoints":{"local":"ws://192.168.86.237:11451","public":"ws://73.45.123.89:11451","relay":"wss://relay.atmosphere.io/mesh/abc123"}}"#
+        r#"{"version":2,"token":"ATM-XXX","mesh_name":"Home","mesh_id":null,"endpoints":{"local":"ws://192.168.86.237:11451","public":"ws://73.45.123.89:11451","relay":"wss://relay.atmosphere.io/mesh/abc123"}}"#
     );
 }
 
@@ -225,7 +225,7 @@ fn v1_generated_link_uses_the_legacy_endpoint() {
     );
     assert_eq!(
         back.to_inspect_json(),
-        r#"{"version":1,"token":"ATM-XXX","mesh_name":"Home","endpoints":{"local":null,"public":"ws://73.45.123.89:11451","relay":null}}"#
+        r#"{"version":1,"token":"ATM-XXX","mesh_name":"Home","mesh_id":null,"endpoints":{"local":null,"public":"ws://73.45.123.89:11451","relay":null}}"#
     );
 }
 
@@ -715,4 +715,72 @@ proptest! {
             let _ = Invite::parse(&format!("{}{insert}{}", &link[..at], &link[at..]));
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// The mesh id a client checks in the handshake.
+
+const MESH_ID: &str = "yu3ed7b77d4tkz2nk4hgmx776e";
+
+#[test]
+fn links_carry_the_mesh_id_and_old_links_still_parse() {
+    let inv = Invite::v2(
+        "ATM-XXX",
+        "Home",
+        eps(Some("ws://192.168.1.2:11451/ws"), None, None),
+    )
+    .with_mesh_id(MESH_ID);
+    for link in [
+        inv.to_v2_link(),
+        inv.to_v1_link(),
+        inv.to_web_link("http://h:1"),
+    ] {
+        assert!(link.contains(&format!("&id={MESH_ID}")), "{link}");
+        let back = Invite::parse(&link).unwrap();
+        assert_eq!(back.mesh_id.as_deref(), Some(MESH_ID), "{link}");
+        assert_eq!(back.expected_mesh_id().as_deref(), Some(MESH_ID));
+    }
+    assert!(inv
+        .to_inspect_json()
+        .contains(&format!(r#""mesh_id":"{MESH_ID}""#)));
+    // An upper-case id (typed from a screen) is the same id.
+    let upper = format!(
+        "atmosphere://join?token=ATM-X&mesh=H&id={}&endpoint=ws://h:1",
+        MESH_ID.to_uppercase()
+    );
+    assert_eq!(
+        Invite::parse(&upper).unwrap().mesh_id.as_deref(),
+        Some(MESH_ID)
+    );
+    // A link of an earlier version has none, and says so.
+    let old = Invite::parse(SPEC_V2_LINK).unwrap();
+    assert_eq!(old.mesh_id, None);
+}
+
+#[test]
+fn a_relay_endpoint_names_the_mesh_when_the_link_does_not() {
+    let relay = format!("wss://relay.example/mesh/{MESH_ID}");
+    let inv = Invite::v2("ATM-X", "Home", eps(None, None, Some(&relay)));
+    assert_eq!(inv.expected_mesh_id().as_deref(), Some(MESH_ID));
+    // The spec example's relay path is not a mesh id: nothing is expected.
+    assert_eq!(
+        Invite::parse(SPEC_V2_LINK).unwrap().expected_mesh_id(),
+        None
+    );
+}
+
+#[test]
+fn a_bad_mesh_id_is_refused_with_its_name() {
+    for bad in ["short", "../../etc/passwd", "yu3ed7b77d4tkz2nk4hgmx776e0"] {
+        let link = format!("atmosphere://join?token=ATM-X&mesh=H&id={bad}&endpoint=ws://h:1");
+        let e = Invite::parse(&link).unwrap_err();
+        assert!(matches!(e, LinkError::BadMeshId { .. }), "{bad}: {e:?}");
+        assert!(e.to_string().contains("id="), "{e}");
+    }
+    let twice =
+        format!("atmosphere://join?token=ATM-X&mesh=H&id={MESH_ID}&id={MESH_ID}&endpoint=ws://h:1");
+    assert!(matches!(
+        Invite::parse(&twice),
+        Err(LinkError::DuplicateParameter { name: "id" })
+    ));
 }
