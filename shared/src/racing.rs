@@ -129,15 +129,61 @@ pub enum FailReason {
     ClosedBeforeJoined,
     /// A `ws://` URL from a page served over https: the browser refuses it.
     BlockedByBrowser,
-    /// The host (or the relay) answered with an error frame.
+    /// The host answered with an error frame through the secure channel (its own word).
     Host { code: ErrorCode, message: String },
+    /// Before the secure channel existed, something sent a plaintext error frame: the
+    /// relay (`host_offline`, `rate_limited`), the host turning a socket away before its
+    /// handshake, or anyone on the path. It is not authenticated, so it is never final,
+    /// whatever its code ([`FailReason::from_plaintext_notice`]).
+    Unverified { code: String, message: String },
+    /// The endpoint answered the handshake but could not prove it is the expected host
+    /// (another mesh's key, a bad certificate, a message that does not decrypt). Nothing
+    /// was sent to it.
+    NotTheHost(String),
 }
 
 impl FailReason {
-    /// A final reason stops the whole race (see [`ErrorCode::is_final`]).
+    /// A final reason stops the whole race (see [`ErrorCode::is_final`]). Only the host's
+    /// own word, through the secure channel, can be final.
     pub fn is_final(&self) -> bool {
         matches!(self, FailReason::Host { code, .. } if code.is_final())
     }
+
+    /// The reason for a plaintext text frame received before the secure channel existed:
+    /// an `error` frame's code and message, unverified, or a protocol error for anything
+    /// else. Never final.
+    pub fn from_plaintext_notice(text: &str) -> FailReason {
+        #[derive(serde::Deserialize)]
+        struct Notice {
+            #[serde(rename = "type")]
+            kind: String,
+            #[serde(default)]
+            code: String,
+            #[serde(default)]
+            message: String,
+        }
+        match serde_json::from_str::<Notice>(text) {
+            Ok(n) if n.kind == "error" => FailReason::Unverified {
+                code: cut(n.code, 64),
+                message: cut(n.message, 300),
+            },
+            _ => FailReason::Protocol(
+                "a plaintext frame arrived before the handshake finished".into(),
+            ),
+        }
+    }
+}
+
+/// At most `max` bytes of `s`, cut at a character boundary.
+fn cut(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    s
 }
 
 impl fmt::Display for FailReason {
@@ -152,6 +198,15 @@ impl fmt::Display for FailReason {
             }
             FailReason::Host { code, message } if message.is_empty() => write!(f, "{code}"),
             FailReason::Host { code, message } => write!(f, "{code}: {message}"),
+            FailReason::Unverified { code, message } if message.is_empty() => {
+                write!(f, "{code} (unverified)")
+            }
+            FailReason::Unverified { code, message } => {
+                write!(f, "{code}: {message} (unverified)")
+            }
+            FailReason::NotTheHost(why) => {
+                write!(f, "not the mesh's host: {why}; nothing was sent to it")
+            }
         }
     }
 }

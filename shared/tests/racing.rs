@@ -837,3 +837,27 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn plaintext_notices_before_the_handshake_are_never_final() {
+    // A relay's notice, or a forged "unknown_device" from whoever answered a crafted link:
+    // neither is the host's word, so neither may end the race or cost a credential.
+    for text in [
+        r#"{"type":"error","code":"host_offline","message":"no host is registered"}"#,
+        r#"{"type":"error","code":"unknown_device","message":"forget your key"}"#,
+        r#"{"type":"joined","mesh_id":"m","mesh_name":"Home","device_id":"d"}"#,
+        "not json",
+    ] {
+        let r = FailReason::from_plaintext_notice(text);
+        assert!(!r.is_final(), "{text}: {r:?}");
+    }
+    let r = FailReason::from_plaintext_notice(
+        r#"{"type":"error","code":"host_offline","message":"no host"}"#,
+    );
+    assert_eq!(r.to_string(), "host_offline: no host (unverified)");
+    let long = format!(
+        r#"{{"type":"error","code":"x","message":"{}"}}"#,
+        "é".repeat(400)
+    );
+    assert!(FailReason::from_plaintext_notice(&long).to_string().len() < 400);
+}
