@@ -9,7 +9,7 @@
 //! session handler speaks in [`ServerMsg`] and [`ClientMsg`] only.
 
 use crate::ws::{Frame, FrameSocket, RecvError, SendError};
-use atmosphere_shared::handshake::SecureChannel;
+use atmosphere_shared::handshake::{ChannelError, SecureChannel};
 use atmosphere_shared::wire::{ClientMsg, ErrorCode, ServerMsg, MAX_FRAME_BYTES};
 
 /// A member's socket and, after the handshake, its channel.
@@ -83,6 +83,12 @@ impl MeshSocket {
                 }
                 Some(Err(RecvError::TooLarge)) => return Err(Violation::too_large()),
                 Some(Ok(Frame::Ping(_) | Frame::Pong(_))) => continue,
+                Some(Ok(Frame::Text(t))) if t.len() > MAX_FRAME_BYTES => {
+                    return Err(Violation::too_large())
+                }
+                Some(Ok(Frame::Binary(b))) if b.len() > MAX_FRAME_BYTES => {
+                    return Err(Violation::too_large())
+                }
                 Some(Ok(Frame::Text(_))) => {
                     return Err(Violation::new(
                         ErrorCode::BadRequest,
@@ -134,6 +140,9 @@ impl MeshSocket {
                 return Err(RecvFailure::Violation(Violation::too_large()))
             }
             Some(Ok(Frame::Ping(_) | Frame::Pong(_))) => return Ok(Incoming::Keepalive),
+            Some(Ok(Frame::Text(t))) if t.len() > MAX_FRAME_BYTES => {
+                return Err(RecvFailure::Violation(Violation::too_large()))
+            }
             Some(Ok(Frame::Text(_))) => {
                 return Err(RecvFailure::Violation(Violation::new(
                     ErrorCode::BadRequest,
@@ -149,9 +158,15 @@ impl MeshSocket {
             )));
         };
         let plain = channel.open(&frame).map_err(|e| {
-            RecvFailure::Violation(Violation::new(ErrorCode::BadRequest, e.to_string()))
+            let code = match e {
+                ChannelError::TooLarge { .. } => ErrorCode::TooLarge,
+                _ => ErrorCode::BadRequest,
+            };
+            RecvFailure::Violation(Violation::new(code, e.to_string()))
         })?;
-        parse_client_msg(&plain).map(Incoming::Msg).map_err(RecvFailure::Violation)
+        parse_client_msg(&plain)
+            .map(Incoming::Msg)
+            .map_err(RecvFailure::Violation)
     }
 
     /// Sends a close frame (best effort).
@@ -186,11 +201,19 @@ mod tests {
         ));
         let e = parse_client_msg(b"nope").err().unwrap();
         assert_eq!(e.code, ErrorCode::BadRequest);
-        assert!(e.message.starts_with("message is not valid JSON"), "{}", e.message);
+        assert!(
+            e.message.starts_with("message is not valid JSON"),
+            "{}",
+            e.message
+        );
         // The plaintext join of earlier versions is not a message any more.
         let e = parse_client_msg(br#"{"type":"join","token":"ATM-X","path":"local"}"#)
             .err()
             .unwrap();
-        assert!(e.message.starts_with("message is not a known message"), "{}", e.message);
+        assert!(
+            e.message.starts_with("message is not a known message"),
+            "{}",
+            e.message
+        );
     }
 }

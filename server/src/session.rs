@@ -322,9 +322,8 @@ impl Sessions {
 
     /// Message 1 in, message 2 out, message 3 in; the channel goes into `sock`.
     async fn noise(&self, sock: &mut MeshSocket) -> Result<Secured, Option<HandshakeRefusal>> {
-        let bad = |e: HandshakeError| {
-            Some(HandshakeRefusal::new(ErrorCode::BadRequest, e.to_string()))
-        };
+        let bad =
+            |e: HandshakeError| Some(HandshakeRefusal::new(ErrorCode::BadRequest, e.to_string()));
         let msg1 = self.handshake_message(sock).await?;
         let hs = HostHandshake::new(&self.keys, Entropy::new(rand::random()));
         let (hs, msg2) = hs.read_client_hello(&msg1).map_err(bad)?;
@@ -384,8 +383,13 @@ impl Sessions {
                 device_id,
                 device_key: bearer,
             } => {
-                self.authenticate_device(&device_id, DeviceProof::BearerKey(&bearer), &device_key, path)
-                    .await
+                self.authenticate_device(
+                    &device_id,
+                    DeviceProof::BearerKey(&bearer),
+                    &device_key,
+                    path,
+                )
+                .await
             }
         };
         admitted.map_err(|r| apply_rate_limit(r, blocked))
@@ -584,7 +588,12 @@ impl Sessions {
     }
 
     /// Step 5: `joined`, then the presence snapshot in pages.
-    async fn greet(&self, sock: &mut MeshSocket, me: &Peer, peers: Vec<Peer>) -> Result<(), String> {
+    async fn greet(
+        &self,
+        sock: &mut MeshSocket,
+        me: &Peer,
+        peers: Vec<Peer>,
+    ) -> Result<(), String> {
         let joined = ServerMsg::Joined(Joined {
             mesh_id: self.keys.mesh_id().to_string(),
             mesh_name: self.mesh_name.clone(),

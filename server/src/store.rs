@@ -26,7 +26,8 @@ use std::time::Duration;
 const SCHEMA_VERSION: i64 = 2;
 
 /// Migration steps; entry `i` upgrades from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
     CREATE TABLE mesh (
         id          INTEGER PRIMARY KEY CHECK (id = 1),
         name        TEXT    NOT NULL,
@@ -345,7 +346,11 @@ pub fn get_device(conn: &mut Connection, id: &str) -> anyhow::Result<Option<Devi
 /// Stores the static key of a device of an earlier version at its first rejoin and retires
 /// its bearer key, in one statement. False when the device has a static key already (or
 /// is gone): the bearer key no longer works then.
-pub fn upgrade_device_key(conn: &mut Connection, id: &str, static_key: &str) -> anyhow::Result<bool> {
+pub fn upgrade_device_key(
+    conn: &mut Connection,
+    id: &str,
+    static_key: &str,
+) -> anyhow::Result<bool> {
     Ok(conn.execute(
         "UPDATE devices SET static_key = ?2, key_hash = '' WHERE id = ?1 AND static_key IS NULL",
         params![id, static_key],
@@ -425,7 +430,9 @@ fn device_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeviceRow> {
         id: r.get(0)?,
         name: r.get(1)?,
         platform: r.get(2)?,
-        key_hash: r.get::<_, String>(3).map(|h| (!h.is_empty()).then_some(h))?,
+        key_hash: r
+            .get::<_, String>(3)
+            .map(|h| (!h.is_empty()).then_some(h))?,
         invite_id: r.get(4)?,
         joined_at: r.get(5)?,
         last_seen: r.get(6)?,
@@ -549,13 +556,25 @@ mod tests {
         }
         let s = Store::open(&path).unwrap();
         let row = s.call_blocking(|c| get_device(c, "d1")).unwrap().unwrap();
-        assert_eq!((row.key_hash.as_deref(), row.static_key), (Some("h1"), None));
-        assert!(s.call_blocking(|c| upgrade_device_key(c, "d1", "k1")).unwrap());
+        assert_eq!(
+            (row.key_hash.as_deref(), row.static_key),
+            (Some("h1"), None)
+        );
+        assert!(s
+            .call_blocking(|c| upgrade_device_key(c, "d1", "k1"))
+            .unwrap());
         let row = s.call_blocking(|c| get_device(c, "d1")).unwrap().unwrap();
-        assert_eq!((row.key_hash, row.static_key.as_deref()), (None, Some("k1")));
+        assert_eq!(
+            (row.key_hash, row.static_key.as_deref()),
+            (None, Some("k1"))
+        );
         // Once a static key is stored, a bearer key cannot replace it.
-        assert!(!s.call_blocking(|c| upgrade_device_key(c, "d1", "k2")).unwrap());
-        assert!(!s.call_blocking(|c| upgrade_device_key(c, "nope", "k2")).unwrap());
+        assert!(!s
+            .call_blocking(|c| upgrade_device_key(c, "d1", "k2"))
+            .unwrap());
+        assert!(!s
+            .call_blocking(|c| upgrade_device_key(c, "nope", "k2"))
+            .unwrap());
     }
 
     #[test]

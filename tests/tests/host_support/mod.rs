@@ -5,8 +5,8 @@
 #![allow(dead_code)]
 
 use atmosphere_shared::handshake::{
-    ClientHandshake, Entropy, HostExpectation, HostIdentity, JoinProof, JoinRequest,
-    SecureChannel, StaticSecret,
+    ClientHandshake, Entropy, HostExpectation, HostIdentity, JoinProof, JoinRequest, SecureChannel,
+    StaticSecret,
 };
 use atmosphere_shared::wire::DeviceInfo;
 use atmosphere_shared::PathKind;
@@ -119,8 +119,12 @@ impl Member {
         self.send_binary(msg1).await.expect("send message 1");
         match self.next_frame(FRAME_WAIT).await {
             Frame::Binary(msg2) => {
-                let done = client.read_host_hello(&msg2).expect("the host authenticates");
-                self.send_binary(done.message).await.expect("send message 3");
+                let done = client
+                    .read_host_hello(&msg2)
+                    .expect("the host authenticates");
+                self.send_binary(done.message)
+                    .await
+                    .expect("send message 3");
                 self.channel = Some(done.channel);
                 self.host = Some(done.host);
                 self.next_json().await
@@ -190,7 +194,10 @@ impl Member {
                 Next::Json(serde_json::from_str(&t).expect("host sent JSON"))
             }
             Frame::Binary(b) => {
-                let ch = self.channel.as_mut().expect("a binary frame before the handshake");
+                let ch = self
+                    .channel
+                    .as_mut()
+                    .expect("a binary frame before the handshake");
                 let plain = ch.open(&b).expect("the host's frame opens");
                 Next::Json(serde_json::from_slice(&plain).expect("host sent JSON"))
             }
@@ -256,7 +263,10 @@ enum Frame {
 /// Asserts `v` is a `joined` frame and returns its device id.
 pub fn joined_id(v: &Value) -> String {
     assert_eq!(v["type"], "joined", "expected joined, got {v}");
-    assert!(v.get("device_key").is_none(), "no bearer key crosses the wire: {v}");
+    assert!(
+        v.get("device_key").is_none(),
+        "no bearer key crosses the wire: {v}"
+    );
     v["device_id"].as_str().expect("device_id").to_string()
 }
 
