@@ -109,20 +109,30 @@ impl MeshSocket {
     /// Sends one message: sealed in a binary frame once the channel exists, else (an
     /// `error` turning the socket away before its handshake) as plaintext text.
     pub async fn send_msg(&mut self, msg: &ServerMsg) -> Result<(), SendError> {
-        self.send_json(msg.to_json()).await
+        let frame = self.frame(&msg.to_json())?;
+        self.frames.send(frame).await
     }
 
-    /// [`MeshSocket::send_msg`] for a message already serialised (the hub's fan-out text).
-    pub async fn send_json(&mut self, json: String) -> Result<(), SendError> {
-        let frame = match &mut self.channel {
-            None => Frame::Text(json),
+    /// Messages already serialised (the hub's fan-out), each in its own frame, written with
+    /// one flush.
+    pub async fn send_all_json(&mut self, jsons: &[std::sync::Arc<str>]) -> Result<(), SendError> {
+        let frames = jsons
+            .iter()
+            .map(|j| self.frame(j))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.frames.send_all(frames).await
+    }
+
+    /// One message as its frame: sealed once the channel exists, else plaintext text.
+    fn frame(&mut self, json: &str) -> Result<Frame, SendError> {
+        Ok(match &mut self.channel {
+            None => Frame::Text(json.to_string()),
             Some(channel) => Frame::Binary(
                 channel
                     .seal(json.as_bytes())
                     .map_err(|e| SendError(format!("cannot seal a message: {e}")))?,
             ),
-        };
-        self.frames.send(frame).await
+        })
     }
 
     /// Sends a WebSocket ping (keepalive; not part of the sealed stream).

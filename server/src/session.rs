@@ -62,6 +62,9 @@ use std::time::Duration;
 use tokio::time::{timeout, Instant};
 use tracing::{debug, info, warn};
 
+/// Most queued frames a session writes with one flush.
+const MAX_BURST: usize = 64;
+
 /// Tunables of mesh sessions (defaults follow the protocol contract).
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
@@ -677,10 +680,13 @@ impl Sessions {
                             None => "dropped".into(),
                         };
                     };
+                    // A burst (presence while many join) goes out with one flush.
+                    let mut burst = vec![text];
+                    burst.extend(outbox.ready(MAX_BURST));
                     // A member whose socket is full blocks here; a kick (queue overflow)
                     // must still end it at once rather than after the write timeout.
                     tokio::select! {
-                        r = self.send_json(sock, text.to_string()) => if let Err(r) = r { return r },
+                        r = self.bounded(sock.send_all_json(&burst)) => if let Err(r) = r { return r },
                         why = kick.kicked() => return self.kicked(sock, why).await,
                     }
                 }
@@ -726,10 +732,6 @@ impl Sessions {
 
     async fn send(&self, sock: &mut MeshSocket, msg: &ServerMsg) -> Result<(), String> {
         self.bounded(sock.send_msg(msg)).await
-    }
-
-    async fn send_json(&self, sock: &mut MeshSocket, json: String) -> Result<(), String> {
-        self.bounded(sock.send_json(json)).await
     }
 
     /// One write within the write timeout; `Err` is the leave reason.
