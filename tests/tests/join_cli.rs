@@ -461,7 +461,9 @@ async fn device_file_rejoins_without_the_token() {
         "{cred}"
     );
     assert!(
-        cred["device_secret"].as_str().is_some_and(|s| !s.is_empty()),
+        cred["device_secret"]
+            .as_str()
+            .is_some_and(|s| !s.is_empty()),
         "{cred}"
     );
     // Pinned to the mesh the host proved in the handshake.

@@ -41,10 +41,10 @@ mod stdin;
 
 use crate::secret::random_bytes;
 use atmosphere_shared::credential::{DeviceCredential, JoinPlan};
-use atmosphere_shared::handshake::StaticSecret;
+use atmosphere_shared::handshake::{HostIdentity, StaticSecret};
 use atmosphere_shared::join_event::ClientErrorCode;
 use atmosphere_shared::racing::{Policy, DEFAULT_ATTEMPT_TIMEOUT_MS, DEFAULT_STAGGER_MS};
-use atmosphere_shared::wire::DeviceInfo;
+use atmosphere_shared::wire::{DeviceInfo, Joined};
 use atmosphere_shared::Invite;
 use attempt::Won;
 use live_session::SessionEnd;
@@ -146,7 +146,7 @@ pub async fn run(args: Args) -> ExitCode {
         let Some(path) = &args.device_file else {
             return;
         };
-        let kept = kept_credential(&plan, won, stored.as_ref());
+        let kept = kept_credential(&plan, &won.host, &won.joined, stored.as_ref());
         if stored.as_ref() != Some(&kept) {
             save_device_file(path, &kept, &out);
         }
@@ -164,7 +164,7 @@ pub async fn run(args: Args) -> ExitCode {
     let rejoin = (!args.no_reconnect)
         .then(|| {
             JoinPlan::rejoin(
-                &kept_credential(&plan, &won, stored.as_ref()),
+                &kept_credential(&plan, &won.host, &won.joined, stored.as_ref()),
                 random_bytes(),
             )
             .ok()
@@ -226,14 +226,17 @@ fn prepare(
     Ok((invite, stored.map(|(_, c)| c), plan))
 }
 
-/// What this device keeps after the host's `joined` on `won`: pinned to the mesh the host
-/// proved, with the plan's device key, remembering the endpoints the stored record had.
+/// What this device keeps after the host authenticated as `host` and answered `joined`:
+/// pinned to the mesh the host proved, with the plan's device key, remembering the
+/// endpoints the `stored` record had. Equal to `stored` when nothing changed (a rejoin with
+/// a record of this version), so the file is only rewritten when it has to be.
 fn kept_credential(
     plan: &JoinPlan,
-    won: &Won,
+    host: &HostIdentity,
+    joined: &Joined,
     stored: Option<&DeviceCredential>,
 ) -> DeviceCredential {
-    let mut kept = plan.credential(&won.host, &won.joined);
+    let mut kept = plan.credential(host, joined);
     if let Some(stored) = stored {
         kept.remember_endpoints_of(stored);
     }
@@ -310,4 +313,64 @@ fn device_name(arg: Option<&str>) -> Result<String, String> {
         return Err("--name must not contain control characters".into());
     }
     Ok(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use atmosphere_shared::handshake::StaticPublic;
+
+    fn host(mesh_id: &str) -> HostIdentity {
+        HostIdentity {
+            mesh_id: mesh_id.into(),
+            public_key: [1; 32],
+            static_key: StaticPublic([2; 32]),
+            first_use: false,
+        }
+    }
+
+    fn joined(mesh_id: &str) -> Joined {
+        Joined {
+            mesh_id: mesh_id.into(),
+            mesh_name: "Home".into(),
+            device_id: "d1".into(),
+        }
+    }
+
+    fn stored(text: &str) -> DeviceCredential {
+        serde_json::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn a_record_of_an_earlier_version_is_kept_in_the_new_form() {
+        let old = stored(
+            r#"{"mesh_id":"m1","mesh_name":"Home","device_id":"d1","device_key":"k","endpoints":["ws://a"]}"#,
+        );
+        let plan = JoinPlan::rejoin(&old, [5; 32]).unwrap();
+        let kept = kept_credential(&plan, &host("m1"), &joined("m1"), Some(&old));
+        assert_ne!(kept, old, "the file must be rewritten");
+        assert_eq!(kept.device_key, None);
+        assert!(kept.device_secret.is_some());
+        assert_eq!(kept.endpoints, ["ws://a"]);
+        // The new form rejoins with the new device key, and a rejoin changes nothing more.
+        let again = JoinPlan::rejoin(&kept, [6; 32]).unwrap();
+        let same = kept_credential(&again, &host("m1"), &joined("m1"), Some(&kept));
+        assert_eq!(same, kept, "an unchanged record is not rewritten");
+    }
+
+    #[test]
+    fn a_first_join_pins_the_mesh_the_host_proved() {
+        let invite = Invite::parse(
+            "atmosphere://join?token=ATM-HAEQDDBYEJ9FCA91ABJEK9GC76VZTCRG&mesh=Home&endpoint=ws://h/ws",
+        )
+        .unwrap();
+        let plan = JoinPlan::first_join(
+            &invite,
+            DeviceInfo::default(),
+            StaticSecret::from_bytes([9; 32]),
+        );
+        let kept = kept_credential(&plan, &host("proven"), &joined("claimed"), None);
+        assert_eq!(kept.mesh_id, "proven");
+        assert_eq!(kept.device_id, "d1");
+    }
 }
