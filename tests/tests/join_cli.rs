@@ -528,6 +528,57 @@ async fn forged_device_credential_is_refused_with_unknown_device() {
     }
 }
 
+/// A device enrolled by an earlier version (the host stored the hash of the bearer
+/// `device_key` it handed out; the file holds that key) still rejoins with its old file,
+/// once: the file is then rewritten in the new form (a device secret, no bearer key), and
+/// the next run rejoins with that, as the same device.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_device_file_of_an_earlier_version_rejoins_and_is_rewritten() {
+    let host = Host::start().await;
+    let minted = mint(&host).await;
+    // The device row as the earlier version stored it: a bearer key's hash, no static key.
+    let db = atmosphere_server::data_dir::database_path(&host.data_dir);
+    let store = atmosphere_server::store::Store::open(&db).unwrap();
+    let key_hash = atmosphere_server::secret::sha256_hex("legacy-bearer-key");
+    store
+        .call(move |conn| {
+            conn.execute_batch(&format!(
+                "INSERT INTO devices (id, name, platform, key_hash, joined_at) \
+                 VALUES ('dev-legacy', 'Old phone', 'cli', '{key_hash}', 1)"
+            ))?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    drop(store);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("device.json");
+    let file_s = file.to_str().unwrap();
+    write_file(
+        &file,
+        &format!(
+            r#"{{"mesh_id":"{}","mesh_name":"Home","device_id":"dev-legacy","device_key":"legacy-bearer-key"}}"#,
+            minted.mesh_id
+        ),
+    );
+    let link = link_with(&minted, only_local(host.ws_url()));
+
+    let first = run_join(&["--once", "--json", "--device-file", file_s, &link]).await;
+    assert_eq!(first.code, Some(0), "{}", first.dump());
+    let cred: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    assert_eq!(cred["device_id"], "dev-legacy", "{cred}");
+    assert_eq!(cred["mesh_id"], minted.mesh_id.as_str(), "{cred}");
+    assert!(cred["device_secret"].is_string(), "{cred}");
+    assert!(cred.get("device_key").is_none(), "{cred}");
+
+    let second = run_join(&["--once", "--json", "--device-file", file_s, &link]).await;
+    assert_eq!(second.code, Some(0), "{}", second.dump());
+    let mesh = host.get_json("/api/mesh").await;
+    let devices = mesh["devices"].as_array().unwrap();
+    assert_eq!(devices.len(), 1, "{mesh}");
+    assert_eq!(devices[0]["device_id"], "dev-legacy", "{mesh}");
+}
+
 /// A device file pinned to another mesh is never presented to this host: the handshake
 /// fails before the request is sent (`not the mesh's host`), the run fails like an
 /// unreachable path (not a refusal), and the file is kept as it was.
