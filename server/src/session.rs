@@ -44,7 +44,7 @@ use crate::limits::{rate_bucket, JoinRateLimiter};
 use crate::mesh_socket::{Incoming, MeshSocket, RecvFailure, Violation};
 use crate::printable::printable;
 use crate::secret::{constant_time_eq, random_hex, sha256_hex};
-use crate::store::{self, NewDevice, RedeemError, Store};
+use crate::store::{self, NewDevice, RedeemError, Redemption, Store};
 use crate::ws::{close_code, FrameSocket};
 use atmosphere_shared::api::MeshEvent;
 use atmosphere_shared::handshake::{
@@ -416,15 +416,15 @@ impl Sessions {
             return Err(unknown_token());
         }
         let new = new_device(&device, path, static_key);
-        let invite_id = self.store_redemption(&token, &new).await?;
+        let redeemed = self.store_redemption(&token, &new).await?;
         Ok(Admitted {
             peer: Peer {
-                device_id: new.id,
+                device_id: redeemed.device_id,
                 name: new.name,
                 platform: new.platform,
                 path,
             },
-            invite_id: Some(invite_id),
+            invite_id: redeemed.new_device.then_some(redeemed.invite_id),
         })
     }
 
@@ -443,13 +443,13 @@ impl Sessions {
             })
     }
 
-    /// The store step of a token join: one use of the invite and the new device, atomically.
-    /// Returns the invite id.
+    /// The store step of a token join: one use of the invite and the new device, atomically
+    /// (or, for a device key that redeemed this invite before, that device again).
     async fn store_redemption(
         &self,
         token: &Token,
         new: &NewDevice,
-    ) -> Result<String, HandshakeRefusal> {
+    ) -> Result<Redemption, HandshakeRefusal> {
         let hash = token.hash_hex();
         let now = now_secs();
         let dev = new.clone();

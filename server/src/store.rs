@@ -60,6 +60,7 @@ const MIGRATIONS: &[&str] = &[
     // static key and retires the bearer key (`key_hash` = '').
     r#"
     ALTER TABLE devices ADD COLUMN static_key TEXT;
+    CREATE INDEX devices_static_key ON devices (static_key);
 "#,
 ];
 
@@ -278,14 +279,28 @@ pub fn insert_invite(conn: &mut Connection, inv: &NewInvite) -> anyhow::Result<(
     Ok(())
 }
 
+/// A redeemed invite.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redemption {
+    pub invite_id: String,
+    /// The device's id: `device.id`, or the id this device key got when it redeemed this
+    /// invite before.
+    pub device_id: String,
+    /// False when the same device key had already redeemed this invite (its `joined` was
+    /// lost on the way, and the client tried again): no second use, no second device.
+    pub new_device: bool,
+}
+
 /// Redeems one use of the invite with `token_hash` and creates `device`, atomically.
-/// Returns the invite id. The outer `Result` is a database failure, the inner a refusal.
+/// Idempotent per device key: a device that redeemed this invite before gets its device
+/// back without spending another use, so a `joined` lost after the commit costs nothing.
+/// The outer `Result` is a database failure, the inner a refusal.
 pub fn redeem_invite(
     conn: &mut Connection,
     token_hash: &str,
     now: i64,
     device: &NewDevice,
-) -> anyhow::Result<Result<String, RedeemError>> {
+) -> anyhow::Result<Result<Redemption, RedeemError>> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let row: Option<(String, i64, Option<u32>, u32, bool)> = tx
         .query_row(
@@ -297,6 +312,23 @@ pub fn redeem_invite(
     let Some((id, expires_at, max_uses, uses, revoked)) = row else {
         return Ok(Err(RedeemError::Unknown));
     };
+    let again: Option<String> = tx
+        .query_row(
+            "SELECT id FROM devices WHERE static_key = ?1 AND invite_id = ?2",
+            params![device.static_key, id],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if let Some(device_id) = again {
+        if revoked {
+            return Ok(Err(RedeemError::Revoked));
+        }
+        return Ok(Ok(Redemption {
+            invite_id: id,
+            device_id,
+            new_device: false,
+        }));
+    }
     if revoked {
         return Ok(Err(RedeemError::Revoked));
     }
@@ -316,7 +348,11 @@ pub fn redeem_invite(
         params![device.id, device.name, device.platform, device.static_key, id, device.joined_at, device.path],
     )?;
     tx.commit()?;
-    Ok(Ok(id))
+    Ok(Ok(Redemption {
+        invite_id: id,
+        device_id: device.id.clone(),
+        new_device: true,
+    }))
 }
 
 /// Whether an invite has this token hash (whatever its state): a read only, for turning an
@@ -507,7 +543,23 @@ mod tests {
             insert_invite(c, &inv("a", "ha", 100, Some(1)))?;
             insert_invite(c, &inv("b", "hb", 5, None))?;
             insert_invite(c, &inv("r", "hr", 100, None))?;
-            assert_eq!(redeem_invite(c, "ha", 10, &dev("d1"))?, Ok("a".to_string()));
+            let first = Redemption {
+                invite_id: "a".into(),
+                device_id: "d1".into(),
+                new_device: true,
+            };
+            assert_eq!(redeem_invite(c, "ha", 10, &dev("d1"))?, Ok(first));
+            // The same device key again (its `joined` was lost): the same device, no use.
+            let mut retry = dev("d1");
+            retry.id = "d1-retry".into();
+            assert_eq!(
+                redeem_invite(c, "ha", 10, &retry)?,
+                Ok(Redemption {
+                    invite_id: "a".into(),
+                    device_id: "d1".into(),
+                    new_device: false,
+                })
+            );
             assert_eq!(
                 redeem_invite(c, "ha", 10, &dev("d2"))?,
                 Err(RedeemError::Exhausted)

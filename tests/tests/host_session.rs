@@ -725,3 +725,43 @@ async fn a_device_name_cannot_forge_or_disguise_host_log_lines() {
         "the name is logged escaped:\n{log}"
     );
 }
+
+/// A join is never committed and then lost: when the `joined` of a first join does not
+/// reach the client (here: the client drops the socket right after message 3), the same
+/// device key tries the same one-use invite again and gets the same device back, without a
+/// second use or a second device.
+#[tokio::test]
+async fn a_first_join_whose_answer_was_lost_can_be_retried_with_the_same_invite() {
+    let host = Host::start().await;
+    let url = host.ws_url();
+    let once = host.mint(&req(Some(1), None)).await;
+    let proof = || atmosphere_shared::handshake::JoinProof::Invite {
+        token: once.token.clone(),
+        device: atmosphere_shared::wire::DeviceInfo {
+            name: "phone".into(),
+            platform: "test".into(),
+        },
+    };
+    let mut lost = Member::connect(&url).await;
+    let secret = lost.secret;
+    let first = lost.handshake(proof()).await;
+    let id = joined_id(&first);
+    drop(lost);
+
+    let mut retry = Member::connect(&url).await;
+    retry.secret = secret;
+    let again = retry.handshake(proof()).await;
+    assert_eq!(joined_id(&again), id, "the retry is the same device");
+    // Another device key cannot reuse the spent invite.
+    let (_other, refused) = Member::join_token(&url, &once.token, "other").await;
+    assert_eq!(refused["code"], "token_exhausted", "{refused}");
+    let mesh = host.get_json("/api/mesh").await;
+    assert_eq!(mesh["devices"].as_array().unwrap().len(), 1, "{mesh}");
+    let inv = mesh["invites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["invite_id"] == once.invite_id.as_str())
+        .unwrap();
+    assert_eq!(inv["uses"], 1, "{inv}");
+}
