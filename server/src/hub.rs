@@ -155,6 +155,19 @@ impl Outbox {
     fn try_recv(&mut self) -> Result<Arc<str>, mpsc::error::TryRecvError> {
         self.rx.try_recv().map(|q| q.frame)
     }
+
+    /// Up to `max` more frames that are already queued (none if the queue is empty): a
+    /// session writes a burst with one flush instead of one per frame.
+    pub fn ready(&mut self, max: usize) -> Vec<Arc<str>> {
+        let mut out = Vec::new();
+        while out.len() < max {
+            match self.rx.try_recv() {
+                Ok(q) => out.push(q.frame),
+                Err(_) => break,
+            }
+        }
+        out
+    }
 }
 
 /// Asks a live session to end (slow consumer, replaced by a newer session, removed).

@@ -6,6 +6,8 @@
 //!   `invite inspect`, `netcheck`) and logging setup;
 //! - [`serve`]: the host (axum): web UI, invite API, admin auth, mesh WebSocket;
 //! - [`session`]: one member session, direct or relayed: the handshake and the live loop;
+//! - [`mesh_socket`]: a member socket before its Noise handshake (plaintext refusals only)
+//!   and after it (every message sealed in one binary frame);
 //! - [`hub`]: the mesh's live state: presence table, fan-out to members, kicks, the event
 //!   feed of `/api/events`;
 //! - [`host_metrics`]: the host's counters behind `GET /metrics`;
@@ -47,6 +49,7 @@ pub mod hub;
 pub mod inspect;
 pub mod join;
 pub mod limits;
+pub mod mesh_socket;
 pub mod netcheck;
 pub mod printable;
 pub mod relay;

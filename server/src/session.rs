@@ -3,47 +3,58 @@
 //! [`Sessions::serve_member`]. One code path for all members.
 //!
 //! The handshake, step by step (each a function below):
-//! 1. `read_join_frame`: the first data frame must arrive within the handshake deadline
-//!    (default [`HANDSHAKE_TIMEOUT_MS`]), else `timeout`; frames are limited to
-//!    [`MAX_FRAME_BYTES`], else `too_large`;
-//! 2. `parse_frame`: it must be a `join`, else `bad_request`;
-//! 3. authenticate: a token join (`redeem_invite`) checks the token, then verifies the
-//!    invite and stores the new device in one SQLite transaction (`store_redemption`); a
-//!    rejoin (`authenticate_device`) checks the device credential. A wrong credential counts
-//!    against the source's rate limit ([`crate::limits::JoinRateLimiter`]);
-//! 4. `apply_rate_limit`: a source with too many failed credentials in the last minute gets
+//! 1. `secure`: the Noise handshake of [`atmosphere_shared::handshake`] — message 1 in,
+//!    message 2 (the host's keys and mesh certificate) out, message 3 (the device's static
+//!    key and its join request) in — all within the handshake deadline (default
+//!    [`HANDSHAKE_TIMEOUT_MS`]), else `timeout`. A malformed or undecryptable message is
+//!    `bad_request`. These refusals go out as plaintext (there is no channel yet), which
+//!    clients treat as unauthenticated hints. From here on everything is sealed;
+//! 2. `authenticate`: an invite join (`redeem_invite`) checks the token, then verifies the
+//!    invite and stores the new device with the static key it proved, in one SQLite
+//!    transaction (`store_redemption`); a rejoin (`authenticate_device`) checks that the
+//!    static key the handshake proved is the one stored for the device (or, for a device
+//!    of an earlier version, its bearer key, and then stores the static key in its place).
+//!    A wrong credential counts against the source's rate limit
+//!    ([`crate::limits::JoinRateLimiter`]);
+//! 3. `apply_rate_limit`: a source with too many failed credentials in the last minute gets
 //!    `rate_limited` *for a wrong credential only*. A valid credential is admitted whatever
 //!    others behind the same address (a carrier NAT, a proxy) did, so an attacker cannot
 //!    lock members out. The limiter still bounds an attacker's work: a blocked source's
 //!    attempt costs one indexed read (the device row, or the invite's token hash before any
 //!    write transaction) and is not counted again;
-//! 5. `admit`: only now, after the database commit, the member enters the presence table
+//! 4. `admit`: only now, after the database commit, the member enters the presence table
 //!    ([`crate::hub`]) and the others get `peer_joined`;
-//! 6. answer `joined` (with the new `device_key` after a token join, and the peers online),
-//!    then `peers`.
+//! 5. answer `joined`, then the presence snapshot as `peers` pages
+//!    ([`atmosphere_shared::wire::peer_pages`]), so presence never has to fit in one frame.
 //!
-//! Live: `send` frames are relayed as `message`; the host pings every `ping_interval`; with
-//! no frame at all for `idle_timeout` the session is closed. A session the hub kicks ends at
-//! once; a removed device's is told `device_removed` (final) before its socket closes. At
-//! the end the member leaves presence (the others get `peer_left`) and its `last_seen` is
-//! stored.
+//! Live: `send` messages are relayed as `message`; the host pings every `ping_interval`;
+//! with no frame at all for `idle_timeout` the session is closed. A session the hub kicks
+//! ends at once; a removed device's is told `device_removed` (final) before its socket
+//! closes. At the end the member leaves presence (the others get `peer_left`) and its
+//! `last_seen` is stored.
 //!
-//! Bad input (non-JSON, unknown type, binary, oversized frames) gets `bad_request` or
-//! `too_large` and a close; nothing a member sends can panic the host.
+//! Bad input (a plaintext frame, a frame that does not open, unknown JSON, oversized
+//! frames) gets `bad_request` or `too_large` and a close; nothing a member sends can panic
+//! the host.
 
 use crate::clock::now_secs;
 use crate::host_metrics::HostMetrics;
 use crate::hub::{Hub, Kick, Kicked, Membership, Outbox};
 use crate::limits::{rate_bucket, JoinRateLimiter};
+use crate::mesh_socket::{Incoming, MeshSocket, RecvFailure, Violation};
 use crate::printable::printable;
-use crate::secret::{constant_time_eq, random_b64, random_hex, sha256_hex};
+use crate::secret::{constant_time_eq, random_hex, sha256_hex};
 use crate::store::{self, NewDevice, RedeemError, Store};
-use crate::ws::{close_code, Frame, FrameSocket, RecvError};
+use crate::ws::{close_code, FrameSocket};
 use atmosphere_shared::api::MeshEvent;
+use atmosphere_shared::handshake::{
+    Entropy, HandshakeError, HostHandshake, HostJoin, HostKeys, JoinProof, JoinRequest,
+    StaticPublic,
+};
 use atmosphere_shared::path::PathKind;
 use atmosphere_shared::token::Token;
 use atmosphere_shared::wire::{
-    ClientMsg, DeviceInfo, ErrorCode, Peer, ServerMsg, HANDSHAKE_TIMEOUT_MS, MAX_FRAME_BYTES,
+    peer_pages, ClientMsg, DeviceInfo, ErrorCode, Joined, Peer, ServerMsg, HANDSHAKE_TIMEOUT_MS,
 };
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -51,10 +62,13 @@ use std::time::Duration;
 use tokio::time::{timeout, Instant};
 use tracing::{debug, info, warn};
 
+/// Most queued frames a session writes with one flush.
+const MAX_BURST: usize = 64;
+
 /// Tunables of mesh sessions (defaults follow the protocol contract).
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
-    /// Time a member has to send `join` after the socket opens.
+    /// Time a member has to finish the handshake (messages 1 and 3) after the socket opens.
     pub handshake_timeout: Duration,
     /// Interval of host → member WebSocket pings.
     pub ping_interval: Duration,
@@ -144,30 +158,6 @@ impl Source {
     }
 }
 
-/// A frame that breaks the protocol: the error code and the sentence the member's client
-/// shows.
-struct ProtocolViolation {
-    code: ErrorCode,
-    message: String,
-}
-
-impl ProtocolViolation {
-    fn new(code: ErrorCode, message: impl Into<String>) -> ProtocolViolation {
-        ProtocolViolation {
-            code,
-            message: message.into(),
-        }
-    }
-
-    /// A frame over [`MAX_FRAME_BYTES`] (cut off by the socket layer).
-    fn too_large() -> ProtocolViolation {
-        ProtocolViolation::new(
-            ErrorCode::TooLarge,
-            format!("frames are limited to {MAX_FRAME_BYTES} bytes"),
-        )
-    }
-}
-
 /// Why the handshake refuses a member: sent as an `error` frame, logged, counted.
 struct HandshakeRefusal {
     code: ErrorCode,
@@ -194,25 +184,39 @@ impl HandshakeRefusal {
     }
 }
 
-impl From<ProtocolViolation> for HandshakeRefusal {
-    fn from(v: ProtocolViolation) -> HandshakeRefusal {
+impl From<Violation> for HandshakeRefusal {
+    fn from(v: Violation) -> HandshakeRefusal {
         HandshakeRefusal::new(v.code, v.message)
     }
+}
+
+/// What the Noise handshake established about a member (its channel is in its socket).
+struct Secured {
+    /// The join request of message 3, or why it is not one.
+    request: Result<JoinRequest, HandshakeError>,
+    /// The device's static key, proven by the handshake.
+    device_key: StaticPublic,
+}
+
+/// How a rejoining device proves it is the device it names.
+enum DeviceProof<'a> {
+    /// The handshake proved the static key; it must be the stored one.
+    StaticKey,
+    /// The bearer key of an earlier version (accepted while no static key is stored).
+    BearerKey(&'a str),
 }
 
 /// Result of a successful handshake.
 struct Admitted {
     peer: Peer,
-    /// The new device's key, after a token join (shown to the member once, in `joined`).
-    device_key: Option<String>,
-    /// The invite used, after a token join.
+    /// The invite used, after an invite join (a new device).
     invite_id: Option<String>,
 }
 
-/// What every member session of the host shares: the mesh identity, the store, the hub,
-/// the join rate limit, the tunables and the counters.
+/// What every member session of the host shares: the mesh identity and its handshake keys,
+/// the store, the hub, the join rate limit, the tunables and the counters.
 pub struct Sessions {
-    mesh_id: String,
+    keys: HostKeys,
     mesh_name: String,
     store: Store,
     hub: Arc<Hub>,
@@ -222,9 +226,10 @@ pub struct Sessions {
 }
 
 impl Sessions {
-    /// The sessions of mesh `mesh_id` (`mesh_name` is its display name).
+    /// The sessions of the mesh whose handshake keys are `keys` (`mesh_name` is its display
+    /// name).
     pub fn new(
-        mesh_id: String,
+        keys: HostKeys,
         mesh_name: String,
         store: Store,
         hub: Arc<Hub>,
@@ -232,7 +237,7 @@ impl Sessions {
         metrics: Arc<HostMetrics>,
     ) -> Arc<Sessions> {
         Arc::new(Sessions {
-            mesh_id,
+            keys,
             mesh_name,
             store,
             hub,
@@ -243,11 +248,12 @@ impl Sessions {
     }
 
     /// Runs one member session to its end. Never panics on member input.
-    pub async fn serve_member(self: Arc<Self>, mut sock: FrameSocket, source: Source) {
-        let admitted = match self.handshake(&mut sock, &source).await {
-            Ok(a) => a,
+    pub async fn serve_member(self: Arc<Self>, sock: FrameSocket, source: Source) {
+        let mut sock = MeshSocket::new(sock);
+        let join = match self.secure(&mut sock).await {
+            Ok(join) => join,
             Err(None) => {
-                debug!(addr = %source.addr, "socket closed before join");
+                debug!(addr = %source.addr, "socket closed during the handshake");
                 return;
             }
             Err(Some(r)) => {
@@ -255,25 +261,30 @@ impl Sessions {
                 return;
             }
         };
-        self.live(sock, source, admitted).await;
+        match self.authenticate(join, &source).await {
+            Ok(admitted) => self.live(sock, source, admitted).await,
+            Err(r) => self.refuse(&mut sock, &source, r).await,
+        }
     }
 
     /// Refuses a socket before its handshake (e.g. too many connections from its address),
-    /// through the same path as any refusal: the member gets a mesh error frame its client
-    /// shows, and the refusal is logged and counted.
+    /// through the same path as any refusal: the member gets a (plaintext, unauthenticated)
+    /// error frame its client shows, and the refusal is logged and counted.
     pub async fn turn_away(
         &self,
-        mut sock: FrameSocket,
+        sock: FrameSocket,
         source: &Source,
         code: ErrorCode,
         message: String,
     ) {
+        let mut sock = MeshSocket::new(sock);
         self.refuse(&mut sock, source, HandshakeRefusal::new(code, message))
             .await;
     }
 
-    /// Sends the error frame, logs the refusal, counts it, closes the socket.
-    async fn refuse(&self, sock: &mut FrameSocket, source: &Source, r: HandshakeRefusal) {
+    /// Sends the error frame (sealed once the channel exists), logs the refusal, counts
+    /// it, closes the socket.
+    async fn refuse(&self, sock: &mut MeshSocket, source: &Source, r: HandshakeRefusal) {
         let blocked_now = r.credential_failure
             && self
                 .join_limiter
@@ -285,76 +296,109 @@ impl Sessions {
             info!(addr = %source.addr, code = %r.code, reason = %printable(&r.message), "join refused");
         }
         self.metrics.refusal(r.code);
-        let frame = ServerMsg::Error {
+        let msg = ServerMsg::Error {
             code: r.code,
             message: r.message,
-        }
-        .to_json();
+        };
         let _ = timeout(self.cfg.write_timeout, async {
-            let _ = sock.send(Frame::Text(frame)).await;
+            let _ = sock.send_msg(&msg).await;
             sock.close(close_code_for(r.code), r.code.as_str()).await;
         })
         .await;
     }
 
-    /// The handshake: reads the first data frame and admits the member, or says why not
+    /// Step 1: the Noise handshake, within the handshake deadline. Returns the member's
+    /// join request and proven static key (the channel is now in `sock`), or why not
     /// (`Err(None)`: the socket went away without a word).
-    async fn handshake(
-        &self,
-        sock: &mut FrameSocket,
-        source: &Source,
-    ) -> Result<Admitted, Option<HandshakeRefusal>> {
-        let first = self.read_join_frame(sock).await?;
-        let msg = parse_frame(&first).map_err(|v| Some(v.into()))?;
-        let ClientMsg::Join {
-            token,
-            device,
-            device_id,
-            device_key,
-            path,
-        } = msg
-        else {
-            return Err(Some(HandshakeRefusal::new(
-                ErrorCode::BadRequest,
-                "the first frame must be a join",
-            )));
-        };
-        let blocked = self
-            .join_limiter
-            .is_blocked(&source.rate_key, Instant::now());
-        let path = source.path(path);
-        let admitted = if let Some(token) = token {
-            self.redeem_invite(&token, device.unwrap_or_default(), path, blocked)
-                .await
-        } else if let (Some(id), Some(key)) = (device_id, device_key) {
-            self.authenticate_device(&id, &key, path).await
-        } else {
-            Err(HandshakeRefusal::new(
-                ErrorCode::BadRequest,
-                "join needs either a token or a device_id and device_key",
-            ))
-        };
-        admitted.map_err(|r| Some(apply_rate_limit(r, blocked)))
-    }
-
-    /// Step 1: the first text frame within the handshake deadline.
-    async fn read_join_frame(
-        &self,
-        sock: &mut FrameSocket,
-    ) -> Result<String, Option<HandshakeRefusal>> {
-        match timeout(self.cfg.handshake_timeout, first_text(sock)).await {
+    async fn secure(&self, sock: &mut MeshSocket) -> Result<Secured, Option<HandshakeRefusal>> {
+        match timeout(self.cfg.handshake_timeout, self.noise(sock)).await {
             Ok(r) => r,
             Err(_) => Err(Some(HandshakeRefusal::new(
                 ErrorCode::Timeout,
                 format!(
-                    "no join frame within {} ms",
+                    "no complete handshake within {} ms",
                     self.cfg.handshake_timeout.as_millis()
                 ),
             ))),
         }
     }
 
-    /// Step 3 of a token join: checks the token's form, then redeems one use of its invite
+    /// Message 1 in, message 2 out, message 3 in; the channel goes into `sock`.
+    async fn noise(&self, sock: &mut MeshSocket) -> Result<Secured, Option<HandshakeRefusal>> {
+        let bad =
+            |e: HandshakeError| Some(HandshakeRefusal::new(ErrorCode::BadRequest, e.to_string()));
+        let msg1 = self.handshake_message(sock).await?;
+        let hs = HostHandshake::new(&self.keys, Entropy::new(rand::random()));
+        let (hs, msg2) = hs.read_client_hello(&msg1).map_err(bad)?;
+        if sock.send_handshake_message(msg2).await.is_err() {
+            return Err(None);
+        }
+        let msg3 = self.handshake_message(sock).await?;
+        let HostJoin {
+            request,
+            device_key,
+            channel,
+        } = hs.read_join(&msg3).map_err(bad)?;
+        sock.secure(channel);
+        Ok(Secured {
+            request,
+            device_key,
+        })
+    }
+
+    /// The next handshake message, or why not.
+    async fn handshake_message(
+        &self,
+        sock: &mut MeshSocket,
+    ) -> Result<Vec<u8>, Option<HandshakeRefusal>> {
+        match sock.handshake_message().await {
+            Ok(Some(m)) => Ok(m),
+            Ok(None) => Err(None),
+            Err(v) => Err(Some(v.into())),
+        }
+    }
+
+    /// Step 2: checks the join request against the database and admits the member, or
+    /// says why not (through the channel).
+    async fn authenticate(
+        &self,
+        join: Secured,
+        source: &Source,
+    ) -> Result<Admitted, HandshakeRefusal> {
+        let request = join
+            .request
+            .map_err(|e| HandshakeRefusal::new(ErrorCode::BadRequest, e.to_string()))?;
+        let blocked = self
+            .join_limiter
+            .is_blocked(&source.rate_key, Instant::now());
+        let path = source.path(request.path);
+        let device_key = join.device_key;
+        let admitted = match request.proof {
+            JoinProof::Invite { token, device } => {
+                self.redeem_invite(&token, device, path, blocked, &device_key)
+                    .await
+            }
+            JoinProof::Device { device_id } => {
+                self.authenticate_device(&device_id, DeviceProof::StaticKey, &device_key, path)
+                    .await
+            }
+            JoinProof::DeviceKey {
+                device_id,
+                device_key: bearer,
+            } => {
+                self.authenticate_device(
+                    &device_id,
+                    DeviceProof::BearerKey(&bearer),
+                    &device_key,
+                    path,
+                )
+                .await
+            }
+        };
+        admitted.map_err(|r| apply_rate_limit(r, blocked))
+    }
+
+    /// Step 2 of an invite join: checks the token's form, then redeems one use of its invite
     /// and stores the new device in one transaction. The member is admitted only after
     /// that commit, so a `joined` answer always means the membership is on disk. From a
     /// `blocked` source an unknown token is turned away by a read before any write
@@ -365,12 +409,13 @@ impl Sessions {
         device: DeviceInfo,
         path: PathKind,
         blocked: bool,
+        static_key: &StaticPublic,
     ) -> Result<Admitted, HandshakeRefusal> {
         let token = parse_token(token)?;
         if blocked && !self.invite_known(&token).await? {
             return Err(unknown_token());
         }
-        let (new, device_key) = new_device(&device, path);
+        let new = new_device(&device, path, static_key);
         let invite_id = self.store_redemption(&token, &new).await?;
         Ok(Admitted {
             peer: Peer {
@@ -379,7 +424,6 @@ impl Sessions {
                 platform: new.platform,
                 path,
             },
-            device_key: Some(device_key),
             invite_id: Some(invite_id),
         })
     }
@@ -437,12 +481,15 @@ impl Sessions {
         })
     }
 
-    /// Step 3 of a rejoin: checks the device credential against the stored key hash (in
-    /// constant time) and records the visit.
+    /// Step 2 of a rejoin: checks that the device exists and that its proof matches what
+    /// is stored (in constant time), and records the visit. A device of an earlier version
+    /// proving its bearer key gets the handshake's static key stored in its place, so the
+    /// bearer key retires with its first rejoin.
     async fn authenticate_device(
         &self,
         id: &str,
-        key: &str,
+        proof: DeviceProof<'_>,
+        static_key: &StaticPublic,
         path: PathKind,
     ) -> Result<Admitted, HandshakeRefusal> {
         let unknown = || {
@@ -451,23 +498,38 @@ impl Sessions {
                 "this device is not a member of the mesh (unknown id or wrong key)",
             )
         };
-        if id.len() > 64 || key.len() > 128 {
+        let bearer_hash = match proof {
+            DeviceProof::StaticKey => None,
+            DeviceProof::BearerKey(key) if key.len() <= 128 => Some(sha256_hex(key)),
+            DeviceProof::BearerKey(_) => return Err(unknown()),
+        };
+        if id.len() > 64 {
             return Err(unknown());
         }
         let id_owned = id.to_string();
         let path_s = path.as_str().to_string();
-        let key_hash = sha256_hex(key);
+        let static_key = static_key.to_string();
         let row = self
             .store
             .call(move |c| {
-                let row = store::get_device(c, &id_owned)?;
-                if let Some(r) = &row {
-                    if constant_time_eq(r.key_hash.as_bytes(), key_hash.as_bytes()) {
-                        store::touch_device(c, &id_owned, now_secs(), &path_s)?;
-                        return Ok(row);
+                let Some(row) = store::get_device(c, &id_owned)? else {
+                    return Ok(None);
+                };
+                let proven = match (&bearer_hash, &row.static_key, &row.key_hash) {
+                    (None, Some(stored), _) => {
+                        constant_time_eq(stored.as_bytes(), static_key.as_bytes())
                     }
+                    (Some(presented), None, Some(stored)) => {
+                        constant_time_eq(stored.as_bytes(), presented.as_bytes())
+                            && store::upgrade_device_key(c, &id_owned, &static_key)?
+                    }
+                    _ => false,
+                };
+                if !proven {
+                    return Ok(None);
                 }
-                Ok(None)
+                store::touch_device(c, &id_owned, now_secs(), &path_s)?;
+                Ok(Some(row))
             })
             .await
             .map_err(|e| {
@@ -485,19 +547,18 @@ impl Sessions {
                 platform: row.platform,
                 path,
             },
-            device_key: None,
             invite_id: None,
         })
     }
 
-    /// Step 5: puts the member into presence (the others get `peer_joined`), counts and
+    /// Step 4: puts the member into presence (the others get `peer_joined`), counts and
     /// announces the join. Returns its place in the hub and the peers already online.
     fn admit(&self, a: &Admitted, source: &Source) -> (Membership, Vec<Peer>) {
         let me = &a.peer;
         let (membership, peers) = self.hub.enter(me.clone());
         self.metrics.joined(me.path);
         info!(device_id = %me.device_id, name = %printable(&me.name), platform = %printable(&me.platform), path = %me.path,
-            addr = %source.addr, new_device = a.device_key.is_some(), "member joined");
+            addr = %source.addr, new_device = a.invite_id.is_some(), "member joined");
         if let Some(inv) = &a.invite_id {
             self.hub.emit(MeshEvent::InviteUsed {
                 invite_id: inv.clone(),
@@ -509,45 +570,50 @@ impl Sessions {
             name: me.name.clone(),
             platform: me.platform.clone(),
             path: me.path,
-            new_device: a.device_key.is_some(),
+            new_device: a.invite_id.is_some(),
         });
         (membership, peers)
     }
 
-    /// The live part of a session, after its handshake: admit, answer `joined` and
-    /// `peers`, run the frame loop, leave.
-    async fn live(&self, mut sock: FrameSocket, source: Source, a: Admitted) {
+    /// The live part of a session, after its handshake: admit, answer `joined` and the
+    /// `peers` pages, run the frame loop, leave.
+    async fn live(&self, mut sock: MeshSocket, source: Source, a: Admitted) {
         let me = a.peer.clone();
         let (mut membership, peers) = self.admit(&a, &source);
-
-        let joined = ServerMsg::Joined(atmosphere_shared::wire::Joined {
-            mesh_id: self.mesh_id.clone(),
-            mesh_name: self.mesh_name.clone(),
-            device_id: me.device_id.clone(),
-            device_key: a.device_key,
-            peers: peers.clone(),
-        });
-        let reason = match self.send_text(&mut sock, joined.to_json()).await {
+        let reason = match self.greet(&mut sock, &me, peers).await {
             Err(r) => r,
-            Ok(()) => match self
-                .send_text(&mut sock, ServerMsg::Peers { peers }.to_json())
-                .await
-            {
-                Err(r) => r,
-                Ok(()) => {
-                    self.run_live(&mut sock, &me, &mut membership.outbox, &membership.kick)
-                        .await
-                }
-            },
+            Ok(()) => {
+                self.run_live(&mut sock, &me, &mut membership.outbox, &membership.kick)
+                    .await
+            }
         };
         self.leave(sock, &me, &source, membership, reason).await;
+    }
+
+    /// Step 5: `joined`, then the presence snapshot in pages.
+    async fn greet(
+        &self,
+        sock: &mut MeshSocket,
+        me: &Peer,
+        peers: Vec<Peer>,
+    ) -> Result<(), String> {
+        let joined = ServerMsg::Joined(Joined {
+            mesh_id: self.keys.mesh_id().to_string(),
+            mesh_name: self.mesh_name.clone(),
+            device_id: me.device_id.clone(),
+        });
+        self.send(sock, &joined).await?;
+        for page in peer_pages(peers) {
+            self.send(sock, &page).await?;
+        }
+        Ok(())
     }
 
     /// The end of a session: drops it from presence unless a newer session of this device
     /// already took over, stores `last_seen`, announces it and closes the socket.
     async fn leave(
         &self,
-        mut sock: FrameSocket,
+        mut sock: MeshSocket,
         me: &Peer,
         source: &Source,
         membership: Membership,
@@ -581,7 +647,7 @@ impl Sessions {
     /// The frame loop of a live session; returns why it ended.
     async fn run_live(
         &self,
-        sock: &mut FrameSocket,
+        sock: &mut MeshSocket,
         me: &Peer,
         outbox: &mut Outbox,
         kick: &Kick,
@@ -595,27 +661,14 @@ impl Sessions {
             tokio::select! {
                 m = sock.recv() => {
                     last_rx = Instant::now();
-                    let text = match m {
-                        None => return "connection closed".into(),
-                        Some(Err(RecvError::Broken(e))) => return format!("connection error: {e}"),
-                        Some(Err(RecvError::TooLarge)) => {
-                            return self.protocol_error(sock, ProtocolViolation::too_large()).await;
+                    match m {
+                        Ok(Incoming::Closed) => return "member closed the connection".into(),
+                        Ok(Incoming::Keepalive) => continue,
+                        Ok(Incoming::Msg(ClientMsg::Send { to, body })) => {
+                            self.hub.deliver(me, to.as_deref(), body).await
                         }
-                        Some(Ok(Frame::Close(_))) => return "member closed the connection".into(),
-                        Some(Ok(Frame::Ping(_) | Frame::Pong(_))) => continue,
-                        Some(Ok(Frame::Binary(_))) => {
-                            return self.protocol_error(sock, ProtocolViolation::new(ErrorCode::BadRequest,
-                                "binary frames are not part of the protocol; send JSON text")).await;
-                        }
-                        Some(Ok(Frame::Text(t))) => t,
-                    };
-                    match parse_frame(&text) {
-                        Err(v) => return self.protocol_error(sock, v).await,
-                        Ok(ClientMsg::Join { .. }) => {
-                            return self.protocol_error(sock, ProtocolViolation::new(ErrorCode::BadRequest,
-                                "already joined; join is only valid as the first frame")).await;
-                        }
-                        Ok(ClientMsg::Send { to, body }) => self.hub.deliver(me, to.as_deref(), body).await,
+                        Err(RecvFailure::Broken(e)) => return format!("connection error: {e}"),
+                        Err(RecvFailure::Violation(v)) => return self.protocol_error(sock, v).await,
                     }
                 }
                 out = outbox.recv() => {
@@ -627,16 +680,19 @@ impl Sessions {
                             None => "dropped".into(),
                         };
                     };
+                    // A burst (presence while many join) goes out with one flush.
+                    let mut burst = vec![text];
+                    burst.extend(outbox.ready(MAX_BURST));
                     // A member whose socket is full blocks here; a kick (queue overflow)
                     // must still end it at once rather than after the write timeout.
                     tokio::select! {
-                        r = self.send_text(sock, text.to_string()) => if let Err(r) = r { return r },
+                        r = self.bounded(sock.send_all_json(&burst)) => if let Err(r) = r { return r },
                         why = kick.kicked() => return self.kicked(sock, why).await,
                     }
                 }
                 why = kick.kicked() => return self.kicked(sock, why).await,
                 _ = ping.tick() => {
-                    if let Err(r) = self.send_frame(sock, Frame::Ping(b"atmosphere".to_vec())).await {
+                    if let Err(r) = self.bounded(sock.ping()).await {
                         return r;
                     }
                 }
@@ -649,25 +705,23 @@ impl Sessions {
 
     /// Ends a kicked session: a removed device is told `device_removed` (and the socket
     /// closed) first. Returns the leave reason.
-    async fn kicked(&self, sock: &mut FrameSocket, why: Kicked) -> String {
+    async fn kicked(&self, sock: &mut MeshSocket, why: Kicked) -> String {
         let Some(code) = why.error else {
             return why.reason.to_string();
         };
         self.protocol_error(
             sock,
-            ProtocolViolation::new(code, "this device was removed from the mesh by its host"),
+            Violation::new(code, "this device was removed from the mesh by its host"),
         )
         .await
     }
 
     /// Sends an error frame for a protocol violation and returns the leave reason.
-    async fn protocol_error(&self, sock: &mut FrameSocket, v: ProtocolViolation) -> String {
-        let ProtocolViolation { code, message } = v;
+    async fn protocol_error(&self, sock: &mut MeshSocket, v: Violation) -> String {
+        let Violation { code, message } = v;
         self.metrics.refusal(code);
         let reason = format!("{code}: {message}");
-        let _ = self
-            .send_text(sock, ServerMsg::Error { code, message }.to_json())
-            .await;
+        let _ = self.send(sock, &ServerMsg::Error { code, message }).await;
         let _ = timeout(
             self.cfg.write_timeout,
             sock.close(close_code_for(code), code.as_str()),
@@ -676,12 +730,16 @@ impl Sessions {
         reason
     }
 
-    async fn send_text(&self, sock: &mut FrameSocket, text: String) -> Result<(), String> {
-        self.send_frame(sock, Frame::Text(text)).await
+    async fn send(&self, sock: &mut MeshSocket, msg: &ServerMsg) -> Result<(), String> {
+        self.bounded(sock.send_msg(msg)).await
     }
 
-    async fn send_frame(&self, sock: &mut FrameSocket, f: Frame) -> Result<(), String> {
-        match timeout(self.cfg.write_timeout, sock.send(f)).await {
+    /// One write within the write timeout; `Err` is the leave reason.
+    async fn bounded(
+        &self,
+        write: impl std::future::Future<Output = Result<(), crate::ws::SendError>>,
+    ) -> Result<(), String> {
+        match timeout(self.cfg.write_timeout, write).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(format!("write failed: {e}")),
             Err(_) => Err(format!(
@@ -702,50 +760,7 @@ fn close_code_for(code: ErrorCode) -> u16 {
     }
 }
 
-/// Waits for the first text frame, answering pings (the libraries do) and ignoring pongs.
-async fn first_text(sock: &mut FrameSocket) -> Result<String, Option<HandshakeRefusal>> {
-    loop {
-        match sock.recv().await {
-            None | Some(Ok(Frame::Close(_))) | Some(Err(RecvError::Broken(_))) => return Err(None),
-            Some(Err(RecvError::TooLarge)) => {
-                return Err(Some(ProtocolViolation::too_large().into()))
-            }
-            Some(Ok(Frame::Ping(_) | Frame::Pong(_))) => continue,
-            Some(Ok(Frame::Binary(_))) => {
-                return Err(Some(HandshakeRefusal::new(
-                    ErrorCode::BadRequest,
-                    "binary frames are not part of the protocol; send a JSON join frame",
-                )))
-            }
-            Some(Ok(Frame::Text(t))) => return Ok(t),
-        }
-    }
-}
-
-/// Parses a member's text frame with the size limit and clear errors.
-fn parse_frame(text: &str) -> Result<ClientMsg, ProtocolViolation> {
-    if text.len() > MAX_FRAME_BYTES {
-        return Err(ProtocolViolation::new(
-            ErrorCode::TooLarge,
-            format!(
-                "frame of {} bytes exceeds the limit of {MAX_FRAME_BYTES} bytes",
-                text.len()
-            ),
-        ));
-    }
-    ClientMsg::parse(text).map_err(|e| {
-        let what = if serde_json::from_str::<serde_json::Value>(text).is_err() {
-            "frame is not valid JSON"
-        } else {
-            "frame is not a known message"
-        };
-        let mut e = e;
-        e.truncate(200);
-        ProtocolViolation::new(ErrorCode::BadRequest, format!("{what}: {e}"))
-    })
-}
-
-/// Step 4: a wrong credential from a source that has used up its failed attempts is
+/// Step 3: a wrong credential from a source that has used up its failed attempts is
 /// answered `rate_limited` (and not counted again); every other answer stands, so a valid
 /// credential is never refused for what others from the same address did.
 fn apply_rate_limit(r: HandshakeRefusal, blocked: bool) -> HandshakeRefusal {
@@ -783,18 +798,16 @@ fn parse_token(token: &str) -> Result<Token, HandshakeRefusal> {
     })
 }
 
-/// The device a token join creates, with its new key (only the key's hash is stored).
-fn new_device(device: &DeviceInfo, path: PathKind) -> (NewDevice, String) {
-    let device_key = random_b64(32);
-    let new = NewDevice {
+/// The device an invite join creates, with the static key its handshake proved.
+fn new_device(device: &DeviceInfo, path: PathKind, static_key: &StaticPublic) -> NewDevice {
+    NewDevice {
         id: random_hex(8),
         name: clean_text(&device.name, 64).unwrap_or_else(|| "Unnamed device".into()),
         platform: clean_text(&device.platform, 32).unwrap_or_else(|| "unknown".into()),
-        key_hash: sha256_hex(&device_key),
+        static_key: static_key.to_string(),
         joined_at: now_secs(),
         path: path.as_str().to_string(),
-    };
-    (new, device_key)
+    }
 }
 
 /// Trims, drops control characters and bounds a person-supplied string.
@@ -811,23 +824,6 @@ fn clean_text(s: &str, max_chars: usize) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn frame_parsing_errors_are_clear() {
-        assert_eq!(
-            parse_frame("nope").err().unwrap().code,
-            ErrorCode::BadRequest
-        );
-        assert_eq!(
-            parse_frame(r#"{"type":"dance"}"#).err().unwrap().code,
-            ErrorCode::BadRequest
-        );
-        let big = format!(
-            r#"{{"type":"send","body":"{}"}}"#,
-            "x".repeat(MAX_FRAME_BYTES)
-        );
-        assert_eq!(parse_frame(&big).err().unwrap().code, ErrorCode::TooLarge);
-    }
 
     #[test]
     fn relayed_sources_are_rate_limited_per_member_ip() {

@@ -23,10 +23,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Current schema version (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 /// Migration steps; entry `i` upgrades from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
     CREATE TABLE mesh (
         id          INTEGER PRIMARY KEY CHECK (id = 1),
         name        TEXT    NOT NULL,
@@ -53,7 +54,14 @@ const MIGRATIONS: &[&str] = &[r#"
         last_seen   INTEGER,
         last_path   TEXT
     );
-"#];
+"#,
+    // Version 2: devices prove an X25519 static key in the mesh handshake. A device of
+    // version 1 has only `key_hash` (its bearer key) until its first rejoin stores its
+    // static key and retires the bearer key (`key_hash` = '').
+    r#"
+    ALTER TABLE devices ADD COLUMN static_key TEXT;
+"#,
+];
 
 /// The mesh's identity as stored.
 #[derive(Clone)]
@@ -91,7 +99,8 @@ pub struct NewDevice {
     pub id: String,
     pub name: String,
     pub platform: String,
-    pub key_hash: String,
+    /// The X25519 static public key the device proved in its handshake (base64url).
+    pub static_key: String,
     pub joined_at: i64,
     pub path: String,
 }
@@ -102,7 +111,12 @@ pub struct DeviceRow {
     pub id: String,
     pub name: String,
     pub platform: String,
-    pub key_hash: String,
+    /// The X25519 static public key it proves in every handshake (base64url); `None` for a
+    /// device of an earlier version that has not rejoined since.
+    pub static_key: Option<String>,
+    /// SHA-256 of the bearer key of an earlier version, until the device's static key is
+    /// stored.
+    pub key_hash: Option<String>,
     /// The invite it joined with.
     pub invite_id: Option<String>,
     pub joined_at: i64,
@@ -297,9 +311,9 @@ pub fn redeem_invite(
         params![id],
     )?;
     tx.execute(
-        "INSERT INTO devices (id, name, platform, key_hash, invite_id, joined_at, last_seen, last_path)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7)",
-        params![device.id, device.name, device.platform, device.key_hash, id, device.joined_at, device.path],
+        "INSERT INTO devices (id, name, platform, key_hash, static_key, invite_id, joined_at, last_seen, last_path)
+         VALUES (?1, ?2, ?3, '', ?4, ?5, ?6, ?6, ?7)",
+        params![device.id, device.name, device.platform, device.static_key, id, device.joined_at, device.path],
     )?;
     tx.commit()?;
     Ok(Ok(id))
@@ -322,11 +336,25 @@ pub fn invite_known(conn: &mut Connection, token_hash: &str) -> anyhow::Result<b
 pub fn get_device(conn: &mut Connection, id: &str) -> anyhow::Result<Option<DeviceRow>> {
     Ok(conn
         .query_row(
-            "SELECT id, name, platform, key_hash, invite_id, joined_at, last_seen, last_path FROM devices WHERE id = ?1",
+            "SELECT id, name, platform, key_hash, invite_id, joined_at, last_seen, last_path, static_key FROM devices WHERE id = ?1",
             params![id],
             device_from_row,
         )
         .optional()?)
+}
+
+/// Stores the static key of a device of an earlier version at its first rejoin and retires
+/// its bearer key, in one statement. False when the device has a static key already (or
+/// is gone): the bearer key no longer works then.
+pub fn upgrade_device_key(
+    conn: &mut Connection,
+    id: &str,
+    static_key: &str,
+) -> anyhow::Result<bool> {
+    Ok(conn.execute(
+        "UPDATE devices SET static_key = ?2, key_hash = '' WHERE id = ?1 AND static_key IS NULL",
+        params![id, static_key],
+    )? > 0)
 }
 
 /// Records that a device was seen now on `path`.
@@ -390,7 +418,7 @@ pub fn list_invites(conn: &mut Connection) -> anyhow::Result<Vec<InviteRow>> {
 /// All devices, in join order.
 pub fn list_devices(conn: &mut Connection) -> anyhow::Result<Vec<DeviceRow>> {
     let mut st = conn.prepare(
-        "SELECT id, name, platform, key_hash, invite_id, joined_at, last_seen, last_path
+        "SELECT id, name, platform, key_hash, invite_id, joined_at, last_seen, last_path, static_key
          FROM devices ORDER BY joined_at, rowid",
     )?;
     let rows = st.query_map([], device_from_row)?;
@@ -402,11 +430,14 @@ fn device_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeviceRow> {
         id: r.get(0)?,
         name: r.get(1)?,
         platform: r.get(2)?,
-        key_hash: r.get(3)?,
+        key_hash: r
+            .get::<_, String>(3)
+            .map(|h| (!h.is_empty()).then_some(h))?,
         invite_id: r.get(4)?,
         joined_at: r.get(5)?,
         last_seen: r.get(6)?,
         last_path: r.get(7)?,
+        static_key: r.get(8)?,
     })
 }
 
@@ -443,7 +474,7 @@ mod tests {
             id: id.into(),
             name: "Pixel".into(),
             platform: "browser".into(),
-            key_hash: "h".into(),
+            static_key: format!("key-{id}"),
             joined_at: 10,
             path: "local".into(),
         }
@@ -507,6 +538,43 @@ mod tests {
             Ok(())
         })
         .unwrap();
+    }
+
+    #[test]
+    fn a_version_1_device_keeps_its_bearer_key_until_its_static_key_is_stored() {
+        let d = tempfile_dir::Dir::new();
+        let path = d.0.join("v1.db");
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(MIGRATIONS[0]).unwrap();
+            c.pragma_update(None, "user_version", 1).unwrap();
+            c.execute(
+                "INSERT INTO devices (id, name, platform, key_hash, joined_at) VALUES ('d1', 'P', 'cli', 'h1', 5)",
+                [],
+            )
+            .unwrap();
+        }
+        let s = Store::open(&path).unwrap();
+        let row = s.call_blocking(|c| get_device(c, "d1")).unwrap().unwrap();
+        assert_eq!(
+            (row.key_hash.as_deref(), row.static_key),
+            (Some("h1"), None)
+        );
+        assert!(s
+            .call_blocking(|c| upgrade_device_key(c, "d1", "k1"))
+            .unwrap());
+        let row = s.call_blocking(|c| get_device(c, "d1")).unwrap().unwrap();
+        assert_eq!(
+            (row.key_hash, row.static_key.as_deref()),
+            (None, Some("k1"))
+        );
+        // Once a static key is stored, a bearer key cannot replace it.
+        assert!(!s
+            .call_blocking(|c| upgrade_device_key(c, "d1", "k2"))
+            .unwrap());
+        assert!(!s
+            .call_blocking(|c| upgrade_device_key(c, "nope", "k2"))
+            .unwrap());
     }
 
     #[test]

@@ -129,6 +129,28 @@ impl FrameSocket {
         r
     }
 
+    /// Sends frames in order with one flush at the end (a burst costs one write, not one
+    /// per frame).
+    pub async fn send_all(&mut self, frames: Vec<Frame>) -> Result<(), SendError> {
+        if self.done {
+            return Err(SendError("the socket is closed".into()));
+        }
+        let mut r = Ok(());
+        for f in frames {
+            r = self.tx.feed(f).await;
+            if r.is_err() {
+                break;
+            }
+        }
+        if r.is_ok() {
+            r = self.tx.flush().await;
+        }
+        if r.is_err() {
+            self.done = true;
+        }
+        r
+    }
+
     /// Sends a close frame and closes the sink (best effort; idempotent).
     pub async fn close(&mut self, code: u16, reason: &str) {
         if self.done {

@@ -558,7 +558,7 @@ pub struct JoinRequest {
     #[serde(flatten)]
     pub proof: JoinProof,
     /// The path the socket was opened on, as the client sees it (the host believes it for
-    /// direct sockets only, as with today's `join`).
+    /// direct sockets only; a relayed socket's path is `relay`).
     pub path: PathKind,
 }
 

@@ -9,7 +9,8 @@
 //!   view, the error body, the events of `/api/events`);
 //! - [`mesh_id`]: the self-certifying mesh id derived from the host's Ed25519 public key;
 //! - [`path`]: the path kinds (`local`, `public`, `relay`) and their preference order;
-//! - [`wire`]: the mesh WebSocket message table, the join credential and the `joined` answer;
+//! - [`wire`]: the mesh message table (inside the encrypted channel), the `joined` answer
+//!   and presence pages;
 //! - [`credential`]: the device credential a member stores to rejoin (CLI file, browser record);
 //! - [`racing`]: the fallback/racing policy as a sans-IO state machine;
 //! - [`handshake`]: the mesh handshake (Noise XX: members authenticate the host by its mesh

@@ -36,7 +36,7 @@
 //! let mut race = Race::from_endpoints(&eps, Policy::default(), 0);
 //! while let Some(out) = race.poll_output() {
 //!     match out {
-//!         Output::Start { id, url, .. } => { /* open a socket to `url`, send `join` */ let _ = (id, url); }
+//!         Output::Start { id, url, .. } => { /* open a socket to `url`, run the handshake */ let _ = (id, url); }
 //!         Output::Cancel { id } => { /* drop that socket */ let _ = id; }
 //!         Output::Event(ev) => println!("{}", ev.describe(Some("Home"))),
 //!     }
@@ -271,8 +271,9 @@ impl RaceEvent {
 /// What the shell must do next.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Output {
-    /// Open a WebSocket to `url` and send the `join` frame with `path`; report the result
-    /// with [`Race::handle_joined`] or [`Race::handle_failed`].
+    /// Open a WebSocket to `url` and run the handshake with a join request for `path`
+    /// ([`JoinPlan::start`](crate::credential::JoinPlan::start)); report the result with
+    /// [`Race::handle_joined`] or [`Race::handle_failed`].
     Start {
         id: AttemptId,
         path: PathKind,

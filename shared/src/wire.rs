@@ -1,5 +1,5 @@
-//! The mesh WebSocket protocol: every JSON text frame exchanged between a member and the
-//! host, `"type"`-tagged. This table is the only definition of the protocol; the host,
+//! The mesh WebSocket protocol: every JSON message exchanged between a member and the
+//! host inside the encrypted channel, `"type"`-tagged. This table is the only definition of the protocol; the host,
 //! the native `join` client and the browser all (de)serialise these types.
 //!
 //! Flow: after the Noise handshake of [`crate::handshake`] (whose third message carries the
@@ -17,7 +17,8 @@ use serde::{Deserialize, Serialize};
 
 /// Largest mesh WebSocket frame either side accepts (bytes).
 pub const MAX_FRAME_BYTES: usize = 64 * 1024;
-/// Time a client has to send its `join` after the socket opens.
+/// Time a client has to finish the handshake (deliver message 3, which carries its join
+/// request) after the socket opens.
 pub const HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
 
 /// What a device says about itself when it first joins.
@@ -206,12 +207,12 @@ impl PeersSnapshot {
 }
 
 impl ClientMsg {
-    /// Serialises to a JSON text frame.
+    /// Serialises to the JSON a sealed frame carries.
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("ClientMsg always serialises")
     }
 
-    /// Parses one text frame, enforcing [`MAX_FRAME_BYTES`].
+    /// Parses one message (the JSON an opened frame holds), enforcing [`MAX_FRAME_BYTES`].
     pub fn parse(text: &str) -> Result<Self, String> {
         if text.len() > MAX_FRAME_BYTES {
             return Err(format!(
@@ -224,7 +225,7 @@ impl ClientMsg {
 }
 
 impl ServerMsg {
-    /// Serialises to a JSON text frame.
+    /// Serialises to the JSON a sealed frame carries.
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("ServerMsg always serialises")
     }

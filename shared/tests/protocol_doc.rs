@@ -11,9 +11,12 @@
 //! - The `text relay_vector` block: the mesh id and the signed bytes (which name the relay)
 //!   are recomputed with `mesh_id` and `relay_proto`.
 //! - The `text noise_vector` block: the host's derived keys, its certificate and the whole
-//!   handshake transcript are recomputed with `handshake`.
-//! - Across all JSON: every `mesh_id` has the mesh-id shape, every `token` is a valid token
-//!   and every error `code` is an [`ErrorCode`] or one of the CLI's own codes.
+//!   handshake transcript are recomputed with `handshake`; its transport frames carry a
+//!   real `ServerMsg` and `ClientMsg`, and the device it shows is the one of the
+//!   `json device_credential` examples.
+//! - Across all JSON: every `mesh_id` has the mesh-id shape, every `token` is a valid token,
+//!   every `device_secret` is a 32-byte key and every error `code` is an [`ErrorCode`] or
+//!   one of the CLI's own codes.
 
 use atmosphere_shared::api::{
     ApiError, AuthStatus, DeviceList, DeviceRemoved, HostHealth, MeshEvent, MeshView,
@@ -22,7 +25,7 @@ use atmosphere_shared::api::{
 use atmosphere_shared::credential::DeviceCredential;
 use atmosphere_shared::handshake::{
     derive_host_static, ClientHandshake, Entropy, HostExpectation, HostHandshake, HostKeys,
-    JoinRequest, StaticSecret,
+    JoinProof, JoinRequest, StaticSecret,
 };
 use atmosphere_shared::join_event::JoinEvent;
 use atmosphere_shared::link::Invite;
@@ -33,6 +36,7 @@ use atmosphere_shared::relay_proto::{
 };
 use atmosphere_shared::token::Token;
 use atmosphere_shared::wire::{ClientMsg, ErrorCode, ServerMsg};
+use data_encoding::BASE64URL_NOPAD;
 use ed25519_dalek::SigningKey;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -43,7 +47,7 @@ const DOC: &str = include_str!("../../docs/PROTOCOL.md");
 
 /// The doc must keep at least this many checked JSON values (it has more): a refactor that
 /// drops the fence tags, and with them the checks, fails here.
-const MIN_JSON_VALUES: usize = 55;
+const MIN_JSON_VALUES: usize = 75;
 
 /// Every JSON tag the doc may use, each checked by [`check_json`]. All of them must appear.
 const JSON_TAGS: &[&str] = &[
@@ -65,7 +69,7 @@ const JSON_TAGS: &[&str] = &[
     "relay_msg",
     "host_msg",
     "relay_health",
-    "device_file",
+    "device_credential",
     "join_line",
     "netcheck",
     "join_request",
@@ -211,7 +215,7 @@ fn check_json(tag: &str, v: &Value, text: &str) -> Result<(), String> {
         "mesh_event" => check_mesh_event(v),
         "join_line" => check_join_line(v, text),
         "netcheck" => strict::<Report>(v),
-        "device_file" => strict::<DeviceCredential>(v),
+        "device_credential" => strict::<DeviceCredential>(v),
         "join_request" => strict::<JoinRequest>(v),
         other => Err(format!(
             "unknown tag `json {other}`: add it to JSON_TAGS and check_json"
@@ -220,10 +224,12 @@ fn check_json(tag: &str, v: &Value, text: &str) -> Result<(), String> {
 }
 
 /// `invite inspect --json`: the shared `Invite`, printed byte for byte as
-/// [`Invite::to_inspect_json`] writes it (the key order is part of the contract).
+/// [`Invite::to_inspect_json`] writes it (the key order is part of the contract, and so is
+/// `"mesh_id":null`, which serde alone would leave out; a misspelt key does not survive
+/// the reprint either).
 fn check_inspect(v: &Value, text: &str) -> Result<(), String> {
-    strict::<Invite>(v)?;
-    let invite: Invite = serde_json::from_value(v.clone()).map_err(|e| e.to_string())?;
+    let invite: Invite = serde_json::from_value(v.clone())
+        .map_err(|e| format!("does not parse as an invite: {e}"))?;
     let printed = invite.to_inspect_json();
     if printed != text {
         return Err(format!(
@@ -250,8 +256,9 @@ fn check_join_line(v: &Value, text: &str) -> Result<(), String> {
     strict::<JoinEvent>(v)
 }
 
-/// Every `mesh_id` in the examples has the mesh-id shape, every `token` is a valid token
-/// and every error `code` (in frames and join lines) is a known one or a CLI code.
+/// Every `mesh_id` in the examples has the mesh-id shape, every `token` is a valid token,
+/// every `device_secret` is a 32-byte key in URL-safe base64 without padding, and every
+/// error `code` (in frames and join lines) is a known one or a CLI code.
 fn check_identifiers(v: &Value) -> Result<(), String> {
     match v {
         Value::Object(o) => {
@@ -262,6 +269,14 @@ fn check_identifiers(v: &Value) -> Result<(), String> {
                     }
                     ("token", Value::String(s)) => {
                         Token::parse(s).map_err(|e| format!("token {s:?}: {e}"))?;
+                    }
+                    ("device_secret", Value::String(s)) => {
+                        let key = BASE64URL_NOPAD.decode(s.as_bytes()).ok();
+                        if key.map(|k| k.len()) != Some(32) {
+                            return Err(format!(
+                                "device_secret {s:?} is not 32 bytes of URL-safe base64"
+                            ));
+                        }
                     }
                     ("code", Value::String(s)) => {
                         let known = serde_json::from_value::<ErrorCode>(x.clone()).is_ok()
@@ -439,16 +454,31 @@ fn check_noise_vector(body: &str) -> Result<usize, String> {
     if join.request.as_ref().ok() != Some(&request) || join.device_key != device.public_key() {
         return Err("the host does not read back the request and the device key".into());
     }
+    // The transport frames carry real protocol messages, and each side opens the other's.
+    let host_plaintext = f("host_plaintext")?;
+    let member_plaintext = f("member_plaintext")?;
+    let as_json = |text: &str| serde_json::from_str::<Value>(text).map_err(|e| e.to_string());
+    strict::<ServerMsg>(&as_json(host_plaintext)?).map_err(|e| format!("host_plaintext {e}"))?;
+    strict::<ClientMsg>(&as_json(member_plaintext)?)
+        .map_err(|e| format!("member_plaintext {e}"))?;
     let host_frame = join
         .channel
-        .seal(f("host_plaintext")?.as_bytes())
+        .seal(host_plaintext.as_bytes())
         .map_err(|e| e.to_string())?;
     same("host_frame_hex", &host_frame)?;
     let member_frame = done
         .channel
-        .seal(f("member_plaintext")?.as_bytes())
+        .seal(member_plaintext.as_bytes())
         .map_err(|e| e.to_string())?;
     same("member_frame_hex", &member_frame)?;
+    let opened = done.channel.open(&host_frame).map_err(|e| e.to_string())?;
+    let echoed = join
+        .channel
+        .open(&member_frame)
+        .map_err(|e| e.to_string())?;
+    if opened != host_plaintext.as_bytes() || echoed != member_plaintext.as_bytes() {
+        return Err("a transport frame does not open to its plaintext".into());
+    }
     Ok(1)
 }
 
@@ -539,13 +569,48 @@ fn the_checker_rejects_drift() {
     let fails = |fence: &str, body: &str| check_doc(&doc(fence, body)).is_err();
     let passes = |fence: &str, body: &str| check_doc(&doc(fence, body)).is_ok();
 
-    // A correct frame passes; a misspelt optional field (which serde alone would ignore),
+    // A correct frame passes; an unknown (misspelt) field, which serde alone would ignore,
     // a misspelt tag value, and an unknown or missing fence tag all fail.
-    let joined = r#"{"type":"joined","mesh_id":"yu3ed7b77d4tkz2nk4hgmx776e","mesh_name":"Home","device_id":"f446faf7bb60225a","peers":[]}"#;
+    let joined = r#"{"type":"joined","mesh_id":"yu3ed7b77d4tkz2nk4hgmx776e","mesh_name":"Home","device_id":"f446faf7bb60225a"}"#;
     assert!(passes("json server_msg", joined));
     assert!(fails(
         "json server_msg",
-        &joined.replace("\"peers\":[]", "\"peers\":[],\"device_kye\":\"k\"")
+        &joined.replace("}", ",\"device_kye\":\"k\"}")
+    ));
+    // Shapes this version removed fail: `joined` with a key and peers, a plaintext `join`.
+    assert!(fails(
+        "json server_msg",
+        &joined.replace("}", ",\"device_key\":\"k\",\"peers\":[]}")
+    ));
+    assert!(fails(
+        "json client_msg",
+        r#"{"type":"join","device_id":"f446faf7bb60225a","device_key":"k","path":"local"}"#
+    ));
+    // Presence pages: `more` shown only while true.
+    let page = r#"{"type":"peers","peers":[],"more":true}"#;
+    assert!(passes("json server_msg", page));
+    assert!(fails("json server_msg", &page.replace("true", "false")));
+    // Join requests: each proof's exact fields.
+    let rejoin = r#"{"type":"device","device_id":"f446faf7bb60225a","path":"relay"}"#;
+    assert!(passes("json join_request", rejoin));
+    assert!(fails(
+        "json join_request",
+        &rejoin.replace("relay", "radio")
+    ));
+    assert!(fails(
+        "json join_request",
+        &rejoin.replace("\"type\":\"device\"", "\"type\":\"device_key\"")
+    ));
+    // A device credential's secret is a 32-byte key.
+    let cred = r#"{"mesh_id":"yu3ed7b77d4tkz2nk4hgmx776e","mesh_name":"Home","device_id":"f446faf7bb60225a","device_secret":"MzMzMzMzMzMzMzMzMzMzMzMzMzMzMzMzMzMzMzMzMzM"}"#;
+    assert!(passes("json device_credential", cred));
+    assert!(fails(
+        "json device_credential",
+        &cred.replace("\"MzMz", "\"")
+    ));
+    assert!(fails(
+        "json device_credential",
+        &cred.replace("device_secret", "device_secrets")
     ));
     assert!(fails("json server_msg", &joined.replace("joined", "joind")));
     assert!(fails("json server_message", joined));
@@ -587,8 +652,16 @@ fn the_checker_rejects_drift() {
     ));
     assert!(fails("json auth_response", r#"{"admin":true,"user":"x"}"#));
     // `inspect --json` is compared byte for byte, key order included.
-    let inspect = r#"{"version":1,"token":"ATM-HAEQDDBYEJ9FCA91ABJEK9GC76VZTCRG","mesh_name":"Home","endpoints":{"local":null,"public":"ws://h","relay":null}}"#;
+    let inspect = r#"{"version":1,"token":"ATM-HAEQDDBYEJ9FCA91ABJEK9GC76VZTCRG","mesh_name":"Home","mesh_id":null,"endpoints":{"local":null,"public":"ws://h","relay":null}}"#;
     assert!(passes("json inspect", inspect));
+    assert!(fails(
+        "json inspect",
+        &inspect.replace("\"mesh_id\":null,", "")
+    ));
+    assert!(fails(
+        "json inspect",
+        &inspect.replace("\"mesh_id\":null", "\"mesh_idd\":null")
+    ));
     assert!(fails(
         "json inspect",
         &inspect
@@ -609,4 +682,35 @@ fn the_checker_rejects_drift() {
     assert!(passes("text link_generated", link));
     assert!(fails("text link_generated", &link.replace("%20", "+")));
     assert!(passes("text link", &link.replace("%20", "+")));
+}
+
+/// The transcript of 3.2 is the credential examples' device: the same device id and the
+/// `device_secret` of the credentials is the transcript's device static secret.
+#[test]
+fn the_credential_examples_are_the_transcript_device() {
+    let all = blocks(DOC);
+    let vector = all
+        .iter()
+        .find(|b| b.tag.as_deref() == Some("noise_vector"))
+        .expect("the doc has a noise_vector block");
+    let secret = hex(vector_field(&vector.body, "device_static_secret_hex").unwrap()).unwrap();
+    let secret = BASE64URL_NOPAD.encode(&secret);
+    let request: JoinRequest =
+        serde_json::from_str(vector_field(&vector.body, "join_request").unwrap()).unwrap();
+    let JoinProof::Device { device_id } = request.proof else {
+        panic!("the transcript is a rejoin with a device id")
+    };
+    let creds: Vec<DeviceCredential> = all
+        .iter()
+        .filter(|b| b.tag.as_deref() == Some("device_credential"))
+        .flat_map(|b| json_values(&b.body).unwrap())
+        .map(|(v, _)| serde_json::from_value(v).unwrap())
+        .collect();
+    assert!(creds.iter().any(|c| c.device_secret.is_some()));
+    for c in &creds {
+        assert_eq!(c.device_id, device_id);
+        if let Some(s) = &c.device_secret {
+            assert_eq!(s, &secret, "a credential example's device_secret");
+        }
+    }
 }

@@ -6,6 +6,7 @@
 //! `ATMOSPHERE_STUN_SERVERS=none` unless a test passes its own loopback STUN server.
 
 pub mod browser;
+pub mod capture;
 pub mod coturn;
 pub mod netns;
 

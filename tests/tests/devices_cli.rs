@@ -6,7 +6,7 @@ mod host_support;
 
 use atmosphere_shared::api::{DeviceList, DeviceRemoved, TokenRequest};
 use atmosphere_tests::{bin_path, refused_url, Host};
-use host_support::{joined_ids, Member};
+use host_support::{joined_id, Member};
 use std::process::Output;
 
 /// Runs `atmosphere ARGS` against `host` (its data dir and URL) to completion.
@@ -37,8 +37,8 @@ async fn devices_lists_and_removes_through_the_running_host() {
 
     let inv = host.mint(&TokenRequest::unlimited()).await;
     let (mut phone, j) = Member::join_token(&host.ws_url(), &inv.token, "Pixel\u{1b}[2J").await;
-    let (id, key) = joined_ids(&j);
-    let key = key.unwrap();
+    let id = joined_id(&j);
+    let key = phone.key();
     phone.next_of_type("peers").await;
 
     // The table: a header, then one line with the id, the name, online, the invite.
@@ -90,7 +90,7 @@ async fn devices_readable_remove_and_exit_codes() {
     let host = Host::start().await;
     let inv = host.mint(&TokenRequest::unlimited()).await;
     let (m, j) = Member::join_token(&host.ws_url(), &inv.token, "tablet").await;
-    let (id, _) = joined_ids(&j);
+    let id = joined_id(&j);
     drop(m);
     let out = devices(&host, &["devices", "remove", &id]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");

@@ -10,7 +10,7 @@ use atmosphere_shared::link::Invite;
 use atmosphere_shared::mesh_id::is_valid_mesh_id;
 use atmosphere_shared::token::Token;
 use atmosphere_tests::{bin_path, Host};
-use host_support::{joined_ids, now_secs, rfc3339_secs, Member, FRAME_WAIT};
+use host_support::{joined_id, now_secs, rfc3339_secs, Member, FRAME_WAIT};
 use reqwest::header;
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -528,7 +528,7 @@ async fn devices_are_listed_and_removed_and_unknown_ids_get_a_json_404() {
     let c = client();
     let inv = host.mint(&TokenRequest::unlimited()).await;
     let (_m, j) = Member::join_token(&host.ws_url(), &inv.token, "Pixel 8").await;
-    let (id, _) = joined_ids(&j);
+    let id = joined_id(&j);
 
     let list = host.get_json("/api/mesh/devices").await;
     let devices = list["devices"].as_array().unwrap();
@@ -591,11 +591,11 @@ async fn revoking_with_remove_devices_removes_the_devices_the_invite_enrolled() 
     let doomed = host.mint(&TokenRequest::unlimited()).await;
     let other = host.mint(&TokenRequest::unlimited()).await;
     let (mut a, j) = Member::join_token(&url, &doomed.token, "a").await;
-    let (a_id, _) = joined_ids(&j);
+    let a_id = joined_id(&j);
     let (_b, j) = Member::join_token(&url, &doomed.token, "b").await;
-    let (b_id, _) = joined_ids(&j);
+    let b_id = joined_id(&j);
     let (_keep, j) = Member::join_token(&url, &other.token, "keep").await;
-    let (keep_id, _) = joined_ids(&j);
+    let keep_id = joined_id(&j);
 
     // A plain revoke keeps the devices (and says nothing about them).
     let r = host

@@ -8,8 +8,8 @@ mod host_support;
 use atmosphere_shared::api::TokenRequest;
 use atmosphere_shared::wire::MAX_FRAME_BYTES;
 use atmosphere_tests::Host;
-use futures_util::SinkExt;
-use host_support::{joined_ids, Member, Next, FRAME_WAIT};
+use futures_util::StreamExt;
+use host_support::{joined_id, Member, Next, FRAME_WAIT};
 use serde_json::{json, Value};
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;
@@ -38,13 +38,14 @@ async fn token_join_then_rejoin_with_the_device_credential() {
 
     // Both WebSocket paths work: `/` (the bare ws://IP:PORT of v1 links) and `/api/ws`.
     let (mut m, joined) = Member::join_token(&host.ws_url(), &inv.token, "Pixel 8").await;
-    let (id, key) = joined_ids(&joined);
-    let key = key.expect("first join returns a device_key");
-    assert!(key.len() >= 32, "device key too short: {key}");
+    let id = joined_id(&joined);
+    let key = m.key();
     assert_eq!(joined["mesh_id"], inv.mesh_id.as_str());
     assert_eq!(joined["mesh_name"], "Home Mesh");
-    assert_eq!(joined["peers"], json!([]));
-    assert_eq!(m.next_of_type("peers").await["peers"], json!([]));
+    // The member authenticated the host by its mesh key in the handshake.
+    assert_eq!(m.host.as_ref().unwrap().mesh_id, inv.mesh_id);
+    let peers = m.next_of_type("peers").await;
+    assert_eq!(peers, json!({"type":"peers","peers":[]}));
 
     // The admin sees the device online with its path, and the invite used once.
     let mesh = host.get_json("/api/mesh").await;
@@ -61,7 +62,7 @@ async fn token_join_then_rejoin_with_the_device_credential() {
         .find(|i| i["invite_id"] == inv.invite_id.as_str())
         .unwrap();
     assert_eq!(i["uses"], 1);
-    // The stored credential is a hash, not the key.
+    // The device's secret never reached the host.
     assert!(!mesh.to_string().contains(&key));
 
     m.ws.close(None).await.unwrap();
@@ -77,19 +78,15 @@ async fn token_join_then_rejoin_with_the_device_credential() {
     assert!(offline, "device still online after it closed");
 
     // Rejoin with the credential (on the other URL): same device, no new key.
-    let (_m2, again) = Member::rejoin(&format!("{}/api/ws", host.ws_url()), &id, &key).await;
-    let (id2, key2) = joined_ids(&again);
-    assert_eq!(id2, id);
-    assert!(
-        key2.is_none(),
-        "a rejoin must not hand out a new key: {again}"
-    );
+    let (m2, again) = Member::rejoin(&format!("{}/api/ws", host.ws_url()), &id, &key).await;
+    assert_eq!(joined_id(&again), id);
+    assert_eq!(m2.key(), key);
 
-    // A wrong key or an unknown id is refused.
-    let (mut bad, _) = (Member::connect(&host.ws_url()).await, ());
-    bad.send(json!({"type":"join","device_id":id,"device_key":"wrong-key","path":"local"}))
-        .await;
-    bad.expect_error("unknown_device").await;
+    // A wrong key or an unknown id is refused (through the channel: the host's word).
+    let (mut bad, first) = Member::rejoin(&host.ws_url(), &id, "wrong-key").await;
+    assert_eq!(first["code"], "unknown_device", "{first}");
+    assert!(bad.channel.is_some());
+    bad.expect_closed(FRAME_WAIT).await;
     let (mut bad, first) = Member::rejoin(&host.ws_url(), "nosuchdevice", &key).await;
     assert_eq!(first["code"], "unknown_device", "{first}");
     bad.expect_closed(FRAME_WAIT).await;
@@ -105,12 +102,12 @@ async fn each_refused_token_gets_its_own_code() {
         "hello",
         "ATM-",
         "ATM-AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
-        &"A".repeat(10_000),
+        &"A".repeat(1_000),
     ] {
-        let mut m = Member::connect(&url).await;
-        m.send(json!({"type":"join","token":t,"device":{"name":"x"},"path":"local"}))
-            .await;
-        m.expect_error("invalid_token").await;
+        let (mut m, first) = Member::join_token(&url, t, "x").await;
+        assert_eq!(first["code"], "invalid_token", "{first}");
+        assert!(m.channel.is_some(), "the refusal came through the channel");
+        m.expect_closed(FRAME_WAIT).await;
     }
 
     // Expired.
@@ -123,7 +120,7 @@ async fn each_refused_token_gets_its_own_code() {
     // Exhausted: one use, second device refused.
     let once = host.mint(&req(Some(1), None)).await;
     let (_a, first) = Member::join_token(&url, &once.token, "first").await;
-    joined_ids(&first);
+    joined_id(&first);
     let (mut b, first) = Member::join_token(&url, &once.token, "second").await;
     assert_eq!(first["code"], "token_exhausted", "{first}");
     b.expect_closed(FRAME_WAIT).await;
@@ -147,7 +144,7 @@ async fn each_refused_token_gets_its_own_code() {
     let ok = host.mint(&TokenRequest::unlimited()).await;
     let typed = ok.token.to_lowercase().replacen("atm-", "atm- ", 1);
     let (_m, first) = Member::join_token(&url, &typed, "typed").await;
-    joined_ids(&first);
+    joined_id(&first);
 
     // The refused devices were never created.
     let mesh = host.get_json("/api/mesh").await;
@@ -178,12 +175,14 @@ async fn presence_and_messages_between_members() {
     let url = host.ws_url();
 
     let (mut a, ja) = Member::join_token(&url, &inv.token, "Alice").await;
-    let (a_id, _) = joined_ids(&ja);
+    let a_id = joined_id(&ja);
     a.next_of_type("peers").await;
     let (mut b, jb) = Member::join_token(&url, &inv.token, "Bob").await;
-    let (b_id, _) = joined_ids(&jb);
+    let b_id = joined_id(&jb);
     // Bob sees Alice in his peer list; Alice is told Bob arrived.
-    let peers = jb["peers"].as_array().unwrap();
+    let peers = b.next_of_type("peers").await;
+    assert_eq!(peers.get("more"), None, "{peers}");
+    let peers = peers["peers"].as_array().unwrap();
     assert_eq!(peers.len(), 1);
     assert_eq!(peers[0]["device_id"], a_id.as_str());
     assert_eq!(peers[0]["name"], "Alice");
@@ -191,7 +190,6 @@ async fn presence_and_messages_between_members() {
     let pj = a.next_of_type("peer_joined").await;
     assert_eq!(pj["peer"]["device_id"], b_id.as_str());
     assert_eq!(pj["peer"]["name"], "Bob");
-    b.next_of_type("peers").await;
 
     // Broadcast (to = null) reaches the others, not the sender.
     b.send(json!({"type":"send","to":null,"body":{"text":"hi all"}}))
@@ -238,26 +236,41 @@ async fn bad_input_is_answered_and_closed_while_others_keep_working() {
 
     // A member that stays connected through all of this.
     let (mut alice, ja) = Member::join_token(&url, &inv.token, "Alice").await;
-    let (a_id, _) = joined_ids(&ja);
+    let a_id = joined_id(&ja);
     alice.next_of_type("peers").await;
 
-    // Non-JSON first frame.
+    // A plaintext first frame (the join of earlier versions): the handshake comes first.
     let mut m = Member::connect(&url).await;
-    m.send_text("this is not json".into()).await.unwrap();
+    m.send(json!({"type":"join","token":inv.token,"device":{"name":"x"},"path":"local"}))
+        .await;
+    let e = m.expect_error("bad_request").await;
+    assert!(e["message"].as_str().unwrap().contains("Noise"), "{e}");
+    // A message 1 of the wrong size.
+    let mut m = Member::connect(&url).await;
+    m.send_binary(vec![1, 2, 3]).await.unwrap();
     m.expect_error("bad_request").await;
-    // Unknown message type.
+    // A message 3 that does not decrypt (after a real message 1).
     let mut m = Member::connect(&url).await;
-    m.send(json!({"type":"teleport","to":"mars"})).await;
-    m.expect_error("bad_request").await;
-    // `send` before `join`.
-    let mut m = Member::connect(&url).await;
-    m.send(json!({"type":"send","to":null,"body":1})).await;
-    m.expect_error("bad_request").await;
-    // Binary frame.
-    let mut m = Member::connect(&url).await;
-    m.ws.send(Message::Binary(vec![1, 2, 3].into()))
-        .await
-        .unwrap();
+    let request = atmosphere_shared::handshake::JoinRequest {
+        proof: atmosphere_shared::handshake::JoinProof::Device {
+            device_id: "d".into(),
+        },
+        path: atmosphere_shared::PathKind::Local,
+    };
+    let (_client, msg1) = atmosphere_shared::handshake::ClientHandshake::start(
+        atmosphere_shared::handshake::HostExpectation::TrustOnFirstUse,
+        &request,
+        &atmosphere_shared::handshake::StaticSecret::from_bytes([3; 32]),
+        atmosphere_shared::handshake::Entropy::new([4; 32]),
+    )
+    .unwrap();
+    m.send_binary(msg1).await.unwrap();
+    let msg2 = m.ws.next().await.unwrap().unwrap();
+    assert!(
+        matches!(msg2, Message::Binary(ref b) if b.len() == 192),
+        "{msg2:?}"
+    );
+    m.send_binary(vec![7; 200]).await.unwrap();
     m.expect_error("bad_request").await;
     // Just over the frame limit: a clean too_large.
     let mut m = Member::connect(&url).await;
@@ -289,16 +302,26 @@ async fn bad_input_is_answered_and_closed_while_others_keep_working() {
         "handshake deadline not enforced: {:?}",
         t0.elapsed()
     );
-    // Bad input after joining ends that session only.
+    // Bad input after joining ends that session only: plaintext, an unknown sealed
+    // message, a frame that does not open.
     let (mut bob, jb) = Member::join_token(&url, &inv.token, "Bob").await;
-    joined_ids(&jb);
+    joined_id(&jb);
     bob.next_of_type("peers").await;
     bob.send_text("{\"type\":".into()).await.unwrap();
     bob.expect_error("bad_request").await;
+    let (mut bob, _) = Member::join_token(&url, &inv.token, "Bob 2").await;
+    bob.next_of_type("peers").await;
+    bob.send(json!({"type":"teleport","to":"mars"})).await;
+    bob.expect_error("bad_request").await;
+    let (mut bob, _) = Member::join_token(&url, &inv.token, "Bob 3").await;
+    bob.next_of_type("peers").await;
+    bob.send_binary(vec![0; 64]).await.unwrap();
+    // A broken channel cannot carry an answer: the host just closes.
+    bob.expect_closed(FRAME_WAIT).await;
 
     // The host still serves: a new member joins and Alice still gets messages.
     let (mut carol, jc) = Member::join_token(&url, &inv.token, "Carol").await;
-    let (c_id, _) = joined_ids(&jc);
+    let c_id = joined_id(&jc);
     carol
         .send(json!({"type":"send","to":a_id,"body":"still here?"}))
         .await;
@@ -327,7 +350,7 @@ async fn keepalive_pings_keep_a_member_and_silence_ends_it() {
     let inv = host.mint(&TokenRequest::unlimited()).await;
     // A reading client answers pings (tungstenite does it while reading): it stays.
     let (mut m, j) = Member::join_token(&host.ws_url(), &inv.token, "awake").await;
-    joined_ids(&j);
+    joined_id(&j);
     let mut pings = 0;
     let deadline = tokio::time::Instant::now() + Duration::from_millis(2500);
     while tokio::time::Instant::now() < deadline {
@@ -335,7 +358,7 @@ async fn keepalive_pings_keep_a_member_and_silence_ends_it() {
         match tokio::time::timeout_at(deadline, m.ws.next()).await {
             Err(_) => break,
             Ok(Some(Ok(Message::Ping(_)))) => pings += 1,
-            Ok(Some(Ok(Message::Text(_)))) => {}
+            Ok(Some(Ok(Message::Binary(_)))) => {}
             other => panic!("session ended although the member answered pings: {other:?}"),
         }
     }
@@ -343,7 +366,7 @@ async fn keepalive_pings_keep_a_member_and_silence_ends_it() {
 
     // A client that never reads never answers pings: the host closes it after the idle time.
     let (mut quiet, j) = Member::join_token(&host.ws_url(), &inv.token, "asleep").await;
-    let (quiet_id, _) = joined_ids(&j);
+    let quiet_id = joined_id(&j);
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let mesh = host.get_json("/api/mesh").await;
     let d = mesh["devices"]
@@ -367,7 +390,7 @@ async fn token_guessing_from_one_address_is_rate_limited() {
     // Successful joins do not count.
     for i in 0..3 {
         let (_m, j) = Member::join_token(&url, &good.token, &format!("ok{i}")).await;
-        joined_ids(&j);
+        joined_id(&j);
     }
     for _ in 0..10 {
         let (mut m, first) =
@@ -401,8 +424,8 @@ async fn valid_credentials_are_admitted_after_others_failed_from_the_same_addres
     let url = host.ws_url();
     let inv = host.mint(&TokenRequest::unlimited()).await;
     let (m, j) = Member::join_token(&url, &inv.token, "phone").await;
-    let (id, key) = joined_ids(&j);
-    let key = key.unwrap();
+    let id = joined_id(&j);
+    let key = m.key();
     drop(m);
 
     // Someone else at 127.0.0.1 guesses: tokens and device keys, past the limit.
@@ -448,8 +471,8 @@ async fn removing_a_device_closes_its_live_session_and_its_key_is_refused() {
     let url = host.ws_url();
     let inv = host.mint(&TokenRequest::unlimited()).await;
     let (mut gone, j) = Member::join_token(&url, &inv.token, "lost phone").await;
-    let (id, key) = joined_ids(&j);
-    let key = key.unwrap();
+    let id = joined_id(&j);
+    let key = gone.key();
     gone.next_of_type("peers").await;
     let (mut stay, _) = Member::join_token(&url, &inv.token, "laptop").await;
     stay.next_of_type("peers").await;
@@ -495,12 +518,12 @@ async fn a_member_that_stops_reading_is_dropped_without_slowing_the_others() {
     let inv = host.mint(&TokenRequest::unlimited()).await;
     let url = host.ws_url();
     let (mut alice, ja) = Member::join_token(&url, &inv.token, "Alice").await;
-    joined_ids(&ja);
+    joined_id(&ja);
     // Stalled: joins, then never reads again.
     let (_stalled, js) = Member::join_token(&url, &inv.token, "Stalled").await;
-    let (stalled_id, _) = joined_ids(&js);
+    let stalled_id = joined_id(&js);
     let (mut bob, jb) = Member::join_token(&url, &inv.token, "Bob").await;
-    let (b_id, _) = joined_ids(&jb);
+    let b_id = joined_id(&jb);
 
     // ~48 MB of broadcasts: far more than the stalled member's queue and socket buffers.
     const N: usize = 800;
@@ -602,10 +625,8 @@ async fn too_many_sockets_from_one_address_are_turned_away_with_rate_limited() {
     drop(held.pop());
     let mut joined_again = false;
     for _ in 0..40 {
-        let mut m = Member::connect(&host.ws_url()).await;
-        m.send(json!({"type":"join","token":inv.token,"device":{"name":"again","platform":"test"},"path":"local"}))
-            .await;
-        if m.next_json().await["type"] == "joined" {
+        let (_m, first) = Member::join_token(&host.ws_url(), &inv.token, "again").await;
+        if first["type"] == "joined" {
             joined_again = true;
             break;
         }
@@ -629,18 +650,23 @@ async fn a_one_use_invite_raced_by_many_sockets_admits_exactly_one() {
     for _ in 0..8 {
         members.push(Member::connect(&url).await);
     }
-    let answers = futures_util::future::join_all(members.into_iter().enumerate().map(
-        |(i, mut m)| {
+    let answers =
+        futures_util::future::join_all(members.into_iter().enumerate().map(|(i, mut m)| {
             let token = once.token.clone();
             async move {
-                m.send(json!({"type":"join","token":token,"device":{"name":format!("racer {i}")},"path":"local"}))
+                let first = m
+                    .handshake(atmosphere_shared::handshake::JoinProof::Invite {
+                        token,
+                        device: atmosphere_shared::wire::DeviceInfo {
+                            name: format!("racer {i}"),
+                            platform: "test".into(),
+                        },
+                    })
                     .await;
-                let first = m.next_json().await;
                 (m, first)
             }
-        },
-    ))
-    .await;
+        }))
+        .await;
     let joined = answers
         .iter()
         .filter(|(_, v)| v["type"] == "joined")

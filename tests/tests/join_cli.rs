@@ -461,9 +461,13 @@ async fn device_file_rejoins_without_the_token() {
         "{cred}"
     );
     assert!(
-        cred["device_key"].as_str().is_some_and(|s| !s.is_empty()),
+        cred["device_secret"]
+            .as_str()
+            .is_some_and(|s| !s.is_empty()),
         "{cred}"
     );
+    // Pinned to the mesh the host proved in the handshake.
+    assert_eq!(cred["mesh_id"], minted.mesh_id.as_str(), "{cred}");
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -490,10 +494,102 @@ async fn forged_device_credential_is_refused_with_unknown_device() {
     let minted = mint(&host).await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("device.json");
+    let link = link_with(&minted, only_local(host.ws_url()));
+    // Pinned to the right mesh (so the host gets the request), but a device it never
+    // enrolled: a record of this version (a device key) and one of an earlier version (a
+    // bearer key).
+    let mesh_id = &minted.mesh_id;
+    for forged in [
+        format!(
+            r#"{{"mesh_id":"{mesh_id}","mesh_name":"x","device_id":"dev-forged","device_secret":"CQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQk"}}"#
+        ),
+        format!(
+            r#"{{"mesh_id":"{mesh_id}","mesh_name":"x","device_id":"dev-forged","device_key":"not-a-real-key"}}"#
+        ),
+    ] {
+        write_file(&file, &forged);
+        let run = run_join(&[
+            "--once",
+            "--json",
+            "--device-file",
+            file.to_str().unwrap(),
+            &link,
+        ])
+        .await;
+        assert_eq!(run.code, Some(1), "{}", run.dump());
+        assert_eq!(
+            run.lines.last().unwrap().1["code"],
+            "unknown_device",
+            "{}",
+            run.dump()
+        );
+        // The command never deletes or rewrites the file, whatever the answer.
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), forged);
+    }
+}
+
+/// A device enrolled by an earlier version (the host stored the hash of the bearer
+/// `device_key` it handed out; the file holds that key) still rejoins with its old file,
+/// once: the file is then rewritten in the new form (a device secret, no bearer key), and
+/// the next run rejoins with that, as the same device.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_device_file_of_an_earlier_version_rejoins_and_is_rewritten() {
+    let host = Host::start().await;
+    let minted = mint(&host).await;
+    // The device row as the earlier version stored it: a bearer key's hash, no static key.
+    let db = atmosphere_server::data_dir::database_path(&host.data_dir);
+    let store = atmosphere_server::store::Store::open(&db).unwrap();
+    let key_hash = atmosphere_server::secret::sha256_hex("legacy-bearer-key");
+    store
+        .call(move |conn| {
+            conn.execute_batch(&format!(
+                "INSERT INTO devices (id, name, platform, key_hash, joined_at) \
+                 VALUES ('dev-legacy', 'Old phone', 'cli', '{key_hash}', 1)"
+            ))?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    drop(store);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("device.json");
+    let file_s = file.to_str().unwrap();
     write_file(
         &file,
-        r#"{"mesh_id":"x","mesh_name":"x","device_id":"dev-forged","device_key":"not-a-real-key"}"#,
+        &format!(
+            r#"{{"mesh_id":"{}","mesh_name":"Home","device_id":"dev-legacy","device_key":"legacy-bearer-key"}}"#,
+            minted.mesh_id
+        ),
     );
+    let link = link_with(&minted, only_local(host.ws_url()));
+
+    let first = run_join(&["--once", "--json", "--device-file", file_s, &link]).await;
+    assert_eq!(first.code, Some(0), "{}", first.dump());
+    let cred: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    assert_eq!(cred["device_id"], "dev-legacy", "{cred}");
+    assert_eq!(cred["mesh_id"], minted.mesh_id.as_str(), "{cred}");
+    assert!(cred["device_secret"].is_string(), "{cred}");
+    assert!(cred.get("device_key").is_none(), "{cred}");
+
+    let second = run_join(&["--once", "--json", "--device-file", file_s, &link]).await;
+    assert_eq!(second.code, Some(0), "{}", second.dump());
+    let mesh = host.get_json("/api/mesh").await;
+    let devices = mesh["devices"].as_array().unwrap();
+    assert_eq!(devices.len(), 1, "{mesh}");
+    assert_eq!(devices[0]["device_id"], "dev-legacy", "{mesh}");
+}
+
+/// A device file pinned to another mesh is never presented to this host: the handshake
+/// fails before the request is sent (`not the mesh's host`), the run fails like an
+/// unreachable path (not a refusal), and the file is kept as it was.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_device_file_of_another_mesh_is_never_sent_and_is_kept() {
+    let host = Host::start().await;
+    let minted = mint(&host).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("device.json");
+    let other = r#"{"mesh_id":"aaaaaaaaaaaaaaaaaaaaaaaaaa","mesh_name":"Elsewhere","device_id":"dev-1","device_secret":"CQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQk"}"#;
+    write_file(&file, other);
     let link = link_with(&minted, only_local(host.ws_url()));
     let run = run_join(&[
         "--once",
@@ -504,12 +600,19 @@ async fn forged_device_credential_is_refused_with_unknown_device() {
     ])
     .await;
     assert_eq!(run.code, Some(1), "{}", run.dump());
-    assert_eq!(
-        run.lines.last().unwrap().1["code"],
-        "unknown_device",
+    let (_, failed) = run.find("failed", Some("local")).expect("local failed");
+    assert!(
+        failed["reason"]
+            .as_str()
+            .unwrap()
+            .contains("not the mesh's host"),
         "{}",
         run.dump()
     );
+    assert_eq!(run.lines.last().unwrap().1["code"], "all_failed");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), other);
+    let mesh = host.get_json("/api/mesh").await;
+    assert_eq!(mesh["devices"].as_array().unwrap().len(), 0, "{mesh}");
 }
 
 fn write_file(path: &Path, text: &str) {
@@ -537,6 +640,15 @@ async fn staying_members_see_each_other_and_exchange_messages() {
     wait_line(&a_rx, &|v| v["event"] == "connected");
     let (mut b, b_rx) = spawn("Bob");
     wait_line(&b_rx, &|v| v["event"] == "connected");
+    // Bob's session starts with who is online: the whole snapshot, in one line.
+    let online = wait_line(&b_rx, &|v| v["event"] == "peers");
+    let names: Vec<&str> = online["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["Alice"], "{online}");
     let joined = wait_line(&a_rx, &|v| v["event"] == "peer_joined");
     assert_eq!(joined["peer"]["name"], "Bob");
     let bob_id = joined["peer"]["device_id"].as_str().unwrap().to_string();
@@ -858,7 +970,7 @@ async fn the_device_file_is_written_before_connected_is_printed() {
     let stored = std::fs::read_to_string(&file)
         .expect("the device file exists as soon as `connected` is printed");
     let stored: Value = serde_json::from_str(&stored).unwrap();
-    assert!(stored["device_key"].is_string(), "{stored}");
+    assert!(stored["device_secret"].is_string(), "{stored}");
     let _ = child.kill();
     let _ = child.wait();
 }

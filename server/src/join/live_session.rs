@@ -1,14 +1,18 @@
 //! The live session after the race is won (without `--once`): print presence and messages
 //! as the host sends them, send each line typed on stdin to every member, until Ctrl-C or
-//! the host goes away. A final error from the host (`device_removed`) ends the session for
+//! the host goes away. Every frame goes through the session's [`SecureSocket`]; a frame that
+//! does not open, or a plaintext frame, ends the session as lost (it is re-established like
+//! any other loss). A final error from the host (`device_removed`) ends the session for
 //! good: the credential is no longer valid, so there is nothing to reconnect with.
+//!
+//! Presence arrives as a snapshot in one or more `peers` pages ([`PeersSnapshot`]); it is
+//! printed only once complete. The session's first snapshot starts it
+//! ([`Printer::session_started`]); a later one is printed only if it says something new.
 
-use super::attempt::{close, stream_reason, Ws};
 use super::output::{Printer, Roster};
+use super::secure_socket::{SecureSocket, SocketError};
 use super::stdin::StdinLines;
-use atmosphere_shared::wire::{ClientMsg, Joined, ServerMsg, MAX_FRAME_BYTES};
-use futures_util::{SinkExt, StreamExt};
-use tokio_tungstenite::tungstenite::Message;
+use atmosphere_shared::wire::{ClientMsg, PeersSnapshot, ServerMsg};
 
 /// How a live session ended.
 pub(super) enum SessionEnd {
@@ -20,38 +24,44 @@ pub(super) enum SessionEnd {
     Refused,
 }
 
-/// Runs one session on the winning socket `ws`, whose `joined` was `joined`.
+/// Runs one session on the winning socket, right after its `joined`.
 pub(super) async fn run(
-    mut ws: Box<Ws>,
-    joined: &Joined,
+    mut socket: SecureSocket,
     out: &Printer,
     stdin: &mut StdinLines,
 ) -> SessionEnd {
-    let mut roster = Roster::new(&joined.peers);
-    out.session_started(&joined.peers);
+    let mut roster = Roster::default();
+    let mut snapshot = PeersSnapshot::default();
+    let mut started = false;
     loop {
         tokio::select! {
-            msg = ws.next() => match msg {
-                Some(Ok(Message::Text(t))) => match serde_json::from_str::<ServerMsg>(t.as_str()) {
-                    Ok(m) if roster.is_news(&m) => {
-                        out.frame(&m, &roster);
-                        if matches!(&m, ServerMsg::Error { code, .. } if code.is_final()) {
-                            close(ws).await;
-                            return SessionEnd::Refused;
-                        }
-                        roster.apply(&m);
+            msg = socket.recv() => match msg {
+                Ok(ServerMsg::Peers { peers, more }) => {
+                    let Some(peers) = snapshot.page(&peers, more) else { continue };
+                    if !started {
+                        started = true;
+                        out.session_started(&peers);
+                    } else if roster.differs_from(&peers) {
+                        out.peers(&peers);
                     }
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!("ignoring a frame the host sent that we do not understand: {e}"),
-                },
-                Some(Ok(Message::Close(frame))) => return SessionEnd::Lost(closed_by_host(frame)),
-                Some(Ok(_)) => {}
-                Some(Err(e)) => return SessionEnd::Lost(format!("connection lost: {}", stream_reason(e))),
-                None => return SessionEnd::Lost("connection lost".into()),
+                    roster = Roster::new(&peers);
+                }
+                Ok(m) => {
+                    out.frame(&m, &roster);
+                    if matches!(&m, ServerMsg::Error { code, .. } if code.is_final()) {
+                        socket.close().await;
+                        return SessionEnd::Refused;
+                    }
+                    roster.apply(&m);
+                }
+                Err(SocketError::Unreadable(what)) => {
+                    tracing::warn!("ignoring a message the host sent that we do not understand: {what}");
+                }
+                Err(e) => return SessionEnd::Lost(e.to_string()),
             },
             line = stdin.next(), if stdin.is_open() => match line {
                 Some(Ok(line)) => {
-                    if let Err(e) = send_line(&mut ws, line, out).await {
+                    if let Err(e) = send_line(&mut socket, line, out).await {
                         return SessionEnd::Lost(e);
                     }
                 }
@@ -60,7 +70,7 @@ pub(super) async fn run(
                 None => {}
             },
             _ = tokio::signal::ctrl_c() => {
-                close(ws).await;
+                socket.close().await;
                 out.info("left the mesh");
                 return SessionEnd::Left;
             }
@@ -68,32 +78,21 @@ pub(super) async fn run(
     }
 }
 
-/// Sends one typed line to every member. A line too long for a frame is not sent (and
-/// says so); `Err` only when the socket failed (the reason the session was lost).
-async fn send_line(ws: &mut Ws, line: String, out: &Printer) -> Result<(), String> {
-    let frame = ClientMsg::Send {
+/// Sends one typed line to every member. A line too long for one sealed frame is not sent
+/// (and says so); `Err` only when the socket failed (the reason the session was lost).
+async fn send_line(socket: &mut SecureSocket, line: String, out: &Printer) -> Result<(), String> {
+    let msg = ClientMsg::Send {
         to: None,
         body: serde_json::Value::String(line),
+    };
+    match socket.send(&msg).await {
+        Ok(()) => Ok(()),
+        Err(SocketError::TooLarge { max, .. }) => {
+            out.not_sent(&format!(
+                "the line is longer than a message may be ({max} bytes)"
+            ));
+            Ok(())
+        }
+        Err(e) => Err(e.to_string()),
     }
-    .to_json();
-    if frame.len() > MAX_FRAME_BYTES {
-        out.not_sent(&format!(
-            "the line is longer than a frame may be ({MAX_FRAME_BYTES} bytes)"
-        ));
-        return Ok(());
-    }
-    ws.send(Message::text(frame))
-        .await
-        .map_err(|e| format!("connection lost: {}", stream_reason(e)))
-}
-
-/// The reason for a close frame from the host, with its text if it gave one.
-fn closed_by_host(frame: Option<tokio_tungstenite::tungstenite::protocol::CloseFrame>) -> String {
-    let why = frame
-        .map(|f| f.reason.to_string())
-        .filter(|r| !r.is_empty());
-    format!(
-        "the host closed the connection{}",
-        why.map(|r| format!(": {r}")).unwrap_or_default()
-    )
 }

@@ -2,15 +2,17 @@
 //! ([`atmosphere_shared::racing`]).
 //!
 //! The policy (which path to try when, deadlines, who wins, when to give up) lives in the
-//! sans-IO [`Race`](atmosphere_shared::racing::Race), the join frame in
-//! [`JoinCredential`], every `--json` line in
-//! [`JoinEvent`](atmosphere_shared::join_event::JoinEvent) and the retry delays in
+//! sans-IO [`Race`](atmosphere_shared::racing::Race), what a join proves and to whom in
+//! [`JoinPlan`] (the handshake itself in [`atmosphere_shared::handshake`]), every `--json`
+//! line in [`JoinEvent`](atmosphere_shared::join_event::JoinEvent) and the retry delays in
 //! [`Backoff`](atmosphere_shared::backoff::Backoff); this module only does I/O. Its files,
 //! one role each:
 //!
 //! - this file: the flags and [`run`], which checks them and calls the steps below;
 //! - `race`: drives the shared race with real sockets, and re-runs it after a lost session;
-//! - `attempt`: one attempt's socket: connect, send `join`, wait for the host's verdict;
+//! - `attempt`: one attempt's socket: connect, the handshake (the host proves the mesh
+//!   before the credential leaves), wait for the host's verdict;
+//! - `secure_socket`: a socket with its secure channel, whole messages in and out;
 //! - `live_session`: the session after the race is won (presence, messages, stdin);
 //! - `stdin`: lines typed on stdin, one message each;
 //! - `output`: everything printed, as JSON lines or as a readable log;
@@ -24,19 +26,27 @@
 //! (`device_removed`, never retried), or (with `--no-reconnect`) the session was lost,
 //! 2 bad link or usage. Without `--once` a lost session is re-established with the
 //! device credential, with capped, jittered backoff.
+//!
+//! A credential (the device file, or the one a first join made in memory) is pinned to the
+//! mesh id its host proved: a rejoin only sends it to a host that proves the same mesh. The
+//! device file is never deleted or invalidated by the command, whatever an endpoint answers.
 
 mod attempt;
 mod device_file;
 mod live_session;
 mod output;
 mod race;
+mod secure_socket;
 mod stdin;
 
-use atmosphere_shared::credential::DeviceCredential;
+use crate::secret::random_bytes;
+use atmosphere_shared::credential::{DeviceCredential, JoinPlan};
+use atmosphere_shared::handshake::{HostIdentity, StaticSecret};
 use atmosphere_shared::join_event::ClientErrorCode;
 use atmosphere_shared::racing::{Policy, DEFAULT_ATTEMPT_TIMEOUT_MS, DEFAULT_STAGGER_MS};
-use atmosphere_shared::wire::{DeviceInfo, JoinCredential};
+use atmosphere_shared::wire::{DeviceInfo, Joined};
 use atmosphere_shared::Invite;
+use attempt::Won;
 use live_session::SessionEnd;
 use output::Printer;
 use std::path::PathBuf;
@@ -100,10 +110,12 @@ pub struct Args {
     #[arg(long, default_value_t = DEFAULT_ATTEMPT_TIMEOUT_MS, value_parser = clap::value_parser!(u64).range(1..=600_000))]
     pub attempt_timeout_ms: u64,
 
-    /// File holding this device's credential for this mesh. If it exists, join with it
-    /// (`device_id` + `device_key`) instead of the invite's token; after a first join with
-    /// the token, the credential the host returns is written there (mode 0600). Without
-    /// this flag nothing is stored.
+    /// File holding this device's credential for this mesh. If it exists, rejoin with it
+    /// instead of the invite's token (only a host that proves the mesh the file is pinned
+    /// to gets it); after a first join with the token, this device's new credential (its
+    /// id and secret key, and the mesh id the host proved) is written there (mode 0600). A
+    /// file of an earlier version (with a `device_key`) still rejoins and is rewritten in
+    /// the new form. Without this flag nothing is stored.
     #[arg(long, env = "ATMOSPHERE_DEVICE_FILE")]
     pub device_file: Option<PathBuf>,
 
@@ -119,7 +131,7 @@ pub struct Args {
 /// Runs `atmosphere join` and returns the exit code (see the module docs).
 pub async fn run(args: Args) -> ExitCode {
     let out = Printer::new(args.json);
-    let (invite, credential) = match prepare(&args, &out) {
+    let (invite, stored, plan) = match prepare(&args, &out) {
         Ok(ready) => ready,
         Err((code, message)) => {
             out.error(code, &message);
@@ -128,39 +140,46 @@ pub async fn run(args: Args) -> ExitCode {
     };
     let policy = policy(&args);
 
-    // A first join's credential is on disk before `connected` is printed.
-    let keep_first_credential = |won: &race::Won| {
-        if won.joined.device_key.is_none() {
+    // The credential is on disk before `connected` is printed: a first join's new one, a
+    // record of an earlier version in the new form, or a renamed mesh's.
+    let keep_credential = |won: &Won| {
+        let Some(path) = &args.device_file else {
             return;
-        }
-        let kept = DeviceCredential::after_join(&won.joined, &credential);
-        if let (Some(path), Some(cred)) = (&args.device_file, &kept) {
-            save_device_file(path, cred, &out);
+        };
+        let kept = kept_credential(&plan, &won.host, &won.joined, stored.as_ref());
+        if stored.as_ref() != Some(&kept) {
+            save_device_file(path, &kept, &out);
         }
     };
-    let Ok(won) = race::race(&invite, policy, &credential, &out, &keep_first_credential).await
-    else {
+    let Ok(won) = race::race(&invite, policy, &plan, &out, &keep_credential).await else {
         return ExitCode::from(1);
     };
-    // What to rejoin with from now on: the key the host just issued, or the one presented.
-    let kept = DeviceCredential::after_join(&won.joined, &credential);
     if args.once {
-        attempt::close(won.ws).await;
+        won.socket.close().await;
         return ExitCode::SUCCESS;
     }
-    // Reconnections rejoin as this device (never spend another invite use).
-    let rejoin = kept
-        .filter(|_| !args.no_reconnect)
-        .map(|c| c.join_credential());
+    // Reconnections rejoin as this device, pinned to the mesh its host just proved (never
+    // spend another invite use). The credential was just made with a device secret, so
+    // the plan cannot fail.
+    let rejoin = (!args.no_reconnect)
+        .then(|| {
+            JoinPlan::rejoin(
+                &kept_credential(&plan, &won.host, &won.joined, stored.as_ref()),
+                random_bytes(),
+            )
+            .ok()
+        })
+        .flatten();
     stay(&invite, policy, rejoin, won, &out).await
 }
 
-/// Checks the link, the device name and the device file; returns the invite and what to
-/// join with, or the `bad_link` / `bad_usage` error to leave with (exit 2).
+/// Checks the link, the device name and the device file; returns the invite, the stored
+/// credential and the plan to join with, or the `bad_link` / `bad_usage` error to leave
+/// with (exit 2).
 fn prepare(
     args: &Args,
     out: &Printer,
-) -> Result<(Invite, JoinCredential), (ClientErrorCode, String)> {
+) -> Result<(Invite, Option<DeviceCredential>, JoinPlan), (ClientErrorCode, String)> {
     let invite = Invite::parse(&args.link).map_err(|e| {
         (
             ClientErrorCode::BadLink,
@@ -175,26 +194,53 @@ fn prepare(
     }
     let name = device_name(args.name.as_deref()).map_err(|e| (ClientErrorCode::BadUsage, e))?;
     let stored = match &args.device_file {
-        Some(p) => device_file::load(p).map_err(|e| (ClientErrorCode::BadUsage, e))?,
+        Some(p) => device_file::load(p)
+            .map_err(|e| (ClientErrorCode::BadUsage, e))?
+            .map(|c| (p, c)),
         None => None,
     };
-    let credential = match stored {
-        Some(c) => {
+    let plan = match &stored {
+        Some((path, c)) => {
+            // A record of an earlier version takes these fresh bytes as its device key.
+            let plan = JoinPlan::rejoin(c, random_bytes()).map_err(|e| {
+                (
+                    ClientErrorCode::BadUsage,
+                    format!("the device file {} cannot be used: {e}", path.display()),
+                )
+            })?;
             out.info(&format!(
                 "rejoining as device {} (credential from the device file)",
                 c.device_id
             ));
-            c.join_credential()
+            plan
         }
-        None => JoinCredential::Token {
-            token: invite.token.clone(),
-            device: DeviceInfo {
+        None => JoinPlan::first_join(
+            &invite,
+            DeviceInfo {
                 name,
                 platform: args.platform.clone(),
             },
-        },
+            StaticSecret::from_bytes(random_bytes()),
+        ),
     };
-    Ok((invite, credential))
+    Ok((invite, stored.map(|(_, c)| c), plan))
+}
+
+/// What this device keeps after the host authenticated as `host` and answered `joined`:
+/// pinned to the mesh the host proved, with the plan's device key, remembering the
+/// endpoints the `stored` record had. Equal to `stored` when nothing changed (a rejoin with
+/// a record of this version), so the file is only rewritten when it has to be.
+fn kept_credential(
+    plan: &JoinPlan,
+    host: &HostIdentity,
+    joined: &Joined,
+    stored: Option<&DeviceCredential>,
+) -> DeviceCredential {
+    let mut kept = plan.credential(host, joined);
+    if let Some(stored) = stored {
+        kept.remember_endpoints_of(stored);
+    }
+    kept
 }
 
 fn policy(args: &Args) -> Policy {
@@ -206,8 +252,8 @@ fn policy(args: &Args) -> Policy {
     }
 }
 
-/// Writes the credential of a first join to `--device-file`. A failure is only a warning:
-/// the session is fine, only the next run will need a fresh invite.
+/// Writes the credential to `--device-file`. A failure is only a warning: the session is
+/// fine, only the next run will need a fresh invite (or rejoin with the older record).
 fn save_device_file(path: &std::path::Path, cred: &DeviceCredential, out: &Printer) {
     // A small synchronous write with fsync, on the race loop's worker: tell the runtime so
     // the attempt tasks keep running on the others.
@@ -218,28 +264,28 @@ fn save_device_file(path: &std::path::Path, cred: &DeviceCredential, out: &Print
 }
 
 /// Without `--once`: runs live sessions until Ctrl-C, re-establishing each lost one with
-/// `rejoin` (`None`: `--no-reconnect`, or no credential to rejoin with; a loss ends the run).
+/// `rejoin` (`None`: `--no-reconnect`; a loss ends the run).
 async fn stay(
     invite: &Invite,
     policy: Policy,
-    rejoin: Option<JoinCredential>,
-    won: race::Won,
+    rejoin: Option<JoinPlan>,
+    won: Box<Won>,
     out: &Printer,
 ) -> ExitCode {
     let mut stdin = stdin::StdinLines::new();
     let mut won = won;
     loop {
-        let reason = match live_session::run(won.ws, &won.joined, out, &mut stdin).await {
+        let reason = match live_session::run(won.socket, out, &mut stdin).await {
             SessionEnd::Left => return ExitCode::SUCCESS,
             SessionEnd::Refused => return ExitCode::from(1),
             SessionEnd::Lost(reason) => reason,
         };
-        let Some(credential) = &rejoin else {
+        let Some(plan) = &rejoin else {
             out.error(ClientErrorCode::Disconnected, &reason);
             return ExitCode::from(1);
         };
         out.disconnected(&reason);
-        match race::reconnect(invite, policy, credential, out).await {
+        match race::reconnect(invite, policy, plan, out).await {
             Some(again) => won = again,
             None => return ExitCode::from(1),
         }
@@ -267,4 +313,64 @@ fn device_name(arg: Option<&str>) -> Result<String, String> {
         return Err("--name must not contain control characters".into());
     }
     Ok(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use atmosphere_shared::handshake::StaticPublic;
+
+    fn host(mesh_id: &str) -> HostIdentity {
+        HostIdentity {
+            mesh_id: mesh_id.into(),
+            public_key: [1; 32],
+            static_key: StaticPublic([2; 32]),
+            first_use: false,
+        }
+    }
+
+    fn joined(mesh_id: &str) -> Joined {
+        Joined {
+            mesh_id: mesh_id.into(),
+            mesh_name: "Home".into(),
+            device_id: "d1".into(),
+        }
+    }
+
+    fn stored(text: &str) -> DeviceCredential {
+        serde_json::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn a_record_of_an_earlier_version_is_kept_in_the_new_form() {
+        let old = stored(
+            r#"{"mesh_id":"m1","mesh_name":"Home","device_id":"d1","device_key":"k","endpoints":["ws://a"]}"#,
+        );
+        let plan = JoinPlan::rejoin(&old, [5; 32]).unwrap();
+        let kept = kept_credential(&plan, &host("m1"), &joined("m1"), Some(&old));
+        assert_ne!(kept, old, "the file must be rewritten");
+        assert_eq!(kept.device_key, None);
+        assert!(kept.device_secret.is_some());
+        assert_eq!(kept.endpoints, ["ws://a"]);
+        // The new form rejoins with the new device key, and a rejoin changes nothing more.
+        let again = JoinPlan::rejoin(&kept, [6; 32]).unwrap();
+        let same = kept_credential(&again, &host("m1"), &joined("m1"), Some(&kept));
+        assert_eq!(same, kept, "an unchanged record is not rewritten");
+    }
+
+    #[test]
+    fn a_first_join_pins_the_mesh_the_host_proved() {
+        let invite = Invite::parse(
+            "atmosphere://join?token=ATM-HAEQDDBYEJ9FCA91ABJEK9GC76VZTCRG&mesh=Home&endpoint=ws://h/ws",
+        )
+        .unwrap();
+        let plan = JoinPlan::first_join(
+            &invite,
+            DeviceInfo::default(),
+            StaticSecret::from_bytes([9; 32]),
+        );
+        let kept = kept_credential(&plan, &host("proven"), &joined("claimed"), None);
+        assert_eq!(kept.mesh_id, "proven");
+        assert_eq!(kept.device_id, "d1");
+    }
 }

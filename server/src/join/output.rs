@@ -4,7 +4,7 @@
 //! errors and warnings on stderr).
 //!
 //! Also [`Roster`], who is online, which turns device ids into names in readable lines and
-//! keeps a presence list that says nothing new from being printed at all.
+//! keeps a presence snapshot that says nothing new from being printed at all.
 //!
 //! Readable lines carry text other people chose (member names and platforms, message bodies,
 //! the host's reasons): each such string goes through [`printable`] so that a control
@@ -92,23 +92,43 @@ impl Printer {
         }
     }
 
-    /// A live session started with these members online.
+    /// A live session started: its first complete presence snapshot arrived.
     pub(super) fn session_started(&self, peers: &[Peer]) {
         if self.json {
-            self.emit(&JoinEvent::Peers {
-                peers: peers.to_vec(),
-            });
+            self.peers(peers);
         } else if peers.is_empty() {
             println!("no other member online; type a line to send it to everyone, Ctrl-C to leave");
         } else {
-            let list: Vec<String> = peers.iter().map(describe_peer).collect();
-            println!("online: {}", list.join(", "));
+            self.peers(peers);
             println!("type a line to send it to everyone, Ctrl-C to leave");
         }
     }
 
-    /// One host frame of a live session; `roster` is who was online before it.
+    /// A complete presence snapshot (every `peers` page of it): who else is online now.
+    pub(super) fn peers(&self, peers: &[Peer]) {
+        if self.json {
+            self.emit(&JoinEvent::Peers {
+                peers: peers.to_vec(),
+            });
+            return;
+        }
+        let list: Vec<String> = peers.iter().map(describe_peer).collect();
+        println!(
+            "online: {}",
+            if list.is_empty() {
+                "nobody else".into()
+            } else {
+                list.join(", ")
+            }
+        );
+    }
+
+    /// One host message of a live session other than presence pages (those make up a
+    /// snapshot first, see [`Printer::peers`]); `roster` is who was online before it.
     pub(super) fn frame(&self, m: &ServerMsg, roster: &Roster) {
+        if matches!(m, ServerMsg::Peers { .. } | ServerMsg::Joined(_)) {
+            return;
+        }
         if self.json {
             if let Some(ev) = JoinEvent::from_server(m) {
                 self.emit(&ev);
@@ -120,24 +140,13 @@ impl Printer {
             ServerMsg::PeerLeft { device_id } => {
                 println!("- {} left", printable(roster.name_of(device_id)));
             }
-            ServerMsg::Peers { peers } => {
-                let list: Vec<String> = peers.iter().map(describe_peer).collect();
-                println!(
-                    "online: {}",
-                    if list.is_empty() {
-                        "nobody else".into()
-                    } else {
-                        list.join(", ")
-                    }
-                );
-            }
             ServerMsg::Message { from, body } => {
                 println!("{}", message_line(roster.name_of(from), body))
             }
             ServerMsg::Error { code, message } => {
                 eprintln!("host error ({code}): {}", printable(message));
             }
-            ServerMsg::Joined(_) => {}
+            ServerMsg::Peers { .. } | ServerMsg::Joined(_) => {}
         }
     }
 
@@ -179,13 +188,15 @@ fn message_line(who: &str, body: &serde_json::Value) -> String {
     format!("{}: {text}", printable(who))
 }
 
-/// Who is online now (device id → name), kept from the host's presence frames.
+/// Who is online now (device id → name), kept from the host's presence messages. Empty
+/// until the session's first snapshot.
+#[derive(Default)]
 pub(super) struct Roster {
     names: HashMap<String, String>,
 }
 
 impl Roster {
-    /// Everyone the host's `joined` listed.
+    /// Everyone a complete snapshot lists.
     pub(super) fn new(peers: &[Peer]) -> Roster {
         Roster {
             names: peers
@@ -195,25 +206,20 @@ impl Roster {
         }
     }
 
-    /// False for a full presence list naming exactly who is known already (the host's
-    /// first one repeats `joined`'s): printing it would say nothing.
-    pub(super) fn is_news(&self, m: &ServerMsg) -> bool {
-        match m {
-            ServerMsg::Peers { peers } => {
-                peers.len() != self.names.len()
-                    || !peers.iter().all(|p| self.names.contains_key(&p.device_id))
-            }
-            _ => true,
-        }
+    /// False for a snapshot naming exactly who is known already: printing it would say
+    /// nothing.
+    pub(super) fn differs_from(&self, peers: &[Peer]) -> bool {
+        peers.len() != self.names.len()
+            || !peers.iter().all(|p| self.names.contains_key(&p.device_id))
     }
 
-    /// Takes a presence frame into account.
+    /// Takes a change of presence into account (snapshots replace the roster, see
+    /// [`Roster::new`]).
     pub(super) fn apply(&mut self, m: &ServerMsg) {
         match m {
             ServerMsg::PeerJoined { peer } => {
                 self.names.insert(peer.device_id.clone(), peer.name.clone());
             }
-            ServerMsg::Peers { peers } => *self = Roster::new(peers),
             ServerMsg::PeerLeft { device_id } => {
                 self.names.remove(device_id);
             }
@@ -255,5 +261,32 @@ mod tests {
         assert_eq!(s, "Bob\\n: hi\\u{1b}[2J");
         let o = message_line("Bob", &serde_json::json!({"k": "\u{7f}\u{85}"}));
         assert!(!has_control(&o), "{o:?}");
+    }
+
+    fn peer(id: &str, name: &str) -> Peer {
+        Peer {
+            device_id: id.into(),
+            name: name.into(),
+            platform: "cli".into(),
+            path: PathKind::Local,
+        }
+    }
+
+    #[test]
+    fn the_roster_follows_presence_and_spots_a_snapshot_with_nothing_new() {
+        let mut roster = Roster::default();
+        assert!(!roster.differs_from(&[]));
+        roster = Roster::new(&[peer("d1", "Ann")]);
+        assert_eq!(roster.name_of("d1"), "Ann");
+        roster.apply(&ServerMsg::PeerJoined {
+            peer: peer("d2", "Bob"),
+        });
+        assert!(!roster.differs_from(&[peer("d2", "Bob"), peer("d1", "Ann")]));
+        assert!(roster.differs_from(&[peer("d1", "Ann")]));
+        assert!(roster.differs_from(&[peer("d1", "Ann"), peer("d3", "Cy")]));
+        roster.apply(&ServerMsg::PeerLeft {
+            device_id: "d2".into(),
+        });
+        assert_eq!(roster.name_of("d2"), "d2");
     }
 }

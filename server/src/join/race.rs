@@ -1,14 +1,17 @@
 //! The race driver: runs the shared [`Race`] with real sockets and a real clock until it
-//! has an outcome — one tokio task per started attempt ([`super::attempt`]), aborted on
-//! cancel, a timer for [`Race::poll_timeout`], every event printed as it happens — and,
-//! after a lost session, runs it again with the shared [`Backoff`] between rounds.
+//! has an outcome — one tokio task per started attempt ([`super::attempt`]), each with its
+//! own handshake from the one [`JoinPlan`] and fresh randomness, aborted on cancel, a timer
+//! for [`Race::poll_timeout`], every event printed as it happens — and, after a lost
+//! session, runs it again with the shared [`Backoff`] between rounds.
 
-use super::attempt::{self, Report, Ws};
+use super::attempt::{self, Report, Won};
 use super::output::Printer;
 use crate::printable::printable;
+use crate::secret::random_bytes;
 use atmosphere_shared::backoff::Backoff;
-use atmosphere_shared::racing::{AttemptId, Outcome, Output, Policy, Race, RaceEvent};
-use atmosphere_shared::wire::{JoinCredential, Joined};
+use atmosphere_shared::credential::JoinPlan;
+use atmosphere_shared::handshake::Entropy;
+use atmosphere_shared::racing::{AttemptId, FailReason, Outcome, Output, Policy, Race, RaceEvent};
 use atmosphere_shared::Invite;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -22,12 +25,6 @@ const RECONNECT: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_s
 /// (the race cancels it first; this only bounds a task the race forgot).
 const ATTEMPT_SAFETY_MARGIN_MS: u64 = 1_000;
 
-/// The race's winner: the socket that is now the session, and the host's `joined` on it.
-pub(super) struct Won {
-    pub ws: Box<Ws>,
-    pub joined: Box<Joined>,
-}
-
 /// Drives the shared [`Race`] with real sockets until it has an outcome. Returns the
 /// winner, or how the race was lost (already printed). `before_connected` runs on the
 /// winner before `connected` is printed, so whatever it keeps (the device file) is stored
@@ -35,29 +32,38 @@ pub(super) struct Won {
 pub(super) async fn race(
     invite: &Invite,
     policy: Policy,
-    credential: &JoinCredential,
+    plan: &JoinPlan,
     out: &Printer,
     before_connected: &dyn Fn(&Won),
-) -> Result<Won, Outcome> {
+) -> Result<Box<Won>, Outcome> {
     let t0 = Instant::now();
     let now_ms = move || u64::try_from(t0.elapsed().as_millis()).unwrap_or(u64::MAX);
     let mut race = Race::from_endpoints(&invite.endpoints, policy, 0);
     let (tx, mut rx) = mpsc::channel::<Report>(8);
     let mut tasks: HashMap<AttemptId, JoinHandle<()>> = HashMap::new();
     // Attempts that got `joined`; the race says which one (if any) won.
-    let mut joined: HashMap<AttemptId, Won> = HashMap::new();
+    let mut joined: HashMap<AttemptId, Box<Won>> = HashMap::new();
 
     loop {
         while let Some(out_step) = race.poll_output() {
             match out_step {
                 Output::Start { id, path, url } => {
-                    let frame = credential.join_frame(path);
+                    // Each attempt is its own handshake: fresh ephemeral randomness.
+                    let (handshake, msg1) =
+                        match plan.start(path, Entropy::new(random_bytes::<32>())) {
+                            Ok(started) => started,
+                            Err(e) => {
+                                let why = format!("cannot start the handshake: {e}");
+                                race.handle_failed(id, FailReason::Protocol(why), now_ms());
+                                continue;
+                            }
+                        };
                     let safety = Duration::from_millis(
                         policy
                             .attempt_timeout_ms
                             .saturating_add(ATTEMPT_SAFETY_MARGIN_MS),
                     );
-                    let task = attempt::run(id, url, frame, safety, tx.clone());
+                    let task = attempt::run(id, url, handshake, msg1, safety, tx.clone());
                     tasks.insert(id, tokio::spawn(task));
                 }
                 Output::Cancel { id } => {
@@ -100,9 +106,9 @@ pub(super) async fn race(
         };
         tokio::select! {
             report = rx.recv() => match report {
-                Some(Report::Joined { id, joined: j, ws }) => {
+                Some(Report::Joined { id, won }) => {
                     tasks.remove(&id);
-                    joined.insert(id, Won { ws, joined: j });
+                    joined.insert(id, won);
                     race.handle_joined(id, now_ms());
                     // A joined the race ignored (it had already lost) is dropped, closing it.
                     if !matches!(race.outcome(), Some(Outcome::Connected { id: w, .. }) if *w == id) {
@@ -128,9 +134,9 @@ pub(super) async fn race(
 pub(super) async fn reconnect(
     invite: &Invite,
     policy: Policy,
-    credential: &JoinCredential,
+    plan: &JoinPlan,
     out: &Printer,
-) -> Option<Won> {
+) -> Option<Box<Won>> {
     let mut backoff = RECONNECT;
     loop {
         let delay = backoff.next_delay(rand::random::<f64>());
@@ -142,7 +148,7 @@ pub(super) async fn reconnect(
                 return None;
             }
         }
-        match race(invite, policy, credential, out, &|_| {}).await {
+        match race(invite, policy, plan, out, &|_| {}).await {
             Ok(won) => return Some(won),
             Err(Outcome::Fatal { .. }) => return None,
             Err(_) => {}

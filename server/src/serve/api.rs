@@ -148,12 +148,10 @@ pub async fn mint(
     });
 
     let endpoints = snap.endpoints.clone();
-    let invite = Invite {
-        version: 2,
-        token: token.as_str().to_string(),
-        mesh_name: st.mesh_name.clone(),
-        endpoints: endpoints.clone(),
-    };
+    // The link names the mesh id, so a client makes the host prove it before it sends
+    // the token (whatever endpoint of the link answers).
+    let invite = Invite::v2(token.as_str(), st.mesh_name.clone(), endpoints.clone())
+        .with_mesh_id(st.mesh_id.clone());
     let base = st.web_base(&snap);
     let resp = TokenResponse {
         token: token.as_str().to_string(),

@@ -25,6 +25,7 @@ use crate::session::{SessionConfig, Sessions, Source};
 use crate::store::{self, Store};
 use crate::ws::FrameSocket;
 use anyhow::Context;
+use atmosphere_shared::handshake::HostKeys;
 use atmosphere_shared::mesh_id::mesh_id_from_public_key;
 use atmosphere_shared::wire::{ErrorCode, MAX_FRAME_BYTES};
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
@@ -284,7 +285,7 @@ async fn run_inner(args: Args) -> Result<(), Fail> {
     let metrics = Arc::new(HostMetrics::default());
     let hub = Hub::new(HubConfig::default());
     let sessions = Sessions::new(
-        mesh_id.clone(),
+        HostKeys::from_signing_key(&mesh.signing_key),
         mesh.name.clone(),
         store.clone(),
         hub.clone(),

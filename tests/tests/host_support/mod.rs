@@ -1,10 +1,17 @@
-//! Shared helpers of the `host_*` tests: a mesh member speaking the wire protocol over a real
+//! Shared helpers of the `host_*` tests: a mesh member speaking the wire protocol (the Noise
+//! handshake of `atmosphere_shared::handshake`, then sealed JSON messages) over a real
 //! tokio-tungstenite WebSocket on loopback, and small HTTP helpers.
 
 #![allow(dead_code)]
 
+use atmosphere_shared::handshake::{
+    ClientHandshake, Entropy, HostExpectation, HostIdentity, JoinProof, JoinRequest, SecureChannel,
+    StaticSecret,
+};
+use atmosphere_shared::wire::DeviceInfo;
+use atmosphere_shared::PathKind;
 use futures_util::{SinkExt, StreamExt};
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -16,6 +23,7 @@ pub const FRAME_WAIT: Duration = Duration::from_secs(5);
 /// What came next on a member socket.
 #[derive(Debug)]
 pub enum Next {
+    /// A message: opened from the channel, or a plaintext frame before it existed.
     Json(Value),
     /// A close frame, the end of the stream, or a connection error.
     Closed(String),
@@ -26,45 +34,119 @@ pub enum Next {
 /// One mesh member connection.
 pub struct Member {
     pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    /// The channel, once the handshake finished.
+    pub channel: Option<SecureChannel>,
+    /// The host the handshake authenticated.
+    pub host: Option<HostIdentity>,
+    /// This device's static secret (what a client keeps as its credential).
+    pub secret: [u8; 32],
+}
+
+/// The device key a test passes around: the device's static secret, base64url. Any other
+/// string names some other key (derived from it), so "the wrong key" is easy to write.
+pub fn secret_from_key(key: &str) -> [u8; 32] {
+    let decoded = data_encoding::BASE64URL_NOPAD.decode(key.as_bytes()).ok();
+    decoded
+        .and_then(|b| <[u8; 32]>::try_from(b).ok())
+        .unwrap_or_else(|| {
+            use sha2::Digest;
+            sha2::Sha256::digest(key.as_bytes()).into()
+        })
 }
 
 impl Member {
-    /// Opens a WebSocket to `url` (no join yet).
+    /// Opens a WebSocket to `url` (no handshake yet).
     pub async fn connect(url: &str) -> Member {
         let (ws, _) = tokio::time::timeout(FRAME_WAIT, tokio_tungstenite::connect_async(url))
             .await
             .expect("WebSocket connect timed out")
             .expect("WebSocket connect failed");
-        Member { ws }
+        Member {
+            ws,
+            channel: None,
+            host: None,
+            secret: rand::random(),
+        }
     }
 
-    /// Connects and sends a token join; returns the member and the host's first answer.
+    /// This member's device key (see [`secret_from_key`]).
+    pub fn key(&self) -> String {
+        data_encoding::BASE64URL_NOPAD.encode(&self.secret)
+    }
+
+    /// Connects and joins with an invite token; returns the member and the host's first
+    /// answer (`joined`, or an `error`).
     pub async fn join_token(url: &str, token: &str, name: &str) -> (Member, Value) {
         let mut m = Member::connect(url).await;
-        m.send(json!({"type":"join","token":token,"device":{"name":name,"platform":"test"},"path":"local"}))
-            .await;
-        let first = m.next_json().await;
+        let proof = JoinProof::Invite {
+            token: token.into(),
+            device: DeviceInfo {
+                name: name.into(),
+                platform: "test".into(),
+            },
+        };
+        let first = m.handshake(proof).await;
         (m, first)
     }
 
-    /// Connects and sends a rejoin with a device credential.
-    pub async fn rejoin(url: &str, device_id: &str, device_key: &str) -> (Member, Value) {
+    /// Connects and rejoins as device `device_id` proving the key `key` (see
+    /// [`Member::key`]).
+    pub async fn rejoin(url: &str, device_id: &str, key: &str) -> (Member, Value) {
         let mut m = Member::connect(url).await;
-        m.send(json!({"type":"join","device_id":device_id,"device_key":device_key,"path":"local"}))
+        m.secret = secret_from_key(key);
+        let first = m
+            .handshake(JoinProof::Device {
+                device_id: device_id.into(),
+            })
             .await;
-        let first = m.next_json().await;
         (m, first)
     }
 
-    /// Sends a JSON text frame.
-    pub async fn send(&mut self, v: Value) {
-        self.ws
-            .send(Message::Text(v.to_string().into()))
-            .await
-            .expect("send frame");
+    /// Runs the handshake (trusting the host on first use) with `proof` on a socket opened
+    /// on the local path; returns the host's first answer.
+    pub async fn handshake(&mut self, proof: JoinProof) -> Value {
+        let request = JoinRequest {
+            proof,
+            path: PathKind::Local,
+        };
+        let (client, msg1) = ClientHandshake::start(
+            HostExpectation::TrustOnFirstUse,
+            &request,
+            &StaticSecret::from_bytes(self.secret),
+            Entropy::new(rand::random()),
+        )
+        .expect("message 1");
+        self.send_binary(msg1).await.expect("send message 1");
+        match self.next_frame(FRAME_WAIT).await {
+            Frame::Binary(msg2) => {
+                let done = client
+                    .read_host_hello(&msg2)
+                    .expect("the host authenticates");
+                self.send_binary(done.message)
+                    .await
+                    .expect("send message 3");
+                self.channel = Some(done.channel);
+                self.host = Some(done.host);
+                self.next_json().await
+            }
+            Frame::Text(t) => serde_json::from_str(&t).expect("a plaintext error is JSON"),
+            other => panic!("expected message 2, got {other:?}"),
+        }
     }
 
-    /// Sends raw text.
+    /// Sends a JSON message (sealed once the channel exists, else as plaintext text).
+    pub async fn send(&mut self, v: Value) {
+        let text = v.to_string();
+        match &mut self.channel {
+            Some(ch) => {
+                let frame = ch.seal(text.as_bytes()).expect("seal");
+                self.send_binary(frame).await.expect("send frame");
+            }
+            None => self.send_text(text).await.expect("send frame"),
+        }
+    }
+
+    /// Sends raw text (the host accepts none).
     pub async fn send_text(&mut self, s: String) -> Result<(), String> {
         self.ws
             .send(Message::Text(s.into()))
@@ -72,21 +154,52 @@ impl Member {
             .map_err(|e| e.to_string())
     }
 
-    /// The next JSON text frame or close, skipping pings/pongs, within `wait`.
-    pub async fn next_within(&mut self, wait: Duration) -> Next {
+    /// Sends one raw binary frame.
+    pub async fn send_binary(&mut self, b: Vec<u8>) -> Result<(), String> {
+        self.ws
+            .send(Message::Binary(b.into()))
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// The next data frame or close, skipping pings/pongs, within `wait`.
+    async fn next_frame(&mut self, wait: Duration) -> Frame {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             match tokio::time::timeout_at(deadline, self.ws.next()).await {
-                Err(_) => return Next::Silent,
-                Ok(None) => return Next::Closed("end of stream".into()),
-                Ok(Some(Err(e))) => return Next::Closed(e.to_string()),
-                Ok(Some(Ok(Message::Text(t)))) => {
-                    return Next::Json(serde_json::from_str(t.as_str()).expect("host sent JSON"))
-                }
+                Err(_) => return Frame::Silent,
+                Ok(None) => return Frame::Closed("end of stream".into()),
+                Ok(Some(Err(e))) => return Frame::Closed(e.to_string()),
+                Ok(Some(Ok(Message::Text(t)))) => return Frame::Text(t.to_string()),
+                Ok(Some(Ok(Message::Binary(b)))) => return Frame::Binary(b.to_vec()),
                 Ok(Some(Ok(Message::Close(c)))) => {
-                    return Next::Closed(format!("close frame {c:?}"))
+                    return Frame::Closed(format!("close frame {c:?}"))
                 }
                 Ok(Some(Ok(_))) => continue,
+            }
+        }
+    }
+
+    /// The next message or close within `wait`. Binary frames are opened with the channel;
+    /// a text frame is only legal before it exists (a plaintext refusal).
+    pub async fn next_within(&mut self, wait: Duration) -> Next {
+        match self.next_frame(wait).await {
+            Frame::Silent => Next::Silent,
+            Frame::Closed(why) => Next::Closed(why),
+            Frame::Text(t) => {
+                assert!(
+                    self.channel.is_none(),
+                    "the host sent plaintext after the handshake: {t}"
+                );
+                Next::Json(serde_json::from_str(&t).expect("host sent JSON"))
+            }
+            Frame::Binary(b) => {
+                let ch = self
+                    .channel
+                    .as_mut()
+                    .expect("a binary frame before the handshake");
+                let plain = ch.open(&b).expect("the host's frame opens");
+                Next::Json(serde_json::from_slice(&plain).expect("host sent JSON"))
             }
         }
     }
@@ -138,13 +251,23 @@ impl Member {
     }
 }
 
-/// Asserts `v` is a `joined` frame and returns (device_id, device_key if present).
-pub fn joined_ids(v: &Value) -> (String, Option<String>) {
+/// One raw frame.
+#[derive(Debug)]
+enum Frame {
+    Text(String),
+    Binary(Vec<u8>),
+    Closed(String),
+    Silent,
+}
+
+/// Asserts `v` is a `joined` frame and returns its device id.
+pub fn joined_id(v: &Value) -> String {
     assert_eq!(v["type"], "joined", "expected joined, got {v}");
-    (
-        v["device_id"].as_str().expect("device_id").to_string(),
-        v["device_key"].as_str().map(str::to_string),
-    )
+    assert!(
+        v.get("device_key").is_none(),
+        "no bearer key crosses the wire: {v}"
+    );
+    v["device_id"].as_str().expect("device_id").to_string()
 }
 
 /// Unix seconds of an RFC 3339 UTC timestamp `YYYY-MM-DDTHH:MM:SSZ` (panics otherwise).
