@@ -16,31 +16,8 @@ use atmosphere_shared::api::TokenRequest;
 use atmosphere_shared::{Endpoints, Invite};
 use atmosphere_tests::browser::{web_dist, zbar_decode, Browser, CountingListener, Screen};
 use atmosphere_tests::{BlackHole, Host, Relay};
-use futures_util::{SinkExt, StreamExt};
-use host_support::rfc3339_secs;
+use host_support::{rfc3339_secs, Member};
 use std::time::{Duration, Instant};
-use tokio_tungstenite::tungstenite::Message;
-
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-/// The next JSON text frame on `ws` that satisfies `pred` (others are skipped).
-async fn next_json(ws: &mut Ws, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
-    let deadline = tokio::time::Instant::now() + UI;
-    loop {
-        let frame = tokio::time::timeout_at(deadline, ws.next())
-            .await
-            .expect("no matching frame from the host in time")
-            .expect("host closed the socket")
-            .expect("websocket error");
-        if let Message::Text(t) = frame {
-            let v: serde_json::Value = serde_json::from_str(&t).unwrap();
-            if pred(&v) {
-                return v;
-            }
-        }
-    }
-}
 
 const UI: Duration = Duration::from_secs(15);
 
@@ -118,6 +95,7 @@ async fn qr_on_host_page_decodes_to_join_url_and_phone_connects_via_local() {
         api_mint.mesh_name.clone(),
         api_mint.endpoints.clone(),
     )
+    .with_mesh_id(api_mint.mesh_id.clone())
     .to_web_link(&host.base());
     assert_eq!(decoded[0], expected);
     assert_eq!(
@@ -127,6 +105,7 @@ async fn qr_on_host_page_decodes_to_join_url_and_phone_connects_via_local() {
             api_mint.mesh_name.clone(),
             api_mint.endpoints.clone()
         )
+        .with_mesh_id(api_mint.mesh_id.clone())
         .to_web_link(&host.base())
     );
     // The admin's outstanding invites list shows the new invite(s).
@@ -167,14 +146,9 @@ async fn qr_on_host_page_decodes_to_join_url_and_phone_connects_via_local() {
         .await;
     admin.screenshot("5-host-lists-device").await;
 
-    // Another member (a native WebSocket client) appears in the phone's member list, and
-    // messages flow both ways through the mesh.
-    let (mut ws, _) = tokio_tungstenite::connect_async(host.ws_url())
-        .await
-        .expect("native member connects");
-    let join = serde_json::json!({"type":"join","token": api_mint.token,"device":{"name":"Laptop CLI","platform":"cli"},"path":"local"});
-    ws.send(Message::text(join.to_string())).await.unwrap();
-    let joined = next_json(&mut ws, |v| v["type"] == "joined" || v["type"] == "error").await;
+    // Another member (a native client speaking the handshake) appears in the phone's
+    // member list, and messages flow both ways through the mesh.
+    let (mut ws, joined) = Member::join_token(&host.ws_url(), &api_mint.token, "Laptop CLI").await;
     assert_eq!(joined["type"], "joined", "{joined}");
     phone
         .wait_text(".members", UI, |t| t.contains("Laptop CLI"))
@@ -185,11 +159,11 @@ async fn qr_on_host_page_decodes_to_join_url_and_phone_connects_via_local() {
     phone
         .wait_text("#chat", UI, |t| t.contains("hello from the phone"))
         .await;
-    let got = next_json(&mut ws, |v| v["type"] == "message").await;
+    let got = ws.next_of_type("message").await;
     assert_eq!(got["body"], "hello from the phone", "{got}");
 
-    let send = serde_json::json!({"type":"send","to":null,"body":"hi phone, from the laptop"});
-    ws.send(Message::text(send.to_string())).await.unwrap();
+    ws.send(serde_json::json!({"type":"send","to":null,"body":"hi phone, from the laptop"}))
+        .await;
     phone
         .wait_text("#chat", UI, |t| {
             t.contains("Laptop CLI: hi phone, from the laptop")
@@ -381,6 +355,12 @@ async fn reload_rejoins_with_stored_credential_without_a_second_device() {
         stored,
         serde_json::json!(1),
         "the device credential is stored"
+    );
+    // What the tab keeps for a reload does not carry the token either.
+    let tab = phone.js("return JSON.stringify(sessionStorage)").await;
+    assert!(
+        !tab.as_str().unwrap().contains(&inv.token),
+        "the token is kept in sessionStorage: {tab}"
     );
 
     phone.client.refresh().await.unwrap();
