@@ -8,16 +8,23 @@
 //! relay; an expired invite is reported in plain words without trying the relay; a reload
 //! rejoins with the stored credential (no second device); the invite form's safe defaults
 //! (one device, one hour) and its choices; the *Remove* button (after a confirmation) ends
-//! the phone's session, which then forgets its credential and stays on the refusal.
+//! the phone's session, which then forgets its credential and stays on the refusal; a
+//! crafted link whose other endpoints are fake hosts gets them nothing usable, and the
+//! phone keeps its credential.
 
 mod host_support;
 
 use atmosphere_shared::api::TokenRequest;
+use atmosphere_shared::handshake::{Entropy, HostHandshake, HostKeys};
 use atmosphere_shared::{Endpoints, Invite};
 use atmosphere_tests::browser::{web_dist, zbar_decode, Browser, CountingListener, Screen};
 use atmosphere_tests::{BlackHole, Host, Relay};
+use futures_util::{SinkExt, StreamExt};
 use host_support::{rfc3339_secs, Member};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::Message;
 
 const UI: Duration = Duration::from_secs(15);
 
@@ -501,4 +508,173 @@ async fn remove_button_ends_the_phone_session_and_invites_default_to_one_device_
     );
     phone.close().await;
     admin.close().await;
+}
+
+/// What a [`FakeHost`] does with a member's socket.
+#[derive(Debug, Clone, Copy)]
+enum Fake {
+    /// Answers the first frame with a plaintext `unknown_device` error and closes: what the
+    /// real host says to a stale credential, but unauthenticated (anyone on the path can).
+    PlaintextUnknownDevice,
+    /// Runs the handshake as a host with its own mesh key, and would answer `joined` to any
+    /// join request it got.
+    OtherMesh,
+}
+
+/// A WebSocket endpoint on loopback that plays a [`Fake`] host and records every data frame
+/// it receives.
+struct FakeHost {
+    addr: SocketAddr,
+    received: Arc<Mutex<Vec<Message>>>,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+impl FakeHost {
+    async fn start(fake: Fake) -> FakeHost {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let log = received.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let log = log.clone();
+                tokio::spawn(async move {
+                    if let Ok(ws) = tokio_tungstenite::accept_async(tcp).await {
+                        FakeHost::serve(fake, ws, log).await;
+                    }
+                });
+            }
+        });
+        FakeHost {
+            addr,
+            received,
+            _task: task,
+        }
+    }
+
+    async fn serve(
+        fake: Fake,
+        mut ws: tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
+        log: Arc<Mutex<Vec<Message>>>,
+    ) {
+        let keys =
+            HostKeys::from_signing_key(&ed25519_dalek::SigningKey::from_bytes(&rand::random()));
+        let mut handshake = Some(HostHandshake::new(&keys, Entropy::new(rand::random())));
+        let mut awaiting_join = None;
+        while let Some(Ok(msg)) = ws.next().await {
+            if !(msg.is_text() || msg.is_binary()) {
+                continue;
+            }
+            log.lock().unwrap().push(msg.clone());
+            let reply = match fake {
+                Fake::PlaintextUnknownDevice => {
+                    let refusal = r#"{"type":"error","code":"unknown_device","message":"who are you?"}"#;
+                    let _ = ws.send(Message::text(refusal)).await;
+                    let _ = ws.close(None).await;
+                    return;
+                }
+                Fake::OtherMesh => match (handshake.take(), awaiting_join.take()) {
+                    (Some(h), _) => match h.read_client_hello(&msg.into_data()) {
+                        Ok((next, msg2)) => {
+                            awaiting_join = Some(next);
+                            msg2
+                        }
+                        Err(_) => return,
+                    },
+                    (None, Some(next)) => match next.read_join(&msg.into_data()) {
+                        Ok(mut join) => join
+                            .channel
+                            .seal(br#"{"type":"joined","mesh_id":"x","mesh_name":"x","device_id":"x"}"#)
+                            .unwrap(),
+                        Err(_) => return,
+                    },
+                    (None, None) => continue,
+                },
+            };
+            if ws.send(Message::binary(reply)).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// `ws://127.0.0.1:PORT`.
+    fn url(&self) -> String {
+        format!("ws://{}", self.addr)
+    }
+
+    fn received(&self) -> Vec<Message> {
+        self.received.lock().unwrap().clone()
+    }
+}
+
+/// F1: a crafted link of the old form (no `id=`) shares one URL with the phone's stored
+/// credential: the real host's, here behind the `relay` row. Its `local` is a fake host that
+/// turns the phone away with a plaintext `unknown_device`; its `public` a fake host with its
+/// own mesh key that would answer `joined` to anything. The phone rejoins pinned to the
+/// mesh the real host proved at the first join: each fake gets message 1 (an ephemeral key)
+/// and nothing else, each row says why it failed, the real host lets the phone in as the
+/// same device, and the credential is still stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crafted_link_gets_fake_hosts_nothing_and_the_credential_survives() {
+    let host = host_with_ui(&[]).await;
+    let inv = host
+        .mint(&TokenRequest {
+            max_uses: Some(Some(1)),
+            ..Default::default()
+        })
+        .await;
+    let phone = Browser::start("crafted_link", Screen::Phone).await;
+    phone.goto(&inv.join_url).await;
+    phone
+        .wait_text("#headline", UI, |t| t == "Connected via local")
+        .await;
+
+    let turn_away = FakeHost::start(Fake::PlaintextUnknownDevice).await;
+    let other_mesh = FakeHost::start(Fake::OtherMesh).await;
+    let crafted = Invite::v2(
+        "ATM-HAEQDDBYEJ9FCA91ABJEK9GC76VZTCRG",
+        inv.mesh_name.clone(),
+        Endpoints {
+            local: Some(turn_away.url()),
+            public: Some(other_mesh.url()),
+            relay: inv.endpoints.local.clone(),
+        },
+    )
+    .to_web_link(&host.base());
+    // A new navigation, as when a link is opened from another app (from the bare `/join`,
+    // a fragment alone would not reload the page).
+    phone.goto("about:blank").await;
+    phone.goto(&crafted).await;
+    phone
+        .wait_text("#headline", UI, |t| t == "Connected via relay")
+        .await;
+    phone
+        .wait_text(".path-row[data-path=local]", UI, |t| {
+            t.contains("unknown_device") && t.contains("unverified")
+        })
+        .await;
+    phone
+        .wait_text(".path-row[data-path=public]", UI, |t| {
+            t.contains("not the mesh's host")
+        })
+        .await;
+    phone.screenshot("crafted-link").await;
+
+    for (name, fake) in [("local", &turn_away), ("public", &other_mesh)] {
+        let got = fake.received();
+        assert!(
+            matches!(got.as_slice(), [Message::Binary(msg1)] if msg1.len() == 32),
+            "the fake {name} host got more than message 1: {got:?}"
+        );
+    }
+    let stored = phone
+        .js("return Object.keys(localStorage).filter(k => k.startsWith('atmosphere.device.')).length")
+        .await;
+    assert_eq!(stored, serde_json::json!(1), "the credential was forgotten");
+    assert_eq!(
+        devices(&host).await.len(),
+        1,
+        "the phone rejoined as the same device"
+    );
+    phone.close().await;
 }
