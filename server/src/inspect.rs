@@ -24,7 +24,7 @@ pub struct Args {
     pub link: String,
 
     /// Print one line of JSON:
-    /// {"version":1|2,"token":…,"mesh_name":…,"endpoints":{"local":…,"public":…,"relay":…}}
+    /// {"version":1|2,"token":…,"mesh_name":…,"mesh_id":…|null,"endpoints":{"local":…,"public":…,"relay":…}}
     #[arg(long)]
     pub json: bool,
 }
@@ -84,6 +84,14 @@ fn summary(inv: &Invite) -> String {
     s.push_str(&format!("Invite link {form}\n"));
     s.push_str(&format!("  token:   {}\n", inv.token));
     s.push_str(&format!("  mesh:    {}\n", inv.mesh_name));
+    // What the host must prove before the token is sent (see `Invite::expected_mesh_id`).
+    s.push_str(&match inv.expected_mesh_id() {
+        Some(id) => format!("  mesh id: {id} (the host must prove it)\n"),
+        None => {
+            "  mesh id: — (not in the link: the first host that answers is trusted and pinned)\n"
+                .to_string()
+        }
+    });
     s.push_str("  endpoints (tried in this order):\n");
     for path in PathKind::ALL {
         let url = inv.endpoints.get(path).unwrap_or("—");

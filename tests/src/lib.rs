@@ -8,6 +8,7 @@
 pub mod browser;
 pub mod capture;
 pub mod coturn;
+pub mod fake_host;
 pub mod netns;
 
 use atmosphere_shared::api::{TokenRequest, TokenResponse};

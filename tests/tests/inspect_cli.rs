@@ -32,7 +32,7 @@ fn json_output_is_exactly_the_contract_for_the_original_design_link() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(
         stdout(&o),
-        "{\"version\":2,\"token\":\"ATM-XXX\",\"mesh_name\":\"Home\",\"endpoints\":{\"local\":\"ws://192.168.86.237:11451\",\"public\":\"ws://73.45.123.89:11451\",\"relay\":\"wss://relay.atmosphere.io/mesh/abc123\"}}\n"
+        "{\"version\":2,\"token\":\"ATM-XXX\",\"mesh_name\":\"Home\",\"mesh_id\":null,\"endpoints\":{\"local\":\"ws://192.168.86.237:11451\",\"public\":\"ws://73.45.123.89:11451\",\"relay\":\"wss://relay.atmosphere.io/mesh/abc123\"}}\n"
     );
 }
 
@@ -46,7 +46,7 @@ fn json_output_for_v1_and_web_links_has_nulls_for_missing_paths() {
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(
         v,
-        serde_json::json!({"version":1,"token":"ATM-XXX","mesh_name":"NAME",
+        serde_json::json!({"version":1,"token":"ATM-XXX","mesh_name":"NAME","mesh_id":null,
             "endpoints":{"local":null,"public":"ws://73.45.123.89:11451","relay":null}})
     );
 
@@ -56,7 +56,7 @@ fn json_output_for_v1_and_web_links_has_nulls_for_missing_paths() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(
         stdout(&o),
-        "{\"version\":2,\"token\":\"ATM-ABC\",\"mesh_name\":\"Tom & Jerry #1\",\"endpoints\":{\"local\":\"ws://192.168.86.237:11451\",\"public\":null,\"relay\":null}}\n"
+        "{\"version\":2,\"token\":\"ATM-ABC\",\"mesh_name\":\"Tom & Jerry #1\",\"mesh_id\":null,\"endpoints\":{\"local\":\"ws://192.168.86.237:11451\",\"public\":null,\"relay\":null}}\n"
     );
 }
 
@@ -154,4 +154,24 @@ fn link_can_come_from_stdin() {
         "{}",
         stdout(&o)
     );
+}
+
+#[test]
+fn the_summary_names_the_mesh_id_the_host_must_prove() {
+    let id = "yu3ed7b77d4tkz2nk4hgmx776e";
+    let link =
+        format!("atmosphere://join?token=ATM-XXX&mesh=Home&id={id}&endpoint=ws://10.0.0.2:11451");
+    let o = inspect(&[&link]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains(&format!("mesh id: {id} (the host must prove it)")),
+        "{}",
+        stdout(&o)
+    );
+    let o = inspect(&[&link, "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["mesh_id"], id);
+    // A link without one says what that means.
+    let o = inspect(&[SPEC_V2_LINK]);
+    assert!(stdout(&o).contains("mesh id: —"), "{}", stdout(&o));
 }

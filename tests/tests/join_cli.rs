@@ -7,6 +7,7 @@
 use atmosphere_shared::api::{TokenRequest, TokenResponse};
 use atmosphere_shared::token::TOKEN_BYTES;
 use atmosphere_shared::{Endpoints, Invite, Token};
+use atmosphere_tests::fake_host::{FakeHost, FakeMode};
 use atmosphere_tests::{bin_path, refused_url, BlackHole, Host, Relay};
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Write};
@@ -615,6 +616,131 @@ async fn a_device_file_of_another_mesh_is_never_sent_and_is_kept() {
     assert_eq!(mesh["devices"].as_array().unwrap().len(), 0, "{mesh}");
 }
 
+/// The minted invite with its endpoints replaced, still naming the minted mesh id.
+fn link_naming_the_mesh(minted: &TokenResponse, endpoints: Endpoints) -> String {
+    Invite::v2(minted.token.clone(), minted.mesh_name.clone(), endpoints)
+        .with_mesh_id(minted.mesh_id.clone())
+        .to_v2_link()
+}
+
+/// Asserts a fake host got nothing but one handshake message 1: 32 bytes of ephemeral key.
+fn assert_got_only_an_ephemeral_key(fake: &FakeHost) {
+    let got = fake.received();
+    assert!(
+        got.iter().all(|f| f.len() == 32),
+        "the fake host received more than an ephemeral key: {:?}",
+        got.iter().map(Vec::len).collect::<Vec<_>>()
+    );
+}
+
+/// F1: a crafted link whose `local` is someone else's socket and whose `public` is the real
+/// host. The stored credential is never handed to the fake (it gets an ephemeral key and
+/// nothing else), a forged `unknown_device` does not make the client forget it, and the
+/// client joins through the real host.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crafted_link_with_a_fake_local_host_gets_nothing_and_the_credential_survives() {
+    let host = Host::start().await;
+    let minted = mint(&host).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("device.json");
+    let file_s = file.to_str().unwrap();
+    let first = run_join(&[
+        "--once",
+        "--json",
+        "--device-file",
+        file_s,
+        &link_with(&minted, only_local(host.ws_url())),
+    ])
+    .await;
+    assert_eq!(first.code, Some(0), "{}", first.dump());
+    let stored = std::fs::read_to_string(&file).unwrap();
+
+    for mode in [
+        FakeMode::OtherMesh,
+        FakeMode::PlaintextRefusal {
+            code: "unknown_device",
+        },
+    ] {
+        let fake = FakeHost::start(mode).await;
+        let crafted = link_with(
+            &minted,
+            Endpoints {
+                local: Some(fake.url()),
+                public: Some(host.ws_url()),
+                relay: None,
+            },
+        );
+        let run = run_join(&["--once", "--json", "--device-file", file_s, &crafted]).await;
+        assert_eq!(run.code, Some(0), "{mode:?}: {}", run.dump());
+        assert_eq!(run.find("connected", None).unwrap().1["path"], "public");
+        let (_, failed) = run.find("failed", Some("local")).expect("local failed");
+        let reason = failed["reason"].as_str().unwrap();
+        match mode {
+            FakeMode::OtherMesh => assert!(reason.contains("not the mesh's host"), "{reason}"),
+            FakeMode::PlaintextRefusal { .. } => {
+                assert!(
+                    reason.contains("unknown_device") && reason.contains("(unverified)"),
+                    "{reason}"
+                )
+            }
+        }
+        assert!(!fake.received().is_empty(), "the fake was never tried");
+        assert_got_only_an_ephemeral_key(&fake);
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), stored, "{mode:?}");
+    }
+    let mesh = host.get_json("/api/mesh").await;
+    assert_eq!(mesh["devices"].as_array().unwrap().len(), 1, "{mesh}");
+}
+
+/// A host that answers `joined` without the mesh key: neither a first join (the link names
+/// the mesh) nor a rejoin (the credential pinned it) gets past its message 2, so it never
+/// sees the token or the join request, and the client reports why.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fake_host_without_the_mesh_key_is_refused_before_any_credential() {
+    let host = Host::start().await;
+    let minted = mint(&host).await;
+    let fake = FakeHost::start(FakeMode::OtherMesh).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("device.json");
+    let file_s = file.to_str().unwrap();
+    let run = run_join(&[
+        "--once",
+        "--json",
+        "--device-file",
+        file_s,
+        &link_naming_the_mesh(&minted, only_local(fake.url())),
+    ])
+    .await;
+    assert_eq!(run.code, Some(1), "{}", run.dump());
+    assert_eq!(run.lines.last().unwrap().1["code"], "all_failed");
+    assert!(run.dump().contains("not the mesh's host"), "{}", run.dump());
+    assert!(!file.exists(), "no credential may come from a fake host");
+    assert_got_only_an_ephemeral_key(&fake);
+
+    // With a credential pinned to the real mesh, the same.
+    let ok = run_join(&[
+        "--once",
+        "--json",
+        "--device-file",
+        file_s,
+        &link_naming_the_mesh(&minted, only_local(host.ws_url())),
+    ])
+    .await;
+    assert_eq!(ok.code, Some(0), "{}", ok.dump());
+    let stored = std::fs::read_to_string(&file).unwrap();
+    let run = run_join(&[
+        "--once",
+        "--json",
+        "--device-file",
+        file_s,
+        &link_with(&minted, only_local(fake.url())),
+    ])
+    .await;
+    assert_eq!(run.code, Some(1), "{}", run.dump());
+    assert_got_only_an_ephemeral_key(&fake);
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), stored);
+}
+
 fn write_file(path: &Path, text: &str) {
     std::fs::write(path, text).unwrap();
 }
@@ -845,6 +971,7 @@ async fn a_removed_device_ends_the_staying_join_without_reconnecting() {
         .unwrap()
         .to_string();
 
+    let removed_at = Instant::now();
     let r = host
         .admin(reqwest::Method::DELETE, &format!("/api/mesh/devices/{id}"))
         .send()
@@ -854,6 +981,12 @@ async fn a_removed_device_ends_the_staying_join_without_reconnecting() {
 
     let err = wait_line(&rx, &|v| v["event"] == "error");
     assert_eq!(err["code"], "device_removed", "{err}");
+    // The host ends the session as part of the removal, not at the next keepalive.
+    assert!(
+        removed_at.elapsed() < Duration::from_secs(1),
+        "the session ended {:?} after the removal",
+        removed_at.elapsed()
+    );
     // The run ends: stdout closes with nothing after the error (no disconnected /
     // reconnecting / trying lines), and the exit code is 1.
     let after: Vec<String> = rx.iter().map(|(_, l)| l).collect();
