@@ -15,16 +15,12 @@
 mod host_support;
 
 use atmosphere_shared::api::TokenRequest;
-use atmosphere_shared::handshake::{Entropy, HostHandshake, HostKeys};
 use atmosphere_shared::{Endpoints, Invite};
 use atmosphere_tests::browser::{web_dist, zbar_decode, Browser, CountingListener, Screen};
+use atmosphere_tests::fake_host::{FakeHost, FakeMode};
 use atmosphere_tests::{BlackHole, Host, Relay};
-use futures_util::{SinkExt, StreamExt};
 use host_support::{rfc3339_secs, Member};
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio_tungstenite::tungstenite::Message;
 
 const UI: Duration = Duration::from_secs(15);
 
@@ -510,103 +506,6 @@ async fn remove_button_ends_the_phone_session_and_invites_default_to_one_device_
     admin.close().await;
 }
 
-/// What a [`FakeHost`] does with a member's socket.
-#[derive(Debug, Clone, Copy)]
-enum Fake {
-    /// Answers the first frame with a plaintext `unknown_device` error and closes: what the
-    /// real host says to a stale credential, but unauthenticated (anyone on the path can).
-    PlaintextUnknownDevice,
-    /// Runs the handshake as a host with its own mesh key, and would answer `joined` to any
-    /// join request it got.
-    OtherMesh,
-}
-
-/// A WebSocket endpoint on loopback that plays a [`Fake`] host and records every data frame
-/// it receives.
-struct FakeHost {
-    addr: SocketAddr,
-    received: Arc<Mutex<Vec<Message>>>,
-    _task: tokio::task::JoinHandle<()>,
-}
-
-impl FakeHost {
-    async fn start(fake: Fake) -> FakeHost {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let received = Arc::new(Mutex::new(Vec::new()));
-        let log = received.clone();
-        let task = tokio::spawn(async move {
-            while let Ok((tcp, _)) = listener.accept().await {
-                let log = log.clone();
-                tokio::spawn(async move {
-                    if let Ok(ws) = tokio_tungstenite::accept_async(tcp).await {
-                        FakeHost::serve(fake, ws, log).await;
-                    }
-                });
-            }
-        });
-        FakeHost {
-            addr,
-            received,
-            _task: task,
-        }
-    }
-
-    async fn serve(
-        fake: Fake,
-        mut ws: tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
-        log: Arc<Mutex<Vec<Message>>>,
-    ) {
-        let keys =
-            HostKeys::from_signing_key(&ed25519_dalek::SigningKey::from_bytes(&rand::random()));
-        let mut handshake = Some(HostHandshake::new(&keys, Entropy::new(rand::random())));
-        let mut awaiting_join = None;
-        while let Some(Ok(msg)) = ws.next().await {
-            if !(msg.is_text() || msg.is_binary()) {
-                continue;
-            }
-            log.lock().unwrap().push(msg.clone());
-            let reply = match fake {
-                Fake::PlaintextUnknownDevice => {
-                    let refusal = r#"{"type":"error","code":"unknown_device","message":"who are you?"}"#;
-                    let _ = ws.send(Message::text(refusal)).await;
-                    let _ = ws.close(None).await;
-                    return;
-                }
-                Fake::OtherMesh => match (handshake.take(), awaiting_join.take()) {
-                    (Some(h), _) => match h.read_client_hello(&msg.into_data()) {
-                        Ok((next, msg2)) => {
-                            awaiting_join = Some(next);
-                            msg2
-                        }
-                        Err(_) => return,
-                    },
-                    (None, Some(next)) => match next.read_join(&msg.into_data()) {
-                        Ok(mut join) => join
-                            .channel
-                            .seal(br#"{"type":"joined","mesh_id":"x","mesh_name":"x","device_id":"x"}"#)
-                            .unwrap(),
-                        Err(_) => return,
-                    },
-                    (None, None) => continue,
-                },
-            };
-            if ws.send(Message::binary(reply)).await.is_err() {
-                return;
-            }
-        }
-    }
-
-    /// `ws://127.0.0.1:PORT`.
-    fn url(&self) -> String {
-        format!("ws://{}", self.addr)
-    }
-
-    fn received(&self) -> Vec<Message> {
-        self.received.lock().unwrap().clone()
-    }
-}
-
 /// F1: a crafted link of the old form (no `id=`) shares one URL with the phone's stored
 /// credential: the real host's, here behind the `relay` row. Its `local` is a fake host that
 /// turns the phone away with a plaintext `unknown_device`; its `public` a fake host with its
@@ -629,8 +528,11 @@ async fn a_crafted_link_gets_fake_hosts_nothing_and_the_credential_survives() {
         .wait_text("#headline", UI, |t| t == "Connected via local")
         .await;
 
-    let turn_away = FakeHost::start(Fake::PlaintextUnknownDevice).await;
-    let other_mesh = FakeHost::start(Fake::OtherMesh).await;
+    let turn_away = FakeHost::start(FakeMode::PlaintextRefusal {
+        code: "unknown_device",
+    })
+    .await;
+    let other_mesh = FakeHost::start(FakeMode::OtherMesh).await;
     let crafted = Invite::v2(
         "ATM-HAEQDDBYEJ9FCA91ABJEK9GC76VZTCRG",
         inv.mesh_name.clone(),
@@ -663,7 +565,7 @@ async fn a_crafted_link_gets_fake_hosts_nothing_and_the_credential_survives() {
     for (name, fake) in [("local", &turn_away), ("public", &other_mesh)] {
         let got = fake.received();
         assert!(
-            matches!(got.as_slice(), [Message::Binary(msg1)] if msg1.len() == 32),
+            matches!(got.as_slice(), [msg1] if msg1.len() == 32),
             "the fake {name} host got more than message 1: {got:?}"
         );
     }
