@@ -926,7 +926,12 @@ impl CryptoResolver for Resolver {
     }
 
     fn resolve_hash(&self, choice: &HashChoice) -> Option<Box<dyn Hash>> {
-        DefaultResolver.resolve_hash(choice)
+        // Only the hash of NOISE_PARAMS: naming it here lets the linker drop BLAKE2b, which
+        // `snow`'s blake2 feature also brings (smaller web bundle).
+        match choice {
+            HashChoice::Blake2s => DefaultResolver.resolve_hash(&HashChoice::Blake2s),
+            _ => None,
+        }
     }
 
     fn resolve_cipher(&self, choice: &CipherChoice) -> Option<Box<dyn Cipher>> {

@@ -8,39 +8,19 @@
 //! relay; an expired invite is reported in plain words without trying the relay; a reload
 //! rejoins with the stored credential (no second device); the invite form's safe defaults
 //! (one device, one hour) and its choices; the *Remove* button (after a confirmation) ends
-//! the phone's session, which then forgets its credential and stays on the refusal.
+//! the phone's session, which then forgets its credential and stays on the refusal; a
+//! crafted link whose other endpoints are fake hosts gets them nothing usable, and the
+//! phone keeps its credential.
 
 mod host_support;
 
 use atmosphere_shared::api::TokenRequest;
 use atmosphere_shared::{Endpoints, Invite};
 use atmosphere_tests::browser::{web_dist, zbar_decode, Browser, CountingListener, Screen};
+use atmosphere_tests::fake_host::{FakeHost, FakeMode};
 use atmosphere_tests::{BlackHole, Host, Relay};
-use futures_util::{SinkExt, StreamExt};
-use host_support::rfc3339_secs;
+use host_support::{rfc3339_secs, Member};
 use std::time::{Duration, Instant};
-use tokio_tungstenite::tungstenite::Message;
-
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-/// The next JSON text frame on `ws` that satisfies `pred` (others are skipped).
-async fn next_json(ws: &mut Ws, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
-    let deadline = tokio::time::Instant::now() + UI;
-    loop {
-        let frame = tokio::time::timeout_at(deadline, ws.next())
-            .await
-            .expect("no matching frame from the host in time")
-            .expect("host closed the socket")
-            .expect("websocket error");
-        if let Message::Text(t) = frame {
-            let v: serde_json::Value = serde_json::from_str(&t).unwrap();
-            if pred(&v) {
-                return v;
-            }
-        }
-    }
-}
 
 const UI: Duration = Duration::from_secs(15);
 
@@ -118,6 +98,7 @@ async fn qr_on_host_page_decodes_to_join_url_and_phone_connects_via_local() {
         api_mint.mesh_name.clone(),
         api_mint.endpoints.clone(),
     )
+    .with_mesh_id(api_mint.mesh_id.clone())
     .to_web_link(&host.base());
     assert_eq!(decoded[0], expected);
     assert_eq!(
@@ -127,6 +108,7 @@ async fn qr_on_host_page_decodes_to_join_url_and_phone_connects_via_local() {
             api_mint.mesh_name.clone(),
             api_mint.endpoints.clone()
         )
+        .with_mesh_id(api_mint.mesh_id.clone())
         .to_web_link(&host.base())
     );
     // The admin's outstanding invites list shows the new invite(s).
@@ -167,14 +149,9 @@ async fn qr_on_host_page_decodes_to_join_url_and_phone_connects_via_local() {
         .await;
     admin.screenshot("5-host-lists-device").await;
 
-    // Another member (a native WebSocket client) appears in the phone's member list, and
-    // messages flow both ways through the mesh.
-    let (mut ws, _) = tokio_tungstenite::connect_async(host.ws_url())
-        .await
-        .expect("native member connects");
-    let join = serde_json::json!({"type":"join","token": api_mint.token,"device":{"name":"Laptop CLI","platform":"cli"},"path":"local"});
-    ws.send(Message::text(join.to_string())).await.unwrap();
-    let joined = next_json(&mut ws, |v| v["type"] == "joined" || v["type"] == "error").await;
+    // Another member (a native client speaking the handshake) appears in the phone's
+    // member list, and messages flow both ways through the mesh.
+    let (mut ws, joined) = Member::join_token(&host.ws_url(), &api_mint.token, "Laptop CLI").await;
     assert_eq!(joined["type"], "joined", "{joined}");
     phone
         .wait_text(".members", UI, |t| t.contains("Laptop CLI"))
@@ -185,11 +162,11 @@ async fn qr_on_host_page_decodes_to_join_url_and_phone_connects_via_local() {
     phone
         .wait_text("#chat", UI, |t| t.contains("hello from the phone"))
         .await;
-    let got = next_json(&mut ws, |v| v["type"] == "message").await;
+    let got = ws.next_of_type("message").await;
     assert_eq!(got["body"], "hello from the phone", "{got}");
 
-    let send = serde_json::json!({"type":"send","to":null,"body":"hi phone, from the laptop"});
-    ws.send(Message::text(send.to_string())).await.unwrap();
+    ws.send(serde_json::json!({"type":"send","to":null,"body":"hi phone, from the laptop"}))
+        .await;
     phone
         .wait_text("#chat", UI, |t| {
             t.contains("Laptop CLI: hi phone, from the laptop")
@@ -382,6 +359,12 @@ async fn reload_rejoins_with_stored_credential_without_a_second_device() {
         serde_json::json!(1),
         "the device credential is stored"
     );
+    // What the tab keeps for a reload does not carry the token either.
+    let tab = phone.js("return JSON.stringify(sessionStorage)").await;
+    assert!(
+        !tab.as_str().unwrap().contains(&inv.token),
+        "the token is kept in sessionStorage: {tab}"
+    );
 
     phone.client.refresh().await.unwrap();
     phone
@@ -521,4 +504,79 @@ async fn remove_button_ends_the_phone_session_and_invites_default_to_one_device_
     );
     phone.close().await;
     admin.close().await;
+}
+
+/// F1: a crafted link of the old form (no `id=`) shares one URL with the phone's stored
+/// credential: the real host's, here behind the `relay` row. Its `local` is a fake host that
+/// turns the phone away with a plaintext `unknown_device`; its `public` a fake host with its
+/// own mesh key that would answer `joined` to anything. The phone rejoins pinned to the
+/// mesh the real host proved at the first join: each fake gets message 1 (an ephemeral key)
+/// and nothing else, each row says why it failed, the real host lets the phone in as the
+/// same device, and the credential is still stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crafted_link_gets_fake_hosts_nothing_and_the_credential_survives() {
+    let host = host_with_ui(&[]).await;
+    let inv = host
+        .mint(&TokenRequest {
+            max_uses: Some(Some(1)),
+            ..Default::default()
+        })
+        .await;
+    let phone = Browser::start("crafted_link", Screen::Phone).await;
+    phone.goto(&inv.join_url).await;
+    phone
+        .wait_text("#headline", UI, |t| t == "Connected via local")
+        .await;
+
+    let turn_away = FakeHost::start(FakeMode::PlaintextRefusal {
+        code: "unknown_device",
+    })
+    .await;
+    let other_mesh = FakeHost::start(FakeMode::OtherMesh).await;
+    let crafted = Invite::v2(
+        "ATM-HAEQDDBYEJ9FCA91ABJEK9GC76VZTCRG",
+        inv.mesh_name.clone(),
+        Endpoints {
+            local: Some(turn_away.url()),
+            public: Some(other_mesh.url()),
+            relay: inv.endpoints.local.clone(),
+        },
+    )
+    .to_web_link(&host.base());
+    // A new navigation, as when a link is opened from another app (from the bare `/join`,
+    // a fragment alone would not reload the page).
+    phone.goto("about:blank").await;
+    phone.goto(&crafted).await;
+    phone
+        .wait_text("#headline", UI, |t| t == "Connected via relay")
+        .await;
+    phone
+        .wait_text(".path-row[data-path=local]", UI, |t| {
+            t.contains("unknown_device") && t.contains("unverified")
+        })
+        .await;
+    phone
+        .wait_text(".path-row[data-path=public]", UI, |t| {
+            t.contains("not the mesh's host")
+        })
+        .await;
+    phone.screenshot("crafted-link").await;
+
+    for (name, fake) in [("local", &turn_away), ("public", &other_mesh)] {
+        let got = fake.received();
+        assert!(
+            matches!(got.as_slice(), [msg1] if msg1.len() == 32),
+            "the fake {name} host got more than message 1: {got:?}"
+        );
+    }
+    let stored = phone
+        .js("return Object.keys(localStorage).filter(k => k.startsWith('atmosphere.device.')).length")
+        .await;
+    assert_eq!(stored, serde_json::json!(1), "the credential was forgotten");
+    assert_eq!(
+        devices(&host).await.len(),
+        1,
+        "the phone rejoined as the same device"
+    );
+    phone.close().await;
 }

@@ -1,18 +1,22 @@
 //! The Join view (`/join#…`, usually on a phone that scanned the host's QR code): decode
-//! the invite with the shared codec, race its endpoints with the shared policy (through
-//! [`crate::ws`]), show each path's progress live, remember the device credential, then
-//! show the mesh (members, their paths, a small message box). Once joined, the invite link
-//! leaves the address bar (`history.replaceState` to the bare `/join`): the token must not
-//! show in a screenshot or a shared address. A reload finds the link in the tab's
-//! `sessionStorage` ([`crate::storage::tab_link`]) and rejoins with the stored credential.
+//! the invite with the shared codec, pick what to join with ([`JoinPlan`]: the stored
+//! credential of the invite's mesh, else the invite's token and a new device key), race the
+//! endpoints with the shared policy and handshake (through [`crate::ws`]), show each path's
+//! progress live, remember the device credential, then show the mesh (members, their paths,
+//! a small message box). Once joined, the invite link leaves the address bar
+//! (`history.replaceState` to the bare `/join`): the token must not show in a screenshot or
+//! a shared address. A reload finds the mesh (not the token) in the tab's `sessionStorage`
+//! ([`crate::storage::tab_mesh`]) and rejoins with the stored credential.
 
-use crate::storage;
+use crate::random;
+use crate::storage::{self, TabMesh};
 use crate::ws::{Connector, ShellEvent};
 use atmosphere_shared::backoff::Backoff;
-use atmosphere_shared::credential::DeviceCredential;
+use atmosphere_shared::credential::JoinPlan;
+use atmosphere_shared::handshake::StaticSecret;
 use atmosphere_shared::racing::{FailReason, Policy, RaceEvent};
-use atmosphere_shared::wire::{ClientMsg, DeviceInfo, ErrorCode, JoinCredential, Peer, ServerMsg};
-use atmosphere_shared::{Invite, PathKind};
+use atmosphere_shared::wire::{ClientMsg, DeviceInfo, ErrorCode, Peer, PeersSnapshot, ServerMsg};
+use atmosphere_shared::{Endpoints, Invite, PathKind};
 use leptos::prelude::*;
 use std::time::Duration;
 
@@ -57,9 +61,17 @@ pub enum Phase {
         elapsed_ms: u64,
         mesh_name: String,
         device_id: String,
+        /// The mesh id the host proved (the key of the stored credential).
+        mesh_id: String,
     },
     /// The host refused the invite or credential; nothing else is tried.
     Refused {
+        title: String,
+        detail: String,
+    },
+    /// The page cannot join from here (no secure random numbers, or a reloaded tab whose
+    /// credential is gone); `detail` says what to do.
+    CannotJoin {
         title: String,
         detail: String,
     },
@@ -87,13 +99,43 @@ const AUTO_RECONNECT: Backoff = Backoff::new(Duration::from_secs(2), Duration::f
 /// Longest link accepted in the paste box.
 const MAX_LINK_CHARS: usize = 8 * 1024;
 
+/// What the page joins.
+#[derive(Debug, Clone, PartialEq)]
+enum Target {
+    /// An invite link (the address or the paste box): the stored credential of its mesh
+    /// rejoins, else its token joins as a new device.
+    Invite(Invite),
+    /// A reload of a tab that joined (the link left the address bar and the token was not
+    /// kept): only the stored credential of this mesh can rejoin it.
+    Reload(TabMesh),
+}
+
+impl Target {
+    fn mesh_name(&self) -> &str {
+        match self {
+            Target::Invite(inv) => &inv.mesh_name,
+            Target::Reload(tab) => &tab.mesh_name,
+        }
+    }
+
+    fn endpoints(&self) -> &Endpoints {
+        match self {
+            Target::Invite(inv) => &inv.endpoints,
+            Target::Reload(tab) => &tab.endpoints,
+        }
+    }
+}
+
 /// The page's reactive state; `Copy`, so callbacks can capture it freely.
 #[derive(Clone, Copy)]
 struct Ctx {
-    invite: RwSignal<Option<Invite>>,
+    target: RwSignal<Option<Target>>,
     rows: RwSignal<Vec<Row>>,
     phase: RwSignal<Phase>,
-    members: RwSignal<Vec<Peer>>,
+    /// The members online, once the host's snapshot is complete (`None` before).
+    members: RwSignal<Option<Vec<Peer>>>,
+    /// The `peers` pages of the snapshot being received.
+    snapshot: StoredValue<PeersSnapshot, LocalStorage>,
     lines: RwSignal<Vec<Line>>,
     connector: StoredValue<Option<Connector>, LocalStorage>,
 }
@@ -140,10 +182,10 @@ pub fn refusal_words(code: ErrorCode, message: &str) -> (String, String) {
 /// A failure reason in plain words.
 pub fn reason_words(reason: &FailReason) -> String {
     match reason {
-        FailReason::Host {
-            code: ErrorCode::HostOffline,
-            ..
-        } => "the host is offline (the relay has no host for this mesh right now)".into(),
+        // The relay's plaintext notice (unauthenticated, but the relay is the one who knows).
+        FailReason::Unverified { code, .. } if code == ErrorCode::HostOffline.as_str() => {
+            "the host is offline (the relay has no host for this mesh right now)".into()
+        }
         FailReason::Timeout { after_ms } => {
             format!("no answer within {} s", after_ms.div_ceil(1000))
         }
@@ -189,17 +231,60 @@ fn user_agent() -> String {
         .unwrap_or_default()
 }
 
-/// Starts (or restarts) the race for `invite`. `allow_credential`: rejoin with a stored
-/// device credential for this host when there is one.
-fn begin(ctx: Ctx, invite: Invite, allow_credential: bool) {
+/// Whether an authenticated `code` means the host no longer accepts this device's
+/// credential, so it is worthless and is forgotten. No other code is, and no plaintext
+/// notice ever is.
+fn credential_revoked(code: ErrorCode) -> bool {
+    matches!(code, ErrorCode::UnknownDevice | ErrorCode::DeviceRemoved)
+}
+
+/// What this race joins with: the plan, and the mesh id of the stored credential it
+/// rejoins with, if any. `Err`: why the page cannot join.
+fn plan_for(target: &Target, allow_credential: bool) -> Result<(JoinPlan, Option<String>), Phase> {
+    let no_crypto = |e: random::NoCsprng| Phase::CannotJoin {
+        title: "This browser cannot join securely".into(),
+        detail: format!("{e}. Open the link in an up-to-date browser."),
+    };
+    let stored = match target {
+        _ if !allow_credential => None,
+        Target::Invite(inv) => storage::find_for_invite(inv),
+        Target::Reload(tab) => storage::find(&tab.mesh_id),
+    };
+    if let Some(cred) = stored {
+        // A record this page cannot use (corrupt) is not forgotten: a token join replaces it.
+        if let Ok(plan) = JoinPlan::rejoin(&cred, random::bytes32().map_err(no_crypto)?) {
+            return Ok((plan, Some(cred.mesh_id)));
+        }
+    }
+    match target {
+        Target::Invite(inv) => {
+            let device = DeviceInfo {
+                name: device_name(&user_agent()),
+                platform: "browser".into(),
+            };
+            let secret = StaticSecret::from_bytes(random::bytes32().map_err(no_crypto)?);
+            Ok((JoinPlan::first_join(inv, device, secret), None))
+        }
+        Target::Reload(_) => Err(Phase::CannotJoin {
+            title: "This device has no membership here any more".into(),
+            detail:
+                "Open the host's invite link again (scan its QR code, or paste the link below)."
+                    .into(),
+        }),
+    }
+}
+
+/// Starts (or restarts) the race for `target`. `allow_credential`: rejoin with a stored
+/// device credential for its mesh when there is one.
+fn begin(ctx: Ctx, target: Target, allow_credential: bool) {
     ctx.connector.update_value(|c| {
         if let Some(c) = c.take() {
             c.stop();
         }
     });
     ctx.rows.set(
-        invite
-            .endpoints
+        target
+            .endpoints()
             .iter()
             .map(|(path, url)| Row {
                 path,
@@ -208,33 +293,22 @@ fn begin(ctx: Ctx, invite: Invite, allow_credential: bool) {
             })
             .collect(),
     );
-    ctx.members.set(Vec::new());
-    ctx.phase.set(Phase::Racing);
-    ctx.invite.set(Some(invite.clone()));
+    ctx.members.set(None);
+    ctx.snapshot.set_value(PeersSnapshot::default());
+    ctx.target.set(Some(target.clone()));
 
-    let stored = if allow_credential {
-        storage::find_for_endpoints(invite.endpoints.iter().map(|(_, u)| u))
-    } else {
-        None
+    let (plan, rejoining) = match plan_for(&target, allow_credential) {
+        Ok(p) => p,
+        Err(phase) => return ctx.phase.set(phase),
     };
-    let credential = match &stored {
-        Some(c) => c.join_credential(),
-        None => JoinCredential::Token {
-            token: invite.token.clone(),
-            device: DeviceInfo {
-                name: device_name(&user_agent()),
-                platform: "browser".into(),
-            },
-        },
-    };
+    ctx.phase.set(Phase::Racing);
     let policy = Policy {
         page_is_https: page_is_https(),
         ..Policy::default()
     };
-    let inv = invite.clone();
-    let presented = credential.clone();
-    let connector = Connector::start(&invite.endpoints, policy, credential, move |ev| {
-        on_event(ctx, &inv, stored.as_ref(), &presented, ev)
+    let endpoints = target.endpoints().clone();
+    let connector = Connector::start(&endpoints, policy, plan, move |ev| {
+        on_event(ctx, &target, rejoining.as_deref(), ev)
     });
     ctx.connector.set_value(Some(connector));
 }
@@ -247,15 +321,9 @@ fn set_row(ctx: Ctx, path: PathKind, state: RowState) {
     });
 }
 
-/// Applies one event of the shell to the page. `stored`: the credential this race rejoins
-/// with, if any; `presented`: what the race joins with (that credential, or the token).
-fn on_event(
-    ctx: Ctx,
-    invite: &Invite,
-    stored: Option<&DeviceCredential>,
-    presented: &JoinCredential,
-    ev: ShellEvent,
-) {
+/// Applies one event of the shell to the page. `rejoining`: the mesh id of the stored
+/// credential this race rejoins with, if any.
+fn on_event(ctx: Ctx, target: &Target, rejoining: Option<&str>, ev: ShellEvent) {
     match ev {
         ShellEvent::Race(RaceEvent::Trying { path, .. }) => set_row(ctx, path, RowState::Trying),
         ShellEvent::Race(RaceEvent::Failed { path, reason }) => {
@@ -285,14 +353,15 @@ fn on_event(
                     }
                 }
             });
-            // A stale credential (the host was reset) is not the invite's fault: forget it
-            // and join with the invite's token instead.
-            if code == ErrorCode::UnknownDevice {
-                if let Some(c) = stored {
-                    storage::forget(&c.mesh_id);
-                    let inv = invite.clone();
+            // The host itself (through the channel) no longer takes the stored credential.
+            if let Some(mesh_id) = rejoining.filter(|_| credential_revoked(code)) {
+                storage::forget(mesh_id);
+                // A stale credential (the host was reset) is not the invite's fault: join
+                // with the invite's token instead. A removed device stays removed.
+                if code == ErrorCode::UnknownDevice && matches!(target, Target::Invite(_)) {
+                    let again = target.clone();
                     // Not from inside the shell's callback: restart on the next tick.
-                    leptos::prelude::queue_microtask(move || begin(ctx, inv, false));
+                    leptos::prelude::queue_microtask(move || begin(ctx, again, false));
                     return;
                 }
             }
@@ -303,31 +372,35 @@ fn on_event(
             path,
             elapsed_ms,
             joined,
+            mut credential,
         } => {
-            if let Some(mut cred) = DeviceCredential::after_join(&joined, presented) {
-                cred.endpoints = invite
-                    .endpoints
-                    .iter()
-                    .map(|(_, u)| u.to_string())
-                    .collect();
-                storage::save(cred);
-            }
+            let endpoints = target.endpoints();
+            credential.endpoints = endpoints.iter().map(|(_, u)| u.to_string()).collect();
+            let mesh_id = credential.mesh_id.clone();
+            storage::save(credential);
+            storage::remember_tab_mesh(&TabMesh {
+                mesh_id: mesh_id.clone(),
+                mesh_name: target.mesh_name().to_string(),
+                endpoints: endpoints.clone(),
+            });
             drop_link_from_address_bar();
-            ctx.members.set(joined.peers);
             ctx.phase.set(Phase::Connected {
                 path,
                 elapsed_ms,
                 mesh_name: joined.mesh_name,
                 device_id: joined.device_id,
+                mesh_id,
             });
         }
         ShellEvent::Frame(ServerMsg::Error { code, message }) if code.is_final() => {
             // The host removed this device: its credential is worthless now and a
             // reconnect would only be refused, so forget it and stay on the refusal.
-            if let Some(c) = storage::find_for_endpoints(invite.endpoints.iter().map(|(_, u)| u)) {
-                storage::forget(&c.mesh_id);
+            if let Phase::Connected { mesh_id, .. } = ctx.phase.get_untracked() {
+                if credential_revoked(code) {
+                    storage::forget(&mesh_id);
+                }
             }
-            ctx.members.set(Vec::new());
+            ctx.members.set(None);
             let (title, detail) = refusal_words(code, &message);
             ctx.phase.set(Phase::Refused { title, detail });
         }
@@ -335,7 +408,7 @@ fn on_event(
         ShellEvent::SessionClosed { .. }
             if matches!(ctx.phase.get_untracked(), Phase::Refused { .. }) => {}
         ShellEvent::SessionClosed { reason } => {
-            ctx.members.set(Vec::new());
+            ctx.members.set(None);
             ctx.phase.set(Phase::Disconnected { reason });
             // One automatic reconnect (a host restart, a Wi-Fi hiccup); if that race fails
             // too, the page stays on "Could not reach the host" with a button.
@@ -353,19 +426,33 @@ fn on_event(
 
 fn on_frame(ctx: Ctx, msg: ServerMsg) {
     match msg {
-        ServerMsg::Peers { peers } => ctx.members.set(peers),
+        ServerMsg::Peers { peers, more } => {
+            if let Some(all) = ctx
+                .snapshot
+                .try_update_value(|s| s.page(&peers, more))
+                .flatten()
+            {
+                ctx.members.set(Some(all));
+            }
+        }
+        // Changes follow the snapshot; before it is complete there is no list to change.
         ServerMsg::PeerJoined { peer } => ctx.members.update(|m| {
-            m.retain(|p| p.device_id != peer.device_id);
-            m.push(peer);
+            if let Some(m) = m {
+                m.retain(|p| p.device_id != peer.device_id);
+                m.push(peer);
+            }
         }),
-        ServerMsg::PeerLeft { device_id } => ctx
-            .members
-            .update(|m| m.retain(|p| p.device_id != device_id)),
+        ServerMsg::PeerLeft { device_id } => ctx.members.update(|m| {
+            if let Some(m) = m {
+                m.retain(|p| p.device_id != device_id);
+            }
+        }),
         ServerMsg::Message { from, body } => {
             let from = ctx
                 .members
                 .with_untracked(|m| {
                     m.iter()
+                        .flatten()
                         .find(|p| p.device_id == from)
                         .map(|p| p.name.clone())
                 })
@@ -432,21 +519,23 @@ fn drop_link_from_address_bar() {
 #[component]
 pub fn JoinPage() -> impl IntoView {
     let ctx = Ctx {
-        invite: RwSignal::new(None),
+        target: RwSignal::new(None),
         rows: RwSignal::new(Vec::new()),
         phase: RwSignal::new(Phase::NoInvite),
-        members: RwSignal::new(Vec::new()),
+        members: RwSignal::new(None),
+        snapshot: StoredValue::new_local(PeersSnapshot::default()),
         lines: RwSignal::new(Vec::new()),
         connector: StoredValue::new_local(None),
     };
-    let address = current_link();
-    if let Some(link) = &address {
-        storage::remember_tab_link(link);
-    }
-    if let Some(link) = address.or_else(storage::tab_link) {
-        match Invite::parse(&link) {
-            Ok(inv) => begin(ctx, inv, true),
+    match current_link() {
+        Some(link) => match Invite::parse(&link) {
+            Ok(inv) => begin(ctx, Target::Invite(inv), true),
             Err(e) => ctx.phase.set(Phase::BadLink(e.to_string())),
+        },
+        None => {
+            if let Some(tab) = storage::tab_mesh() {
+                begin(ctx, Target::Reload(tab), true);
+            }
         }
     }
 
@@ -462,8 +551,7 @@ pub fn JoinPage() -> impl IntoView {
         match Invite::parse(text) {
             Ok(inv) => {
                 paste_error.set(None);
-                storage::remember_tab_link(text);
-                begin(ctx, inv, true);
+                begin(ctx, Target::Invite(inv), true);
             }
             Err(e) => paste_error.set(Some(format!("That is not an invite link: {e}"))),
         }
@@ -473,7 +561,7 @@ pub fn JoinPage() -> impl IntoView {
         <main class="page join">
             <header class="top">
                 <h1>"Atmosphere"</h1>
-                {move || ctx.invite.get().map(|i| view! { <p class="sub">"Joining mesh " <b>{i.mesh_name}</b></p> })}
+                {move || ctx.target.get().map(|t| view! { <p class="sub">"Joining mesh " <b>{t.mesh_name().to_string()}</b></p> })}
             </header>
             {move || status_view(ctx)}
             {move || (!ctx.rows.get().is_empty()).then(|| view! {
@@ -528,7 +616,7 @@ fn status_view(ctx: Ctx) -> impl IntoView {
             </section>
         }
         .into_any(),
-        Phase::Refused { title, detail } => view! {
+        Phase::Refused { title, detail } | Phase::CannotJoin { title, detail } => view! {
             <section class="card banner bad">
                 <h2 class="headline" id="headline">{title}</h2>
                 <p>{detail}</p>
@@ -555,8 +643,8 @@ fn status_view(ctx: Ctx) -> impl IntoView {
 }
 
 fn retry(ctx: Ctx) {
-    if let Some(inv) = ctx.invite.get_untracked() {
-        begin(ctx, inv, true);
+    if let Some(target) = ctx.target.get_untracked() {
+        begin(ctx, target, true);
     }
 }
 
@@ -629,13 +717,16 @@ fn mesh_view(ctx: Ctx) -> impl IntoView {
             <h2>"Members online"</h2>
             <ul class="members">
                 <li class="member me"><span class="name">"This device"</span><span class=format!("badge {my_path}")>{my_path.as_str()}</span><span class="muted mono">{short_id(&my_id)}</span></li>
-                {move || ctx.members.get().into_iter().map(|p| view! {
-                    <li class="member">
-                        <span class="name">{p.name}</span>
-                        <span class=format!("badge {}", p.path)>{p.path.as_str()}</span>
-                        <span class="muted">{p.platform}</span>
-                    </li>
-                }).collect_view()}
+                {move || match ctx.members.get() {
+                    Some(members) => members.into_iter().map(|p| view! {
+                        <li class="member">
+                            <span class="name">{p.name}</span>
+                            <span class=format!("badge {}", p.path)>{p.path.as_str()}</span>
+                            <span class="muted">{p.platform}</span>
+                        </li>
+                    }).collect_view().into_any(),
+                    None => view! { <li class="member muted">"Loading members…"</li> }.into_any(),
+                }}
             </ul>
         </section>
         <section class="card">
@@ -686,10 +777,17 @@ mod tests {
 
     #[test]
     fn host_offline_reason_is_plain() {
-        let r = FailReason::Host {
-            code: ErrorCode::HostOffline,
-            message: "no host".into(),
-        };
+        let r = FailReason::from_plaintext_notice(
+            r#"{"type":"error","code":"host_offline","message":"no host"}"#,
+        );
         assert!(reason_words(&r).contains("host is offline"));
+    }
+
+    #[test]
+    fn only_unknown_or_removed_devices_lose_their_credential() {
+        assert!(credential_revoked(ErrorCode::UnknownDevice));
+        assert!(credential_revoked(ErrorCode::DeviceRemoved));
+        assert!(!credential_revoked(ErrorCode::InvalidToken));
+        assert!(!credential_revoked(ErrorCode::RateLimited));
     }
 }

@@ -7,8 +7,10 @@
 //!   invites and devices (with *Remove*), live through `GET /api/events`;
 //! - `join_page`: the Join page: decode the link, show each path's progress, keep the
 //!   credential, then the mesh (members, messages);
-//! - `ws`: the browser driver of the shared racing policy: DOM `WebSocket`s and timers;
-//! - `storage`: the device credential in `localStorage`;
+//! - `ws`: the browser driver of the shared racing policy and handshake: DOM `WebSocket`s,
+//!   timers, and the encrypted session;
+//! - `random`: 32-byte secrets from `crypto.getRandomValues`;
+//! - `storage`: the device credential in `localStorage`, the tab's mesh in `sessionStorage`;
 //! - `api`: a `fetch` wrapper with deadlines for the host's HTTP API;
 //! - `qr`: the QR code as inline SVG.
 
@@ -17,6 +19,7 @@ mod app;
 mod host_panel;
 mod join_page;
 mod qr;
+mod random;
 mod storage;
 mod ws;
 

@@ -1,25 +1,35 @@
-//! The device credentials in `localStorage`: after the first join the host hands this
-//! browser a `device_id` + `device_key`; later visits rejoin with it instead of spending
-//! the invite again (and without creating a second device).
+//! What the page keeps between visits.
 //!
+//! **Device credentials** (`localStorage`): after the first join the browser keeps the
+//! device's key and the mesh id the host *proved* in the handshake; later visits rejoin
+//! with it instead of spending the invite again (and without creating a second device).
 //! Each record is one shared [`DeviceCredential`] (the same JSON object `atmosphere join
-//! --device-file` writes, with its `endpoints`), keyed by `mesh_id` (known only after the
-//! first `joined`). An invite link carries no mesh id, so a record also remembers the
-//! endpoint URLs it was reached on; a later invite that shares one of them belongs to the
-//! same host and reuses the credential. If the host no longer knows the device
-//! (`unknown_device`), the record is dropped and the page joins with the invite's token
-//! instead.
+//! --device-file` writes, with its `endpoints`), keyed by `mesh_id`.
 //!
-//! The tab's invite link lives in `sessionStorage` ([`remember_tab_link`]): once joined, the
-//! page drops the link (and its token) from the address bar, so a screenshot or a shared
-//! address does not carry the token, and a reload of the bare `/join` finds the invite
-//! here and rejoins with the stored credential. It lasts as long as the tab.
+//! Which record an invite uses ([`find_for_invite`]): the one whose `mesh_id` is the mesh
+//! the link names ([`Invite::expected_mesh_id`]). A link of an earlier version names no
+//! mesh; then a record reached through one of the link's endpoint URLs is used. Either way
+//! the rejoin is pinned to the record's mesh id, so an endpoint that cannot prove that mesh
+//! (a crafted link's socket) receives nothing. A record is forgotten ([`forget`]) only when
+//! the host itself, through the encrypted channel, says the device is unknown or removed;
+//! never because of a plaintext notice anyone on the path could send.
+//!
+//! **The tab's mesh** (`sessionStorage`, [`remember_tab_mesh`]): once joined, the page
+//! drops the invite link (and its token) from the address bar, so a screenshot or a shared
+//! address does not carry the token. A reload of the bare `/join` then needs only the mesh
+//! and where to reach it ([`TabMesh`]): the stored credential rejoins it. The token is not
+//! kept anywhere; it lasts as long as the tab.
 
 use atmosphere_shared::credential::DeviceCredential;
+use atmosphere_shared::{Endpoints, Invite};
+use serde::{Deserialize, Serialize};
 
 const PREFIX: &str = "atmosphere.device.";
-/// The `sessionStorage` key of the tab's invite link.
-const TAB_LINK: &str = "atmosphere.join.link";
+/// The `sessionStorage` key of the tab's mesh.
+const TAB_MESH: &str = "atmosphere.join.mesh";
+/// The `sessionStorage` key under which earlier versions kept the whole invite link, token
+/// included; removed when the tab's mesh is stored.
+const OLD_TAB_LINK: &str = "atmosphere.join.link";
 /// Stored records larger than this are ignored (a tampered or corrupt entry).
 const MAX_RECORD_BYTES: usize = 8 * 1024;
 
@@ -42,21 +52,29 @@ fn all() -> Vec<DeviceCredential> {
         .collect()
 }
 
-/// The credential for a mesh reachable at any of `endpoint_urls`, if this browser has one.
-pub fn find_for_endpoints<'a>(
-    endpoint_urls: impl IntoIterator<Item = &'a str>,
-) -> Option<DeviceCredential> {
-    let urls: Vec<&str> = endpoint_urls.into_iter().collect();
+/// The credential of mesh `mesh_id`, if this browser has one.
+pub fn find(mesh_id: &str) -> Option<DeviceCredential> {
     all()
         .into_iter()
-        .find(|c| c.was_reached_through(urls.iter().copied()))
+        .find(|c| c.mesh_id.eq_ignore_ascii_case(mesh_id))
+}
+
+/// The credential to rejoin the mesh of `invite` with: the one of the mesh the link names,
+/// or for a link that names none, one reached through any of its endpoint URLs.
+pub fn find_for_invite(invite: &Invite) -> Option<DeviceCredential> {
+    match invite.expected_mesh_id() {
+        Some(id) => find(&id),
+        None => all()
+            .into_iter()
+            .find(|c| c.was_reached_through(invite.endpoints.iter().map(|(_, u)| u))),
+    }
 }
 
 /// Saves (or updates) the credential of a mesh, keeping the endpoint URLs an earlier
 /// record of it remembered.
 pub fn save(mut cred: DeviceCredential) {
     let Some(s) = storage() else { return };
-    if let Some(old) = all().into_iter().find(|c| c.mesh_id == cred.mesh_id) {
+    if let Some(old) = find(&cred.mesh_id) {
         cred.remember_endpoints_of(&old);
     }
     if let Ok(v) = serde_json::to_string(&cred) {
@@ -64,25 +82,40 @@ pub fn save(mut cred: DeviceCredential) {
     }
 }
 
-/// Forgets the credential of a mesh (the host no longer knows this device).
+/// Forgets the credential of a mesh (the host said it no longer knows this device).
 pub fn forget(mesh_id: &str) {
     if let Some(s) = storage() {
         let _ = s.remove_item(&format!("{PREFIX}{mesh_id}"));
     }
 }
 
+/// What a reload of a tab that joined needs: the mesh (the id its host proved) and where
+/// to reach it. No token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TabMesh {
+    pub mesh_id: String,
+    pub mesh_name: String,
+    pub endpoints: Endpoints,
+}
+
 fn tab_storage() -> Option<web_sys::Storage> {
     web_sys::window()?.session_storage().ok().flatten()
 }
 
-/// Remembers the invite link this tab joins with, for a reload after the address bar lost it.
-pub fn remember_tab_link(link: &str) {
-    if let Some(s) = tab_storage() {
-        let _ = s.set_item(TAB_LINK, link);
+/// Remembers the mesh this tab joined, for a reload after the address bar lost the link.
+pub fn remember_tab_mesh(mesh: &TabMesh) {
+    let Some(s) = tab_storage() else { return };
+    if let Ok(v) = serde_json::to_string(mesh) {
+        let _ = s.set_item(TAB_MESH, &v);
     }
+    let _ = s.remove_item(OLD_TAB_LINK);
 }
 
-/// The invite link this tab last joined with, if any.
-pub fn tab_link() -> Option<String> {
-    tab_storage()?.get_item(TAB_LINK).ok().flatten()
+/// The mesh this tab last joined, if any.
+pub fn tab_mesh() -> Option<TabMesh> {
+    let v = tab_storage()?.get_item(TAB_MESH).ok().flatten()?;
+    if v.len() > MAX_RECORD_BYTES {
+        return None;
+    }
+    serde_json::from_str(&v).ok()
 }

@@ -1,14 +1,27 @@
-//! Browser shell for the shared racing policy ([`atmosphere_shared::racing::Race`]): it
-//! executes the machine's outputs with DOM `WebSocket`s and `setTimeout`, feeds socket
-//! events back in, and keeps the winning socket as the mesh session. All policy decisions
-//! (order, stagger, deadlines, what counts as success, when to stop) and the `join` frame
-//! ([`JoinCredential`]) live in `shared`; this file only does I/O.
+//! Browser shell for the shared racing policy ([`atmosphere_shared::racing::Race`]) and the
+//! mesh handshake ([`atmosphere_shared::handshake`]): it executes the race's outputs with DOM
+//! `WebSocket`s and `setTimeout`, runs the client side of the handshake on each attempt's
+//! socket, feeds socket events back in, and keeps the winning socket and its
+//! [`SecureChannel`] as the mesh session. Every policy decision (order, stagger, deadlines,
+//! what counts as success, when to stop), what the client proves and whom it expects
+//! ([`JoinPlan`]) and every check of the host live in `shared`; this file only does I/O.
+//!
+//! One attempt, step by step ([`Stage`]): the socket opens (`binaryType = "arraybuffer"`);
+//! message 1 goes out as one binary frame; the first binary frame back is message 2, which
+//! must prove the expected host before message 3 (the encrypted join request) is sent;
+//! then the host's sealed `joined` or `error`. A text frame before the channel exists is an
+//! unauthenticated notice (the relay's `host_offline`, …): the attempt fails, never finally
+//! ([`FailReason::from_plaintext_notice`]). After the channel exists every frame is sealed;
+//! a text frame or a frame that does not open ends the attempt or the session.
 //!
 //! Callbacks never run the UI while the shell's state is borrowed: events are collected
 //! first and handed to the listener afterwards, so a listener may call back into the shell.
 
+use crate::random;
+use atmosphere_shared::credential::{DeviceCredential, JoinPlan};
+use atmosphere_shared::handshake::{ClientHandshake, Entropy, HostIdentity, SecureChannel};
 use atmosphere_shared::racing::{AttemptId, FailReason, Outcome, Output, Policy, Race, RaceEvent};
-use atmosphere_shared::wire::{ClientMsg, JoinCredential, Joined, ServerMsg, MAX_FRAME_BYTES};
+use atmosphere_shared::wire::{ClientMsg, Joined, ServerMsg, MAX_FRAME_BYTES};
 use atmosphere_shared::{Endpoints, PathKind};
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -16,34 +29,118 @@ use std::rc::{Rc, Weak};
 use std::time::Duration;
 use wasm_bindgen::closure::Closure;
 use wasm_bindgen::JsCast;
-use web_sys::{CloseEvent, MessageEvent, WebSocket};
+use web_sys::{BinaryType, CloseEvent, MessageEvent, WebSocket};
 
 /// What the page learns from the shell.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ShellEvent {
     /// A step of the race (trying, failed, connected, all failed, fatal).
     Race(RaceEvent),
-    /// The race was won: the host's `joined` on `path`; the socket is now the session.
+    /// The race was won: the host proved its mesh and answered `joined` on `path`; the
+    /// socket is now the session. `credential` is what to store: pinned to the mesh id the
+    /// host proved, with this device's key (`endpoints` empty).
     Joined {
         path: PathKind,
         elapsed_ms: u64,
         joined: Joined,
+        credential: DeviceCredential,
     },
-    /// A frame from the host on the live session.
+    /// A frame from the host on the live session (opened from the channel: the host's word).
     Frame(ServerMsg),
-    /// The session socket closed (host stopped, network changed, …).
+    /// The session ended (host stopped, network changed, the channel broke, …).
     SessionClosed { reason: String },
 }
 
 type Listener = Rc<dyn Fn(ShellEvent)>;
+
+/// Where one socket is in the handshake.
+enum Stage {
+    /// Opening; message 1 goes out when it opens.
+    Connecting,
+    /// Message 1 sent; waiting for the host's message 2. (Boxed: the Noise state is large
+    /// and only one stage at a time holds it.)
+    AwaitingHost(Box<ClientHandshake>),
+    /// The host proved the expected mesh and message 3 (the join request) is sent; waiting
+    /// for the sealed `joined` or `error`.
+    AwaitingVerdict {
+        channel: SecureChannel,
+        host: HostIdentity,
+    },
+    /// The mesh session: every frame either way is sealed.
+    Live(SecureChannel),
+    /// The attempt is over (it failed or its channel broke); later frames are ignored.
+    Over,
+}
+
+/// One frame as it arrived.
+enum Frame {
+    Text(String),
+    Binary(Vec<u8>),
+}
+
+impl Frame {
+    /// The frame of `ev`, refused above [`MAX_FRAME_BYTES`] before a binary one is copied.
+    fn read(ev: &MessageEvent) -> Result<Frame, String> {
+        let data = ev.data();
+        let frame = if let Some(text) = data.as_string() {
+            Frame::Text(text)
+        } else if let Some(buf) = data.dyn_ref::<js_sys::ArrayBuffer>() {
+            if buf.byte_length() as usize > MAX_FRAME_BYTES {
+                return Err(format!(
+                    "frame of {} bytes exceeds {MAX_FRAME_BYTES}",
+                    buf.byte_length()
+                ));
+            }
+            Frame::Binary(js_sys::Uint8Array::new(buf).to_vec())
+        } else {
+            return Err("a frame that is neither text nor binary".into());
+        };
+        match &frame {
+            Frame::Text(t) if t.len() > MAX_FRAME_BYTES => Err(format!(
+                "frame of {} bytes exceeds {MAX_FRAME_BYTES}",
+                t.len()
+            )),
+            _ => Ok(frame),
+        }
+    }
+}
+
+/// What one frame means for its attempt or session.
+enum Step {
+    /// Nothing for the race or the page (message 3 went out, or an ignored frame).
+    Wait,
+    /// The attempt failed.
+    Fail(FailReason),
+    /// The host answered `joined` through the channel.
+    Joined(Joined, HostIdentity),
+    /// A message on the live session.
+    Frame(ServerMsg),
+    /// The live session cannot go on (its channel broke).
+    EndSession(String),
+}
+
+/// Why a sealed frame gave no message.
+enum Unsealed {
+    /// The channel refused it (altered, replayed, cut off): nothing after can be trusted.
+    Broken(String),
+    /// It opened, but is not a message this page knows (a newer host's frame type).
+    Unknown(String),
+}
+
+/// Opens one sealed frame into a [`ServerMsg`].
+fn unseal(channel: &mut SecureChannel, frame: &[u8]) -> Result<ServerMsg, Unsealed> {
+    let plain = channel
+        .open(frame)
+        .map_err(|e| Unsealed::Broken(format!("the encrypted channel failed: {e}")))?;
+    serde_json::from_slice(&plain).map_err(|e| Unsealed::Unknown(format!("unexpected frame: {e}")))
+}
 
 /// One open socket and the JS callbacks bound to it (dropped together).
 struct Sock {
     ws: WebSocket,
     path: PathKind,
     opened: bool,
-    /// The host answered with an error frame; the close that follows is not news.
-    errored: bool,
+    stage: Stage,
     _on_open: Closure<dyn FnMut()>,
     _on_message: Closure<dyn FnMut(MessageEvent)>,
     _on_close: Closure<dyn FnMut(CloseEvent)>,
@@ -57,11 +154,97 @@ impl Sock {
         self.ws.set_onerror(None);
         let _ = self.ws.close();
     }
+
+    /// Message 1 of `plan` with fresh entropy, sent as one binary frame.
+    fn send_hello(&mut self, plan: &JoinPlan) -> Result<(), FailReason> {
+        let entropy = random::bytes32().map_err(|e| FailReason::Connect(e.to_string()))?;
+        let (client, msg1) = plan
+            .start(self.path, Entropy::new(entropy))
+            .map_err(|e| FailReason::Protocol(format!("could not start the handshake: {e}")))?;
+        self.ws
+            .send_with_u8_array(&msg1)
+            .map_err(|_| FailReason::Connect("could not send the handshake".into()))?;
+        self.stage = Stage::AwaitingHost(Box::new(client));
+        Ok(())
+    }
+
+    /// Advances this socket's handshake or session by one frame.
+    fn step(&mut self, frame: Frame) -> Step {
+        match (std::mem::replace(&mut self.stage, Stage::Over), frame) {
+            (Stage::Over, _) => Step::Wait,
+            // Before the channel exists, text is anyone's word (the relay, the path): a
+            // notice that fails this attempt, never finally.
+            (Stage::Connecting | Stage::AwaitingHost(_), Frame::Text(text)) => {
+                Step::Fail(FailReason::from_plaintext_notice(&text))
+            }
+            (Stage::Connecting, Frame::Binary(_)) => Step::Fail(FailReason::Protocol(
+                "a frame arrived before the handshake started".into(),
+            )),
+            (Stage::AwaitingHost(client), Frame::Binary(msg2)) => {
+                match client.read_host_hello(&msg2) {
+                    // Not the expected host: it gets nothing more, not even message 3.
+                    Err(e) => Step::Fail(FailReason::NotTheHost(e.to_string())),
+                    Ok(done) => {
+                        if self.ws.send_with_u8_array(&done.message).is_err() {
+                            return Step::Fail(FailReason::Connect(
+                                "could not send the join request".into(),
+                            ));
+                        }
+                        self.stage = Stage::AwaitingVerdict {
+                            channel: done.channel,
+                            host: done.host,
+                        };
+                        Step::Wait
+                    }
+                }
+            }
+            (Stage::AwaitingVerdict { .. }, Frame::Text(_)) => Step::Fail(FailReason::Protocol(
+                "a plaintext frame arrived after the handshake".into(),
+            )),
+            (Stage::AwaitingVerdict { mut channel, host }, Frame::Binary(sealed)) => {
+                match unseal(&mut channel, &sealed) {
+                    Ok(ServerMsg::Joined(joined)) => {
+                        self.stage = Stage::Live(channel);
+                        Step::Joined(joined, host)
+                    }
+                    // Through the channel: the host's own word, final if its code is.
+                    Ok(ServerMsg::Error { code, message }) => {
+                        Step::Fail(FailReason::Host { code, message })
+                    }
+                    Ok(other) => Step::Fail(FailReason::Protocol(format!(
+                        "expected `joined`, got {other:?}"
+                    ))),
+                    Err(Unsealed::Broken(why) | Unsealed::Unknown(why)) => {
+                        Step::Fail(FailReason::Protocol(why))
+                    }
+                }
+            }
+            // Text on the encrypted session is not the host's: end the session rather
+            // than act on it.
+            (Stage::Live(_), Frame::Text(_)) => Step::EndSession(
+                "protocol error: a plaintext frame arrived on the encrypted session".into(),
+            ),
+            (Stage::Live(mut channel), Frame::Binary(sealed)) => {
+                match unseal(&mut channel, &sealed) {
+                    Ok(msg) => {
+                        self.stage = Stage::Live(channel);
+                        Step::Frame(msg)
+                    }
+                    // A newer host may send frame types this page does not know.
+                    Err(Unsealed::Unknown(_)) => {
+                        self.stage = Stage::Live(channel);
+                        Step::Wait
+                    }
+                    Err(Unsealed::Broken(why)) => Step::EndSession(why),
+                }
+            }
+        }
+    }
 }
 
 struct Inner {
     race: Race,
-    credential: JoinCredential,
+    plan: JoinPlan,
     sockets: HashMap<AttemptId, Sock>,
     /// The attempt that won; its socket is the session.
     session: Option<AttemptId>,
@@ -90,18 +273,19 @@ pub fn now_ms() -> u64 {
 }
 
 impl Connector {
-    /// Starts racing `endpoints` under `policy`; `listener` receives every [`ShellEvent`].
+    /// Starts racing `endpoints` under `policy`, every attempt running the handshake of
+    /// `plan`; `listener` receives every [`ShellEvent`].
     pub fn start(
         endpoints: &Endpoints,
         policy: Policy,
-        credential: JoinCredential,
+        plan: JoinPlan,
         listener: impl Fn(ShellEvent) + 'static,
     ) -> Connector {
         let race = Race::from_endpoints(endpoints, policy, now_ms());
         let c = Connector {
             inner: Rc::new(RefCell::new(Inner {
                 race,
-                credential,
+                plan,
                 sockets: HashMap::new(),
                 session: None,
                 timer: None,
@@ -115,22 +299,24 @@ impl Connector {
         c
     }
 
-    /// Sends a frame on the live session. Errors are plain sentences for the UI.
+    /// Sends a message on the live session, sealed into one binary frame. Errors are plain
+    /// sentences for the UI.
     pub fn send(&self, msg: &ClientMsg) -> Result<(), String> {
-        let inner = self.inner.borrow();
-        let sock = inner
-            .session
-            .and_then(|id| inner.sockets.get(&id))
-            .ok_or("not connected")?;
-        let text = serde_json::to_string(msg).map_err(|e| e.to_string())?;
-        if text.len() > MAX_FRAME_BYTES {
-            return Err(format!(
-                "message too large ({} bytes, limit {MAX_FRAME_BYTES})",
-                text.len()
-            ));
-        }
-        sock.ws
-            .send_with_str(&text)
+        let mut inner = self.inner.borrow_mut();
+        let Some(id) = inner.session else {
+            return Err("not connected".into());
+        };
+        let Some(Sock {
+            ws,
+            stage: Stage::Live(channel),
+            ..
+        }) = inner.sockets.get_mut(&id)
+        else {
+            return Err("not connected".into());
+        };
+        let json = serde_json::to_vec(msg).map_err(|e| e.to_string())?;
+        let frame = channel.seal(&json).map_err(|e| e.to_string())?;
+        ws.send_with_u8_array(&frame)
             .map_err(|_| "the connection is closed".to_string())
     }
 
@@ -229,6 +415,8 @@ impl Connector {
                 return;
             }
         };
+        // Handshake and session frames arrive as ArrayBuffers (not Blobs): readable at once.
+        ws.set_binary_type(BinaryType::Arraybuffer);
         let this = self.weak_clone();
         let on_open = Closure::<dyn FnMut()>::new(move || {
             if let Some(c) = this.upgrade() {
@@ -256,7 +444,7 @@ impl Connector {
                 ws,
                 path,
                 opened: false,
-                errored: false,
+                stage: Stage::Connecting,
                 _on_open: on_open,
                 _on_message: on_message,
                 _on_close: on_close,
@@ -264,91 +452,85 @@ impl Connector {
         );
     }
 
+    /// The socket is open: message 1 goes out.
     fn on_open(&self, id: AttemptId) {
-        let mut inner = self.inner.borrow_mut();
-        let frame = {
-            let Some(sock) = inner.sockets.get(&id) else {
+        let sent = {
+            let mut guard = self.inner.borrow_mut();
+            let inner = &mut *guard;
+            let Some(sock) = inner.sockets.get_mut(&id) else {
                 return;
             };
-            inner.credential.join_frame(sock.path)
+            sock.opened = true;
+            sock.send_hello(&inner.plan)
         };
-        let Some(sock) = inner.sockets.get_mut(&id) else {
-            return;
-        };
-        sock.opened = true;
-        if sock.ws.send_with_str(&frame).is_err() {
-            drop(inner);
-            self.fail(
-                id,
-                FailReason::Connect("could not send the join request".into()),
-            );
+        if let Err(reason) = sent {
+            self.fail(id, reason);
         }
     }
 
     fn on_message(&self, id: AttemptId, ev: MessageEvent) {
-        let Some(text) = ev.data().as_string() else {
-            return self.protocol_error(id, "binary frame from the host");
-        };
-        if text.len() > MAX_FRAME_BYTES {
-            return self.protocol_error(id, "frame too large");
-        }
-        let msg: ServerMsg = match serde_json::from_str(&text) {
-            Ok(m) => m,
-            // A newer host may send frame types this page does not know; after joining
-            // they are ignored, before joining they mean "not a mesh host".
-            Err(e) => return self.protocol_error(id, &format!("unexpected frame: {e}")),
-        };
-        let is_session = self.inner.borrow().session == Some(id);
-        if is_session {
-            self.inner.borrow_mut().pending.push(ShellEvent::Frame(msg));
-            return self.deliver();
-        }
-        match msg {
-            ServerMsg::Joined(joined) => {
-                {
-                    let mut inner = self.inner.borrow_mut();
-                    inner.race.handle_joined(id, now_ms());
-                    if let Some(Outcome::Connected {
-                        id: won,
-                        path,
-                        elapsed_ms,
-                    }) = inner.race.outcome().cloned()
-                    {
-                        if won == id {
-                            inner.session = Some(id);
-                            // Queued behind the race's own `Connected` event by pump().
-                            let ev = ShellEvent::Joined {
-                                path,
-                                elapsed_ms,
-                                joined,
-                            };
-                            drop(inner);
-                            self.pump();
-                            self.inner.borrow_mut().pending.push(ev);
-                            return self.deliver();
-                        }
-                    }
-                }
-                self.pump();
+        let step = match Frame::read(&ev) {
+            Ok(frame) => {
+                let mut inner = self.inner.borrow_mut();
+                let Some(sock) = inner.sockets.get_mut(&id) else {
+                    return;
+                };
+                sock.step(frame)
             }
-            ServerMsg::Error { code, message } => {
-                if let Some(s) = self.inner.borrow_mut().sockets.get_mut(&id) {
-                    s.errored = true;
-                }
-                self.fail(id, FailReason::Host { code, message });
+            Err(why) if self.inner.borrow().session == Some(id) => {
+                Step::EndSession(format!("protocol error: {why}"))
             }
-            other => self.protocol_error(id, &format!("expected `joined`, got {other:?}")),
+            Err(why) => Step::Fail(FailReason::Protocol(why)),
+        };
+        match step {
+            Step::Wait => {}
+            Step::Fail(reason) => self.fail(id, reason),
+            Step::Joined(joined, host) => self.joined(id, joined, &host),
+            Step::Frame(msg) => {
+                self.inner.borrow_mut().pending.push(ShellEvent::Frame(msg));
+                self.deliver();
+            }
+            Step::EndSession(reason) => self.end_session(id, reason),
         }
     }
 
+    /// Attempt `id` got the host's `joined`: if it won the race, its socket is the session.
+    fn joined(&self, id: AttemptId, joined: Joined, host: &HostIdentity) {
+        {
+            let mut inner = self.inner.borrow_mut();
+            inner.race.handle_joined(id, now_ms());
+            if let Some(Outcome::Connected {
+                id: won,
+                path,
+                elapsed_ms,
+            }) = inner.race.outcome().cloned()
+            {
+                if won == id {
+                    inner.session = Some(id);
+                    let credential = inner.plan.credential(host, &joined);
+                    // Queued behind the race's own `Connected` event by pump().
+                    let ev = ShellEvent::Joined {
+                        path,
+                        elapsed_ms,
+                        joined,
+                        credential,
+                    };
+                    drop(inner);
+                    self.pump();
+                    self.inner.borrow_mut().pending.push(ev);
+                    return self.deliver();
+                }
+            }
+        }
+        self.pump();
+    }
+
     fn on_close(&self, id: AttemptId, ev: CloseEvent) {
-        let (is_session, opened, errored) = {
+        let (is_session, opened) = {
             let inner = self.inner.borrow();
-            let s = inner.sockets.get(&id);
             (
                 inner.session == Some(id),
-                s.is_some_and(|s| s.opened),
-                s.is_some_and(|s| s.errored),
+                inner.sockets.get(&id).is_some_and(|s| s.opened),
             )
         };
         if is_session {
@@ -357,20 +539,7 @@ impl Connector {
             } else {
                 ev.reason()
             };
-            {
-                let mut inner = self.inner.borrow_mut();
-                if let Some(s) = inner.sockets.remove(&id) {
-                    s.shut();
-                    inner.graveyard.push(s);
-                }
-                inner.session = None;
-                inner.pending.push(ShellEvent::SessionClosed { reason });
-            }
-            self.bury();
-            return self.deliver();
-        }
-        if errored {
-            return self.drop_socket(id);
+            return self.end_session(id, reason);
         }
         // Browsers deliberately hide why a WebSocket could not connect (code 1006, no
         // reason), so the sentence names the likely causes.
@@ -384,11 +553,22 @@ impl Connector {
         self.fail(id, reason);
     }
 
-    fn protocol_error(&self, id: AttemptId, what: &str) {
-        if self.inner.borrow().session == Some(id) {
-            return; // ignore unknown frames on a live session
+    /// Closes the session socket `id` and tells the page why.
+    fn end_session(&self, id: AttemptId, reason: String) {
+        {
+            let mut inner = self.inner.borrow_mut();
+            if inner.session != Some(id) {
+                return;
+            }
+            if let Some(s) = inner.sockets.remove(&id) {
+                s.shut();
+                inner.graveyard.push(s);
+            }
+            inner.session = None;
+            inner.pending.push(ShellEvent::SessionClosed { reason });
         }
-        self.fail(id, FailReason::Protocol(what.to_string()));
+        self.bury();
+        self.deliver();
     }
 
     /// Drops an attempt's socket and reports its failure to the machine.
@@ -402,17 +582,6 @@ impl Connector {
             inner.race.handle_failed(id, reason, now_ms());
         }
         self.pump();
-    }
-
-    fn drop_socket(&self, id: AttemptId) {
-        {
-            let mut inner = self.inner.borrow_mut();
-            if let Some(s) = inner.sockets.remove(&id) {
-                s.shut();
-                inner.graveyard.push(s);
-            }
-        }
-        self.bury();
     }
 }
 
