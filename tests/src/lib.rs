@@ -275,6 +275,24 @@ impl Host {
             .bearer_auth(self.admin_secret())
     }
 
+    /// Waits until the host's relay link says `connected` (its invites then carry the relay
+    /// endpoint); panics with the link's state after `within`.
+    pub async fn wait_relay_connected(&self, within: Duration) {
+        let start = Instant::now();
+        loop {
+            let net = self.get_json("/api/network").await;
+            if net["relay"]["state"] == "connected" {
+                return;
+            }
+            assert!(
+                start.elapsed() < within,
+                "relay link not connected within {within:?}: {}",
+                net["relay"]
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// `GET path` with admin auth, parsed as JSON.
     pub async fn get_json(&self, path: &str) -> serde_json::Value {
         self.admin(reqwest::Method::GET, path)

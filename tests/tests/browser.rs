@@ -203,11 +203,7 @@ async fn phone_connects_via_relay_when_direct_paths_are_black_holes() {
     let relay = Relay::start(&[]).await;
     let host = host_with_ui(&["--relay-url", &relay.url()]).await;
     // Wait for the host's relay registration (the invite carries the relay endpoint).
-    let start = Instant::now();
-    while host.get_json("/api/network").await["relay"]["state"] != "connected" {
-        assert!(start.elapsed() < UI, "host never registered with the relay");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    host.wait_relay_connected(UI).await;
     let inv = host.mint(&TokenRequest::unlimited()).await;
     let holes = (BlackHole::start().await, BlackHole::start().await);
     let relay_ep = inv
@@ -477,6 +473,7 @@ async fn remove_button_ends_the_phone_session_and_invites_default_to_one_device_
     admin.screenshot("2-confirm-remove").await;
     admin.click("#devices .device button.cancel-remove").await;
     admin.click("#devices .device button.remove").await;
+    let removed_at = Instant::now();
     admin.click("#devices .device button.confirm-remove").await;
 
     phone
@@ -484,6 +481,12 @@ async fn remove_button_ends_the_phone_session_and_invites_default_to_one_device_
             t == "This device was removed from the mesh"
         })
         .await;
+    // The host ends the phone's session as part of the removal (not at a keepalive).
+    assert!(
+        removed_at.elapsed() < Duration::from_secs(1),
+        "the phone learned of its removal {:?} after the click",
+        removed_at.elapsed()
+    );
     phone.screenshot("3-phone-removed").await;
     admin
         .wait_text("main", UI, |t| t.contains("No devices yet"))

@@ -18,7 +18,7 @@ use atmosphere_shared::wire::DeviceInfo;
 use atmosphere_shared::PathKind;
 use atmosphere_tests::{Host, Relay};
 use futures_util::{SinkExt, StreamExt};
-use host_support::{joined_id, Member, FRAME_WAIT};
+use host_support::{joined_id, Member};
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
@@ -148,14 +148,7 @@ async fn ten_thousand_members_online_and_a_new_member_joins_through_the_relay() 
     );
 
     // A new member through the relay: joined, then the whole snapshot in several pages.
-    let start = Instant::now();
-    while host.get_json("/api/network").await["relay"]["state"] != "connected" {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "relay link never connected"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    host.wait_relay_connected(Duration::from_secs(30)).await;
     let late = host.mint(&TokenRequest::default()).await;
     let relay_url = late.endpoints.relay.clone().unwrap();
     let (mut newcomer, first) = Member::join_token(&relay_url, &late.token, "newcomer").await;
@@ -184,7 +177,6 @@ async fn ten_thousand_members_online_and_a_new_member_joins_through_the_relay() 
         .filter(|d| d["online"] == true)
         .count();
     assert_eq!(online, members + 1);
-    let _ = FRAME_WAIT;
     for d in drains {
         d.abort();
     }

@@ -797,27 +797,11 @@ async fn staying_members_see_each_other_and_exchange_messages() {
     let _ = a.wait();
 }
 
-/// Waits until the host reports its relay control link as connected.
-async fn wait_relay_connected(host: &Host) {
-    let start = Instant::now();
-    loop {
-        let net = host.get_json("/api/network").await;
-        if net["relay"]["state"] == "connected" {
-            return;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "host never reached its relay: {net}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn only_the_relay_works() {
     let relay = Relay::start(&[]).await;
     let host = Host::start_with(&["--relay-url", &relay.url()], &[]).await;
-    wait_relay_connected(&host).await;
+    host.wait_relay_connected(Duration::from_secs(20)).await;
     let hole = BlackHole::start().await;
     let minted = mint(&host).await;
     let relay_ep = minted

@@ -11,7 +11,7 @@ use atmosphere_tests::capture::{ws_payloads, RecordingProxy};
 use atmosphere_tests::{Host, Relay};
 use host_support::{joined_id, Member};
 use serde_json::json;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const NAME: &str = "Marker-Phone-Name-7Q";
 const TO_PHONE: &str = "marker message to the phone 4F2K";
@@ -22,14 +22,7 @@ async fn the_relay_forwards_only_ciphertext() {
     let relay = Relay::start(&[]).await;
     let proxy = RecordingProxy::start(relay.port).await;
     let host = Host::start_with(&["--relay-url", &proxy.url()], &[]).await;
-    let start = Instant::now();
-    while host.get_json("/api/network").await["relay"]["state"] != "connected" {
-        assert!(
-            start.elapsed() < Duration::from_secs(15),
-            "relay link never connected"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    host.wait_relay_connected(Duration::from_secs(15)).await;
     let inv = host.mint(&TokenRequest::default()).await;
     let relay_url = inv
         .endpoints

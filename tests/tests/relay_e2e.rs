@@ -8,23 +8,6 @@ use atmosphere_tests::{bin_path, BlackHole, Host, Relay};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-/// Polls `/api/network` until the relay link says `connected`.
-async fn wait_relay_connected(host: &Host, within: Duration) {
-    let start = Instant::now();
-    loop {
-        let net = host.get_json("/api/network").await;
-        if net["relay"]["state"] == "connected" {
-            return;
-        }
-        assert!(
-            start.elapsed() < within,
-            "relay link not connected within {within:?}: {}",
-            net["relay"]
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// Runs `atmosphere join --once --json LINK` (blocking, in a thread) and returns its
 /// exit status and JSON events.
 async fn join(
@@ -102,7 +85,7 @@ async fn device_paths(host: &Host) -> Vec<(String, String)> {
 async fn join_connects_via_relay_when_direct_paths_are_black_holes() {
     let relay = Relay::start(&[]).await;
     let host = Host::start_with(&["--relay-url", &relay.url()], &[]).await;
-    wait_relay_connected(&host, Duration::from_secs(20)).await;
+    host.wait_relay_connected(Duration::from_secs(20)).await;
     let holes = (BlackHole::start().await, BlackHole::start().await);
     let link = relay_only_link(&host, &holes).await;
 
@@ -123,7 +106,7 @@ async fn join_connects_via_relay_when_direct_paths_are_black_holes() {
 async fn host_reconnects_after_relay_restart_and_joins_work_again() {
     let mut relay = Relay::start(&[]).await;
     let host = Host::start_with(&["--relay-url", &relay.url()], &[]).await;
-    wait_relay_connected(&host, Duration::from_secs(20)).await;
+    host.wait_relay_connected(Duration::from_secs(20)).await;
     let holes = (BlackHole::start().await, BlackHole::start().await);
 
     relay.restart().await;
@@ -140,7 +123,7 @@ async fn host_reconnects_after_relay_restart_and_joins_work_again() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    wait_relay_connected(&host, Duration::from_secs(20)).await;
+    host.wait_relay_connected(Duration::from_secs(20)).await;
 
     let link = relay_only_link(&host, &holes).await;
     let (code, events, out) = join(link, "after-restart", vec![]).await;
