@@ -6,7 +6,6 @@
 //! the flags that keep it off the network (no background networking, component updates,
 //! sync or QUIC) and a fresh profile directory per browser.
 
-use crate::free_port;
 use fantoccini::{Client, ClientBuilder, Locator};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -80,7 +79,7 @@ impl Browser {
                  (or set ATMOSPHERE_CHROMIUM / ATMOSPHERE_CHROMEDRIVER)"
             );
         }
-        let port = free_port();
+        let port = crate::free_dual_stack_port();
         let shots = screenshot_dir(test);
         let log = std::fs::File::create(shots.join(format!("chromedriver-{port}.log"))).unwrap();
         let driver = Command::new(chromedriver_bin())

@@ -39,6 +39,19 @@ pub fn bin_path() -> PathBuf {
     p
 }
 
+/// A port that was free a moment ago on both 127.0.0.1 and ::1 (chromedriver binds both
+/// and exits when the IPv6 one is taken).
+pub fn free_dual_stack_port() -> u16 {
+    loop {
+        let port = free_port();
+        match StdListener::bind(("::1", port)) {
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => continue,
+            // Free, or no IPv6 on this machine (then chromedriver binds IPv4 only).
+            _ => return port,
+        }
+    }
+}
+
 /// A port that was free a moment ago on 127.0.0.1.
 pub fn free_port() -> u16 {
     StdListener::bind("127.0.0.1:0")
