@@ -38,9 +38,11 @@
 //! # Limits
 //!
 //! Input longer than [`MAX_LINK_LEN`] bytes is refused before any work is done. Only
-//! `ws://` and `wss://` endpoints are accepted. The token in a link is only checked for
-//! its `ATM-` prefix: whether it is valid is the host's decision. Control characters are
-//! refused in every field, so printing a decoded invite cannot drive a terminal.
+//! `ws://` and `wss://` endpoints are accepted, checked as the WHATWG URL Standard reads
+//! them (the crate-private `web_url` module); a non-ASCII host name is accepted as written,
+//! not normalised to punycode. The token in a link is only checked for its `ATM-` prefix:
+//! whether it is valid is the host's decision. Control characters are refused in every
+//! field, so printing a decoded invite cannot drive a terminal.
 //! [`Invite::parse`] never panics (it is fuzzed: see `fuzz/`).
 
 use crate::mesh_id::is_valid_mesh_id;
