@@ -19,7 +19,9 @@
 //! - [`relay_proto`]: the relay's control protocol: messages, the registration handshake
 //!   (`sign` on the host, `verify` on the relay) and the close codes;
 //! - [`netcheck`]: the report `atmosphere netcheck --json` prints (discovery plus relay check);
-//! - [`backoff`]: capped exponential reconnect backoff with caller-supplied jitter.
+//! - [`backoff`]: capped exponential reconnect backoff with caller-supplied jitter;
+//! - `web_url` (internal): the WHATWG URL parsing the link codec needs, without the `url`
+//!   crate's IDNA tables (about 45 KB of the gzipped web bundle).
 //!
 //! Every wire and API shape here is documented with examples in `docs/PROTOCOL.md`, and a
 //! test (`shared/tests/protocol_doc.rs`) parses each example with these types.
@@ -40,6 +42,7 @@ pub mod path;
 pub mod racing;
 pub mod relay_proto;
 pub mod token;
+mod web_url;
 pub mod wire;
 
 pub use link::{Endpoints, Invite, LinkError};

@@ -38,17 +38,19 @@
 //! # Limits
 //!
 //! Input longer than [`MAX_LINK_LEN`] bytes is refused before any work is done. Only
-//! `ws://` and `wss://` endpoints are accepted. The token in a link is only checked for
-//! its `ATM-` prefix: whether it is valid is the host's decision. Control characters are
-//! refused in every field, so printing a decoded invite cannot drive a terminal.
+//! `ws://` and `wss://` endpoints are accepted, checked as the WHATWG URL Standard reads
+//! them (the crate-private `web_url` module); a non-ASCII host name is accepted as written,
+//! not normalised to punycode. The token in a link is only checked for its `ATM-` prefix:
+//! whether it is valid is the host's decision. Control characters are refused in every
+//! field, so printing a decoded invite cannot drive a terminal.
 //! [`Invite::parse`] never panics (it is fuzzed: see `fuzz/`).
 
 use crate::mesh_id::is_valid_mesh_id;
 use crate::path::PathKind;
+use crate::web_url::{Host, UrlError, WebUrl};
 use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use url::{Host, Url};
 
 /// Longest link [`Invite::parse`] looks at, in bytes. A real invite is a few hundred bytes;
 /// the limit bounds the work any input can cause.
@@ -287,11 +289,11 @@ impl Invite {
         if let Some(id) = &self.mesh_id {
             return Some(id.clone());
         }
-        let relay = Url::parse(self.endpoints.relay.as_deref()?).ok()?;
-        let mut segments = relay.path_segments()?;
+        let relay = WebUrl::parse(self.endpoints.relay.as_deref()?).ok()?;
+        let mut segments = relay.path.iter();
         let id = segments.next_back().filter(|s| !s.is_empty())?;
         let parent = segments.next_back()?;
-        (parent == "mesh" && is_valid_mesh_id(id)).then(|| id.to_string())
+        (parent == "mesh" && is_valid_mesh_id(id)).then(|| id.clone())
     }
 
     /// Parses any supported link form. Never panics.
@@ -460,16 +462,12 @@ fn locate_params(link: &str) -> Result<&str, LinkError> {
         "http" | "https" => {
             let auth_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
             let authority = &rest[..auth_end];
-            let base = Url::parse(&format!("{scheme}://{authority}/")).map_err(|e| {
+            // Only validated (a parsed URL always has a host): the link is read, not dialed.
+            WebUrl::parse(&format!("{scheme}://{authority}/")).map_err(|e| {
                 LinkError::BadWebHost {
                     reason: e.to_string(),
                 }
             })?;
-            if base.host_str().is_none_or(str::is_empty) {
-                return Err(LinkError::BadWebHost {
-                    reason: "no host".into(),
-                });
-            }
             let after = &rest[auth_end..];
             let path_end = after.find(['?', '#']).unwrap_or(after.len());
             let path = &after[..path_end];
@@ -811,28 +809,28 @@ fn parse_v1_endpoint(raw: &str) -> Result<Endpoints, LinkError> {
     Ok(eps)
 }
 
-/// Validates one endpoint URL: parseable, `ws`/`wss`, with a host and no fragment.
-/// Returns the text as given (not the parser's normalised form, which would add a `/`)
-/// and the parsed URL.
-fn check_endpoint(field: &'static str, s: &str) -> Result<(String, Url), LinkError> {
+/// Validates one endpoint URL: parseable, `ws`/`wss`, with a host (a parsed URL always
+/// has one) and no fragment. Returns the text as given (not a normalised form) and the
+/// parsed URL.
+fn check_endpoint(field: &'static str, s: &str) -> Result<(String, WebUrl), LinkError> {
     reject_controls(field, s)?;
-    let url = Url::parse(s).map_err(|e| LinkError::BadEndpointUrl {
-        field,
-        reason: e.to_string(),
+    let url = WebUrl::parse(s).map_err(|e| match e {
+        UrlError::OtherScheme(scheme) => LinkError::NonWebSocketEndpoint {
+            field,
+            scheme: shorten(&scheme),
+        },
+        e => LinkError::BadEndpointUrl {
+            field,
+            reason: e.to_string(),
+        },
     })?;
-    if !matches!(url.scheme(), "ws" | "wss") {
+    if !matches!(url.scheme.as_str(), "ws" | "wss") {
         return Err(LinkError::NonWebSocketEndpoint {
             field,
-            scheme: shorten(url.scheme()),
+            scheme: url.scheme,
         });
     }
-    if url.host_str().is_none_or(str::is_empty) {
-        return Err(LinkError::BadEndpointUrl {
-            field,
-            reason: "it has no host".into(),
-        });
-    }
-    if url.fragment().is_some() {
+    if url.fragment {
         // RFC 6455 §3: WebSocket URIs must not have a fragment.
         return Err(LinkError::BadEndpointUrl {
             field,
@@ -843,10 +841,10 @@ fn check_endpoint(field: &'static str, s: &str) -> Result<(String, Url), LinkErr
 }
 
 /// Whether a v1 endpoint's host is on the local network (see the module doc).
-fn is_local_host(url: &Url) -> bool {
-    match url.host() {
-        Some(Host::Ipv4(ip)) => ip.is_private() || ip.is_loopback() || ip.is_link_local(),
-        Some(Host::Ipv6(ip)) => {
+fn is_local_host(url: &WebUrl) -> bool {
+    match &url.host {
+        Host::Ipv4(ip) => ip.is_private() || ip.is_loopback() || ip.is_link_local(),
+        Host::Ipv6(ip) => {
             if let Some(v4) = ip.to_ipv4_mapped() {
                 return v4.is_private() || v4.is_loopback() || v4.is_link_local();
             }
@@ -855,10 +853,9 @@ fn is_local_host(url: &Url) -> bool {
                 || (first & 0xfe00) == 0xfc00 // unique local fc00::/7
                 || (first & 0xffc0) == 0xfe80 // link-local fe80::/10
         }
-        Some(Host::Domain(d)) => {
-            let d = d.trim_end_matches('.').to_ascii_lowercase();
+        Host::Domain(d) => {
+            let d = d.trim_end_matches('.');
             d == "localhost" || d.ends_with(".localhost") || d.ends_with(".local")
         }
-        None => false,
     }
 }

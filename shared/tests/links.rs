@@ -784,3 +784,164 @@ fn a_bad_mesh_id_is_refused_with_its_name() {
         Err(LinkError::DuplicateParameter { name: "id" })
     ));
 }
+
+// ---------------------------------------------------------------------------------------
+// Endpoint and web-link hosts: what the URL parser accepts (IPv4 in every form, IPv6,
+// internationalised names, ports) and how a v1 endpoint's host is filed.
+
+#[test]
+fn v1_hosts_in_every_address_form_are_filed_by_what_they_are() {
+    let cases = [
+        ("ws://127.1:11451", PathKind::Local),
+        ("ws://0x7f.0.0.1:11451", PathKind::Local),
+        ("ws://3232235777:11451", PathKind::Local), // 192.168.1.1
+        ("ws://0300.0250.1.1", PathKind::Local),    // octal 192.168.1.1
+        ("ws://[::ffff:192.168.1.2]:11451", PathKind::Local),
+        ("ws://[::FFFF:c0a8:102]:11451", PathKind::Local),
+        ("ws://[0:0:0:0:0:0:0:1]:11451", PathKind::Local),
+        ("ws://LOCALHOST:1", PathKind::Local),
+        ("ws://printer.LOCAL.:1", PathKind::Local),
+        ("ws://app.localhost/ws", PathKind::Local),
+        ("ws://user:pw@192.168.1.2:11451", PathKind::Local),
+        ("ws://１９２．１６８．１．２:11451", PathKind::Local), // typed full-width
+        ("ws://ｌｏｃａｌｈｏｓｔ:11451", PathKind::Local),
+        ("ws://[::ffff:8.8.8.8]:11451", PathKind::Public),
+        ("ws://8.8.8.8.:1", PathKind::Public),
+        ("ws://local:1", PathKind::Public),
+        ("ws://notlocal:1", PathKind::Public),
+    ];
+    for (url, path) in cases {
+        let link = format!("atmosphere://join?token=ATM-XXX&mesh=Home&endpoint={url}");
+        let inv = Invite::parse(&link).unwrap_or_else(|e| panic!("{url}: {e}"));
+        let got: Vec<(PathKind, &str)> = inv.endpoints.iter().collect();
+        assert_eq!(got, [(path, url)], "{url}");
+    }
+}
+
+#[test]
+fn endpoint_hosts_and_ports_the_url_parser_refuses() {
+    for (url, why) in [
+        ("ws://[fe80::1%25eth0]:1", "invalid IPv6 address"),
+        ("ws://[::1", "invalid IPv6 address"),
+        ("ws://[1:2:3:4:5:6:7:8:9]", "invalid IPv6 address"),
+        ("ws://[::1]:65536", "invalid port number"),
+        ("ws://h:0x50", "invalid port number"),
+        ("ws://h:8080:1", "invalid port number"),
+        ("ws://256.1.1.1:1", "invalid IPv4 address"),
+        ("ws://1.2.3.4.5", "invalid IPv4 address"),
+        ("ws://h%2Fx:1", "invalid international domain name"),
+        ("ws://a^b:1", "invalid international domain name"),
+        ("ws://%FF.example", "invalid international domain name"),
+        ("ws://user@:1", "empty host"),
+    ] {
+        let json = serde_json::json!({ "local": url }).to_string();
+        let e = err(&format!("atmosphere://join?{T}&endpoints={json}"));
+        assert_eq!(
+            e,
+            LinkError::BadEndpointUrl {
+                field: "endpoints.local",
+                reason: why.into()
+            },
+            "{url}"
+        );
+    }
+    // Ports up to 65535, with or without leading zeros; an empty port is no port.
+    for url in [
+        "ws://h:65535",
+        "ws://h:011451",
+        "ws://h:",
+        "wss://[::1]:443/ws",
+    ] {
+        let json = serde_json::json!({ "public": url }).to_string();
+        let inv = Invite::parse(&format!("atmosphere://join?{T}&endpoints={json}"))
+            .unwrap_or_else(|e| panic!("{url}: {e}"));
+        assert_eq!(inv.endpoints.public.as_deref(), Some(url));
+    }
+}
+
+#[test]
+fn internationalised_host_names_are_accepted_and_kept_as_written() {
+    for (url, path) in [
+        ("wss://bücher.example/mesh/x", PathKind::Public),
+        ("ws://drücker.local:11451", PathKind::Local),
+        ("ws://xn--drcker-kva.local:11451", PathKind::Local),
+        ("ws://b%C3%BCcher.example", PathKind::Public),
+        ("ws://例え.テスト:1", PathKind::Public),
+    ] {
+        let link = format!(
+            "atmosphere://join?token=ATM-XXX&mesh=Home&endpoint={}",
+            url.replace('%', "%25")
+        );
+        let inv = Invite::parse(&link).unwrap_or_else(|e| panic!("{url}: {e}"));
+        let got: Vec<(PathKind, &str)> = inv.endpoints.iter().collect();
+        assert_eq!(got, [(path, url)], "{url}");
+        // The v2 form keeps the text as written, and round-trips.
+        let v2 = Invite::v2("ATM-XXX", "Home", eps(None, None, Some(url)));
+        assert_eq!(Invite::parse(&v2.to_v2_link()).unwrap(), v2, "{url}");
+    }
+    let web = Invite::v2("ATM-XXX", "Home", spec_endpoints());
+    let link = web.to_web_link("https://maison.café:8443/atmosphere");
+    assert_eq!(Invite::parse(&link).unwrap(), web);
+}
+
+#[test]
+fn web_link_hosts_are_checked_like_endpoint_hosts() {
+    let q = "token=ATM-XXX&mesh=Home&endpoint=ws://10.0.0.2:1";
+    for ok in [
+        "http://[::1]/join",
+        "http://[2001:db8::1]:8080/x/join/",
+        "https://user@host.example/join",
+        "HTTPS://Host.Example:443/join",
+        "http://127.1:11451/join",
+    ] {
+        assert!(Invite::parse(&format!("{ok}#{q}")).is_ok(), "{ok}");
+    }
+    for bad in [
+        "http://[::1/join",
+        "http://host:99999/join",
+        "http://host:12ab/join",
+        "http://999.1.1.1/join",
+        "http://a|b/join",
+        "http://@/join",
+    ] {
+        assert!(
+            matches!(
+                Invite::parse(&format!("{bad}#{q}")),
+                Err(LinkError::BadWebHost { .. })
+            ),
+            "{bad}"
+        );
+    }
+}
+
+#[test]
+fn the_relay_path_names_the_mesh_after_dot_segments_are_resolved() {
+    for (relay, expected) in [
+        (format!("wss://r.example/mesh/{MESH_ID}"), Some(MESH_ID)),
+        (
+            format!("wss://r.example/x/../mesh/./{MESH_ID}"),
+            Some(MESH_ID),
+        ),
+        (format!("wss://r.example\\mesh\\{MESH_ID}"), Some(MESH_ID)),
+        (
+            format!("wss://r.example:8443/mesh/{MESH_ID}?v=1#"),
+            Some(MESH_ID),
+        ),
+        (
+            format!("wss://r.example/relay/mesh/{MESH_ID}"),
+            Some(MESH_ID),
+        ),
+        (format!("wss://r.example/mesh/{MESH_ID}/"), None),
+        (format!("wss://r.example/mesh/{MESH_ID}/.."), None),
+        (format!("wss://r.example/{MESH_ID}"), None),
+        (format!("wss://r.example/Mesh/{MESH_ID}"), None),
+        (
+            format!("wss://r.example/mesh/{}", MESH_ID.to_uppercase()),
+            None,
+        ),
+        (format!("wss://r.example:99999/mesh/{MESH_ID}"), None),
+    ] {
+        let inv = Invite::v2("ATM-X", "Home", eps(None, None, Some(&relay)));
+        assert_eq!(inv.expected_mesh_id().as_deref(), expected, "{relay}");
+    }
+}

@@ -209,7 +209,8 @@ fn parse_time(s: &str) -> Option<f64> {
 /// "just now", "5 min ago", "in 23 h" — relative to `now_ms`.
 pub fn relative(t_ms: f64, now_ms: f64) -> String {
     let d = (t_ms - now_ms) / 1000.0;
-    let (n, unit) = {
+    // Whole numbers only: printed as integers, so the bundle needs no float formatting.
+    let (n, unit): (u64, &str) = {
         let a = d.abs();
         if a < 45.0 {
             return if d < 0.0 {
@@ -218,11 +219,11 @@ pub fn relative(t_ms: f64, now_ms: f64) -> String {
                 "in a moment".into()
             };
         } else if a < 3600.0 {
-            ((a / 60.0).round(), "min")
+            ((a / 60.0).round() as u64, "min")
         } else if a < 86_400.0 * 2.0 {
-            ((a / 3600.0).round(), "h")
+            ((a / 3600.0).round() as u64, "h")
         } else {
-            ((a / 86_400.0).round(), "days")
+            ((a / 86_400.0).round() as u64, "days")
         }
     };
     if d < 0.0 {
