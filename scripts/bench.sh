@@ -3,8 +3,9 @@
 # web bundle if dist/ has none), runs every benchmark on loopback, and writes the results
 # into docs/BENCHMARKS.md (generated block) and target/bench/results.json.
 #
-#   scripts/bench.sh                       # everything (about 5 minutes once built)
-#   scripts/bench.sh --only relay,mint     # some sections: connect, relay, mint, bundle, host
+#   scripts/bench.sh                       # everything (about 7 minutes once built)
+#   scripts/bench.sh --only relay,mint     # some sections: connect, relay, mint, bundle, host,
+#                                          # handshake, messages
 #   scripts/bench.sh --help                # all knobs (runs, seconds per sample, sessions …)
 #
 # Not part of scripts/test.sh: benchmarks need a release build and minutes of wall time,

@@ -1,21 +1,30 @@
 //! # atmosphere-bench
 //!
-//! The benchmarks of issue 7, run by `scripts/bench.sh` (which builds the release binary and
-//! the web bundle first). Every figure is measured on loopback against real processes: the
-//! release `atmosphere` binary as host (`serve`), relay (`relay`) and client (`join`).
+//! The benchmarks of issues 7 and 11, run by `scripts/bench.sh` (which builds the release
+//! binary and the web bundle first). Most figures are measured on loopback against real
+//! processes: the release `atmosphere` binary as host (`serve`), relay (`relay`) and client
+//! (`join`). The handshake's and the channel's CPU costs are pure computation on one pinned
+//! thread, and the one-hop message comparison is a socket pair inside the bench.
 //! Results go into the generated block of `docs/BENCHMARKS.md` and, raw, into
 //! `target/bench/results.json`.
 //!
 //! Sections: `connect` (time to connected per scenario and policy), `relay` (splice
 //! throughput, latency, scale), `mint` (invite minting latency), `bundle` (web bundle size),
-//! `host` (host memory with 1,000 devices).
+//! `host` (host memory with 10,000 devices), `handshake` (the handshake's CPU cost),
+//! `messages` (encrypted message throughput against plaintext).
+//!
+//! Modules besides the sections: `member` (a mesh member that joins with the real
+//! handshake), `report` (the results table and document), `util` (measuring tools).
 //!
 //! Network safety: every host runs with `ATMOSPHERE_STUN_SERVERS=none` or a silent STUN
 //! socket on 127.0.0.1; every socket dialed is on 127.0.0.0/8.
 
 mod bundle;
 mod connect;
+mod handshake;
 mod host;
+mod member;
+mod messages;
 mod mint;
 mod relay;
 mod report;
@@ -35,11 +44,12 @@ struct Args {
     #[arg(long, env = "ATMOSPHERE_BIN")]
     bin: Option<PathBuf>,
 
-    /// Sections to run, comma-separated: connect, relay, mint, bundle, host.
+    /// Sections to run, comma-separated: connect, relay, mint, bundle, host, handshake,
+    /// messages.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "connect,relay,mint,bundle,host"
+        default_value = "connect,relay,mint,bundle,host,handshake,messages"
     )]
     only: Vec<String>,
 
@@ -52,11 +62,12 @@ struct Args {
     #[arg(long, default_value_t = 10)]
     seq_runs: usize,
 
-    /// Repetitions of each relay throughput/latency measurement (medians are reported).
+    /// Repetitions of each throughput/latency measurement (relay, messages) and handshake
+    /// round (medians are reported).
     #[arg(long, default_value_t = 3)]
     reps: usize,
 
-    /// Seconds per throughput sample.
+    /// Seconds per throughput sample and per handshake round.
     #[arg(long, default_value_t = 2.0)]
     secs: f64,
 
@@ -70,7 +81,7 @@ struct Args {
     cold_runs: usize,
 
     /// Devices joined for the host-memory figure.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 10_000)]
     devices: usize,
 
     /// The trunk output directory measured by the bundle section.
@@ -128,7 +139,8 @@ fn main() -> std::process::ExitCode {
     std::env::set_var("ATMOSPHERE_BIN", &bin);
     std::env::set_var("ATMOSPHERE_STUN_SERVERS", "none");
     std::env::set_var("RUST_LOG", "warn");
-    // 20,000 relayed sessions are 40,000 sockets on each side; children inherit the limit.
+    // 20,000 relayed sessions are 40,000 sockets on each side, 10,000 devices 10,000 in the
+    // host and here; children inherit the limit.
     let nofile = util::raise_nofile(200_000);
     // Each relayed session is two sockets in the relay and two in this process; stay under
     // the open-file limit (a container may cap it below what the ramp wants).
@@ -137,6 +149,13 @@ fn main() -> std::process::ExitCode {
     if max_sessions < args.max_sessions {
         eprintln!(
             "note: the open-file limit ({nofile}) caps the idle-session ramp at {max_sessions} sessions"
+        );
+    }
+    // Each device is one socket in the host and one here.
+    let fd_cap_devices = nofile.saturating_sub(500) as usize;
+    if fd_cap_devices < args.devices {
+        eprintln!(
+            "note: the open-file limit ({nofile}) caps the host section at {fd_cap_devices} devices"
         );
     }
     let machine = Machine::probe();
@@ -164,7 +183,9 @@ fn main() -> std::process::ExitCode {
                 "relay" => relay::run(&mut rep, args.reps, args.secs, max_sessions, nofile).await,
                 "mint" => mint::run(&mut rep, args.cold_runs).await,
                 "bundle" => bundle::run(&mut rep, &root.join(&args.dist)),
-                "host" => host::run(&mut rep, args.devices).await,
+                "host" => host::run(&mut rep, args.devices.min(fd_cap_devices)).await,
+                "handshake" => handshake::run(&mut rep, args.reps, args.secs),
+                "messages" => messages::run(&mut rep, args.reps, args.secs).await,
                 other => Err(anyhow::anyhow!("unknown section {other:?}")),
             };
             if let Err(e) = r {
@@ -186,6 +207,8 @@ fn main() -> std::process::ExitCode {
             "mint" => Some(3),
             "bundle" => Some(4),
             "host" => Some(5),
+            "handshake" => Some(6),
+            "messages" => Some(7),
             _ => None,
         })
         .collect();

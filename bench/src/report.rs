@@ -16,7 +16,8 @@ const END: &str = "<!-- bench:end -->";
 /// One row of the results table.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Figure {
-    /// Section number of issue 7 (1 = connect time … 5 = host memory).
+    /// Section number (1 = connect time … 5 = host memory, 6 = handshake cost, 7 = message
+    /// throughput).
     pub section: u8,
     /// What was measured.
     pub name: String,

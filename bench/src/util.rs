@@ -3,9 +3,10 @@
 //! address (one source address has only ~28k ephemeral ports towards one destination, so the
 //! relay scale bench spreads its members over 127.0.0.2, 127.0.0.3, …).
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use std::net::{Ipv4Addr, SocketAddr};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 /// A client WebSocket over plain TCP (what the benches dial on loopback).
 pub type ClientWs = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
@@ -47,6 +48,69 @@ pub fn rss_kib(pid: u32) -> Result<u64> {
         }
     }
     bail!("no VmRSS in /proc/{pid}/status")
+}
+
+/// CPU time (user + system) process `pid` has used so far, in clock ticks (`/proc/PID/stat`).
+pub fn cpu_ticks(pid: u32) -> Result<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    // The command name (field 2) may hold spaces; the fields after its `)` are plain.
+    let rest = s.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after `)`.
+    match (f.get(11), f.get(12)) {
+        (Some(u), Some(s)) => Ok(u.parse::<u64>()? + s.parse::<u64>()?),
+        _ => bail!("short /proc/{pid}/stat"),
+    }
+}
+
+/// Waits until process `pid` is quiet: at most 5 % of one core for two consecutive 1 s
+/// windows (its work, e.g. a presence fan-out, is done; keepalive pings to thousands of
+/// members stay under that), or `limit` passes. Returns the wait.
+pub async fn wait_quiet(pid: u32, limit: Duration) -> Result<Duration> {
+    let started = Instant::now();
+    // Clock ticks are 1/100 s on Linux: 5 % of one second is 5 ticks.
+    let mut quiet = 0;
+    let mut last = cpu_ticks(pid)?;
+    while quiet < 2 && started.elapsed() < limit {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = cpu_ticks(pid)?;
+        quiet = if now - last <= 5 { quiet + 1 } else { 0 };
+        last = now;
+    }
+    Ok(started.elapsed())
+}
+
+/// CPU time the calling thread has used.
+pub fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime only writes the timespec we pass.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// Pins the calling thread to the last CPU it may run on; returns that CPU.
+pub fn pin_to_one_cpu() -> Result<usize> {
+    // SAFETY: the cpu_set_t is a plain bit set we own; the calls only read/write it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Err(anyhow!("sched_getaffinity failed"));
+        }
+        let cpu = (0..libc::CPU_SETSIZE as usize)
+            .rev()
+            .find(|&c| libc::CPU_ISSET(c, &set))
+            .context("no CPU in this thread's affinity mask")?;
+        let mut one: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut one);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &one) != 0 {
+            return Err(anyhow!("sched_setaffinity failed"));
+        }
+        Ok(cpu)
+    }
 }
 
 /// Raises this process's open-file limit (soft and, when allowed, hard) to at least `want`;
@@ -137,13 +201,19 @@ pub fn loadavg() -> String {
 /// Dials `url` (a `ws://127.0.0.1:PORT/…` URL) from source address `src` (any 127.x.y.z)
 /// with TCP_NODELAY, under a 30 s deadline.
 pub async fn dial_from(src: Ipv4Addr, url: &str) -> Result<ClientWs> {
+    dial_from_with(src, url, WebSocketConfig::default()).await
+}
+
+/// [`dial_from`] with a WebSocket configuration (e.g. small buffers for thousands of
+/// in-process clients).
+pub async fn dial_from_with(src: Ipv4Addr, url: &str, config: WebSocketConfig) -> Result<ClientWs> {
     let u: url_lite::Parts = url_lite::parse(url)?;
     let fut = async {
         let sock = tokio::net::TcpSocket::new_v4()?;
         sock.bind(SocketAddr::from((src, 0)))?;
         let tcp = sock.connect(u.addr).await?;
         tcp.set_nodelay(true)?;
-        let (ws, _) = tokio_tungstenite::client_async(url, tcp).await?;
+        let (ws, _) = tokio_tungstenite::client_async_with_config(url, tcp, Some(config)).await?;
         anyhow::Ok(ws)
     };
     tokio::time::timeout(Duration::from_secs(30), fut)

@@ -162,7 +162,14 @@ fn is_false(b: &bool) -> bool {
 
 /// Bytes of peer JSON one `peers` page carries at most, well under the frame limit (and
 /// under the Noise transport limit, 65,519 bytes of plaintext) whatever the names.
-pub const PEERS_PAGE_BYTES: usize = 32 * 1024;
+///
+/// Small on purpose: a host's WebSocket keeps the capacity of its write buffer after the
+/// largest frame it ever wrote (tungstenite never shrinks it), and every member that joins
+/// with many others online gets a snapshot of many pages. With 32 KiB pages the host held
+/// ~50 KiB of write buffer per member (the buffer doubles to 64 KiB as soon as one page is a
+/// little longer than the first); with 4 KiB pages ~8 KiB (docs/BENCHMARKS.md, issue 11).
+/// 10,000 members online make ~270 pages of ~40 peers each.
+pub const PEERS_PAGE_BYTES: usize = 4 * 1024;
 
 /// Splits a presence snapshot into `peers` pages of at most [`PEERS_PAGE_BYTES`] of peer
 /// JSON each, so presence never has to fit in one frame however many members are online.
