@@ -9,13 +9,17 @@
 //! of the host's memory whatever size the frames sent to it are.
 //!
 //! A slow member never blocks the others. A sender facing a full queue waits a short grace
-//! (flow control for bursts); a member whose queue stays full is kicked.
+//! (flow control for bursts); a member whose queue stays full is kicked. Presence changes
+//! never wait and never pile up: a member whose queue is full when one happens misses it
+//! and is marked stale, and its session sends it a fresh presence snapshot once it has
+//! caught up ([`Hub::resync`]). So a burst of N members joining or leaving costs a slow
+//! member one snapshot, not N queued frames or N waiting tasks.
 
 use atmosphere_shared::api::MeshEvent;
 use atmosphere_shared::path::PathKind;
 use atmosphere_shared::wire::{ErrorCode, Peer, ServerMsg, MAX_FRAME_BYTES};
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, Notify, OwnedSemaphorePermit, Semaphore};
@@ -72,6 +76,8 @@ struct Member {
     peer: Peer,
     queue: Inbox,
     kick: Arc<Kick>,
+    /// Set when a presence change found no room in its queue (see [`Hub::resync`]).
+    stale: Arc<AtomicBool>,
 }
 
 /// A frame in a member's queue, holding its share of the queue's byte budget until the
@@ -141,6 +147,8 @@ impl Inbox {
 /// A member's queue, as its session reads it.
 pub struct Outbox {
     rx: mpsc::Receiver<Queued>,
+    /// A presence change was dropped for want of room: the member needs a new snapshot.
+    stale: Arc<AtomicBool>,
 }
 
 impl Outbox {
@@ -340,7 +348,11 @@ impl Hub {
                     .clamp(MAX_FRAME_BYTES, Semaphore::MAX_PERMITS),
             )),
         };
-        let outbox = Outbox { rx };
+        let stale = Arc::new(AtomicBool::new(false));
+        let outbox = Outbox {
+            rx,
+            stale: stale.clone(),
+        };
         let kick = Arc::new(Kick::new());
         let device_id = peer.device_id.clone();
         let peers = {
@@ -380,6 +392,7 @@ impl Hub {
                     peer,
                     queue,
                     kick: kick.clone(),
+                    stale,
                 },
             );
             peers
@@ -481,20 +494,38 @@ impl Hub {
         .await;
     }
 
-    /// Queues a host-originated frame (presence) for every member in `members`. Never
-    /// waits: a full queue gets the frame from a short-lived task, or the member is dropped.
+    /// Queues a presence change for every member in `members`. Never waits and spawns
+    /// nothing: a member whose queue is full misses it and is marked stale instead (its
+    /// session then asks for a new snapshot, [`Hub::resync`]).
     fn fanout(&self, members: &HashMap<String, Member>, frame: &Arc<str>) {
-        for (id, m) in members.iter() {
-            if let Err(NoRoom(f)) = m.queue.try_push(frame.clone()) {
-                tokio::spawn(send_or_kick(
-                    id.clone(),
-                    m.queue.clone(),
-                    m.kick.clone(),
-                    f,
-                    self.cfg.slow_grace,
-                ));
+        for m in members.values() {
+            if m.queue.try_push(frame.clone()).is_err() {
+                m.stale.store(true, Ordering::Relaxed);
             }
         }
+    }
+
+    /// For a stale member (it missed a presence change): everything still queued for it and
+    /// the peers online now, taken together under the presence lock, so the snapshot is
+    /// newer than every queued frame and older than every frame queued after it. The session
+    /// sends the queued frames, then the snapshot. `None` when the member is not stale.
+    pub fn resync(
+        &self,
+        device_id: &str,
+        outbox: &mut Outbox,
+    ) -> Option<(Vec<Arc<str>>, Vec<Peer>)> {
+        if !outbox.stale.swap(false, Ordering::Relaxed) {
+            return None;
+        }
+        let members = self.lock_members();
+        let peers = members
+            .iter()
+            .filter(|(id, _)| id.as_str() != device_id)
+            .map(|(_, m)| m.peer.clone())
+            .collect();
+        let queued = outbox.ready(usize::MAX);
+        drop(members);
+        Some((queued, peers))
     }
 }
 
@@ -602,6 +633,32 @@ mod tests {
         assert!(
             queued <= cap,
             "{queued} bytes queued for a member capped at {cap}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_member_with_a_full_queue_misses_presence_changes_and_gets_a_snapshot() {
+        let hub = Hub::new(HubConfig {
+            outbound_queue: 1,
+            ..HubConfig::default()
+        });
+        let (mut slow, _) = hub.enter(peer("slow"));
+        let (_b, _) = hub.enter(peer("b")); // fills slow's queue with peer_joined b
+        let mut others = Vec::new();
+        for i in 0..100 {
+            others.push(hub.enter(peer(&format!("m{i}"))).0);
+        }
+        drop(others.pop()); // and one leaves again
+                            // Nothing waits on the slow member and it is not dropped for presence.
+        assert_eq!(slow.kick.reason(), None);
+        let (queued, peers) = hub.resync("slow", &mut slow.outbox).expect("stale");
+        assert_eq!(queued.len(), 1);
+        assert!(queued[0].contains("peer_joined"));
+        assert_eq!(peers.len(), 100, "b and the 99 still online");
+        assert!(peers.iter().all(|p| p.device_id != "slow"));
+        assert!(
+            hub.resync("slow", &mut slow.outbox).is_none(),
+            "resynced once"
         );
     }
 

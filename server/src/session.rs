@@ -689,6 +689,9 @@ impl Sessions {
                         r = self.bounded(sock.send_all_json(&burst)) => if let Err(r) = r { return r },
                         why = kick.kicked() => return self.kicked(sock, why).await,
                     }
+                    if let Err(r) = self.resync(sock, me, outbox).await {
+                        return r;
+                    }
                 }
                 why = kick.kicked() => return self.kicked(sock, why).await,
                 _ = ping.tick() => {
@@ -701,6 +704,25 @@ impl Sessions {
                 }
             }
         }
+    }
+
+    /// A member that missed presence changes (its queue was full) gets what is still
+    /// queued, then a fresh snapshot in `peers` pages.
+    async fn resync(
+        &self,
+        sock: &mut MeshSocket,
+        me: &Peer,
+        outbox: &mut Outbox,
+    ) -> Result<(), String> {
+        let Some((queued, peers)) = self.hub.resync(&me.device_id, outbox) else {
+            return Ok(());
+        };
+        debug!(device_id = %me.device_id, "member missed presence changes; sending a new snapshot");
+        self.bounded(sock.send_all_json(&queued)).await?;
+        for page in peer_pages(peers) {
+            self.send(sock, &page).await?;
+        }
+        Ok(())
     }
 
     /// Ends a kicked session: a removed device is told `device_removed` (and the socket
