@@ -142,6 +142,11 @@ fn run_join_blocking(args: Vec<String>) -> JoinRun {
     }
 }
 
+/// `join --once --json --device-file FILE LINK`.
+async fn once_with_device_file(file: &str, link: &str) -> JoinRun {
+    run_join(&["--once", "--json", "--device-file", file, link]).await
+}
+
 async fn run_join(args: &[&str]) -> JoinRun {
     let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
     tokio::task::spawn_blocking(move || run_join_blocking(args))
@@ -454,7 +459,7 @@ async fn device_file_rejoins_without_the_token() {
         })
         .await;
     let link = link_with(&minted, only_local(host.ws_url()));
-    let first = run_join(&["--once", "--json", "--device-file", file_s, &link]).await;
+    let first = once_with_device_file(file_s, &link).await;
     assert_eq!(first.code, Some(0), "{}", first.dump());
     let cred: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
     assert!(
@@ -476,7 +481,7 @@ async fn device_file_rejoins_without_the_token() {
         assert_eq!(mode, 0o600, "the credential must be private");
     }
 
-    let second = run_join(&["--once", "--json", "--device-file", file_s, &link]).await;
+    let second = once_with_device_file(file_s, &link).await;
     assert_eq!(
         second.code,
         Some(0),
@@ -564,7 +569,7 @@ async fn a_device_file_of_an_earlier_version_rejoins_and_is_rewritten() {
     );
     let link = link_with(&minted, only_local(host.ws_url()));
 
-    let first = run_join(&["--once", "--json", "--device-file", file_s, &link]).await;
+    let first = once_with_device_file(file_s, &link).await;
     assert_eq!(first.code, Some(0), "{}", first.dump());
     let cred: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
     assert_eq!(cred["device_id"], "dev-legacy", "{cred}");
@@ -572,7 +577,7 @@ async fn a_device_file_of_an_earlier_version_rejoins_and_is_rewritten() {
     assert!(cred["device_secret"].is_string(), "{cred}");
     assert!(cred.get("device_key").is_none(), "{cred}");
 
-    let second = run_join(&["--once", "--json", "--device-file", file_s, &link]).await;
+    let second = once_with_device_file(file_s, &link).await;
     assert_eq!(second.code, Some(0), "{}", second.dump());
     let mesh = host.get_json("/api/mesh").await;
     let devices = mesh["devices"].as_array().unwrap();
@@ -644,14 +649,7 @@ async fn a_crafted_link_with_a_fake_local_host_gets_nothing_and_the_credential_s
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("device.json");
     let file_s = file.to_str().unwrap();
-    let first = run_join(&[
-        "--once",
-        "--json",
-        "--device-file",
-        file_s,
-        &link_with(&minted, only_local(host.ws_url())),
-    ])
-    .await;
+    let first = once_with_device_file(file_s, &link_with(&minted, only_local(host.ws_url()))).await;
     assert_eq!(first.code, Some(0), "{}", first.dump());
     let stored = std::fs::read_to_string(&file).unwrap();
 
@@ -670,7 +668,7 @@ async fn a_crafted_link_with_a_fake_local_host_gets_nothing_and_the_credential_s
                 relay: None,
             },
         );
-        let run = run_join(&["--once", "--json", "--device-file", file_s, &crafted]).await;
+        let run = once_with_device_file(file_s, &crafted).await;
         assert_eq!(run.code, Some(0), "{mode:?}: {}", run.dump());
         assert_eq!(run.find("connected", None).unwrap().1["path"], "public");
         let (_, failed) = run.find("failed", Some("local")).expect("local failed");
@@ -703,13 +701,10 @@ async fn a_fake_host_without_the_mesh_key_is_refused_before_any_credential() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("device.json");
     let file_s = file.to_str().unwrap();
-    let run = run_join(&[
-        "--once",
-        "--json",
-        "--device-file",
+    let run = once_with_device_file(
         file_s,
         &link_naming_the_mesh(&minted, only_local(fake.url())),
-    ])
+    )
     .await;
     assert_eq!(run.code, Some(1), "{}", run.dump());
     assert_eq!(run.lines.last().unwrap().1["code"], "all_failed");
@@ -718,24 +713,14 @@ async fn a_fake_host_without_the_mesh_key_is_refused_before_any_credential() {
     assert_got_only_an_ephemeral_key(&fake);
 
     // With a credential pinned to the real mesh, the same.
-    let ok = run_join(&[
-        "--once",
-        "--json",
-        "--device-file",
+    let ok = once_with_device_file(
         file_s,
         &link_naming_the_mesh(&minted, only_local(host.ws_url())),
-    ])
+    )
     .await;
     assert_eq!(ok.code, Some(0), "{}", ok.dump());
     let stored = std::fs::read_to_string(&file).unwrap();
-    let run = run_join(&[
-        "--once",
-        "--json",
-        "--device-file",
-        file_s,
-        &link_with(&minted, only_local(fake.url())),
-    ])
-    .await;
+    let run = once_with_device_file(file_s, &link_with(&minted, only_local(fake.url()))).await;
     assert_eq!(run.code, Some(1), "{}", run.dump());
     assert_got_only_an_ephemeral_key(&fake);
     assert_eq!(std::fs::read_to_string(&file).unwrap(), stored);
