@@ -48,7 +48,7 @@
 
 use crate::link::Endpoints;
 use crate::path::PathKind;
-use crate::wire::ErrorCode;
+use crate::wire::{ErrorCode, Joined, ServerMsg};
 use std::collections::VecDeque;
 use std::fmt;
 
@@ -163,13 +163,33 @@ impl FailReason {
             message: String,
         }
         match serde_json::from_str::<Notice>(text) {
-            Ok(n) if n.kind == "error" => FailReason::Unverified {
-                code: cut(n.code, 64),
-                message: cut(n.message, 300),
-            },
+            Ok(n) if n.kind == "error" => FailReason::unverified(n.code, n.message),
             _ => FailReason::Protocol(
                 "a plaintext frame arrived before the handshake finished".into(),
             ),
+        }
+    }
+
+    /// An unauthenticated notice (a plaintext `error` frame, or a refused WebSocket
+    /// upgrade's JSON body), bounded: whoever sent it does not get to fill a screen.
+    pub fn unverified(code: String, message: String) -> FailReason {
+        FailReason::Unverified {
+            code: cut(code, 64),
+            message: cut(message, 300),
+        }
+    }
+
+    /// The host's verdict on a join, the first message through the secure channel:
+    /// `joined` wins; an `error` is the host's own word (final if its code is); anything
+    /// else is a protocol failure.
+    pub fn verdict(msg: ServerMsg) -> Result<Joined, FailReason> {
+        match msg {
+            ServerMsg::Joined(joined) => Ok(joined),
+            ServerMsg::Error { code, message } => Err(FailReason::Host { code, message }),
+            other => Err(FailReason::Protocol(format!(
+                "expected joined, got {}",
+                other.kind()
+            ))),
         }
     }
 }

@@ -232,6 +232,18 @@ impl ClientMsg {
 }
 
 impl ServerMsg {
+    /// Its `type` on the wire, e.g. `peer_joined`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ServerMsg::Joined(_) => "joined",
+            ServerMsg::Peers { .. } => "peers",
+            ServerMsg::PeerJoined { .. } => "peer_joined",
+            ServerMsg::PeerLeft { .. } => "peer_left",
+            ServerMsg::Message { .. } => "message",
+            ServerMsg::Error { .. } => "error",
+        }
+    }
+
     /// Serialises to the JSON a sealed frame carries.
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("ServerMsg always serialises")

@@ -861,3 +861,36 @@ fn plaintext_notices_before_the_handshake_are_never_final() {
     );
     assert!(FailReason::from_plaintext_notice(&long).to_string().len() < 400);
 }
+
+#[test]
+fn the_verdict_is_joined_or_the_hosts_own_error() {
+    use atmosphere_shared::wire::{Joined, ServerMsg};
+    let joined = Joined {
+        mesh_id: "m".into(),
+        mesh_name: "Home".into(),
+        device_id: "d".into(),
+    };
+    assert_eq!(
+        FailReason::verdict(ServerMsg::Joined(joined.clone())).unwrap(),
+        joined
+    );
+    // Through the channel an error is the host's word: final when its code is.
+    let refused = FailReason::verdict(ServerMsg::Error {
+        code: ErrorCode::TokenExpired,
+        message: "expired".into(),
+    })
+    .unwrap_err();
+    assert!(refused.is_final());
+    let early = FailReason::verdict(ServerMsg::Peers {
+        peers: vec![],
+        more: false,
+    })
+    .unwrap_err();
+    assert_eq!(
+        early.to_string(),
+        "protocol error: expected joined, got peers"
+    );
+    // An unverified notice is bounded whatever its sender wrote.
+    let long = FailReason::unverified("x".repeat(500), "y".repeat(5000));
+    assert!(long.to_string().len() < 400);
+}

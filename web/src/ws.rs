@@ -202,18 +202,13 @@ impl Sock {
                 "a plaintext frame arrived after the handshake".into(),
             )),
             (Stage::AwaitingVerdict { mut channel, host }, Frame::Binary(sealed)) => {
-                match unseal(&mut channel, &sealed) {
-                    Ok(ServerMsg::Joined(joined)) => {
+                // Through the channel: the host's own word, final if its code is.
+                match unseal(&mut channel, &sealed).map(FailReason::verdict) {
+                    Ok(Ok(joined)) => {
                         self.stage = Stage::Live(channel);
                         Step::Joined(joined, host)
                     }
-                    // Through the channel: the host's own word, final if its code is.
-                    Ok(ServerMsg::Error { code, message }) => {
-                        Step::Fail(FailReason::Host { code, message })
-                    }
-                    Ok(other) => Step::Fail(FailReason::Protocol(format!(
-                        "expected `joined`, got {other:?}"
-                    ))),
+                    Ok(Err(reason)) => Step::Fail(reason),
                     Err(Unsealed::Broken(why) | Unsealed::Unknown(why)) => {
                         Step::Fail(FailReason::Protocol(why))
                     }

@@ -20,7 +20,7 @@ use super::secure_socket::{io_reason, stream_reason, SecureSocket};
 use crate::dial::{dial, ClientSocket, DialError, DialOptions};
 use atmosphere_shared::handshake::{ClientHandshake, HostIdentity};
 use atmosphere_shared::racing::{AttemptId, FailReason};
-use atmosphere_shared::wire::{ErrorCode, Joined, ServerMsg, MAX_FRAME_BYTES};
+use atmosphere_shared::wire::{ErrorCode, Joined, MAX_FRAME_BYTES};
 use futures_util::{SinkExt, StreamExt};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -28,10 +28,6 @@ use tokio_tungstenite::tungstenite::{self, protocol::WebSocketConfig, Message};
 
 /// A mesh WebSocket to the host (directly or through a relay).
 pub(super) type Ws = ClientSocket;
-
-/// Longest text of a notice body kept in a reason (the notice is unauthenticated; whoever
-/// sent it does not get to fill the terminal).
-const MAX_NOTICE_CHARS: usize = 300;
 
 /// A won attempt: the secure socket that is now the session, the host the handshake
 /// authenticated, and its `joined`.
@@ -143,25 +139,7 @@ async fn await_host_hello(ws: &mut Ws) -> Result<Vec<u8>, FailReason> {
 /// Reads the host's verdict through the channel: `joined` (success), an `error` (its code
 /// and message, the host's own word), or anything else (a protocol failure).
 async fn await_joined(socket: &mut SecureSocket) -> Result<Joined, FailReason> {
-    match socket.recv().await.map_err(|e| e.into_fail_reason())? {
-        ServerMsg::Joined(joined) => Ok(joined),
-        ServerMsg::Error { code, message } => Err(FailReason::Host { code, message }),
-        other => Err(FailReason::Protocol(format!(
-            "expected joined, got {}",
-            type_name(&other)
-        ))),
-    }
-}
-
-fn type_name(m: &ServerMsg) -> &'static str {
-    match m {
-        ServerMsg::Joined(_) => "joined",
-        ServerMsg::Peers { .. } => "peers",
-        ServerMsg::PeerJoined { .. } => "peer_joined",
-        ServerMsg::PeerLeft { .. } => "peer_left",
-        ServerMsg::Message { .. } => "message",
-        ServerMsg::Error { .. } => "error",
-    }
+    FailReason::verdict(socket.recv().await.map_err(|e| e.into_fail_reason())?)
 }
 
 /// Why connecting or the WebSocket handshake failed, in words a person can act on.
@@ -178,10 +156,7 @@ fn connect_reason(e: DialError) -> FailReason {
                 let code = v.get("code").or_else(|| v.get("error")).cloned();
                 if let Some(Ok(code)) = code.map(serde_json::from_value::<ErrorCode>) {
                     let message = v["message"].as_str().unwrap_or_default();
-                    return FailReason::Unverified {
-                        code: code.as_str().to_string(),
-                        message: message.chars().take(MAX_NOTICE_CHARS).collect(),
-                    };
+                    return FailReason::unverified(code.as_str().into(), message.into());
                 }
             }
             FailReason::Connect(format!("HTTP {} instead of a WebSocket", resp.status()))
