@@ -285,6 +285,26 @@ async fn resolve(target: &Target) -> Result<Vec<SocketAddr>, DialError> {
     Ok(addrs)
 }
 
+/// Fixtures for the tests of the dialer and its users.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::net::SocketAddr;
+
+    /// A TCP server that accepts and holds every connection and never says a word (a
+    /// black hole past the TCP handshake). Abort the handle to stop it.
+    pub(crate) async fn silent_server() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = l.accept().await {
+                held.push(s);
+            }
+        });
+        (addr, task)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -396,14 +416,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_silent_server_hits_the_deadline_in_the_handshake() {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        let _keep = tokio::spawn(async move {
-            let mut held = Vec::new();
-            while let Ok((s, _)) = l.accept().await {
-                held.push(s);
-            }
-        });
+        let (addr, _keep) = crate::dial::testing::silent_server().await;
         let o = DialOptions {
             deadline: Duration::from_millis(200),
             ..DialOptions::default()

@@ -422,14 +422,7 @@ mod tests {
 
     #[tokio::test]
     async fn relay_check_black_hole_times_out() {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        let _keep = tokio::spawn(async move {
-            let mut held = Vec::new();
-            while let Ok((s, _)) = l.accept().await {
-                held.push(s);
-            }
-        });
+        let (addr, _keep) = crate::dial::testing::silent_server().await;
         let t = Instant::now();
         let r = check_relay(Some(&format!("ws://{addr}")), Duration::from_millis(300)).await;
         assert!(t.elapsed() < Duration::from_secs(2));
