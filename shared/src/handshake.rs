@@ -1,5 +1,5 @@
-//! The mesh handshake and transport: one sans-IO Noise session per member socket, on every
-//! path (local, public, relay). A member checks that it talks to the host that holds the
+//! The mesh handshake: one sans-IO Noise session per member session, on every path (local,
+//! public, relay); its result is the [`SecureChannel`] of [`crate::channel`]. A member checks that it talks to the host that holds the
 //! mesh key *before* it sends any credential, and everything after the handshake is
 //! encrypted end to end, so a relay, an on-path attacker or the endpoint of a crafted link
 //! learns nothing usable and cannot answer `joined`.
@@ -23,7 +23,7 @@
 //! | 1 | client → host | `e` | empty | exactly 32 bytes |
 //! | 2 | host → client | `e, ee, s, es` | the host certificate (96 bytes) | exactly 192 bytes |
 //! | 3 | client → host | `s, se` | the join request (JSON, ≤ [`MAX_JOIN_REQUEST_BYTES`]) | 64 + the request's length (≤ 4160) |
-//! | then | both | transport | one mesh JSON message (`ServerMsg`, `ClientMsg::Send`) | ≤ 65535 bytes |
+//! | then | both | transport ([`crate::channel`]: `seq ‖ ciphertext(ack ‖ body)`) | one mesh JSON message (`ServerMsg`, `ClientMsg`) | 32 to 65535 bytes |
 //!
 //! **The host certificate** (message 2) is `ed25519_public (32) ‖ signature (64)`: the host's
 //! Ed25519 public key (the one its mesh id is derived from, see [`crate::mesh_id`]) and its
@@ -53,7 +53,7 @@
 //!
 //! After message 3 the host answers through the channel with the existing `joined` or
 //! `error` ([`crate::wire::ServerMsg`]), then the live session runs as before, each JSON
-//! message sealed into one binary frame.
+//! message sealed into one numbered binary frame ([`crate::channel`]).
 //!
 //! ## What each side checks
 //!
@@ -80,7 +80,7 @@
 //!   receives message 3 and cannot answer `joined`.
 //! - Forwarding messages unchanged to the real host only connects the client to the real
 //!   host; the attacker cannot read or alter the channel (any change fails
-//!   [`SecureChannel::open`]).
+//!   [`SecureChannel::open`](crate::channel::SecureChannel::open)).
 //! - Before the channel exists, a client may still receive plaintext text frames (the
 //!   relay's `host_offline`, `rate_limited`, `timeout`). They are unauthenticated: a shell
 //!   must treat them as not final whatever their code, and must never forget a stored
@@ -134,9 +134,10 @@
 //!
 //! let (mut host_ch, mut client_ch) = (join.channel, done.channel);
 //! let frame = host_ch.seal(br#"{"type":"joined","...":"..."}"#).unwrap();
-//! assert_eq!(client_ch.open(&frame).unwrap(), br#"{"type":"joined","...":"..."}"#);
+//! assert_eq!(client_ch.open(&frame).unwrap().unwrap(), br#"{"type":"joined","...":"..."}"#);
 //! ```
 
+use crate::channel::SecureChannel;
 use crate::mesh_id::mesh_id_from_public_key;
 use crate::path::PathKind;
 use crate::wire::{DeviceInfo, MAX_FRAME_BYTES};
@@ -146,7 +147,7 @@ use sha2::{Digest, Sha256};
 use snow::params::{CipherChoice, DHChoice, HashChoice};
 use snow::resolvers::{CryptoResolver, DefaultResolver};
 use snow::types::{Cipher, Dh, Hash, Random};
-use snow::{Builder, HandshakeState, TransportState};
+use snow::{Builder, HandshakeState};
 use std::cell::Cell;
 use std::fmt;
 
@@ -163,8 +164,6 @@ pub const STATIC_KEY_CONTEXT: &[u8] = b"atmosphere-noise-static-key-v1";
 pub const MAX_NOISE_MESSAGE_BYTES: usize = 65_535;
 /// Bytes an AEAD tag adds to every encrypted payload.
 pub const TAG_BYTES: usize = 16;
-/// Largest plaintext one transport frame carries: [`MAX_NOISE_MESSAGE_BYTES`] minus the tag.
-pub const MAX_PLAINTEXT_BYTES: usize = MAX_NOISE_MESSAGE_BYTES - TAG_BYTES;
 /// Largest join request (message 3 payload) a host reads. A real one is a few hundred bytes.
 pub const MAX_JOIN_REQUEST_BYTES: usize = 4096;
 
@@ -243,32 +242,6 @@ pub enum HandshakeError {
     /// The shell's [`Entropy`] was rejected or `snow` failed internally. Not caused by the
     /// peer.
     #[error("the Noise library failed: {reason}")]
-    Internal { reason: String },
-}
-
-/// Why a [`SecureChannel`] refused a frame. Every error breaks the channel for good
-/// ([`ChannelError::Broken`] afterwards): the shell closes the socket.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ChannelError {
-    /// A plaintext to seal, or a frame to open, is over the Noise limit.
-    #[error("{what} of {len} bytes exceeds the limit of {max} bytes")]
-    TooLarge {
-        what: &'static str,
-        len: usize,
-        max: usize,
-    },
-    /// A frame shorter than an AEAD tag: cut off.
-    #[error("frame of {len} bytes is shorter than its {TAG_BYTES}-byte tag")]
-    Truncated { len: usize },
-    /// The tag did not verify: the frame was altered, replayed, reordered or dropped
-    /// before (transport nonces count frames, so each must arrive once, in order).
-    #[error("frame did not decrypt: altered, replayed, reordered or a frame is missing")]
-    Decrypt,
-    /// The channel failed before and refuses everything.
-    #[error("the secure channel already failed")]
-    Broken,
-    /// 2^64 frames in one direction (never in practice) or an internal `snow` error.
-    #[error("the secure channel failed: {reason}")]
     Internal { reason: String },
 }
 
@@ -648,7 +621,7 @@ impl ClientHandshake {
             &self.request,
             JOIN_OVERHEAD_BYTES + self.request.len(),
         )?;
-        let channel = SecureChannel::from_handshake(self.state)?;
+        let channel = SecureChannel::from_handshake(self.state).map_err(internal)?;
         Ok(ClientDone {
             host: HostIdentity {
                 mesh_id,
@@ -734,95 +707,8 @@ impl HostAwaitingJoin {
         Ok(HostJoin {
             request: JoinRequest::parse(&payload),
             device_key,
-            channel: SecureChannel::from_handshake(self.state)?,
+            channel: SecureChannel::from_handshake(self.state).map_err(internal)?,
         })
-    }
-}
-
-/// The encrypted channel after the handshake: one transport message per WebSocket binary
-/// frame, in order. Each side seals what it sends and opens what it receives.
-pub struct SecureChannel {
-    transport: TransportState,
-    broken: bool,
-}
-
-impl SecureChannel {
-    fn from_handshake(state: HandshakeState) -> Result<SecureChannel, HandshakeError> {
-        Ok(SecureChannel {
-            transport: state.into_transport_mode().map_err(internal)?,
-            broken: false,
-        })
-    }
-
-    /// Encrypts one message (at most [`MAX_PLAINTEXT_BYTES`]) into one frame.
-    pub fn seal(&mut self, plaintext: &[u8]) -> Result<Vec<u8>, ChannelError> {
-        if self.broken {
-            return Err(ChannelError::Broken);
-        }
-        if plaintext.len() > MAX_PLAINTEXT_BYTES {
-            // Refusing to seal an oversize message does not break the channel: nothing
-            // was sent and no nonce was used.
-            return Err(ChannelError::TooLarge {
-                what: "message",
-                len: plaintext.len(),
-                max: MAX_PLAINTEXT_BYTES,
-            });
-        }
-        let mut out = vec![0u8; plaintext.len() + TAG_BYTES];
-        match self.transport.write_message(plaintext, &mut out) {
-            Ok(n) => {
-                out.truncate(n);
-                Ok(out)
-            }
-            Err(e) => {
-                self.broken = true;
-                Err(ChannelError::Internal {
-                    reason: e.to_string(),
-                })
-            }
-        }
-    }
-
-    /// Decrypts one received frame. Any error breaks the channel.
-    pub fn open(&mut self, frame: &[u8]) -> Result<Vec<u8>, ChannelError> {
-        if self.broken {
-            return Err(ChannelError::Broken);
-        }
-        let r = self.open_frame(frame);
-        self.broken = r.is_err();
-        r
-    }
-
-    fn open_frame(&mut self, frame: &[u8]) -> Result<Vec<u8>, ChannelError> {
-        if frame.len() > MAX_NOISE_MESSAGE_BYTES {
-            return Err(ChannelError::TooLarge {
-                what: "frame",
-                len: frame.len(),
-                max: MAX_NOISE_MESSAGE_BYTES,
-            });
-        }
-        if frame.len() < TAG_BYTES {
-            return Err(ChannelError::Truncated { len: frame.len() });
-        }
-        let mut out = vec![0u8; frame.len() - TAG_BYTES];
-        match self.transport.read_message(frame, &mut out) {
-            Ok(n) => {
-                out.truncate(n);
-                Ok(out)
-            }
-            Err(snow::Error::Decrypt) => Err(ChannelError::Decrypt),
-            Err(e) => Err(ChannelError::Internal {
-                reason: e.to_string(),
-            }),
-        }
-    }
-}
-
-impl fmt::Debug for SecureChannel {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SecureChannel")
-            .field("broken", &self.broken)
-            .finish_non_exhaustive()
     }
 }
 

@@ -8,13 +8,18 @@
 //! - [`api`]: the JSON shapes of the host's HTTP API (invite answer, network snapshot, mesh
 //!   view, the error body, the events of `/api/events`);
 //! - [`mesh_id`]: the self-certifying mesh id derived from the host's Ed25519 public key;
-//! - [`path`]: the path kinds (`local`, `public`, `relay`) and their preference order;
+//! - [`path`]: the path kinds (`local`, `public`, `punched`, `relay`) and their preference order;
 //! - [`wire`]: the mesh message table (inside the encrypted channel), the `joined` answer
 //!   and presence pages;
 //! - [`credential`]: the device credential a member stores to rejoin (CLI file, browser record);
 //! - [`racing`]: the fallback/racing policy as a sans-IO state machine;
 //! - [`handshake`]: the mesh handshake (Noise XX: members authenticate the host by its mesh
-//!   key before sending any credential) and the end-to-end encrypted channel after it;
+//!   key before sending any credential);
+//! - [`channel`]: the end-to-end encrypted channel after it: numbered, acknowledged frames
+//!   (in-order delivery, duplicates dropped, bounded reorder and resend buffers) so a session
+//!   can move between paths;
+//! - [`upgrade`]: the upgrade and roaming policy (relay → a direct WebRTC path and back) as
+//!   a sans-IO state machine, the direct-path classifier and the NAT descriptions;
 //! - [`join_event`]: every JSON line `atmosphere join --json` prints;
 //! - [`relay_proto`]: the relay's control protocol: messages, the registration handshake
 //!   (`sign` on the host, `verify` on the relay) and the close codes;
@@ -32,6 +37,7 @@
 
 pub mod api;
 pub mod backoff;
+pub mod channel;
 pub mod credential;
 pub mod handshake;
 pub mod join_event;
@@ -42,6 +48,7 @@ pub mod path;
 pub mod racing;
 pub mod relay_proto;
 pub mod token;
+pub mod upgrade;
 mod web_url;
 pub mod wire;
 
