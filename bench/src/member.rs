@@ -7,7 +7,8 @@
 use crate::util::{dial_from_with, ClientWs};
 use anyhow::{bail, Context, Result};
 use atmosphere_shared::credential::JoinPlan;
-use atmosphere_shared::handshake::{Entropy, SecureChannel, StaticSecret};
+use atmosphere_shared::channel::SecureChannel;
+use atmosphere_shared::handshake::{Entropy, StaticSecret};
 use atmosphere_shared::wire::{DeviceInfo, ServerMsg};
 use atmosphere_shared::{Invite, PathKind};
 use futures_util::{SinkExt, StreamExt};
@@ -56,7 +57,9 @@ impl Member {
             .context("the host did not authenticate")?;
         ws.send(Message::Binary(done.message.into())).await?;
         let mut channel = done.channel;
-        let verdict = channel.open(&next_binary(&mut ws, deadline).await?)?;
+        let verdict = channel
+            .open(&next_binary(&mut ws, deadline).await?)?
+            .context("the host's first frame carried no verdict")?;
         match serde_json::from_slice::<ServerMsg>(&verdict)? {
             ServerMsg::Joined(j) => Ok(Member {
                 ws,

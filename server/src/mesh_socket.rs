@@ -4,12 +4,12 @@
 //! Before the handshake the only thing the host ever sends is a plaintext `error` text
 //! frame turning the socket away (per-IP cap, handshake timeout, a malformed handshake
 //! message): the client treats it as an unauthenticated hint. Once the handshake produced a
-//! [`SecureChannel`], every message either way is one sealed JSON message in one binary
-//! frame, and nothing else is accepted. [`MeshSocket`] keeps that rule in one place, so the
+//! [`SecureChannel`], every message either way is one sealed JSON message in one numbered
+//! binary frame ([`atmosphere_shared::channel`]), and nothing else is accepted. [`MeshSocket`] keeps that rule in one place, so the
 //! session handler speaks in [`ServerMsg`] and [`ClientMsg`] only.
 
 use crate::ws::{Frame, FrameSocket, RecvError, SendError};
-use atmosphere_shared::handshake::{ChannelError, SecureChannel};
+use atmosphere_shared::channel::{ChannelError, SecureChannel};
 use atmosphere_shared::wire::{ClientMsg, ErrorCode, ServerMsg, MAX_FRAME_BYTES};
 
 /// A member's socket and, after the handshake, its channel.
@@ -22,7 +22,8 @@ pub struct MeshSocket {
 pub enum Incoming {
     /// One opened, parsed message.
     Msg(ClientMsg),
-    /// A WebSocket ping or pong (keepalive only).
+    /// A WebSocket ping or pong (keepalive only), or a frame with nothing to deliver (a
+    /// pure ack, a duplicate, a frame waiting for an earlier one).
     Keepalive,
     /// The member closed the socket.
     Closed,
@@ -142,6 +143,12 @@ impl MeshSocket {
 
     /// The next message of a live session, opened and parsed.
     pub async fn recv(&mut self) -> Result<Incoming, RecvFailure> {
+        // A frame that filled a gap may have unblocked several messages: those first.
+        if let Some(plain) = self.channel.as_mut().and_then(SecureChannel::pop_ready) {
+            return parse_client_msg(&plain)
+                .map(Incoming::Msg)
+                .map_err(RecvFailure::Violation);
+        }
         let frame = match self.frames.recv().await {
             None => return Ok(Incoming::Closed),
             Some(Ok(Frame::Close(_))) => return Ok(Incoming::Closed),
@@ -174,6 +181,9 @@ impl MeshSocket {
             };
             RecvFailure::Violation(Violation::new(code, e.to_string()))
         })?;
+        let Some(plain) = plain else {
+            return Ok(Incoming::Keepalive);
+        };
         parse_client_msg(&plain)
             .map(Incoming::Msg)
             .map_err(RecvFailure::Violation)

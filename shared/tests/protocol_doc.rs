@@ -461,22 +461,29 @@ fn check_noise_vector(body: &str) -> Result<usize, String> {
     strict::<ServerMsg>(&as_json(host_plaintext)?).map_err(|e| format!("host_plaintext {e}"))?;
     strict::<ClientMsg>(&as_json(member_plaintext)?)
         .map_err(|e| format!("member_plaintext {e}"))?;
+    // The member opens the host's frame before it seals its own, so its frame acknowledges
+    // one frame (ack = 1).
     let host_frame = join
         .channel
         .seal(host_plaintext.as_bytes())
         .map_err(|e| e.to_string())?;
     same("host_frame_hex", &host_frame)?;
+    let opened = done.channel.open(&host_frame).map_err(|e| e.to_string())?;
     let member_frame = done
         .channel
         .seal(member_plaintext.as_bytes())
         .map_err(|e| e.to_string())?;
     same("member_frame_hex", &member_frame)?;
-    let opened = done.channel.open(&host_frame).map_err(|e| e.to_string())?;
     let echoed = join
         .channel
         .open(&member_frame)
         .map_err(|e| e.to_string())?;
-    if opened != host_plaintext.as_bytes() || echoed != member_plaintext.as_bytes() {
+    if join.channel.acked() != 1 {
+        return Err("the member's frame does not acknowledge the host's".into());
+    }
+    if opened.as_deref() != Some(host_plaintext.as_bytes())
+        || echoed.as_deref() != Some(member_plaintext.as_bytes())
+    {
         return Err("a transport frame does not open to its plaintext".into());
     }
     Ok(1)

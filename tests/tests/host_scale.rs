@@ -76,7 +76,10 @@ async fn quiet_member(url: String, token: String, i: usize) -> tokio::task::Join
         .unwrap_or_else(|e| panic!("member {i}: {e}"));
     ws.send(Message::Binary(done.message.into())).await.unwrap();
     let mut channel = done.channel;
-    let verdict = channel.open(&next_binary(&mut ws, i).await).unwrap();
+    let verdict = channel
+        .open(&next_binary(&mut ws, i).await)
+        .unwrap()
+        .expect("the verdict is the host's first frame");
     let verdict: serde_json::Value = serde_json::from_slice(&verdict).unwrap();
     joined_id(&verdict);
     tokio::spawn(async move { while let Some(Ok(_)) = ws.next().await {} })

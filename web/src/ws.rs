@@ -19,7 +19,8 @@
 
 use crate::random;
 use atmosphere_shared::credential::{DeviceCredential, JoinPlan};
-use atmosphere_shared::handshake::{ClientHandshake, Entropy, HostIdentity, SecureChannel};
+use atmosphere_shared::channel::SecureChannel;
+use atmosphere_shared::handshake::{ClientHandshake, Entropy, HostIdentity};
 use atmosphere_shared::racing::{AttemptId, FailReason, Outcome, Output, Policy, Race, RaceEvent};
 use atmosphere_shared::wire::{ClientMsg, Joined, ServerMsg, MAX_FRAME_BYTES};
 use atmosphere_shared::{Endpoints, PathKind};
@@ -113,26 +114,42 @@ enum Step {
     Fail(FailReason),
     /// The host answered `joined` through the channel.
     Joined(Joined, HostIdentity),
-    /// A message on the live session.
-    Frame(ServerMsg),
+    /// The messages one frame delivered on the live session (usually one; none for a pure
+    /// ack or a duplicate; several when it filled a gap).
+    Frames(Vec<ServerMsg>),
     /// The live session cannot go on (its channel broke).
     EndSession(String),
 }
 
 /// Why a sealed frame gave no message.
 enum Unsealed {
-    /// The channel refused it (altered, replayed, cut off): nothing after can be trusted.
+    /// The channel refused it (altered, cut off, from another session): nothing after can
+    /// be trusted.
     Broken(String),
     /// It opened, but is not a message this page knows (a newer host's frame type).
     Unknown(String),
 }
 
-/// Opens one sealed frame into a [`ServerMsg`].
-fn unseal(channel: &mut SecureChannel, frame: &[u8]) -> Result<ServerMsg, Unsealed> {
+/// Opens one sealed frame: the next message it makes ready, `None` for a pure ack, a
+/// duplicate, or a frame that waits for an earlier one. Messages it unblocked besides stay
+/// in the channel for [`unseal_ready`].
+fn unseal(channel: &mut SecureChannel, frame: &[u8]) -> Result<Option<ServerMsg>, Unsealed> {
     let plain = channel
         .open(frame)
         .map_err(|e| Unsealed::Broken(format!("the encrypted channel failed: {e}")))?;
-    serde_json::from_slice(&plain).map_err(|e| Unsealed::Unknown(format!("unexpected frame: {e}")))
+    plain.map(|p| parse_server(&p)).transpose()
+}
+
+/// The messages already delivered in order and not taken yet; unknown ones are skipped (a
+/// newer host may send frame types this page does not know).
+fn unseal_ready(channel: &mut SecureChannel) -> Vec<ServerMsg> {
+    std::iter::from_fn(|| channel.pop_ready())
+        .filter_map(|p| parse_server(&p).ok())
+        .collect()
+}
+
+fn parse_server(plain: &[u8]) -> Result<ServerMsg, Unsealed> {
+    serde_json::from_slice(plain).map_err(|e| Unsealed::Unknown(format!("unexpected frame: {e}")))
 }
 
 /// One open socket and the JS callbacks bound to it (dropped together).
@@ -203,12 +220,16 @@ impl Sock {
             )),
             (Stage::AwaitingVerdict { mut channel, host }, Frame::Binary(sealed)) => {
                 // Through the channel: the host's own word, final if its code is.
-                match unseal(&mut channel, &sealed).map(FailReason::verdict) {
-                    Ok(Ok(joined)) => {
+                match unseal(&mut channel, &sealed).map(|m| m.map(FailReason::verdict)) {
+                    Ok(None) => {
+                        self.stage = Stage::AwaitingVerdict { channel, host };
+                        Step::Wait
+                    }
+                    Ok(Some(Ok(joined))) => {
                         self.stage = Stage::Live(channel);
                         Step::Joined(joined, host)
                     }
-                    Ok(Err(reason)) => Step::Fail(reason),
+                    Ok(Some(Err(reason))) => Step::Fail(reason),
                     Err(Unsealed::Broken(why) | Unsealed::Unknown(why)) => {
                         Step::Fail(FailReason::Protocol(why))
                     }
@@ -220,18 +241,16 @@ impl Sock {
                 "protocol error: a plaintext frame arrived on the encrypted session".into(),
             ),
             (Stage::Live(mut channel), Frame::Binary(sealed)) => {
-                match unseal(&mut channel, &sealed) {
-                    Ok(msg) => {
-                        self.stage = Stage::Live(channel);
-                        Step::Frame(msg)
-                    }
+                let first = match unseal(&mut channel, &sealed) {
+                    Ok(msg) => msg,
                     // A newer host may send frame types this page does not know.
-                    Err(Unsealed::Unknown(_)) => {
-                        self.stage = Stage::Live(channel);
-                        Step::Wait
-                    }
-                    Err(Unsealed::Broken(why)) => Step::EndSession(why),
-                }
+                    Err(Unsealed::Unknown(_)) => None,
+                    Err(Unsealed::Broken(why)) => return Step::EndSession(why),
+                };
+                let mut msgs: Vec<ServerMsg> = first.into_iter().collect();
+                msgs.extend(unseal_ready(&mut channel));
+                self.stage = Stage::Live(channel);
+                Step::Frames(msgs)
             }
         }
     }
@@ -481,8 +500,11 @@ impl Connector {
             Step::Wait => {}
             Step::Fail(reason) => self.fail(id, reason),
             Step::Joined(joined, host) => self.joined(id, joined, &host),
-            Step::Frame(msg) => {
-                self.inner.borrow_mut().pending.push(ShellEvent::Frame(msg));
+            Step::Frames(msgs) if msgs.is_empty() => {}
+            Step::Frames(msgs) => {
+                let mut inner = self.inner.borrow_mut();
+                inner.pending.extend(msgs.into_iter().map(ShellEvent::Frame));
+                drop(inner);
                 self.deliver();
             }
             Step::EndSession(reason) => self.end_session(id, reason),

@@ -3,8 +3,8 @@
 //! [`ServerMsg`]s and [`ClientMsg`]s, never a frame to seal or open by hand.
 //!
 //! Every frame the host sends is one binary frame, opened with the channel into one JSON
-//! `ServerMsg`; every message this client sends is sealed into one binary frame (see
-//! [`atmosphere_shared::handshake`]). A text frame on an established channel is a protocol
+//! `ServerMsg` (or nothing: a pure ack or a duplicate); every message this client sends is
+//! sealed into one numbered binary frame (see [`atmosphere_shared::channel`]). A text frame on an established channel is a protocol
 //! error that ends the socket: the host never sends one, so it came from something on the
 //! path (a relay notice, an attacker), and it is not the host's word.
 //!
@@ -12,7 +12,7 @@
 //! the live session share.
 
 use super::attempt::Ws;
-use atmosphere_shared::handshake::{ChannelError, SecureChannel};
+use atmosphere_shared::channel::{ChannelError, SecureChannel};
 use atmosphere_shared::racing::FailReason;
 use atmosphere_shared::wire::{ClientMsg, ServerMsg};
 use futures_util::{SinkExt, StreamExt};
@@ -39,8 +39,8 @@ pub(super) enum SocketError {
     Ended,
     /// The transport failed (reset, TLS, a frame over the size limit, …).
     Transport(tungstenite::Error),
-    /// A frame did not open (altered, replayed, reordered, out of order) or the channel
-    /// could not seal: the channel is broken for good.
+    /// A frame did not open (altered, from another session, too far out of order) or the
+    /// channel could not seal: the channel is broken for good.
     Channel(ChannelError),
     /// A text frame arrived on the secure channel.
     Plaintext,
@@ -99,6 +99,10 @@ impl SecureSocket {
     /// synchronous, so a `select!` that drops this future loses no frame.
     pub(super) async fn recv(&mut self) -> Result<ServerMsg, SocketError> {
         loop {
+            // A frame that filled a gap may have unblocked several messages: those first.
+            if let Some(plain) = self.channel.pop_ready() {
+                return parse_server(&plain);
+            }
             let frame = match self.ws.next().await {
                 None => return Err(SocketError::Ended),
                 Some(Err(e)) => return Err(SocketError::Transport(e)),
@@ -106,8 +110,10 @@ impl SecureSocket {
             };
             match frame {
                 Message::Binary(b) => {
-                    let plain = self.channel.open(&b).map_err(SocketError::Channel)?;
-                    return parse_server(&plain);
+                    // Nothing to deliver (a pure ack, a duplicate): wait for the next frame.
+                    if let Some(plain) = self.channel.open(&b).map_err(SocketError::Channel)? {
+                        return parse_server(&plain);
+                    }
                 }
                 Message::Text(_) => return Err(SocketError::Plaintext),
                 Message::Close(frame) => {
@@ -198,7 +204,8 @@ pub(super) fn stream_reason(e: &tungstenite::Error) -> FailReason {
 /// A scripted fake host on loopback for the socket tests of this module and `attempt`.
 #[cfg(test)]
 pub(super) mod testing {
-    use atmosphere_shared::handshake::{Entropy, HostHandshake, HostKeys, SecureChannel};
+    use atmosphere_shared::channel::SecureChannel;
+    use atmosphere_shared::handshake::{Entropy, HostHandshake, HostKeys};
     use futures_util::{SinkExt, StreamExt};
     use std::future::Future;
     use tokio::net::{TcpListener, TcpStream};
@@ -315,7 +322,7 @@ mod tests {
             )
             .await;
             let frame = next_binary(&mut ws).await;
-            let _ = seen_tx.send((frame.clone(), ch.open(&frame).unwrap()));
+            let _ = seen_tx.send((frame.clone(), ch.open(&frame).unwrap().unwrap()));
         })
         .await;
         let mut s = connect(&url).await;
@@ -380,7 +387,7 @@ mod tests {
         let url = fake_host(|mut ws| async move {
             let (mut ch, _) = accept(&mut ws, &host_keys()).await;
             let frame = next_binary(&mut ws).await;
-            let _ = seen_tx.send(ch.open(&frame).unwrap());
+            let _ = seen_tx.send(ch.open(&frame).unwrap().unwrap());
         })
         .await;
         let mut s = connect(&url).await;

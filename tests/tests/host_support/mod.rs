@@ -4,9 +4,9 @@
 
 #![allow(dead_code)]
 
+use atmosphere_shared::channel::SecureChannel;
 use atmosphere_shared::handshake::{
-    ClientHandshake, Entropy, HostExpectation, HostIdentity, JoinProof, JoinRequest, SecureChannel,
-    StaticSecret,
+    ClientHandshake, Entropy, HostExpectation, HostIdentity, JoinProof, JoinRequest, StaticSecret,
 };
 use atmosphere_shared::wire::DeviceInfo;
 use atmosphere_shared::PathKind;
@@ -180,26 +180,33 @@ impl Member {
         }
     }
 
-    /// The next message or close within `wait`. Binary frames are opened with the channel;
-    /// a text frame is only legal before it exists (a plaintext refusal).
+    /// The next message or close within `wait`. Binary frames are opened with the channel
+    /// (a frame with nothing to deliver, a pure ack or a duplicate, is skipped); a text
+    /// frame is only legal before it exists (a plaintext refusal).
     pub async fn next_within(&mut self, wait: Duration) -> Next {
-        match self.next_frame(wait).await {
-            Frame::Silent => Next::Silent,
-            Frame::Closed(why) => Next::Closed(why),
-            Frame::Text(t) => {
-                assert!(
-                    self.channel.is_none(),
-                    "the host sent plaintext after the handshake: {t}"
-                );
-                Next::Json(serde_json::from_str(&t).expect("host sent JSON"))
-            }
-            Frame::Binary(b) => {
-                let ch = self
-                    .channel
-                    .as_mut()
-                    .expect("a binary frame before the handshake");
-                let plain = ch.open(&b).expect("the host's frame opens");
-                Next::Json(serde_json::from_slice(&plain).expect("host sent JSON"))
+        if let Some(plain) = self.channel.as_mut().and_then(SecureChannel::pop_ready) {
+            return Next::Json(serde_json::from_slice(&plain).expect("host sent JSON"));
+        }
+        loop {
+            match self.next_frame(wait).await {
+                Frame::Silent => return Next::Silent,
+                Frame::Closed(why) => return Next::Closed(why),
+                Frame::Text(t) => {
+                    assert!(
+                        self.channel.is_none(),
+                        "the host sent plaintext after the handshake: {t}"
+                    );
+                    return Next::Json(serde_json::from_str(&t).expect("host sent JSON"));
+                }
+                Frame::Binary(b) => {
+                    let ch = self
+                        .channel
+                        .as_mut()
+                        .expect("a binary frame before the handshake");
+                    if let Some(plain) = ch.open(&b).expect("the host's frame opens") {
+                        return Next::Json(serde_json::from_slice(&plain).expect("host sent JSON"));
+                    }
+                }
             }
         }
     }
