@@ -249,7 +249,9 @@ async fn one_hop(framing: Framing, body: &serde_json::Value, dur: Duration) -> R
             (Message::Ping(_) | Message::Pong(_), _) => return Ok(None),
             (other, _) => bail!("unexpected frame {other:?}"),
         };
-        let ClientMsg::Send { body, .. } = parsed;
+        let ClientMsg::Send { body, .. } = parsed else {
+            bail!("the bench sends only `send` messages");
+        };
         Ok(Some(body_len(&body)))
     };
     let sample = receiver(host, decode, dur, stop.clone()).await;

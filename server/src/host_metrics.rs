@@ -15,7 +15,7 @@ use std::sync::Mutex;
 /// Host-wide counters; shared by the HTTP layer and the session handler.
 #[derive(Default)]
 pub struct HostMetrics {
-    joins: [AtomicU64; 3],
+    joins: [AtomicU64; PathKind::ALL.len()],
     refusals: Mutex<BTreeMap<&'static str, u64>>,
     invites_minted: AtomicU64,
     http: Mutex<BTreeMap<&'static str, u64>>,

@@ -93,7 +93,7 @@ fn summary(inv: &Invite) -> String {
         }
     });
     s.push_str("  endpoints (tried in this order):\n");
-    for path in PathKind::ALL {
+    for path in PathKind::ENDPOINTS {
         let url = inv.endpoints.get(path).unwrap_or("—");
         s.push_str(&format!("    {:<7} {url}\n", format!("{path}:")));
     }

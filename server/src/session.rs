@@ -54,7 +54,7 @@ use atmosphere_shared::handshake::{
 use atmosphere_shared::path::PathKind;
 use atmosphere_shared::token::Token;
 use atmosphere_shared::wire::{
-    peer_pages, ClientMsg, DeviceInfo, ErrorCode, Joined, Peer, ServerMsg, HANDSHAKE_TIMEOUT_MS,
+    check_sdp, peer_pages, ClientMsg, DeviceInfo, ErrorCode, Joined, Peer, ServerMsg, HANDSHAKE_TIMEOUT_MS,
 };
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -667,6 +667,11 @@ impl Sessions {
                         Ok(Incoming::Msg(ClientMsg::Send { to, body })) => {
                             self.hub.deliver(me, to.as_deref(), body).await
                         }
+                        Ok(Incoming::Msg(ClientMsg::RtcOffer { attempt, sdp })) => {
+                            if let Err(r) = self.decline_offer(sock, attempt, &sdp).await {
+                                return r;
+                            }
+                        }
                         Err(RecvFailure::Broken(e)) => return format!("connection error: {e}"),
                         Err(RecvFailure::Violation(v)) => return self.protocol_error(sock, v).await,
                     }
@@ -704,6 +709,23 @@ impl Sessions {
                 }
             }
         }
+    }
+
+    /// A direct path was offered. This host has no WebRTC peer yet, so it answers
+    /// `rtc_unavailable` (a bad offer says what is wrong with it) and the session stays on
+    /// its path.
+    async fn decline_offer(
+        &self,
+        sock: &mut MeshSocket,
+        attempt: u32,
+        sdp: &str,
+    ) -> Result<(), String> {
+        let reason = match check_sdp(attempt, sdp) {
+            Err(e) => e.to_string(),
+            Ok(()) => "this host has no UDP socket for direct connections".to_string(),
+        };
+        self.send(sock, &ServerMsg::RtcUnavailable { attempt, reason })
+            .await
     }
 
     /// A member that missed presence changes (its queue was full) gets what is still

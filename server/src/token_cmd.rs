@@ -98,7 +98,7 @@ fn summary(r: &TokenResponse) -> String {
         .unwrap_or_else(|| "unlimited".into());
     let _ = writeln!(s, "Expires:  {}   uses: {uses}", r.expires_at);
     let _ = writeln!(s, "Endpoints:");
-    for p in PathKind::ALL {
+    for p in PathKind::ENDPOINTS {
         let _ = writeln!(
             s,
             "  {:<7} {}",

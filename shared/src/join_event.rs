@@ -16,10 +16,14 @@
 //! | `peer_joined` | `peer` | a member came online |
 //! | `peer_left` | `device_id` | a member went offline |
 //! | `message` | `from`, `body` | a member sent this device a message |
+//! | `path` | `from`, `to`, `after_ms`, `reason` (fallbacks only) | the session moved to another path, `after_ms` after the first `joined` |
+//! | `direct_unavailable` | `reason`, `retry_in_ms` | a direct path did not open; the session stays on the relay and tries again then |
 //!
 //! The session lines (`peers` … `message`) are the host's frames ([`ServerMsg`]) with
-//! `event` in place of `type`; the race lines come from [`RaceEvent`]. Both conversions
-//! live here ([`JoinEvent::from_race`], [`JoinEvent::from_server`]), so the CLI only prints.
+//! `event` in place of `type`; the race lines come from [`RaceEvent`]; `path` and
+//! `direct_unavailable` from the upgrade policy's [`UpgradeEvent`]. The conversions live
+//! here ([`JoinEvent::from_race`], [`JoinEvent::from_server`], [`JoinEvent::from_upgrade`]),
+//! so the CLI only prints.
 //!
 //! `error` codes are the host's final refusals ([`ErrorCode`], e.g. `token_expired`) and
 //! the CLI's own ([`ClientErrorCode`]: `all_failed`, `bad_link`, `bad_usage`,
@@ -27,6 +31,7 @@
 
 use crate::path::PathKind;
 use crate::racing::RaceEvent;
+use crate::upgrade::UpgradeEvent;
 use crate::wire::{ErrorCode, Peer, ServerMsg};
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -68,6 +73,18 @@ pub enum JoinEvent {
         from: String,
         body: serde_json::Value,
     },
+    /// The session moved from `from` to `to`, `after_ms` after the first `joined`, e.g.
+    /// `relay` → `punched`; a fallback to the relay says why.
+    Path {
+        from: PathKind,
+        to: PathKind,
+        after_ms: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    /// A direct path did not open (a sentence saying why); the session stays on the relay
+    /// and tries again in `retry_in_ms` milliseconds.
+    DirectUnavailable { reason: String, retry_in_ms: u64 },
 }
 
 impl JoinEvent {
@@ -100,11 +117,39 @@ impl JoinEvent {
         }
     }
 
+    /// The line for a step of the upgrade policy (the client's, which always has a retry
+    /// time for `direct_unavailable`).
+    pub fn from_upgrade(ev: &UpgradeEvent) -> JoinEvent {
+        match ev {
+            UpgradeEvent::PathChanged {
+                from,
+                to,
+                after_ms,
+                reason,
+            } => JoinEvent::Path {
+                from: *from,
+                to: *to,
+                after_ms: *after_ms,
+                reason: reason.clone(),
+            },
+            UpgradeEvent::DirectUnavailable {
+                reason,
+                retry_in_ms,
+                ..
+            } => JoinEvent::DirectUnavailable {
+                reason: reason.clone(),
+                retry_in_ms: retry_in_ms.unwrap_or(0),
+            },
+        }
+    }
+
     /// The line for a host frame on a live session: the frame with `event` for `type`.
-    /// `None` for `joined`, which the host sends only once, before the session starts.
+    /// `None` for `joined`, which the host sends only once, before the session starts, and
+    /// for the signalling of a direct path (the upgrade policy reports its outcome).
     pub fn from_server(msg: &ServerMsg) -> Option<JoinEvent> {
         Some(match msg {
             ServerMsg::Joined(_) => return None,
+            ServerMsg::RtcAnswer { .. } | ServerMsg::RtcUnavailable { .. } => return None,
             ServerMsg::Peers { peers, .. } => JoinEvent::Peers {
                 peers: peers.clone(),
             },
@@ -248,6 +293,42 @@ mod tests {
             ev,
             "{line}"
         );
+    }
+
+    #[test]
+    fn path_lines_are_exactly_the_contract() {
+        let up = |ev: UpgradeEvent| JoinEvent::from_upgrade(&ev);
+        pin(
+            up(UpgradeEvent::PathChanged {
+                from: PathKind::Relay,
+                to: PathKind::Punched,
+                after_ms: 420,
+                reason: None,
+            }),
+            r#"{"event":"path","from":"relay","to":"punched","after_ms":420}"#,
+        );
+        pin(
+            up(UpgradeEvent::PathChanged {
+                from: PathKind::Punched,
+                to: PathKind::Relay,
+                after_ms: 9000,
+                reason: Some("nothing arrived on the direct path for 1500 ms".into()),
+            }),
+            r#"{"event":"path","from":"punched","to":"relay","after_ms":9000,"reason":"nothing arrived on the direct path for 1500 ms"}"#,
+        );
+        pin(
+            up(UpgradeEvent::DirectUnavailable {
+                attempt: 1,
+                reason: "no direct path opened within 5 s; staying on the relay".into(),
+                retry_in_ms: Some(1800),
+            }),
+            r#"{"event":"direct_unavailable","reason":"no direct path opened within 5 s; staying on the relay","retry_in_ms":1800}"#,
+        );
+        let signal = ServerMsg::RtcUnavailable {
+            attempt: 1,
+            reason: "x".into(),
+        };
+        assert_eq!(JoinEvent::from_server(&signal), None);
     }
 
     #[test]

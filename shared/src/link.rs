@@ -92,12 +92,14 @@ impl Endpoints {
             PathKind::Local => self.local.as_deref(),
             PathKind::Public => self.public.as_deref(),
             PathKind::Relay => self.relay.as_deref(),
+            // Not a WebSocket endpoint: only a direct WebRTC path (`crate::upgrade`).
+            PathKind::Punched => None,
         }
     }
 
     /// Present endpoints in preference order (local → public → relay).
     pub fn iter(&self) -> impl Iterator<Item = (PathKind, &str)> + '_ {
-        PathKind::ALL
+        PathKind::ENDPOINTS
             .into_iter()
             .filter_map(move |p| self.get(p).map(|u| (p, u)))
     }
@@ -780,6 +782,7 @@ fn parse_endpoints_json(raw: &str) -> Result<Endpoints, LinkError> {
             PathKind::Local => eps.local = url,
             PathKind::Public => eps.public = url,
             PathKind::Relay => eps.relay = url,
+            PathKind::Punched => {}
         }
     }
     if eps.iter().next().is_none() {

@@ -9,10 +9,13 @@
 //! one or more [`ServerMsg::Peers`] pages ([`peer_pages`]; a client joins them with
 //! [`PeersSnapshot`]), then changes ([`ServerMsg::PeerJoined`], [`ServerMsg::PeerLeft`]) and
 //! messages ([`ClientMsg::Send`] → [`ServerMsg::Message`]); keepalive uses WebSocket
-//! ping/pong. What a member keeps between sessions is a
+//! ping/pong. A session that joined over the relay may signal a direct WebRTC path
+//! ([`ClientMsg::RtcOffer`] → [`ServerMsg::RtcAnswer`] or [`ServerMsg::RtcUnavailable`];
+//! the policy is [`crate::upgrade`]) and move onto it. What a member keeps between sessions is a
 //! [`DeviceCredential`](crate::credential::DeviceCredential).
 
 use crate::path::PathKind;
+use crate::upgrade::HostNat;
 use serde::{Deserialize, Serialize};
 
 /// Largest mesh WebSocket frame either side accepts (bytes).
@@ -31,6 +34,12 @@ pub struct DeviceInfo {
     pub platform: String,
 }
 
+/// Largest SDP (offer or answer) either side accepts, in bytes. A real one with a dozen
+/// candidates is 1–3 KiB.
+pub const MAX_SDP_BYTES: usize = 16 * 1024;
+/// Largest `rtc_unavailable` reason a client shows, in bytes (longer ones are cut).
+pub const MAX_RTC_REASON_BYTES: usize = 300;
+
 /// Frames a member sends to the host.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -41,6 +50,35 @@ pub enum ClientMsg {
         to: Option<String>,
         body: serde_json::Value,
     },
+    /// Signalling of a direct path ([`crate::upgrade`]): the client's WebRTC offer for its
+    /// upgrade attempt `attempt` (counted from 1 in each session), non-trickle: `sdp` holds
+    /// every ICE candidate the client gathered. At most [`MAX_SDP_BYTES`].
+    RtcOffer { attempt: u32, sdp: String },
+}
+
+/// Why a signalling message is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SignalError {
+    /// An SDP over [`MAX_SDP_BYTES`].
+    #[error("an SDP of {len} bytes exceeds the limit of {max} bytes")]
+    SdpTooLarge { len: usize, max: usize },
+    /// Attempt numbers count from 1.
+    #[error("attempt numbers count from 1")]
+    AttemptZero,
+}
+
+/// Checks an offer's or answer's size and attempt number before a WebRTC stack sees it.
+pub fn check_sdp(attempt: u32, sdp: &str) -> Result<(), SignalError> {
+    if sdp.len() > MAX_SDP_BYTES {
+        return Err(SignalError::SdpTooLarge {
+            len: sdp.len(),
+            max: MAX_SDP_BYTES,
+        });
+    }
+    if attempt == 0 {
+        return Err(SignalError::AttemptZero);
+    }
+    Ok(())
 }
 
 /// One member as other members see it.
@@ -93,6 +131,18 @@ pub enum ServerMsg {
         code: ErrorCode,
         message: String,
     },
+    /// Signalling of a direct path ([`crate::upgrade`]): the host's answer to
+    /// [`ClientMsg::RtcOffer`] `attempt`, with every host candidate, and how the host's UDP
+    /// socket looks from outside (so the client can say why a direct path did not open).
+    RtcAnswer {
+        attempt: u32,
+        sdp: String,
+        nat: HostNat,
+    },
+    /// The host will not try a direct path for offer `attempt`; `reason` is a sentence
+    /// (no UDP socket, too many peer connections, a bad SDP…). The session stays on the
+    /// relay.
+    RtcUnavailable { attempt: u32, reason: String },
 }
 
 /// Machine-readable error codes of [`ServerMsg::Error`].
@@ -241,6 +291,8 @@ impl ServerMsg {
             ServerMsg::PeerLeft { .. } => "peer_left",
             ServerMsg::Message { .. } => "message",
             ServerMsg::Error { .. } => "error",
+            ServerMsg::RtcAnswer { .. } => "rtc_answer",
+            ServerMsg::RtcUnavailable { .. } => "rtc_unavailable",
         }
     }
 
@@ -320,6 +372,49 @@ mod tests {
             peer_pages(Vec::new())[0].to_json(),
             r#"{"type":"peers","peers":[]}"#
         );
+    }
+
+    #[test]
+    fn signalling_messages_have_their_contract_shape() {
+        use crate::upgrade::{NatFiltering, NatMapping};
+        let offer = ClientMsg::RtcOffer {
+            attempt: 1,
+            sdp: "v=0\r\n".into(),
+        };
+        assert_eq!(
+            offer.to_json(),
+            r#"{"type":"rtc_offer","attempt":1,"sdp":"v=0\r\n"}"#
+        );
+        let answer = ServerMsg::RtcAnswer {
+            attempt: 1,
+            sdp: "v=0".into(),
+            nat: HostNat {
+                mapping: NatMapping::EndpointIndependent,
+                filtering: NatFiltering::Filtered,
+            },
+        };
+        assert_eq!(
+            answer.to_json(),
+            r#"{"type":"rtc_answer","attempt":1,"sdp":"v=0","nat":{"mapping":"endpoint_independent","filtering":"filtered"}}"#
+        );
+        let no = ServerMsg::RtcUnavailable {
+            attempt: 2,
+            reason: "no UDP socket".into(),
+        };
+        assert_eq!(
+            no.to_json(),
+            r#"{"type":"rtc_unavailable","attempt":2,"reason":"no UDP socket"}"#
+        );
+        assert_eq!((answer.kind(), no.kind()), ("rtc_answer", "rtc_unavailable"));
+        assert_eq!(check_sdp(1, &"a".repeat(MAX_SDP_BYTES)), Ok(()));
+        assert_eq!(
+            check_sdp(1, &"a".repeat(MAX_SDP_BYTES + 1)),
+            Err(SignalError::SdpTooLarge {
+                len: MAX_SDP_BYTES + 1,
+                max: MAX_SDP_BYTES
+            })
+        );
+        assert_eq!(check_sdp(0, "v=0"), Err(SignalError::AttemptZero));
     }
 
     #[test]

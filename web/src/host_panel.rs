@@ -489,7 +489,7 @@ fn invite_view(t: TokenResponse, feedback: RwSignal<Option<String>>) -> impl Int
         Err(e) => view! { <p class="error">{e}</p> }.into_any(),
     };
     let (token, join_url, qr_data) = (t.token.clone(), t.join_url.clone(), t.qr_data.clone());
-    let paths: Vec<(String, Option<String>)> = atmosphere_shared::PathKind::ALL
+    let paths: Vec<(String, Option<String>)> = atmosphere_shared::PathKind::ENDPOINTS
         .iter()
         .map(|p| (p.to_string(), t.endpoints.get(*p).map(str::to_string)))
         .collect();

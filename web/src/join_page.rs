@@ -478,7 +478,8 @@ fn on_frame(ctx: Ctx, msg: ServerMsg) {
                 mine: false,
             },
         ),
-        ServerMsg::Joined(_) => {}
+        // The page offers no direct path yet, so it never gets an answer to one.
+        ServerMsg::Joined(_) | ServerMsg::RtcAnswer { .. } | ServerMsg::RtcUnavailable { .. } => {}
     }
 }
 

@@ -146,7 +146,11 @@ impl Printer {
             ServerMsg::Error { code, message } => {
                 eprintln!("host error ({code}): {}", printable(message));
             }
-            ServerMsg::Peers { .. } | ServerMsg::Joined(_) => {}
+            // Signalling of a direct path: the upgrade policy reports what comes of it.
+            ServerMsg::Peers { .. }
+            | ServerMsg::Joined(_)
+            | ServerMsg::RtcAnswer { .. }
+            | ServerMsg::RtcUnavailable { .. } => {}
         }
     }
 
