@@ -6,8 +6,8 @@
 
 use crate::util::{dial_from_with, ClientWs};
 use anyhow::{bail, Context, Result};
-use atmosphere_shared::credential::JoinPlan;
 use atmosphere_shared::channel::SecureChannel;
+use atmosphere_shared::credential::JoinPlan;
 use atmosphere_shared::handshake::{Entropy, StaticSecret};
 use atmosphere_shared::wire::{DeviceInfo, ServerMsg};
 use atmosphere_shared::{Invite, PathKind};

@@ -54,7 +54,8 @@ use atmosphere_shared::handshake::{
 use atmosphere_shared::path::PathKind;
 use atmosphere_shared::token::Token;
 use atmosphere_shared::wire::{
-    check_sdp, peer_pages, ClientMsg, DeviceInfo, ErrorCode, Joined, Peer, ServerMsg, HANDSHAKE_TIMEOUT_MS,
+    check_sdp, peer_pages, ClientMsg, DeviceInfo, ErrorCode, Joined, Peer, ServerMsg,
+    HANDSHAKE_TIMEOUT_MS,
 };
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;

@@ -696,9 +696,7 @@ impl Upgrade {
         loop {
             let now = self.now;
             match self.state {
-                State::Relay {
-                    retry_at: Some(at),
-                } if at <= now => {
+                State::Relay { retry_at: Some(at) } if at <= now => {
                     self.enable_resend();
                     self.attempt += 1;
                     let attempt = self.attempt;

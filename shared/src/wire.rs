@@ -142,7 +142,10 @@ pub enum ServerMsg {
     /// The host will not try a direct path for offer `attempt`; `reason` is a sentence
     /// (no UDP socket, too many peer connections, a bad SDP…). The session stays on the
     /// relay.
-    RtcUnavailable { attempt: u32, reason: String },
+    RtcUnavailable {
+        attempt: u32,
+        reason: String,
+    },
 }
 
 /// Machine-readable error codes of [`ServerMsg::Error`].
@@ -405,7 +408,10 @@ mod tests {
             no.to_json(),
             r#"{"type":"rtc_unavailable","attempt":2,"reason":"no UDP socket"}"#
         );
-        assert_eq!((answer.kind(), no.kind()), ("rtc_answer", "rtc_unavailable"));
+        assert_eq!(
+            (answer.kind(), no.kind()),
+            ("rtc_answer", "rtc_unavailable")
+        );
         assert_eq!(check_sdp(1, &"a".repeat(MAX_SDP_BYTES)), Ok(()));
         assert_eq!(
             check_sdp(1, &"a".repeat(MAX_SDP_BYTES + 1)),

@@ -18,8 +18,8 @@
 //! first and handed to the listener afterwards, so a listener may call back into the shell.
 
 use crate::random;
-use atmosphere_shared::credential::{DeviceCredential, JoinPlan};
 use atmosphere_shared::channel::SecureChannel;
+use atmosphere_shared::credential::{DeviceCredential, JoinPlan};
 use atmosphere_shared::handshake::{ClientHandshake, Entropy, HostIdentity};
 use atmosphere_shared::racing::{AttemptId, FailReason, Outcome, Output, Policy, Race, RaceEvent};
 use atmosphere_shared::wire::{ClientMsg, Joined, ServerMsg, MAX_FRAME_BYTES};
@@ -503,7 +503,9 @@ impl Connector {
             Step::Frames(msgs) if msgs.is_empty() => {}
             Step::Frames(msgs) => {
                 let mut inner = self.inner.borrow_mut();
-                inner.pending.extend(msgs.into_iter().map(ShellEvent::Frame));
+                inner
+                    .pending
+                    .extend(msgs.into_iter().map(ShellEvent::Frame));
                 drop(inner);
                 self.deliver();
             }

@@ -218,7 +218,11 @@ fn acks_are_due_after_bodies_not_after_acks() {
 fn the_sender_keeps_frames_until_acked_once_resend_is_enabled() {
     let (mut host, mut member) = pair();
     let before = host.seal(&body(0)).unwrap();
-    assert_eq!(host.unacked(), 0, "nothing is kept before resend is enabled");
+    assert_eq!(
+        host.unacked(),
+        0,
+        "nothing is kept before resend is enabled"
+    );
     host.enable_resend();
     assert!(host.resend_enabled());
     let kept: Vec<Vec<u8>> = (1..4).map(|i| host.seal(&body(i)).unwrap()).collect();
@@ -291,7 +295,9 @@ fn errors_name_what_is_wrong() {
         max_frames: 512,
         max_bytes: 1 << 20,
     };
-    assert!(e.to_string().contains("frame 900 arrived while frame 3 is still missing"));
+    assert!(e
+        .to_string()
+        .contains("frame 900 arrived while frame 3 is still missing"));
     let e = ChannelError::ResendForgotten {
         needed: 4,
         forgotten: 9,

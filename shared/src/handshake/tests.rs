@@ -135,7 +135,10 @@ fn talk(wire: &mut Wire, s: &mut Session) {
     let message = format!(r#"{{"type":"message","from":"{DEVICE_ID}","body":"{SECRET_TEXT}"}}"#);
     let f = s.host.channel.seal(message.as_bytes()).unwrap();
     let f = wire.host_sends(&f);
-    assert_eq!(s.client.channel.open(&f).unwrap().unwrap(), message.as_bytes());
+    assert_eq!(
+        s.client.channel.open(&f).unwrap().unwrap(),
+        message.as_bytes()
+    );
 }
 
 #[test]

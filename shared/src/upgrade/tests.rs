@@ -69,7 +69,10 @@ fn a_relay_session_upgrades_and_reports_the_change() {
             }),
         ]
     );
-    assert_eq!(events(&actions)[0].describe(), "relay → punched after 420 ms");
+    assert_eq!(
+        events(&actions)[0].describe(),
+        "relay → punched after 420 ms"
+    );
     assert_eq!(up.current_path(), Some(PathKind::Punched));
 }
 
@@ -126,7 +129,10 @@ fn an_attempt_that_does_not_open_in_5_s_says_why_and_retries_with_backoff() {
     let mut last = retry;
     for attempt in 2..10u32 {
         let tl = run_until(&mut up, t);
-        assert!(tl.contains(&(t, Action::StartAttempt { attempt })), "{tl:?}");
+        assert!(
+            tl.contains(&(t, Action::StartAttempt { attempt })),
+            "{tl:?}"
+        );
         up.handle_offer_sent(attempt, t);
         up.handle_unavailable(attempt, "too many peer connections", t + 10);
         let evs = events(&drain(&mut up));
@@ -142,7 +148,10 @@ fn an_attempt_that_does_not_open_in_5_s_says_why_and_retries_with_backoff() {
             reason,
             "the host cannot open a direct path (too many peer connections); staying on the relay"
         );
-        assert!(*retry <= 30_000 && *retry + 500 >= last.min(15_000), "{retry} after {last}");
+        assert!(
+            *retry <= 30_000 && *retry + 500 >= last.min(15_000),
+            "{retry} after {last}"
+        );
         last = *retry;
         t += 10 + retry;
     }
@@ -177,7 +186,8 @@ fn a_dead_direct_path_falls_back_to_the_relay_within_2_s_and_is_tried_again() {
     while t < 10_000 {
         let tl = run_until(&mut up, t + 500);
         assert!(
-            tl.iter().any(|(_, a)| *a == Action::SendPing { attempt: 1 }),
+            tl.iter()
+                .any(|(_, a)| *a == Action::SendPing { attempt: 1 }),
             "{tl:?}"
         );
         assert!(!tl.iter().any(|(_, a)| matches!(a, Action::Fallback { .. })));
@@ -194,7 +204,11 @@ fn a_dead_direct_path_falls_back_to_the_relay_within_2_s_and_is_tried_again() {
             _ => None,
         })
         .expect("a fallback");
-    assert!(at - died <= 2_000, "fell back {} ms after the path died", at - died);
+    assert!(
+        at - died <= 2_000,
+        "fell back {} ms after the path died",
+        at - died
+    );
     assert_eq!(reason, "nothing arrived on the direct path for 1500 ms");
     assert!(tl.iter().any(|(_, a)| matches!(
         a,
@@ -271,8 +285,12 @@ fn the_host_answers_moves_and_replaces_attempts() {
     );
     // Silence: the host falls back too, and does not retry by itself.
     let tl = run_until(&mut up, 3_000);
-    assert!(tl.iter().any(|(_, a)| matches!(a, Action::Fallback { attempt: 1, .. })));
-    assert!(!tl.iter().any(|(_, a)| matches!(a, Action::StartAttempt { .. })));
+    assert!(tl
+        .iter()
+        .any(|(_, a)| matches!(a, Action::Fallback { attempt: 1, .. })));
+    assert!(!tl
+        .iter()
+        .any(|(_, a)| matches!(a, Action::StartAttempt { .. })));
     // A new offer while connecting replaces the old attempt; an old offer is ignored.
     up.handle_offer_received(2, 3_100);
     up.handle_offer_received(3, 3_200);
@@ -314,7 +332,10 @@ fn the_direct_kind_follows_the_contract() {
     };
     assert_eq!(classify_direct(&p, &lan, open), PathKind::Public);
     assert_eq!(classify_direct(&p, &lan, CONE), PathKind::Punched);
-    assert_eq!(classify_direct(&p, &lan, HostNat::UNKNOWN), PathKind::Punched);
+    assert_eq!(
+        classify_direct(&p, &lan, HostNat::UNKNOWN),
+        PathKind::Punched
+    );
     // Subnets by prefix, per family.
     let s = |a: [u8; 4], prefix| Subnet {
         addr: IpAddr::V4(Ipv4Addr::from(a)),
@@ -340,8 +361,7 @@ fn nat_descriptions_have_the_contract_names_and_say_why() {
         serde_json::to_string(&SYMMETRIC).unwrap(),
         r#"{"mapping":"endpoint_dependent","filtering":"filtered"}"#
     );
-    let all: HostNat =
-        serde_json::from_str(r#"{"mapping":"unknown","filtering":"open"}"#).unwrap();
+    let all: HostNat = serde_json::from_str(r#"{"mapping":"unknown","filtering":"open"}"#).unwrap();
     assert_eq!(all.filtering, NatFiltering::Open);
     let timeout = AttemptFailure::Timeout { after_ms: 5_000 };
     assert_eq!(
