@@ -214,7 +214,7 @@ fn is_false(b: &bool) -> bool {
 }
 
 /// Bytes of peer JSON one `peers` page carries at most, well under the frame limit (and
-/// under the Noise transport limit, 65,519 bytes of plaintext) whatever the names.
+/// under the channel's limit, 65,503 bytes of body) whatever the names.
 ///
 /// Small on purpose: a host's WebSocket keeps the capacity of its write buffer after the
 /// largest frame it ever wrote (tungstenite never shrinks it), and every member that joins
