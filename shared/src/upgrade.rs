@@ -231,7 +231,7 @@ pub fn why_relay(failure: &AttemptFailure, nat: Option<HostNat>) -> String {
 }
 
 fn secs(ms: u64) -> String {
-    if ms % 1000 == 0 {
+    if ms.is_multiple_of(1000) {
         format!("{}", ms / 1000)
     } else {
         format!("{:.1}", ms as f64 / 1000.0)

@@ -734,7 +734,7 @@ proptest! {
         // Attempts that already got their one network input (a join or a failure).
         let mut delivered: Vec<AttemptId> = Vec::new();
         let mut failed: Vec<AttemptId> = Vec::new();
-        let fate_of = |p: PathKind| fates[p as usize].clone();
+        let fate_of = |p: PathKind| fates[PathKind::ENDPOINTS.iter().position(|q| *q == p).unwrap()].clone();
 
         for _ in 0..100 {
             while let Some(o) = race.poll_output() {
