@@ -20,6 +20,7 @@ mod host_panel;
 mod join_page;
 mod qr;
 mod random;
+mod rtc;
 mod storage;
 mod ws;
 
