@@ -149,7 +149,9 @@ impl JoinEvent {
     pub fn from_server(msg: &ServerMsg) -> Option<JoinEvent> {
         Some(match msg {
             ServerMsg::Joined(_) => return None,
-            ServerMsg::RtcAnswer { .. } | ServerMsg::RtcUnavailable { .. } => return None,
+            ServerMsg::RtcAnswer { .. }
+            | ServerMsg::RtcUnavailable { .. }
+            | ServerMsg::Direct { .. } => return None,
             ServerMsg::Peers { peers, .. } => JoinEvent::Peers {
                 peers: peers.clone(),
             },

@@ -146,6 +146,15 @@ pub enum ServerMsg {
         attempt: u32,
         reason: String,
     },
+    /// The host's first frame on the DataChannel of offer `attempt`, once it opened: sealed
+    /// in the session's channel, it proves to the client that the DataChannel carries *this*
+    /// session, and it names the kind of the direct path as the host sees it (the host knows
+    /// its LAN subnets and whether its UDP port is open; [`crate::upgrade::classify_direct`]).
+    /// The client moves onto the direct path when this arrives.
+    Direct {
+        attempt: u32,
+        path: PathKind,
+    },
 }
 
 /// Machine-readable error codes of [`ServerMsg::Error`].
@@ -296,6 +305,7 @@ impl ServerMsg {
             ServerMsg::Error { .. } => "error",
             ServerMsg::RtcAnswer { .. } => "rtc_answer",
             ServerMsg::RtcUnavailable { .. } => "rtc_unavailable",
+            ServerMsg::Direct { .. } => "direct",
         }
     }
 

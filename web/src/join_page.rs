@@ -479,7 +479,10 @@ fn on_frame(ctx: Ctx, msg: ServerMsg) {
             },
         ),
         // The page offers no direct path yet, so it never gets an answer to one.
-        ServerMsg::Joined(_) | ServerMsg::RtcAnswer { .. } | ServerMsg::RtcUnavailable { .. } => {}
+        ServerMsg::Joined(_)
+        | ServerMsg::RtcAnswer { .. }
+        | ServerMsg::RtcUnavailable { .. }
+        | ServerMsg::Direct { .. } => {}
     }
 }
 

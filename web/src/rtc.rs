@@ -209,8 +209,12 @@ fn new_connection(stun_servers: &[String]) -> Result<RtcPeerConnection, String> 
         servers.push(&server);
     }
     config.set_ice_servers(&servers);
-    RtcPeerConnection::new_with_configuration(&config)
-        .map_err(|e| format!("this browser cannot open a peer connection: {}", js_text(&e)))
+    RtcPeerConnection::new_with_configuration(&config).map_err(|e| {
+        format!(
+            "this browser cannot open a peer connection: {}",
+            js_text(&e)
+        )
+    })
 }
 
 /// Hooks the DataChannel's and the connection's events to `listener`.

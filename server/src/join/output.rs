@@ -150,7 +150,8 @@ impl Printer {
             ServerMsg::Peers { .. }
             | ServerMsg::Joined(_)
             | ServerMsg::RtcAnswer { .. }
-            | ServerMsg::RtcUnavailable { .. } => {}
+            | ServerMsg::RtcUnavailable { .. }
+            | ServerMsg::Direct { .. } => {}
         }
     }
 
