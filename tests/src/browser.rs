@@ -54,10 +54,7 @@ pub fn chromedriver_bin() -> String {
 
 /// chromedriver's flags: listen on `port`, accept only local clients.
 pub fn driver_args(port: u16) -> Vec<String> {
-    vec![
-        format!("--port={port}"),
-        "--allowed-ips=127.0.0.1".into(),
-    ]
+    vec![format!("--port={port}"), "--allowed-ips=127.0.0.1".into()]
 }
 
 /// Panics with the install command when Chromium or chromedriver is missing.

@@ -1168,20 +1168,23 @@ impl Topology {
         const DRIVER_PORT: u16 = 9515;
         let driver_args = crate::browser::driver_args(DRIVER_PORT);
         let argv: Vec<&str> = driver_args.iter().map(|s| s.as_str()).collect();
-        let mut cmd = self.command(
-            node,
-            Path::new(&crate::browser::chromedriver_bin()),
-            &argv,
-        );
+        let mut cmd = self.command(node, Path::new(&crate::browser::chromedriver_bin()), &argv);
         let log = self.dir().join(format!("chromedriver-{}.log", node.role()));
         let f = std::fs::File::create(&log).unwrap();
         cmd.stdout(f.try_clone().unwrap()).stderr(f);
         // The driver is the browser's to stop; the namespace teardown kills what is left.
         let driver = cmd.spawn().expect("start chromedriver in the namespace");
         let ns = self.ns(node).to_string();
-        let status = format!("http://127.0.0.1:{DRIVER_PORT}/status");
+        // chromedriver refuses the harness's HTTP/1.0 requests: wait for its port instead.
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], DRIVER_PORT));
+        let listening = || {
+            in_netns(&ns, || {
+                std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok()
+            })
+            .unwrap_or(false)
+        };
         let start = Instant::now();
-        while !matches!(http(&ns, "GET", &status, None, None), Ok((200, _))) {
+        while !listening() {
             assert!(
                 start.elapsed() < Duration::from_secs(20),
                 "chromedriver did not come up in {node:?}:\n{}",

@@ -51,7 +51,9 @@ async fn run(row: Row) {
     // The link every phone can open: the relay's https origin, not the LAN page.
     let relay_origin = format!("https://{RELAY_IP}:{RELAY_PORT}");
     assert!(
-        invite.join_url.starts_with(&format!("{relay_origin}/join#")),
+        invite
+            .join_url
+            .starts_with(&format!("{relay_origin}/join#")),
         "join_url is the relay's page: {}",
         invite.join_url
     );
