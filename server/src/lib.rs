@@ -27,6 +27,8 @@
 //!   `netcheck`), trusting `ATMOSPHERE_RELAY_CA`;
 //! - [`http`]: the HTTP/1 accept loop (plain or TLS, header deadline) under the host and the
 //!   relay;
+//! - [`web_bundle`]: where the built web app is (`--web-dir`, `./dist`, the workspace's
+//!   `dist/`), for the host and the relay;
 //! - [`ws`]: one WebSocket frame type over axum's and tungstenite's sockets, and the close
 //!   codes;
 //! - [`admin_client`]: the admin API as the CLI calls it (`--data-dir`, `--server`, the
@@ -58,4 +60,5 @@ pub mod serve;
 pub mod session;
 pub mod store;
 pub mod token_cmd;
+pub mod web_bundle;
 pub mod ws;

@@ -114,6 +114,9 @@ fn summary(r: &TokenResponse) -> String {
         );
     }
     let _ = writeln!(s, "Join link: {}", r.join_url);
+    if let Some(lan) = r.lan_join_url.as_ref().filter(|l| **l != r.join_url) {
+        let _ = writeln!(s, "LAN link:  {lan} (same Wi-Fi only)");
+    }
     let _ = writeln!(s, "App link:  {}", r.qr_data);
     match QrCode::new(r.join_url.as_bytes()) {
         Ok(code) => {

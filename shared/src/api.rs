@@ -76,6 +76,10 @@ pub struct NetworkInfo {
     pub public_ip: Option<String>,
     pub is_behind_nat: bool,
     pub stun_source: Option<String>,
+    /// The STUN servers the host hands to browsers for ICE, as `stun:HOST:PORT`: the relay's
+    /// STUN responder first (when a relay is configured), then the host's own STUN servers.
+    #[serde(default)]
+    pub stun_servers: Vec<String>,
 }
 
 /// Answer of `POST /api/mesh/token`: the original invite answer the v1/v2 app clients read
@@ -92,8 +96,13 @@ pub struct TokenResponse {
     pub endpoint: Option<String>,
     /// v2 app link (`atmosphere://join?…`).
     pub qr_data: String,
-    /// Web link with the invite in the fragment; the QR code encodes this.
+    /// Web link with the invite in the fragment; the QR code encodes this. Its base is
+    /// `serve --web-url`, else the relay's web origin, else the host's LAN page.
     pub join_url: String,
+    /// The same invite on the host's own LAN page (`http://LAN_IP:PORT/join#…`), for a phone
+    /// on the same network; `None` when the host knows no LAN address.
+    #[serde(default)]
+    pub lan_join_url: Option<String>,
     /// RFC 3339 UTC, e.g. `2026-11-25T10:00:00Z`.
     pub expires_at: String,
     pub max_uses: Option<u32>,
@@ -146,6 +155,10 @@ pub struct NetworkSnapshot {
     /// Human hint for the UI, e.g. why a port forward will not help.
     pub hint: Option<String>,
     pub stun_source: Option<String>,
+    /// The STUN servers the host hands to browsers for ICE (`stun:HOST:PORT`, the relay's
+    /// first); see [`NetworkInfo::stun_servers`].
+    #[serde(default)]
+    pub stun_servers: Vec<String>,
     /// `Some(true)` when two STUN servers saw different mappings (endpoint-dependent NAT).
     pub mapping_varies: Option<bool>,
     pub probes: Vec<StunProbe>,

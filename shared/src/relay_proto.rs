@@ -80,6 +80,37 @@ pub fn relay_name(url: &str) -> Option<String> {
     })
 }
 
+/// The STUN port a relay answers on unless told otherwise (`relay --stun-port`, RFC 5389's
+/// default port).
+pub const DEFAULT_RELAY_STUN_PORT: u16 = 3478;
+
+/// The web origin of the relay at `url`, where it serves the web app at `/join`: `https://`
+/// for a `wss://` (or `https://`) relay, `http://` for `ws://` (or `http://`), then the host
+/// and `:port` when it is not the scheme's default. The URL's path is not part of it
+/// (`wss://relay.example/base` → `https://relay.example`). `None` for anything else.
+pub fn relay_web_origin(url: &str) -> Option<String> {
+    let u = url::Url::parse(url.trim()).ok()?;
+    let scheme = match u.scheme() {
+        "wss" | "https" => "https",
+        "ws" | "http" => "http",
+        _ => return None,
+    };
+    Some(format!("{scheme}://{}", relay_name(url)?))
+}
+
+/// The relay's STUN server as a host hands it to browsers for ICE: `stun:HOST:PORT` with
+/// the host of the relay URL `url` (IPv6 in brackets) and `port`. `None` when `url` is not a
+/// relay URL.
+pub fn relay_stun_url(url: &str, port: u16) -> Option<String> {
+    let u = url::Url::parse(url.trim()).ok()?;
+    if !matches!(u.scheme(), "ws" | "wss" | "http" | "https") {
+        return None;
+    }
+    // `host_str` keeps an IPv6 literal's brackets, which the `stun:` URI form wants too.
+    let host = u.host_str().filter(|h| !h.is_empty())?;
+    Some(format!("stun:{host}:{port}"))
+}
+
 /// Why a host refuses a challenge's relay name ([`check_relay_name`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RelayNameError {
@@ -313,6 +344,41 @@ mod tests {
 
     /// The relay name of these tests.
     const R: &str = "relay.example";
+
+    #[test]
+    fn web_origin_follows_the_relay_scheme_and_drops_the_path() {
+        assert_eq!(
+            relay_web_origin("wss://Relay.Example/base").as_deref(),
+            Some("https://relay.example")
+        );
+        assert_eq!(
+            relay_web_origin("wss://relay.example:8443").as_deref(),
+            Some("https://relay.example:8443")
+        );
+        assert_eq!(
+            relay_web_origin("ws://198.51.100.7:8080/x?y").as_deref(),
+            Some("http://198.51.100.7:8080")
+        );
+        assert_eq!(
+            relay_web_origin("wss://relay.example:443").as_deref(),
+            Some("https://relay.example")
+        );
+        assert_eq!(relay_web_origin("ftp://relay.example"), None);
+        assert_eq!(relay_web_origin("not a url"), None);
+    }
+
+    #[test]
+    fn stun_url_takes_the_relay_host_and_the_given_port() {
+        assert_eq!(
+            relay_stun_url("wss://relay.example:8443/p", 3478).as_deref(),
+            Some("stun:relay.example:3478")
+        );
+        assert_eq!(
+            relay_stun_url("ws://[2001:db8::1]:8080", 3479).as_deref(),
+            Some("stun:[2001:db8::1]:3479")
+        );
+        assert_eq!(relay_stun_url("mailto:x@y", 3478), None);
+    }
 
     #[test]
     fn messages_match_the_documented_shapes() {

@@ -47,8 +47,25 @@ fn chromium_bin() -> String {
     std::env::var("ATMOSPHERE_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into())
 }
 
-fn chromedriver_bin() -> String {
+/// The chromedriver binary (`$ATMOSPHERE_CHROMEDRIVER`, else `/usr/bin/chromedriver`).
+pub fn chromedriver_bin() -> String {
     std::env::var("ATMOSPHERE_CHROMEDRIVER").unwrap_or_else(|_| "/usr/bin/chromedriver".into())
+}
+
+/// chromedriver's flags: listen on `port`, accept only local clients.
+pub fn driver_args(port: u16) -> Vec<String> {
+    vec![format!("--port={port}"), "--allowed-ips=127.0.0.1".into()]
+}
+
+/// Panics with the install command when Chromium or chromedriver is missing.
+pub fn check_installed() {
+    for bin in [chromium_bin(), chromedriver_bin()] {
+        assert!(
+            Path::new(&bin).exists(),
+            "{bin} is missing: install it with `apt-get install -y chromium chromium-driver` \
+             (or set ATMOSPHERE_CHROMIUM / ATMOSPHERE_CHROMEDRIVER)"
+        );
+    }
 }
 
 /// The screen a browser emulates.
@@ -72,29 +89,40 @@ impl Browser {
     /// Starts chromedriver on a free port and opens a Chromium session on `screen`;
     /// screenshots go to [`screenshot_dir`]`(test)`.
     pub async fn start(test: &str, screen: Screen) -> Browser {
-        for bin in [chromium_bin(), chromedriver_bin()] {
-            assert!(
-                Path::new(&bin).exists(),
-                "{bin} is missing: install it with `apt-get install -y chromium chromium-driver` \
-                 (or set ATMOSPHERE_CHROMIUM / ATMOSPHERE_CHROMEDRIVER)"
-            );
-        }
+        check_installed();
         let port = crate::free_dual_stack_port();
         let shots = screenshot_dir(test);
         let log = std::fs::File::create(shots.join(format!("chromedriver-{port}.log"))).unwrap();
-        let driver = Command::new(chromedriver_bin())
-            .arg(format!("--port={port}"))
-            .arg("--allowed-ips=127.0.0.1")
+        let mut cmd = Command::new(chromedriver_bin());
+        cmd.args(driver_args(port))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start chromedriver");
+            .stderr(log);
+        let driver = cmd.spawn().expect("start chromedriver");
         let url = format!("http://127.0.0.1:{port}");
         assert!(
             crate::wait_http_ok(&format!("{url}/status"), Duration::from_secs(20)).await,
             "chromedriver did not come up on {url}"
         );
+        let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        Browser::open(test, screen, driver, &url, connector, &[]).await
+    }
+
+    /// Opens a Chromium session through the chromedriver `driver` already listening at
+    /// `url`, reached with `connector` (e.g. one that dials inside a network namespace),
+    /// with `extra_args` after the flags that keep Chromium off the network.
+    pub async fn open<C>(
+        test: &str,
+        screen: Screen,
+        driver: Child,
+        url: &str,
+        connector: C,
+        extra_args: &[String],
+    ) -> Browser
+    where
+        C: hyper_util::client::legacy::connect::Connect + Send + Sync + Clone + Unpin + 'static,
+    {
+        let shots = screenshot_dir(test);
         let profile = tempfile::tempdir().unwrap();
         let mut args = vec![
             "--headless".to_string(),
@@ -109,6 +137,7 @@ impl Browser {
             "--hide-scrollbars".into(),
             format!("--user-data-dir={}", profile.path().display()),
         ];
+        args.extend(extra_args.iter().cloned());
         let mut opts = serde_json::json!({ "binary": chromium_bin() });
         match screen {
             Screen::Desktop => args.push("--window-size=1280,1000".into()),
@@ -124,10 +153,9 @@ impl Browser {
         let mut caps = serde_json::Map::new();
         caps.insert("browserName".into(), "chrome".into());
         caps.insert("goog:chromeOptions".into(), opts);
-        let connector = hyper_util::client::legacy::connect::HttpConnector::new();
         let client = ClientBuilder::new(connector)
             .capabilities(caps)
-            .connect(&url)
+            .connect(url)
             .await
             .unwrap_or_else(|e| panic!("cannot open a Chromium session through {url}: {e}"));
         Browser {

@@ -359,6 +359,11 @@ impl Relay {
         let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let port_s = port.to_string();
         let mut all: Vec<&str> = vec!["relay", "--port", &port_s, "--bind", "127.0.0.1"];
+        // Relays of parallel tests would all want UDP 3478: STUN is off unless a test asks
+        // for it with its own free ports.
+        if !args.iter().any(|a| a == "--stun-port") {
+            all.extend(["--stun-port", "0"]);
+        }
         all.extend(args.iter().map(|s| s.as_str()));
         Proc::spawn(&all, &[], dir.join(format!("relay-{n}.log")))
     }

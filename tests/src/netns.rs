@@ -40,6 +40,7 @@
 //! Nothing is skipped silently: when the suite cannot run (not root, no `ip`, `nft` or
 //! `turnserver`), [`preflight`] panics with a message saying exactly that.
 
+use crate::browser::{Browser, Screen};
 use atmosphere_shared::api::TokenResponse;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -261,7 +262,10 @@ fn ip(args: &[&str]) {
 pub struct TopologyBuilder {
     scenario: String,
     port_forward: bool,
+    udp_forward: bool,
+    host_symmetric_nat: bool,
     host_cgnat: bool,
+    relay_tls: bool,
 }
 
 impl TopologyBuilder {
@@ -270,8 +274,33 @@ impl TopologyBuilder {
         TopologyBuilder {
             scenario: scenario.to_string(),
             port_forward: false,
+            udp_forward: false,
+            host_symmetric_nat: false,
             host_cgnat: false,
+            relay_tls: false,
         }
+    }
+
+    /// With [`port_forward`](Self::port_forward): also forward udp 11451 (the host's
+    /// WebRTC socket) to the host.
+    pub fn udp_forward(mut self, on: bool) -> Self {
+        self.udp_forward = on;
+        self
+    }
+
+    /// Makes the home router a symmetric NAT: masquerade with random source ports
+    /// (`masquerade random`), so each destination sees another mapping.
+    pub fn host_symmetric_nat(mut self, on: bool) -> Self {
+        self.host_symmetric_nat = on;
+        self
+    }
+
+    /// Gives the relay TLS with a certificate for 203.0.113.20 made by this test
+    /// ([`TestCert`]): the relay URL becomes `wss://`, hosts trust it through
+    /// `ATMOSPHERE_RELAY_CA`, browsers started by [`Topology::browser`] through its SPKI hash.
+    pub fn relay_tls(mut self, on: bool) -> Self {
+        self.relay_tls = on;
+        self
     }
 
     /// Adds the home router's port forward: tcp 11451 on its WAN address → the host.
@@ -301,10 +330,18 @@ impl TopologyBuilder {
             prefix,
             namespaces: BTreeMap::new(),
             procs: Vec::new(),
+            relay_cert: None,
             dir,
-            port_forward: self.port_forward,
+            nat: HomeNat {
+                tcp_forward: self.port_forward,
+                udp_forward: self.port_forward && self.udp_forward,
+                random_ports: self.host_symmetric_nat,
+            },
             host_cgnat: self.host_cgnat,
         };
+        if self.relay_tls {
+            topo.relay_cert = Some(TestCert::generate(topo.dir(), RELAY_IP));
+        }
         let mut nodes = vec![
             Node::Internet,
             Node::HomeRouter,
@@ -323,17 +360,38 @@ impl TopologyBuilder {
     }
 }
 
+/// What a home router does besides masquerading: port forwards and port randomisation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HomeNat {
+    /// DNAT tcp 11451 on the WAN address → the host.
+    pub tcp_forward: bool,
+    /// DNAT udp 11451 on the WAN address → the host.
+    pub udp_forward: bool,
+    /// `masquerade random`: a symmetric (endpoint-dependent) NAT.
+    pub random_ports: bool,
+}
+
 /// nftables rules of a consumer/carrier NAT router: masquerade everything leaving through
-/// `wan`, drop unsolicited inbound traffic (so an unforwarded port black-holes, as on real
-/// routers), and with `forward = Some((wan_ip, "lan_ip:port"))` a DNAT port forward of that
-/// tcp port on the WAN address to the LAN machine.
-pub fn nat_rules(wan: &str, forward: Option<(&str, &str)>) -> String {
-    let dnat = match forward {
-        Some((wan_ip, target)) => {
-            let port = target.rsplit(':').next().unwrap_or("0");
-            format!("iifname \"{wan}\" ip daddr {wan_ip} tcp dport {port} dnat to {target}")
+/// `wan` (with random ports when `nat.random_ports`: a symmetric NAT), drop unsolicited
+/// inbound traffic (so an unforwarded port black-holes, as on real routers), and with
+/// `forward = Some((wan_ip, "lan_ip:port"))` DNAT port forwards of that port on the WAN
+/// address to the LAN machine, tcp and/or udp as `nat` says.
+pub fn nat_rules(wan: &str, forward: Option<(&str, &str)>, nat: HomeNat) -> String {
+    let mut dnat = String::new();
+    if let Some((wan_ip, target)) = forward {
+        let port = target.rsplit(':').next().unwrap_or("0");
+        for (on, proto) in [(nat.tcp_forward, "tcp"), (nat.udp_forward, "udp")] {
+            if on {
+                dnat.push_str(&format!(
+                    "iifname \"{wan}\" ip daddr {wan_ip} {proto} dport {port} dnat to {target}\n    "
+                ));
+            }
         }
-        None => String::new(),
+    }
+    let masquerade = if nat.random_ports {
+        "masquerade random"
+    } else {
+        "masquerade"
     };
     format!(
         r#"table ip atm_nat {{
@@ -343,7 +401,7 @@ pub fn nat_rules(wan: &str, forward: Option<(&str, &str)>) -> String {
   }}
   chain postrouting {{
     type nat hook postrouting priority srcnat; policy accept;
-    oifname "{wan}" masquerade
+    oifname "{wan}" {masquerade}
   }}
 }}
 table ip atm_filter {{
@@ -363,6 +421,95 @@ table ip atm_filter {{
     )
 }
 
+/// A self-signed certificate for one IP address, made by the test (rcgen): PEM files for
+/// the relay (`--tls-cert`/`--tls-key`) and for hosts (`ATMOSPHERE_RELAY_CA`), and the
+/// base64 SHA-256 of its public key for Chromium's `--ignore-certificate-errors-spki-list`,
+/// which trusts exactly this key and nothing else. Nothing in the product skips a check.
+#[derive(Debug, Clone)]
+pub struct TestCert {
+    pub cert_pem: PathBuf,
+    pub key_pem: PathBuf,
+    pub spki_sha256_b64: String,
+}
+
+impl TestCert {
+    /// Generates a certificate for `ip` into `dir`.
+    pub fn generate(dir: &Path, ip: &str) -> TestCert {
+        use sha2::Digest;
+        let ck = rcgen::generate_simple_self_signed(vec![ip.to_string()])
+            .expect("generate a test certificate");
+        let cert_pem = dir.join("relay-cert.pem");
+        let key_pem = dir.join("relay-key.pem");
+        std::fs::write(&cert_pem, ck.cert.pem()).unwrap();
+        std::fs::write(&key_pem, ck.key_pair.serialize_pem()).unwrap();
+        let spki = sha2::Sha256::digest(ck.key_pair.public_key_der());
+        TestCert {
+            cert_pem,
+            key_pem,
+            spki_sha256_b64: data_encoding::BASE64.encode(&spki),
+        }
+    }
+}
+
+/// A hyper connector that opens every TCP connection from inside namespace `ns` (through
+/// [`in_netns`], which checks it got there): the socket belongs to that namespace for its
+/// whole life, so the test talks to a chromedriver that listens on the namespace's
+/// loopback. Only IP-literal URLs (nothing is resolved).
+#[derive(Debug, Clone)]
+pub struct NetnsConnector {
+    ns: String,
+}
+
+impl NetnsConnector {
+    /// Dials inside `ns`.
+    pub fn new(ns: &str) -> NetnsConnector {
+        NetnsConnector { ns: ns.to_string() }
+    }
+}
+
+type ConnectFuture = std::pin::Pin<
+    Box<
+        dyn std::future::Future<
+                Output = std::io::Result<hyper_util::rt::TokioIo<tokio::net::TcpStream>>,
+            > + Send,
+    >,
+>;
+
+impl tower_service::Service<http::Uri> for NetnsConnector {
+    type Response = hyper_util::rt::TokioIo<tokio::net::TcpStream>;
+    type Error = std::io::Error;
+    type Future = ConnectFuture;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let ns = self.ns.clone();
+        Box::pin(async move {
+            let host = uri.host().unwrap_or_default().trim_matches(['[', ']']);
+            let ip: std::net::IpAddr = host.parse().map_err(|_| {
+                std::io::Error::other(format!("NetnsConnector dials IP literals only: {uri}"))
+            })?;
+            let addr = std::net::SocketAddr::new(ip, uri.port_u16().unwrap_or(80));
+            let stream = tokio::task::spawn_blocking(move || {
+                in_netns(&ns, || {
+                    std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+                })
+            })
+            .await
+            .map_err(std::io::Error::other)???;
+            stream.set_nonblocking(true)?;
+            Ok(hyper_util::rt::TokioIo::new(
+                tokio::net::TcpStream::from_std(stream)?,
+            ))
+        })
+    }
+}
+
 /// Handle of a process started inside a namespace (owned by the [`Topology`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProcId(usize);
@@ -379,8 +526,10 @@ pub struct Topology {
     namespaces: BTreeMap<Node, String>,
     procs: Vec<NsProc>,
     dir: tempfile::TempDir,
-    port_forward: bool,
+    nat: HomeNat,
     host_cgnat: bool,
+    /// The relay's certificate with `relay_tls`.
+    relay_cert: Option<TestCert>,
 }
 
 impl Topology {
@@ -398,7 +547,21 @@ impl Topology {
 
     /// Whether the home router forwards tcp 11451 to the host.
     pub fn has_port_forward(&self) -> bool {
-        self.port_forward
+        self.nat.tcp_forward
+    }
+
+    /// The relay's test certificate, when the topology was built with `relay_tls`.
+    pub fn relay_cert(&self) -> Option<&TestCert> {
+        self.relay_cert.as_ref()
+    }
+
+    /// The relay's URL as hosts are given it: `wss://203.0.113.20:8080` with TLS, else
+    /// [`Topology::relay_url`].
+    pub fn relay_base(&self) -> String {
+        match self.relay_cert {
+            Some(_) => format!("wss://{RELAY_IP}:{RELAY_PORT}"),
+            None => Topology::relay_url(),
+        }
     }
 
     /// The host's expected public address: the home router's WAN, or the carrier NAT's
@@ -530,7 +693,7 @@ impl Topology {
             self.addr(Cgnat, &format!("{CGNAT_OUTSIDE_IP}/24"), "out");
             self.route(Cgnat, &["default", "via", "198.51.100.1"]);
             self.sysctl(Cgnat, "net/ipv4/ip_forward", "1");
-            self.nft(Cgnat, &nat_rules("out", None));
+            self.nft(Cgnat, &nat_rules("out", None, HomeNat::default()));
             CGNAT_HOME_WAN_IP
         } else {
             self.addr(HomeRouter, &format!("{HOME_WAN_IP}/24"), "wan");
@@ -538,12 +701,15 @@ impl Topology {
             HOME_WAN_IP
         };
         self.sysctl(HomeRouter, "net/ipv4/ip_forward", "1");
-        let forward = self
-            .port_forward
+        let forward = (self.nat.tcp_forward || self.nat.udp_forward)
             .then(|| (home_wan, format!("{HOST_IP}:{HOST_PORT}")));
         self.nft(
             HomeRouter,
-            &nat_rules("wan", forward.as_ref().map(|(w, t)| (*w, t.as_str()))),
+            &nat_rules(
+                "wan",
+                forward.as_ref().map(|(w, t)| (*w, t.as_str())),
+                self.nat,
+            ),
         );
 
         // Cellular: carrier NAT in front of the phone.
@@ -554,7 +720,7 @@ impl Topology {
         self.addr(Phone, &format!("{PHONE_IP}/24"), "eth0");
         self.route(Phone, &["default", "via", "10.20.0.1"]);
         self.sysctl(CellRouter, "net/ipv4/ip_forward", "1");
-        self.nft(CellRouter, &nat_rules("wan", None));
+        self.nft(CellRouter, &nat_rules("wan", None, HomeNat::default()));
     }
 
     /// `ip netns exec NS sh -c GUARD guard NS PROGRAM ARGS…` — the only way anything starts.
@@ -736,22 +902,49 @@ impl Topology {
         panic!("coturn did not start:\n{}", self.output(id));
     }
 
-    /// Starts `atmosphere relay` on 203.0.113.20:8080 and waits for its `/health`.
+    /// Starts `atmosphere relay` on 203.0.113.20:8080 (TLS with the topology's test
+    /// certificate when built with `relay_tls`), serving the web bundle at `/join` when one
+    /// is built and answering STUN on udp 3478/3479 (its defaults); waits until it accepts
+    /// connections (`/health` without TLS).
     pub fn start_relay(&mut self) -> ProcId {
         let port = RELAY_PORT.to_string();
-        let cmd = self.atmosphere(
-            Node::Internet,
-            &["relay", "--port", &port, "--bind", RELAY_IP],
-        );
+        let mut args: Vec<String> = ["relay", "--port", &port, "--bind", RELAY_IP]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        if let Some(c) = &self.relay_cert {
+            args.extend([
+                "--tls-cert".into(),
+                c.cert_pem.display().to_string(),
+                "--tls-key".into(),
+                c.key_pem.display().to_string(),
+            ]);
+        }
+        let dist = web_dist_dir();
+        if dist.join("index.html").is_file() {
+            args.extend(["--web-dir".into(), dist.display().to_string()]);
+        }
+        let argv: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+        let cmd = self.atmosphere(Node::Internet, &argv);
         let id = self.spawn_logged(cmd, "relay");
         let url = format!("http://{RELAY_IP}:{RELAY_PORT}/health");
+        let tls = self.relay_cert.is_some();
+        let addr: std::net::SocketAddr = format!("{RELAY_IP}:{RELAY_PORT}").parse().unwrap();
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(20) {
             self.assert_running(id);
-            if matches!(
-                http(self.ns(Node::Internet), "GET", &url, None, None),
-                Ok((200, _))
-            ) {
+            let up = if tls {
+                in_netns(self.ns(Node::Internet), || {
+                    std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok()
+                })
+                .unwrap_or(false)
+            } else {
+                matches!(
+                    http(self.ns(Node::Internet), "GET", &url, None, None),
+                    Ok((200, _))
+                )
+            };
+            if up {
                 return id;
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -785,7 +978,7 @@ impl Topology {
         .map(|s| s.to_string())
         .collect();
         if relay {
-            args.extend(["--relay-url".to_string(), Topology::relay_url()]);
+            args.extend(["--relay-url".to_string(), self.relay_base()]);
         }
         let mut host = NsHost {
             proc: ProcId(usize::MAX),
@@ -799,7 +992,10 @@ impl Topology {
 
     fn launch_host(&mut self, host: &mut NsHost) {
         let args: Vec<&str> = host.args.iter().map(|s| s.as_str()).collect();
-        let cmd = self.atmosphere(Node::HomeHost, &args);
+        let mut cmd = self.atmosphere(Node::HomeHost, &args);
+        if let Some(c) = &self.relay_cert {
+            cmd.env("ATMOSPHERE_RELAY_CA", &c.cert_pem);
+        }
         host.proc = self.spawn_logged(cmd, "serve");
         let url = format!("http://127.0.0.1:{HOST_PORT}/health");
         let start = Instant::now();
@@ -956,6 +1152,77 @@ impl Topology {
             _stdin: stdin,
         }
     }
+}
+
+impl Topology {
+    /// Starts chromedriver and a headless Chromium inside `node` (through the guard, like
+    /// every process) and opens a WebDriver session over a [`NetnsConnector`]. Chromium
+    /// gets the TOOLCHAIN flags for namespaces: every host name resolves to nothing
+    /// (`--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE <ip>` for each address of the
+    /// topology a page may talk to, so no lookup leaves and navigation does not wait on DNS),
+    /// mDNS hiding of local addresses stays ON, and with `relay_tls` it trusts exactly the
+    /// relay's test key (`--ignore-certificate-errors-spki-list`).
+    pub async fn browser(&mut self, node: Node, test: &str, screen: Screen) -> Browser {
+        crate::browser::check_installed();
+        // Each namespace has its own loopback: a fixed port cannot collide.
+        const DRIVER_PORT: u16 = 9515;
+        let driver_args = crate::browser::driver_args(DRIVER_PORT);
+        let argv: Vec<&str> = driver_args.iter().map(|s| s.as_str()).collect();
+        let mut cmd = self.command(node, Path::new(&crate::browser::chromedriver_bin()), &argv);
+        let log = self.dir().join(format!("chromedriver-{}.log", node.role()));
+        let f = std::fs::File::create(&log).unwrap();
+        cmd.stdout(f.try_clone().unwrap()).stderr(f);
+        // The driver is the browser's to stop; the namespace teardown kills what is left.
+        let driver = cmd.spawn().expect("start chromedriver in the namespace");
+        let ns = self.ns(node).to_string();
+        // chromedriver refuses the harness's HTTP/1.0 requests: wait for its port instead.
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], DRIVER_PORT));
+        let listening = || {
+            in_netns(&ns, || {
+                std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok()
+            })
+            .unwrap_or(false)
+        };
+        let start = Instant::now();
+        while !listening() {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "chromedriver did not come up in {node:?}:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let mut args = vec![format!(
+            "--host-resolver-rules=MAP * ~NOTFOUND , {}",
+            [RELAY_IP, HOST_IP, HOME_WAN_IP, CGNAT_OUTSIDE_IP, STUN_IP]
+                .iter()
+                .map(|ip| format!("EXCLUDE {ip}"))
+                .collect::<Vec<_>>()
+                .join(" , ")
+        )];
+        if let Some(c) = &self.relay_cert {
+            args.push(format!(
+                "--ignore-certificate-errors-spki-list={}",
+                c.spki_sha256_b64
+            ));
+        }
+        Browser::open(
+            test,
+            screen,
+            driver,
+            &format!("http://127.0.0.1:{DRIVER_PORT}"),
+            NetnsConnector::new(&ns),
+            &args,
+        )
+        .await
+    }
+}
+
+/// The web bundle's directory ([`crate::browser::web_dist`] without the panic).
+fn web_dist_dir() -> PathBuf {
+    std::env::var_os("ATMOSPHERE_WEB_DIST")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../dist"))
 }
 
 /// A host started by [`Topology::start_host`].

@@ -489,6 +489,7 @@ fn invite_view(t: TokenResponse, feedback: RwSignal<Option<String>>) -> impl Int
         Err(e) => view! { <p class="error">{e}</p> }.into_any(),
     };
     let (token, join_url, qr_data) = (t.token.clone(), t.join_url.clone(), t.qr_data.clone());
+    let lan = lan_link_view(&t, feedback);
     let paths: Vec<(String, Option<String>)> = atmosphere_shared::PathKind::ENDPOINTS
         .iter()
         .map(|p| (p.to_string(), t.endpoints.get(*p).map(str::to_string)))
@@ -512,6 +513,7 @@ fn invite_view(t: TokenResponse, feedback: RwSignal<Option<String>>) -> impl Int
                     <a id="invite-link" class="link" href=t.join_url.clone() target="_blank">{t.join_url.clone()}</a>
                     <button on:click=move |_| copy(join_url.clone(), feedback, "Join link")>"Copy"</button>
                 </div>
+                {lan}
                 <button class="secondary" on:click=move |_| copy(qr_data.clone(), feedback, "App link")>"Copy app link"</button>
                 <p class="muted" id="invite-expiry">{format!("Expires {} ({}), {uses}.", when(&t.expires_at), t.expires_at)}</p>
                 <ul class="included">
@@ -524,6 +526,20 @@ fn invite_view(t: TokenResponse, feedback: RwSignal<Option<String>>) -> impl Int
             </div>
         </div>
     }
+}
+
+/// The invite on the host's own LAN page, for a phone on the same Wi-Fi, when the QR code's
+/// link is another page (the relay's or `--web-url`'s); nothing when they are the same.
+fn lan_link_view(t: &TokenResponse, feedback: RwSignal<Option<String>>) -> Option<impl IntoView> {
+    let lan = t.lan_join_url.clone().filter(|l| *l != t.join_url)?;
+    let (href, copied) = (lan.clone(), lan.clone());
+    Some(view! {
+        <label>"Same Wi-Fi link"</label>
+        <div class="copy-row">
+            <a id="invite-lan-link" class="link" href=href target="_blank">{lan}</a>
+            <button on:click=move |_| copy(copied.clone(), feedback, "Same Wi-Fi link")>"Copy"</button>
+        </div>
+    })
 }
 
 fn connectivity_view(ctx: Ctx) -> impl IntoView {

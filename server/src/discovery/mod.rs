@@ -213,6 +213,8 @@ pub fn build_snapshot(
         cgnat,
         hint,
         stun_source: winner.map(|w| w.server.clone()),
+        // The serve layer knows the relay; it fills the list handed to browsers.
+        stun_servers: Vec::new(),
         mapping_varies,
         probes: outcomes.iter().map(ProbeOutcome::to_api).collect(),
         endpoints: Endpoints {

@@ -67,6 +67,34 @@ impl RefusalKind {
     }
 }
 
+/// Why the STUN responder dropped a datagram without answering: the `reason` label of
+/// `atmosphere_relay_stun_dropped_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StunDrop {
+    /// Larger than the request limit.
+    Oversize,
+    /// Not a well-formed STUN Binding request.
+    Malformed,
+    /// The source is over its answer rate.
+    RateLimited,
+}
+
+impl StunDrop {
+    const ALL: [StunDrop; 3] = [
+        StunDrop::Oversize,
+        StunDrop::Malformed,
+        StunDrop::RateLimited,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            StunDrop::Oversize => "oversize",
+            StunDrop::Malformed => "malformed",
+            StunDrop::RateLimited => "rate_limited",
+        }
+    }
+}
+
 /// Direction of forwarded traffic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
@@ -120,6 +148,9 @@ pub struct Metrics {
     frames: [AtomicU64; 2],
     refusals: [AtomicU64; 7],
     registrations_total: AtomicU64,
+    /// STUN answers sent from the port asked, and from the other port (change port).
+    stun_answered: [AtomicU64; 2],
+    stun_dropped: [AtomicU64; 3],
 }
 
 impl Metrics {
@@ -164,6 +195,16 @@ impl Metrics {
     /// A host registered (or re-registered).
     pub fn registered(&self) {
         self.registrations_total.fetch_add(1, Relaxed);
+    }
+
+    /// The STUN responder answered a request (`changed_port`: from the other port).
+    pub fn stun_answered(&self, changed_port: bool) {
+        self.stun_answered[changed_port as usize].fetch_add(1, Relaxed);
+    }
+
+    /// The STUN responder dropped a datagram.
+    pub fn stun_dropped(&self, why: StunDrop) {
+        self.stun_dropped[why as usize].fetch_add(1, Relaxed);
     }
 
     /// Open WebSocket connections of every kind.
@@ -281,6 +322,25 @@ impl Metrics {
                 r.as_str(),
                 r.close_code(),
                 self.refusals[r.index()].load(Relaxed)
+            );
+        }
+        let _ = writeln!(s, "# HELP atmosphere_relay_stun_answered_total STUN Binding requests answered, by the port the answer left from.");
+        let _ = writeln!(s, "# TYPE atmosphere_relay_stun_answered_total counter");
+        for (i, port) in ["same", "other"].iter().enumerate() {
+            let _ = writeln!(
+                s,
+                "atmosphere_relay_stun_answered_total{{port=\"{port}\"}} {}",
+                self.stun_answered[i].load(Relaxed)
+            );
+        }
+        let _ = writeln!(s, "# HELP atmosphere_relay_stun_dropped_total STUN datagrams dropped without an answer, by reason.");
+        let _ = writeln!(s, "# TYPE atmosphere_relay_stun_dropped_total counter");
+        for d in StunDrop::ALL {
+            let _ = writeln!(
+                s,
+                "atmosphere_relay_stun_dropped_total{{reason=\"{}\"}} {}",
+                d.as_str(),
+                self.stun_dropped[d as usize].load(Relaxed)
             );
         }
         s

@@ -9,6 +9,9 @@
 //! - `member`: a member's socket and the host's data socket for it;
 //! - [`splice`]: the frame pipe between the two;
 //! - [`metrics`]: counters for `/metrics` and `/health`;
+//! - [`web`]: the web app at `/join` and its files (`--web-dir`);
+//! - [`stun_responder`]: STUN Binding on UDP `--stun-port` and the port after it (RFC 5780
+//!   change port), so hosts and browsers need no third-party STUN server;
 //! - [`tls`]: rustls server config, and the client connector every `wss://` dial uses
 //!   (`ATMOSPHERE_RELAY_CA`).
 //!
@@ -21,7 +24,9 @@ pub mod metrics;
 mod registry;
 pub mod server;
 pub mod splice;
+pub mod stun_responder;
 pub mod tls;
+pub mod web;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -98,6 +103,18 @@ pub struct Args {
     /// chooses.
     #[arg(long, env = "ATMOSPHERE_RELAY_PUBLIC_URL", value_name = "URL")]
     pub public_url: Option<String>,
+    /// Directory of the built web app (trunk's dist/), served at /join [default: ./dist,
+    /// else dist/ of the workspace the binary was built in; without one, /join says how to
+    /// build it].
+    #[arg(long, env = "ATMOSPHERE_RELAY_WEB_DIR", value_name = "DIR")]
+    pub web_dir: Option<PathBuf>,
+    /// UDP port of the STUN responder (RFC 5389 Binding), on --bind; 0 turns it off.
+    #[arg(long, env = "ATMOSPHERE_RELAY_STUN_PORT", default_value_t = atmosphere_shared::relay_proto::DEFAULT_RELAY_STUN_PORT)]
+    pub stun_port: u16,
+    /// The STUN responder's second UDP port, which answers RFC 5780 "change port" requests
+    /// made on the first (and the other way round) [default: --stun-port + 1].
+    #[arg(long, env = "ATMOSPHERE_RELAY_STUN_ALT_PORT", value_name = "PORT")]
+    pub stun_alt_port: Option<u16>,
     /// Behind a trusted reverse proxy: take the client IP (for the per-IP limit and logs)
     /// from this header's last value, e.g. `X-Forwarded-For` or `X-Real-IP`. Do not set it
     /// when clients connect directly: they could forge it.
@@ -190,7 +207,57 @@ pub async fn run(args: Args) -> ExitCode {
         None => tracing::info!("relay name in challenges: each host's Host header (set --public-url to bind registrations to this relay)"),
     }
     let relay = server::Relay::new(limits, name);
-    server::serve(listener, tls, relay, crate::http::shutdown_signal()).await;
+    let _stun = match start_stun(&args, &relay).await {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let web_dir = crate::web_bundle::resolve_web_dir(args.web_dir.as_deref());
+    crate::web_bundle::log_choice("relay", web_dir.as_deref(), args.web_dir.as_deref());
+    let web = web::WebApp::new(web_dir);
+    server::serve(listener, tls, relay, web, crate::http::shutdown_signal()).await;
     tracing::info!("relay shutting down");
     ExitCode::SUCCESS
+}
+
+/// Starts the STUN responder unless `--stun-port 0`; its tasks end with the process.
+async fn start_stun(
+    args: &Args,
+    relay: &server::Relay,
+) -> Result<Option<[tokio::task::JoinHandle<()>; 2]>, String> {
+    if args.stun_port == 0 {
+        tracing::info!("STUN responder off (--stun-port 0)");
+        return Ok(None);
+    }
+    let alt = match args.stun_alt_port {
+        Some(p) => p,
+        None => args.stun_port.checked_add(1).ok_or_else(|| {
+            format!(
+                "--stun-port {} leaves no port for --stun-alt-port; set it",
+                args.stun_port
+            )
+        })?,
+    };
+    if alt == args.stun_port {
+        return Err(format!(
+            "--stun-alt-port must differ from --stun-port ({alt})"
+        ));
+    }
+    let responder = stun_responder::StunResponder::bind(args.bind, args.stun_port, alt)
+        .await
+        .map_err(|e| {
+            format!(
+                "cannot listen for STUN on UDP {}:{} and :{alt}: {e} (--stun-port 0 turns it off)",
+                args.bind, args.stun_port
+            )
+        })?;
+    let a = responder.addrs();
+    tracing::info!(
+        "STUN responder on udp {} and {} (change port answers from the other)",
+        a.primary,
+        a.alternate
+    );
+    Ok(Some(responder.spawn(relay.metrics.clone())))
 }

@@ -7,13 +7,15 @@
 //! - `GET /mesh/{mesh_id}`: a member (the invite's relay endpoint, `member`);
 //! - `GET /mesh/{mesh_id}/session/{session_id}`: the host's data socket for one member
 //!   (`member`);
-//! - `GET /health` (JSON) and `GET /metrics` (Prometheus).
+//! - `GET /health` (JSON) and `GET /metrics` (Prometheus);
+//! - the web app: `GET /join` and the bundle's files, `/` → `/join` ([`super::web`]).
 //!
 //! State is only live sockets (no database): see `registry`, plus the per-IP
 //! connection counts.
 
 use super::metrics::{ConnKind, Metrics, RefusalKind};
 use super::registry::Registry;
+use super::web::WebApp;
 use super::{control, member};
 use crate::limits::{rate_bucket, IpPermit, JoinRateLimiter, PerIpLimiter};
 use atmosphere_shared::api::ApiError;
@@ -338,8 +340,8 @@ pub(super) struct Ctx {
     pub mesh: String,
 }
 
-/// The relay's HTTP routes.
-pub fn router(relay: Arc<Relay>) -> Router {
+/// The relay's HTTP routes, then the web app's (`web`: `/`, `/join` and the bundle's files).
+pub fn router(relay: Arc<Relay>, web: WebApp) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics))
@@ -347,6 +349,7 @@ pub fn router(relay: Arc<Relay>) -> Router {
         .route("/mesh/{mesh_id}/host", get(control::host_ws))
         .route("/mesh/{mesh_id}/session/{session_id}", get(member::data_ws))
         .with_state(relay)
+        .merge(super::web::routes(web))
 }
 
 async fn health(State(relay): State<Arc<Relay>>) -> Json<RelayHealth> {
@@ -401,11 +404,12 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
     relay: Arc<Relay>,
+    web: WebApp,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     let options = crate::http::ServeOptions {
         header_timeout: relay.limits.handshake_timeout,
         tls,
     };
-    crate::http::serve(listener, router(relay), options, shutdown).await
+    crate::http::serve(listener, router(relay, web), options, shutdown).await
 }

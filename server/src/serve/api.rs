@@ -153,6 +153,7 @@ pub async fn mint(
     let invite = Invite::v2(token.as_str(), st.mesh_name.clone(), endpoints.clone())
         .with_mesh_id(st.mesh_id.clone());
     let base = st.web_base(&snap);
+    let lan_base = st.lan_base(&snap);
     let resp = TokenResponse {
         token: token.as_str().to_string(),
         mesh_id: st.mesh_id.clone(),
@@ -163,9 +164,11 @@ pub async fn mint(
             public_ip: snap.public_ip.clone(),
             is_behind_nat: snap.is_behind_nat,
             stun_source: snap.stun_source.clone(),
+            stun_servers: snap.stun_servers.clone(),
         },
         qr_data: invite.to_v2_link(),
         join_url: invite.to_web_link(&base),
+        lan_join_url: lan_base.map(|b| invite.to_web_link(&b)),
         endpoints,
         expires_at: rfc3339(expires),
         max_uses,
@@ -416,6 +419,7 @@ impl AppState {
                 snap.endpoints.local = Some(format!("ws://{}", host_port(ip, self.port)));
             }
         }
+        snap.stun_servers = self.stun_servers.clone();
         match &self.host_link {
             Some(link) => {
                 snap.endpoints.relay = Some(link.invite_endpoint());
@@ -429,17 +433,28 @@ impl AppState {
         snap
     }
 
-    /// Base of `join_url`: `--web-url`, else this host's UI on its local IP, else loopback.
+    /// Base of `join_url`: `--web-url`, else the relay's web origin (it serves the web app
+    /// at `/join`; https for a `wss://` relay, so every phone can load it), else this host's
+    /// LAN page, else its loopback page.
     fn web_base(&self, snap: &NetworkSnapshot) -> String {
         if let Some(u) = &self.web_url {
             return u.trim_end_matches('/').to_string();
         }
-        let ip = snap
-            .local_ip
+        if let Some(origin) = self
+            .relay_url
             .as_deref()
-            .and_then(|s| s.parse::<IpAddr>().ok())
-            .unwrap_or(IpAddr::from([127, 0, 0, 1]));
-        format!("http://{}", host_port(ip, self.port))
+            .and_then(atmosphere_shared::relay_proto::relay_web_origin)
+        {
+            return origin;
+        }
+        self.lan_base(snap)
+            .unwrap_or_else(|| format!("http://{}", host_port([127, 0, 0, 1].into(), self.port)))
+    }
+
+    /// Base of the host's own LAN page, `http://LAN_IP:PORT`; `None` without a LAN address.
+    fn lan_base(&self, snap: &NetworkSnapshot) -> Option<String> {
+        let ip = snap.local_ip.as_deref()?.parse::<IpAddr>().ok()?;
+        Some(format!("http://{}", host_port(ip, self.port)))
     }
 }
 

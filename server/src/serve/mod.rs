@@ -41,7 +41,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tracing::{info, warn};
+use tracing::info;
 
 /// Largest WebSocket frame/message the socket layer buffers. Slightly above the protocol
 /// limit so a frame just over [`MAX_FRAME_BYTES`] is read whole and answered `too_large`;
@@ -77,13 +77,20 @@ pub struct Args {
     #[arg(long, value_name = "URL", env = "ATMOSPHERE_RELAY_URL")]
     pub relay_url: Option<String>,
 
+    /// The relay's STUN responder as HOST:PORT, handed to browsers for ICE as the first STUN
+    /// server; `none` hands none [default: the host of --relay-url, port 3478 (the relay's
+    /// default --stun-port)].
+    #[arg(long, value_name = "HOST:PORT", env = "ATMOSPHERE_RELAY_STUN")]
+    pub relay_stun: Option<String>,
+
     /// Directory of the built web UI (trunk's dist/) [default: ./dist, else dist/ of the
     /// workspace the binary was built in].
     #[arg(long, value_name = "DIR", env = "ATMOSPHERE_WEB_DIR")]
     pub web_dir: Option<PathBuf>,
 
     /// Base URL of the web UI that invite join links point to (e.g. https://mesh.example.com)
-    /// [default: this host's UI at http://LOCAL_IP:PORT].
+    /// [default: the relay's web origin with --relay-url (https:// for wss://), else this
+    /// host's UI at http://LOCAL_IP:PORT].
     #[arg(long, value_name = "URL", env = "ATMOSPHERE_WEB_URL")]
     pub web_url: Option<String>,
 
@@ -177,6 +184,11 @@ pub struct Inner {
     pub port: u16,
     /// `--web-url`: base of invite join links.
     pub web_url: Option<String>,
+    /// `--relay-url`: its web origin is the default base of invite join links.
+    pub relay_url: Option<String>,
+    /// The STUN servers handed to browsers for ICE (`stun:HOST:PORT`), the relay's first
+    /// ([`ice_stun_servers`]).
+    pub stun_servers: Vec<String>,
     /// `--local-ip`: the advertised LAN address.
     pub local_ip: Option<IpAddr>,
     /// The web UI build being served, if any.
@@ -272,6 +284,12 @@ async fn run_inner(args: Args) -> Result<(), Fail> {
 
     // clap already merged `--stun-server` flags and ATMOSPHERE_STUN_SERVERS (flags win).
     let stun_servers = args.stun.servers();
+    let ice_servers = ice_stun_servers(
+        args.relay_url.as_deref(),
+        args.relay_stun.as_deref(),
+        &stun_servers,
+    )
+    .map_err(cfg)?;
     let discovery = Discovery::spawn(DiscoveryConfig {
         stun_servers: stun_servers.clone(),
         listen_port: port,
@@ -316,17 +334,8 @@ async fn run_inner(args: Args) -> Result<(), Fail> {
         )
     });
 
-    let web_dir = web::resolve_web_dir(args.web_dir.as_deref());
-    match (&web_dir, &args.web_dir) {
-        (None, Some(d)) => warn!(
-            "--web-dir {} has no index.html; serving a placeholder page",
-            d.display()
-        ),
-        (None, None) => {
-            warn!("no web UI build found (run `trunk build --release`); serving a placeholder page")
-        }
-        (Some(d), _) => info!(dir = %d.display(), "serving the web UI"),
-    }
+    let web_dir = crate::web_bundle::resolve_web_dir(args.web_dir.as_deref());
+    crate::web_bundle::log_choice("host", web_dir.as_deref(), args.web_dir.as_deref());
 
     let state = AppState(Arc::new(Inner {
         mesh_id: mesh_id.clone(),
@@ -341,6 +350,8 @@ async fn run_inner(args: Args) -> Result<(), Fail> {
         metrics,
         port,
         web_url: args.web_url.clone(),
+        relay_url: args.relay_url.clone(),
+        stun_servers: ice_servers,
         local_ip: args.local_ip,
         web_dir,
         started: Instant::now(),
@@ -392,6 +403,42 @@ async fn run_inner(args: Args) -> Result<(), Fail> {
     crate::http::serve(listener, app, options, crate::http::shutdown_signal()).await;
     info!("host stopped");
     Ok(())
+}
+
+/// The STUN servers the host hands to browsers for ICE, as `stun:HOST:PORT`: the relay's
+/// STUN responder first, then the host's own `stun_servers` (duplicates dropped).
+///
+/// The relay's address is `relay_stun` (`--relay-stun HOST:PORT`; `none` for no relay STUN
+/// server), else the host of `relay_url` on the relay's default STUN port 3478. The host does
+/// not ask the relay: a relay that runs its responder on another port is named with
+/// `--relay-stun`, which keeps the control protocol unchanged.
+pub fn ice_stun_servers(
+    relay_url: Option<&str>,
+    relay_stun: Option<&str>,
+    stun_servers: &[String],
+) -> anyhow::Result<Vec<String>> {
+    use crate::discovery::stun::StunServer;
+    use atmosphere_shared::relay_proto::{relay_stun_url, DEFAULT_RELAY_STUN_PORT};
+    let relay = match relay_stun.map(str::trim) {
+        Some(s) if s.eq_ignore_ascii_case("none") => None,
+        Some(s) => Some(
+            StunServer::parse(s)
+                .map_err(|e| anyhow::anyhow!("--relay-stun: {e}"))?
+                .label(),
+        ),
+        None => relay_url.and_then(|u| relay_stun_url(u, DEFAULT_RELAY_STUN_PORT)),
+    };
+    let mut out: Vec<String> = relay.into_iter().collect();
+    for s in stun_servers {
+        // The discovery list was validated when it was read; a name it cannot parse is
+        // simply not handed on.
+        if let Ok(label) = StunServer::parse(s).map(|s| s.label()) {
+            if !out.contains(&label) {
+                out.push(label);
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// The host's HTTP routes.

@@ -1,37 +1,15 @@
 //! The built web UI (trunk's `dist/`): static files with an SPA fallback, so `/join` and any
 //! other unknown non-API GET path serve `index.html`. Without a web build the host still
-//! runs: `/` explains how to build the UI and the API keeps working.
+//! runs: `/` explains how to build the UI and the API keeps working. Which directory is the
+//! build: [`crate::web_bundle::resolve_web_dir`].
 
 use super::AppState;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{header, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use std::path::{Path, PathBuf};
 use tower::ServiceExt as _;
 use tower_http::services::{ServeDir, ServeFile};
-
-/// Picks the web UI directory: `--web-dir`, else `./dist`, else `dist/` at the workspace
-/// root the binary was built in (`target/<profile>/atmosphere` → `../../dist`). Returns
-/// `None` when no candidate holds an `index.html`.
-pub fn resolve_web_dir(flag: Option<&Path>) -> Option<PathBuf> {
-    if let Some(p) = flag {
-        return p.join("index.html").is_file().then(|| p.to_path_buf());
-    }
-    let mut candidates = vec![PathBuf::from("dist")];
-    if let Ok(exe) = std::env::current_exe() {
-        if let Some(root) = exe
-            .parent()
-            .and_then(|p| p.parent())
-            .and_then(|p| p.parent())
-        {
-            candidates.push(root.join("dist"));
-        }
-    }
-    candidates
-        .into_iter()
-        .find(|p| p.join("index.html").is_file())
-}
 
 /// Page shown at `/` when there is no web build.
 const NOT_BUILT: &str = r#"<!doctype html>
