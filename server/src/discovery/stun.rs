@@ -210,7 +210,9 @@ pub(crate) fn binding_request_changing_port(tid: TransactionId) -> Result<Vec<u8
 fn encode_binding_request(tid: TransactionId, change_port: bool) -> Result<Vec<u8>, String> {
     let mut msg = StunMessageBuilder::new(BINDING, MessageClass::Request).with_transaction_id(tid);
     if change_port {
-        msg = msg.with_attribute(ChangeRequest::new(Some(ChangeRequestFlags::ChangePort.into())));
+        msg = msg.with_attribute(ChangeRequest::new(Some(
+            ChangeRequestFlags::ChangePort.into(),
+        )));
     }
     let msg = msg.build();
     let mut buf = [0u8; 64];

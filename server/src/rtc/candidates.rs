@@ -119,7 +119,10 @@ mod tests {
     #[test]
     fn the_unspecified_bind_offers_no_loopback() {
         let ips = default_candidate_ips("0.0.0.0".parse().unwrap());
-        assert!(ips.iter().all(|ip| ip.is_ipv4() && !ip.is_loopback()), "{ips:?}");
+        assert!(
+            ips.iter().all(|ip| ip.is_ipv4() && !ip.is_loopback()),
+            "{ips:?}"
+        );
     }
 
     #[test]
@@ -136,6 +139,11 @@ mod tests {
             host_candidates(&[], 5000),
             Err(RtcError::NoCandidates)
         ));
-        assert_eq!(host_candidates(&["127.0.0.1".parse().unwrap()], 5000).unwrap().len(), 1);
+        assert_eq!(
+            host_candidates(&["127.0.0.1".parse().unwrap()], 5000)
+                .unwrap()
+                .len(),
+            1
+        );
     }
 }

@@ -91,14 +91,21 @@ struct Shared {
 /// The session's half. See the module doc.
 #[derive(Debug)]
 pub struct DirectChannel {
-    outbound: mpsc::Sender<Vec<u8>>,
+    sender: DirectSender,
     events: mpsc::UnboundedReceiver<DirectEvent>,
     path: watch::Receiver<Option<DirectPath>>,
+}
+
+/// A sending handle (for a task other than the one receiving). It does not keep the
+/// connection open: dropping the [`DirectChannel`] closes it.
+#[derive(Debug, Clone)]
+pub struct DirectSender {
+    outbound: mpsc::Sender<Vec<u8>>,
     shared: Arc<Shared>,
     wake: Arc<Notify>,
 }
 
-impl DirectChannel {
+impl DirectSender {
     /// Queues one message; waits while [`OUTBOUND_QUEUE`] messages are queued already.
     pub async fn send(&self, message: Vec<u8>) -> Result<(), RtcError> {
         if message.len() > MAX_MESSAGE_BYTES {
@@ -115,11 +122,30 @@ impl DirectChannel {
         sent.map_err(|_| RtcError::Closed(self.close_reason()))
     }
 
+    fn close_reason(&self) -> CloseReason {
+        lock(&self.shared.reason)
+            .clone()
+            .unwrap_or(CloseReason::DriverStopped)
+    }
+}
+
+impl DirectChannel {
+    /// Queues one message; waits while [`OUTBOUND_QUEUE`] messages are queued already.
+    pub async fn send(&self, message: Vec<u8>) -> Result<(), RtcError> {
+        self.sender.send(message).await
+    }
+
+    /// Another handle for sending.
+    pub fn sender(&self) -> DirectSender {
+        self.sender.clone()
+    }
+
     /// The next event; `None` after [`DirectEvent::Closed`].
     pub async fn recv(&mut self) -> Option<DirectEvent> {
         let event = self.events.recv().await?;
         if let DirectEvent::Message(m) = &event {
-            self.shared
+            self.sender
+                .shared
                 .inbound_bytes
                 .fetch_sub(m.len(), Ordering::AcqRel);
         }
@@ -133,14 +159,9 @@ impl DirectChannel {
 
     /// Closes the connection (also what dropping the channel does).
     pub fn close(&self) {
-        self.shared.close_requested.store(true, Ordering::Release);
-        self.wake.notify_one();
-    }
-
-    fn close_reason(&self) -> CloseReason {
-        lock(&self.shared.reason)
-            .clone()
-            .unwrap_or(CloseReason::DriverStopped)
+        let s = &self.sender;
+        s.shared.close_requested.store(true, Ordering::Release);
+        s.wake.notify_one();
     }
 }
 
@@ -168,11 +189,13 @@ pub(crate) fn pair(wake: Arc<Notify>) -> (DirectChannel, ChannelEnd) {
     let shared = Arc::new(Shared::default());
     (
         DirectChannel {
-            outbound: out_tx,
+            sender: DirectSender {
+                outbound: out_tx,
+                shared: shared.clone(),
+                wake,
+            },
             events: ev_rx,
             path: path_rx,
-            shared: shared.clone(),
-            wake,
         },
         ChannelEnd {
             outbound: out_rx,

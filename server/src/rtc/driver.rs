@@ -6,8 +6,9 @@
 //! remote candidate) gets it; else it is counted and dropped. Datagrams str0m cannot parse
 //! (garbage) are counted and dropped too; nothing a datagram says can stop the driver.
 //!
-//! The task ends when every [`DriverHandle`] is gone; its peers then see
-//! [`CloseReason::DriverStopped`](super::CloseReason::DriverStopped).
+//! The task ends when every [`DriverHandle`] is gone and its last peer connection has
+//! ended: a client's channel outlives its `ClientPeer`, a host's open channels outlive the
+//! `HostPeer` (which then takes no new ones).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -89,7 +90,9 @@ pub(crate) struct DriverHandle {
 impl DriverHandle {
     /// Starts the driver task on `socket`.
     pub fn spawn(socket: UdpSocket, max_peers: usize, open_deadline: Duration) -> DriverHandle {
-        let local = socket.local_addr().unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
+        let local = socket
+            .local_addr()
+            .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
         let counters = Arc::new(Counters::default());
         let driver = Driver {
@@ -150,7 +153,10 @@ impl DriverHandle {
     }
 
     async fn command(&self, c: Command) -> Result<(), RtcError> {
-        self.commands.send(c).await.map_err(|_| RtcError::DriverGone)
+        self.commands
+            .send(c)
+            .await
+            .map_err(|_| RtcError::DriverGone)
     }
 }
 
@@ -171,6 +177,7 @@ impl Driver {
     async fn run(mut self) {
         let mut buf = vec![0u8; RECV_BUF];
         let mut out: Vec<Transmit> = Vec::new();
+        let mut handles_gone = false;
         loop {
             let now = Instant::now();
             for p in &mut self.peers {
@@ -178,6 +185,9 @@ impl Driver {
             }
             self.send_all(&mut out).await;
             self.drop_finished(now);
+            if handles_gone && self.peers.is_empty() {
+                break;
+            }
             let next = self
                 .peers
                 .iter()
@@ -185,9 +195,9 @@ impl Driver {
                 .min()
                 .unwrap_or(now + Duration::from_secs(3600));
             tokio::select! {
-                cmd = self.commands.recv() => match cmd {
+                cmd = self.commands.recv(), if !handles_gone => match cmd {
                     Some(c) => self.on_command(c).await,
-                    None => break,
+                    None => handles_gone = true,
                 },
                 r = self.socket.recv_from(&mut buf) => match r {
                     Ok((n, from)) => self.on_datagram(&buf[..n], from),
@@ -197,10 +207,6 @@ impl Driver {
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep_until(tokio::time::Instant::from_std(next)) => {}
             }
-        }
-        let now = Instant::now();
-        for p in &mut self.peers {
-            p.abandon(now);
         }
         self.counters.peers.store(0, Ordering::Relaxed);
     }
@@ -217,7 +223,9 @@ impl Driver {
 
     fn drop_finished(&mut self, now: Instant) {
         self.peers.retain(|p| !p.is_finished(now));
-        self.counters.peers.store(self.peers.len(), Ordering::Relaxed);
+        self.counters
+            .peers
+            .store(self.peers.len(), Ordering::Relaxed);
     }
 
     async fn on_command(&mut self, c: Command) {

@@ -20,7 +20,7 @@ use super::driver::{DriverHandle, SocketStats};
 use super::nat_check::{self, NatReport};
 use super::{check_sdp_size, str0m_config, DirectChannel, RtcConfig, RtcError, MAX_SDP_BYTES};
 
-/// See the module doc. Dropping it stops the driver; open channels then close.
+/// See the module doc. Dropping it closes the socket once the open channels have closed.
 #[derive(Debug)]
 pub struct HostPeer {
     driver: DriverHandle,

@@ -36,11 +36,13 @@ mod driver;
 pub mod host;
 pub mod nat_check;
 mod peer;
+#[cfg(test)]
+mod tests;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-pub use channel::{CloseReason, DirectChannel, DirectEvent, DirectPath};
+pub use channel::{CloseReason, DirectChannel, DirectEvent, DirectPath, DirectSender};
 pub use client::ClientPeer;
 pub use host::HostPeer;
 pub use nat_check::{Filtering, Mapping, NatReport};

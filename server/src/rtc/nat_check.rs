@@ -210,7 +210,10 @@ mod tests {
     fn mapping_verdicts() {
         let a = sa("198.51.100.7:40000");
         let b = sa("198.51.100.7:40001");
-        assert_eq!(decide_mapping(Some(a), Some(a)), Mapping::EndpointIndependent);
+        assert_eq!(
+            decide_mapping(Some(a), Some(a)),
+            Mapping::EndpointIndependent
+        );
         assert_eq!(decide_mapping(Some(a), Some(b)), Mapping::EndpointDependent);
         assert_eq!(decide_mapping(Some(a), None), Mapping::Unknown);
         assert_eq!(decide_mapping(None, None), Mapping::Unknown);
@@ -227,8 +230,14 @@ mod tests {
             "\"endpoint_dependent\""
         );
         assert_eq!(serde_json::to_string(&Filtering::Open).unwrap(), "\"open\"");
-        assert_eq!(serde_json::to_string(&Filtering::Filtered).unwrap(), "\"filtered\"");
-        assert_eq!(serde_json::to_string(&Filtering::Unknown).unwrap(), "\"unknown\"");
+        assert_eq!(
+            serde_json::to_string(&Filtering::Filtered).unwrap(),
+            "\"filtered\""
+        );
+        assert_eq!(
+            serde_json::to_string(&Filtering::Unknown).unwrap(),
+            "\"unknown\""
+        );
     }
 
     /// A two-port RFC 5780 responder on loopback (a fixture: the relay has the real one).

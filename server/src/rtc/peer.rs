@@ -122,12 +122,6 @@ impl Peer {
         }
     }
 
-    /// The driver is going away: report it, send nothing more.
-    pub fn abandon(&mut self, now: Instant) {
-        self.end_with(now, CloseReason::DriverStopped);
-        self.rtc.disconnect();
-    }
-
     fn check_lifetime(&mut self, now: Instant) {
         if self.end.close_requested() {
             self.end_with(now, CloseReason::Local);
@@ -231,7 +225,10 @@ impl Peer {
                 let Some(path) = self.path else {
                     // DTLS runs before SCTP can open a channel, so str0m has sent on the
                     // nominated pair; without it the open is not trustworthy.
-                    self.end_with(now, CloseReason::Failed("channel open without a path".into()));
+                    self.end_with(
+                        now,
+                        CloseReason::Failed("channel open without a path".into()),
+                    );
                     return;
                 };
                 self.channel = Some(id);
