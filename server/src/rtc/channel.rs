@@ -117,6 +117,9 @@ impl DirectSender {
         if self.shared.close_requested.load(Ordering::Acquire) {
             return Err(RtcError::Closed(CloseReason::Local));
         }
+        if let Some(reason) = lock(&self.shared.reason).clone() {
+            return Err(RtcError::Closed(reason));
+        }
         let sent = self.outbound.send(message).await;
         self.wake.notify_one();
         sent.map_err(|_| RtcError::Closed(self.close_reason()))

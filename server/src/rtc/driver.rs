@@ -4,7 +4,8 @@
 //! transactions (the NAT check, a client's reflexive address) goes to whoever asked; else
 //! the first peer whose `Rtc` accepts it (ICE username, nominated address, or a known
 //! remote candidate) gets it; else it is counted and dropped. Datagrams str0m cannot parse
-//! (garbage) are counted and dropped too; nothing a datagram says can stop the driver.
+//! (garbage) are counted and dropped too; nothing a datagram says can stop the driver (even
+//! a panic inside str0m only ends the peer connection it happened in).
 //!
 //! The task ends when every [`DriverHandle`] is gone and its last peer connection has
 //! ended: a client's channel outlives its `ClientPeer`, a host's open channels outlive the
@@ -12,6 +13,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -160,6 +162,15 @@ impl DriverHandle {
     }
 }
 
+/// Runs `f` on one peer; a panic inside str0m (a bug there, never expected on any input)
+/// ends that peer connection only, not every session on the socket. str0m's documentation
+/// recommends exactly this: an `Rtc` has no threads or locks, so discarding it is safe.
+fn guarded(peer: &mut Peer, now: Instant, f: impl FnOnce(&mut Peer)) {
+    if catch_unwind(AssertUnwindSafe(|| f(&mut *peer))).is_err() {
+        peer.crashed(now);
+    }
+}
+
 struct Driver {
     socket: UdpSocket,
     local: LocalAddrs,
@@ -181,7 +192,7 @@ impl Driver {
         loop {
             let now = Instant::now();
             for p in &mut self.peers {
-                p.poll(now, &mut out);
+                guarded(p, now, |p| p.poll(now, &mut out));
             }
             self.send_all(&mut out).await;
             self.drop_finished(now);
@@ -289,7 +300,7 @@ impl Driver {
         let Input::Receive(_, receive) = input else {
             return;
         };
-        peer.receive(now, receive);
+        guarded(peer, now, |p| p.receive(now, receive));
     }
 
     /// Routes an answer to one of our own STUN transactions; false when it is not one.

@@ -36,6 +36,8 @@ pub(crate) struct Peer {
     disconnected_since: Option<Instant>,
     /// Set once the end was reported; the peer is dropped when str0m is done or by then.
     drop_by: Option<Instant>,
+    /// str0m panicked: never call it again.
+    crashed: bool,
 }
 
 /// The path a datagram str0m sends runs on, when it tells: everything except STUN (DTLS,
@@ -66,13 +68,14 @@ impl Peer {
             next_timeout: now,
             disconnected_since: None,
             drop_by: None,
+            crashed: false,
         }
     }
 
     /// Whether this datagram belongs to this peer (ICE credentials, nominated address, or a
     /// known remote candidate).
     pub fn accepts(&self, input: &Input) -> bool {
-        self.drop_by.is_none() && self.rtc.accepts(input)
+        self.drop_by.is_none() && !self.crashed && self.rtc.accepts(input)
     }
 
     /// Feeds one datagram.
@@ -84,6 +87,9 @@ impl Peer {
 
     /// Runs str0m until it waits; pushes what it wants sent onto `out`.
     pub fn poll(&mut self, now: Instant, out: &mut Vec<Transmit>) {
+        if self.crashed {
+            return;
+        }
         self.check_lifetime(now);
         if now >= self.next_timeout {
             if let Err(e) = self.rtc.handle_input(Input::Timeout(now)) {
@@ -117,9 +123,20 @@ impl Peer {
     /// Ended and done draining: the driver drops it.
     pub fn is_finished(&self, now: Instant) -> bool {
         match self.drop_by {
-            Some(by) => !self.rtc.is_alive() || now >= by,
+            Some(by) => self.crashed || now >= by || !self.rtc.is_alive(),
             None => false,
         }
+    }
+
+    /// str0m panicked inside this peer: report the end and drop it now, without touching
+    /// the `Rtc` again (its state is unknown).
+    pub fn crashed(&mut self, now: Instant) {
+        if self.drop_by.is_none() {
+            self.end
+                .closed(CloseReason::Failed("the WebRTC stack failed".into()));
+        }
+        self.drop_by = Some(now);
+        self.crashed = true;
     }
 
     fn check_lifetime(&mut self, now: Instant) {

@@ -1,6 +1,7 @@
 //! Client ↔ host over real UDP sockets on loopback, candidates restricted to 127.0.0.1 and
 //! no STUN server: nothing leaves the machine.
 
+use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use tokio::net::UdpSocket;
@@ -33,6 +34,7 @@ async fn opened(ch: &mut DirectChannel) -> DirectPath {
 }
 
 async fn host(config: RtcConfig) -> HostPeer {
+    // RUST_LOG=debug shows str0m's ICE, DTLS and SCTP steps when a test fails.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
@@ -59,12 +61,15 @@ async fn connect(host: &HostPeer) -> (DirectChannel, DirectChannel, SocketAddr) 
         .expect("answer accepted");
     let host_path = opened(&mut at_host).await;
     let client_path = opened(&mut at_client).await;
+    // The host may be bound to 0.0.0.0: the path names the address the client reached.
+    let host_addr = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), host.local_addr().port());
     assert_eq!(
         host_path.remote, client_addr,
         "the host sees the client's socket"
     );
-    assert_eq!(host_path.local, host.local_addr());
-    assert_eq!(client_path.remote, host.local_addr());
+    assert_eq!(host_path.local, host_addr);
+    assert_eq!(client_path.remote, host_addr);
+    assert_eq!(client_path.local, client_addr);
     assert_eq!(at_host.path(), Some(host_path));
     (at_client, at_host, client_addr)
 }
@@ -247,4 +252,39 @@ async fn oversize_messages_are_refused_before_they_are_queued() {
         .await
         .unwrap_err();
     assert!(matches!(err, RtcError::MessageTooLarge { .. }), "{err:?}");
+}
+
+#[tokio::test]
+async fn a_host_bound_on_every_address_answers_on_the_one_it_was_reached_on() {
+    // Bound like `serve` (0.0.0.0), offering only loopback: the datagrams' destination is
+    // learned from the route back, which str0m needs to match its candidate.
+    let host = host(RtcConfig {
+        bind: "0.0.0.0:0".parse().unwrap(),
+        ..RtcConfig::loopback()
+    })
+    .await;
+    assert!(host.local_addr().ip().is_unspecified());
+    let (client, mut at_host, _) = connect(&host).await;
+    client.send(b"over 0.0.0.0".to_vec()).await.unwrap();
+    assert_eq!(next_message(&mut at_host).await, b"over 0.0.0.0");
+}
+
+#[tokio::test]
+async fn many_sessions_share_the_host_socket() {
+    let host = host(RtcConfig::loopback()).await;
+    let mut pairs = Vec::new();
+    for _ in 0..4 {
+        pairs.push(connect(&host).await);
+    }
+    assert_eq!(host.stats().peers, 4);
+    // Each message reaches its own session only.
+    for (i, (client, _, _)) in pairs.iter().enumerate() {
+        client.send(format!("from {i}").into_bytes()).await.unwrap();
+    }
+    for (i, (_, at_host, _)) in pairs.iter_mut().enumerate() {
+        assert_eq!(
+            next_message(at_host).await,
+            format!("from {i}").into_bytes()
+        );
+    }
 }
