@@ -37,6 +37,8 @@ pub mod host;
 pub mod nat_check;
 mod peer;
 #[cfg(test)]
+mod stun_fixture;
+#[cfg(test)]
 mod tests;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

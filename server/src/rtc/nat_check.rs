@@ -164,12 +164,7 @@ fn mapped(r: &StunReply) -> Option<SocketAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Arc;
-    use stun_rs::attributes::discovery::{ChangeRequest, ChangeRequestFlags, OtherAddress};
-    use stun_rs::attributes::stun::XorMappedAddress;
-    use stun_rs::methods::BINDING;
-    use stun_rs::{MessageClass, MessageDecoderBuilder, MessageEncoderBuilder, StunMessageBuilder};
+    use crate::rtc::stun_fixture::{responder, Fixture};
     use tokio::net::UdpSocket;
 
     fn sa(s: &str) -> SocketAddr {
@@ -240,51 +235,6 @@ mod tests {
         );
     }
 
-    /// A two-port RFC 5780 responder on loopback (a fixture: the relay has the real one).
-    /// With `honour_change` false it drops change-port requests, as if a NAT filtered the
-    /// answer from the other port.
-    async fn responder(honour_change: bool) -> SocketAddr {
-        let a = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
-        let b = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
-        let honour = Arc::new(AtomicBool::new(honour_change));
-        for (me, other) in [(a.clone(), b.clone()), (b.clone(), a.clone())] {
-            let honour = honour.clone();
-            tokio::spawn(async move {
-                let mut buf = [0u8; 600];
-                while let Ok((n, from)) = me.recv_from(&mut buf).await {
-                    let Ok((req, _)) = MessageDecoderBuilder::default().build().decode(&buf[..n])
-                    else {
-                        continue;
-                    };
-                    let change = req
-                        .get::<ChangeRequest>()
-                        .and_then(|c| c.as_change_request().ok())
-                        .is_some_and(|c| c.flags().contains(ChangeRequestFlags::ChangePort));
-                    if change && !honour.load(Ordering::Relaxed) {
-                        continue;
-                    }
-                    let (send_from, other_addr) = if change {
-                        (&other, me.local_addr().unwrap())
-                    } else {
-                        (&me, other.local_addr().unwrap())
-                    };
-                    let msg = StunMessageBuilder::new(BINDING, MessageClass::SuccessResponse)
-                        .with_transaction_id(*req.transaction_id())
-                        .with_attribute(XorMappedAddress::from(from))
-                        .with_attribute(OtherAddress::from(other_addr))
-                        .build();
-                    let mut out = [0u8; 128];
-                    let n = MessageEncoderBuilder::default()
-                        .build()
-                        .encode(&mut out, &msg)
-                        .unwrap();
-                    let _ = send_from.send_to(&out[..n], from).await;
-                }
-            });
-        }
-        a.local_addr().unwrap()
-    }
-
     async fn driver() -> DriverHandle {
         let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         DriverHandle::spawn(sock, 4, Duration::from_secs(10))
@@ -292,7 +242,7 @@ mod tests {
 
     #[tokio::test]
     async fn loopback_without_nat_is_open_and_endpoint_independent() {
-        let server = responder(true).await;
+        let server = responder(Fixture::default()).await;
         let d = driver().await;
         let report = check(&d, server).await;
         assert_eq!(
@@ -307,7 +257,11 @@ mod tests {
 
     #[tokio::test]
     async fn no_answer_from_the_other_port_is_filtered() {
-        let server = responder(false).await;
+        let server = responder(Fixture {
+            drop_change_requests: true,
+            ..Fixture::default()
+        })
+        .await;
         let d = driver().await;
         let report = check(&d, server).await;
         assert_eq!(report.filtering, Filtering::Filtered);

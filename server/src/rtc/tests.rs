@@ -7,6 +7,7 @@ use std::time::Duration;
 use tokio::net::UdpSocket;
 use tokio::time::timeout;
 
+use super::stun_fixture::{responder, Fixture};
 use super::*;
 
 /// Generous: a debug build on a shared 2-core machine.
@@ -287,4 +288,55 @@ async fn many_sessions_share_the_host_socket() {
             format!("from {i}").into_bytes()
         );
     }
+}
+
+// The two tests below have a fixture STUN server claim a documentation address as our
+// mapped address. It only ends up in SDP text that no peer ever receives: nothing dials it.
+
+#[tokio::test]
+async fn the_client_offers_the_reflexive_address_its_stun_server_saw() {
+    let stun = responder(Fixture {
+        claim_mapped: Some("203.0.113.9:40000".parse().unwrap()),
+        ..Fixture::default()
+    })
+    .await;
+    let servers = [
+        "stun:no-such-host.invalid:bad".to_string(),
+        stun.to_string(),
+    ];
+    let mut client = ClientPeer::bind(RtcConfig::loopback(), &servers)
+        .await
+        .unwrap();
+    let offer = client.offer().unwrap();
+    assert!(offer.contains("203.0.113.9 40000 typ srflx"), "{offer}");
+    assert!(offer.contains("127.0.0.1"), "{offer}");
+    assert!(matches!(client.offer(), Err(RtcError::NoPendingOffer)));
+}
+
+#[tokio::test]
+async fn the_host_answers_with_the_reflexive_address_its_nat_check_found() {
+    let host = host(RtcConfig::loopback()).await;
+    assert_eq!(host.nat(), NatReport::default(), "unknown before a check");
+    let stun = responder(Fixture {
+        claim_mapped: Some("198.51.100.7:40000".parse().unwrap()),
+        ..Fixture::default()
+    })
+    .await;
+    let report = host.nat_check(stun).await;
+    assert_eq!(
+        report,
+        NatReport {
+            reflexive: Some("198.51.100.7:40000".parse().unwrap()),
+            mapping: Mapping::EndpointIndependent,
+            filtering: Filtering::Open,
+        }
+    );
+    assert_eq!(host.nat(), report);
+    let mut client = ClientPeer::bind(RtcConfig::loopback(), &[]).await.unwrap();
+    let (answer, _at_host) = host.accept(&client.offer().unwrap()).await.unwrap();
+    assert!(answer.contains("198.51.100.7 40000 typ srflx"), "{answer}");
+    assert!(
+        answer.contains(&format!("127.0.0.1 {} typ host", host.local_addr().port())),
+        "{answer}"
+    );
 }
