@@ -155,6 +155,12 @@ impl DirectChannel {
         Some(event)
     }
 
+    /// Bytes received and not yet taken with [`recv`](Self::recv) (the connection closes
+    /// with [`CloseReason::SlowReader`] beyond [`MAX_INBOUND_BYTES`]).
+    pub fn unread_bytes(&self) -> usize {
+        self.sender.shared.inbound_bytes.load(Ordering::Acquire)
+    }
+
     /// The current path, once ICE has one.
     pub fn path(&self) -> Option<DirectPath> {
         *self.path.borrow()

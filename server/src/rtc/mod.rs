@@ -63,7 +63,7 @@ pub const OPEN_DEADLINE: Duration = Duration::from_secs(10);
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
 /// Bytes received but not yet read by the session; beyond this the connection is closed
 /// (a session that stopped reading must not grow the host's memory).
-pub const MAX_INBOUND_BYTES: usize = 8 * 1024 * 1024;
+pub const MAX_INBOUND_BYTES: usize = 4 * 1024 * 1024;
 /// Messages a session may have queued for sending before `send` waits.
 pub const OUTBOUND_QUEUE: usize = 256;
 

@@ -340,3 +340,44 @@ async fn the_host_answers_with_the_reflexive_address_its_nat_check_found() {
         "{answer}"
     );
 }
+
+#[tokio::test]
+async fn a_session_that_stops_reading_loses_its_channel_not_the_hosts_memory() {
+    let host = host(RtcConfig::loopback()).await;
+    let (mut client, mut at_host, _) = connect(&host).await;
+    let chunk = vec![7u8; 64 * 1024];
+    let too_much = MAX_INBOUND_BYTES / chunk.len() + 8;
+    // The host's session reads nothing while the client sends more than the bound.
+    for _ in 0..too_much {
+        if client.send(chunk.clone()).await.is_err() {
+            break;
+        }
+    }
+    timeout(WAIT, async {
+        while at_host.unread_bytes() <= MAX_INBOUND_BYTES {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the client's messages pile up at the host");
+    let mut delivered = 0;
+    let reason = loop {
+        match next(&mut at_host).await {
+            DirectEvent::Message(_) => delivered += 1,
+            DirectEvent::Closed(reason) => break reason,
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(reason, CloseReason::SlowReader);
+    assert!(delivered * chunk.len() <= MAX_INBOUND_BYTES, "{delivered}");
+    loop {
+        match next(&mut client).await {
+            DirectEvent::Closed(reason) => {
+                assert_eq!(reason, CloseReason::Remote);
+                break;
+            }
+            DirectEvent::Message(_) | DirectEvent::PathChanged(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
