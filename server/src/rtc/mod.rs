@@ -46,6 +46,7 @@ use std::time::Duration;
 
 pub use channel::{CloseReason, DirectChannel, DirectEvent, DirectPath, DirectSender};
 pub use client::ClientPeer;
+pub use driver::SocketStats;
 pub use host::HostPeer;
 pub use nat_check::{Filtering, Mapping, NatReport};
 

@@ -11,7 +11,9 @@
 //! 3. Binding to P′ → the same mapped address as from P means **mapping
 //!    `endpoint_independent`** (hole punching works), another one `endpoint_dependent`.
 //!
-//! No answer from P → everything `unknown`. The answers come back on the shared socket and
+//! No answer from P → everything `unknown`. A plain RFC 5389 server works too, degraded: it
+//! refuses CHANGE-REQUEST (error 420) or answers from P, so filtering is `unknown`, and
+//! without OTHER-ADDRESS and nothing on P+1 the mapping is `unknown`. The answers come back on the shared socket and
 //! the driver routes them here by transaction id, away from str0m. The decisions are pure
 //! functions ([`decide_filtering`], [`decide_mapping`], [`alternate_server`]).
 
