@@ -21,6 +21,8 @@
 //! - [`printable`]: text other people chose (names, messages, reasons), escaped for
 //!   terminals and log lines;
 //! - [`discovery`]: background network discovery (local IPs, STUN, NAT/CGNAT flags);
+//! - [`rtc`]: the direct path: WebRTC DataChannels over str0m on the host's UDP socket
+//!   (answerer) and in the native `join` (offerer), and the host's UDP NAT check;
 //! - [`relay`]: the relay server (`atmosphere relay`); the host's link to it is
 //!   [`serve::relay_link`];
 //! - [`dial`]: the one way to open a client `ws://`/`wss://` socket (host link, `join`,
@@ -55,6 +57,7 @@ pub mod mesh_socket;
 pub mod netcheck;
 pub mod printable;
 pub mod relay;
+pub mod rtc;
 pub mod secret;
 pub mod serve;
 pub mod session;

@@ -8,6 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use atmosphere_shared::api::StunProbe;
+use stun_rs::attributes::discovery::{ChangeRequest, ChangeRequestFlags, OtherAddress};
 use stun_rs::attributes::stun::{ErrorCode, MappedAddress, XorMappedAddress};
 use stun_rs::methods::BINDING;
 use stun_rs::{
@@ -123,7 +124,7 @@ impl StunServer {
     }
 
     /// Resolves to one address: IPv4 preferred (what home NATs translate), else IPv6.
-    async fn resolve(&self) -> Result<SocketAddr, String> {
+    pub(crate) async fn resolve(&self) -> Result<SocketAddr, String> {
         if let Ok(ip) = self.host.parse::<IpAddr>() {
             return Ok(SocketAddr::new(ip, self.port));
         }
@@ -197,9 +198,23 @@ struct Pending {
 
 /// Encodes a Binding request with the given transaction id (also the path probe's payload).
 pub(crate) fn binding_request(tid: TransactionId) -> Result<Vec<u8>, String> {
-    let msg = StunMessageBuilder::new(BINDING, MessageClass::Request)
-        .with_transaction_id(tid)
-        .build();
+    encode_binding_request(tid, false)
+}
+
+/// A Binding request asking the server to answer from its other port (RFC 5780
+/// CHANGE-REQUEST "change port"): the direct path's NAT filtering check.
+pub(crate) fn binding_request_changing_port(tid: TransactionId) -> Result<Vec<u8>, String> {
+    encode_binding_request(tid, true)
+}
+
+fn encode_binding_request(tid: TransactionId, change_port: bool) -> Result<Vec<u8>, String> {
+    let mut msg = StunMessageBuilder::new(BINDING, MessageClass::Request).with_transaction_id(tid);
+    if change_port {
+        msg = msg.with_attribute(ChangeRequest::new(Some(
+            ChangeRequestFlags::ChangePort.into(),
+        )));
+    }
+    let msg = msg.build();
     let mut buf = [0u8; 64];
     let n = MessageEncoderBuilder::default()
         .build()
@@ -260,6 +275,18 @@ pub fn decode_answer(datagram: &[u8]) -> Option<(TransactionId, Answer)> {
         }
         _ => None,
     }
+}
+
+/// The OTHER-ADDRESS of a Binding answer (RFC 5780): where the server's other port is.
+/// `None` when the datagram is not a STUN message or has no such attribute.
+pub fn decode_other_address(datagram: &[u8]) -> Option<SocketAddr> {
+    let (msg, _) = MessageDecoderBuilder::default()
+        .build()
+        .decode(datagram)
+        .ok()?;
+    msg.get::<OtherAddress>()
+        .and_then(|a| a.as_other_address().ok())
+        .map(|a| *a.socket_address())
 }
 
 /// Receives on an optional socket; pends forever when there is none.

@@ -59,6 +59,16 @@ pub struct Args {
     #[arg(long, default_value = "0.0.0.0")]
     pub bind: IpAddr,
 
+    /// UDP port of the direct path (WebRTC DataChannels to members that joined over the
+    /// relay), bound on --bind; 0 = no direct path.
+    #[arg(
+        long,
+        value_name = "PORT",
+        env = "ATMOSPHERE_UDP_PORT",
+        default_value_t = crate::rtc::DEFAULT_UDP_PORT
+    )]
+    pub udp_port: u16,
+
     /// Directory for the database and the admin secret [default: the user's data directory,
     /// e.g. ~/.local/share/atmosphere].
     #[arg(long, env = "ATMOSPHERE_DATA_DIR")]
