@@ -602,6 +602,7 @@ impl Sessions {
             mesh_id: self.keys.mesh_id().to_string(),
             mesh_name: self.mesh_name.clone(),
             device_id: me.device_id.clone(),
+            stun_servers: Vec::new(),
         });
         self.send(sock, &joined).await?;
         for page in peer_pages(peers) {

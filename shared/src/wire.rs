@@ -99,6 +99,11 @@ pub struct Joined {
     pub mesh_name: String,
     /// This member's device id (new on a first join, the presented one on a rejoin).
     pub device_id: String,
+    /// STUN servers (`stun:HOST:PORT`, the host's relay first) a member uses to find its
+    /// reflexive address when it offers a direct path ([`crate::upgrade`]). Empty (and left
+    /// out) when the host has none or no direct path.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stun_servers: Vec<String>,
 }
 
 /// Frames the host sends to a member.
@@ -338,6 +343,7 @@ mod tests {
             mesh_id: "m1".into(),
             mesh_name: "Home".into(),
             device_id: "d1".into(),
+            stun_servers: Vec::new(),
         });
         let text = joined.to_json();
         assert_eq!(

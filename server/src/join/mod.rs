@@ -334,6 +334,7 @@ mod tests {
             mesh_id: mesh_id.into(),
             mesh_name: "Home".into(),
             device_id: "d1".into(),
+            stun_servers: Vec::new(),
         }
     }
 
