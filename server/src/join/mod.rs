@@ -73,7 +73,13 @@ With --json, stdout carries one JSON object per line:
   {\"event\":\"error\",\"code\":\"token_expired\",\"message\":\"…\"}
 Without --once, presence and messages follow (peers, peer_joined, peer_left, message); a \
 lost session prints {\"event\":\"disconnected\",\"reason\":…} and \
-{\"event\":\"reconnecting\",\"in_ms\":1000}, then the new trying/connected lines.")]
+{\"event\":\"reconnecting\",\"in_ms\":1000}, then the new trying/connected lines.
+
+A session that joined over the relay then tries a direct WebRTC path to the host (unless \
+--no-direct) and prints each step:
+  {\"event\":\"path\",\"from\":\"relay\",\"to\":\"punched\",\"after_ms\":420}
+  {\"event\":\"direct_unavailable\",\"reason\":\"…; staying on the relay\",\"retry_in_ms\":2000}
+  {\"event\":\"path\",\"from\":\"punched\",\"to\":\"relay\",\"after_ms\":9000,\"reason\":\"…\"}")]
 pub struct Args {
     /// The invite: `atmosphere://join?token=…&mesh=…&endpoints=…` (v2), the legacy
     /// `…&endpoint=ws://…` (v1), or the web form `http(s)://HOST/join#…`.
