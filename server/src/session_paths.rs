@@ -256,6 +256,7 @@ impl SessionPaths {
         let now = self.now_ms();
         match done {
             Ok((peer, sdp)) => {
+                debug!(attempt = number, since_joined_ms = now, "offer ready");
                 if let Side::Client { offered, .. } = &mut self.side {
                     *offered = Some((number, Box::new(peer)));
                 }
@@ -341,6 +342,7 @@ impl SessionPaths {
             Err(e) => return unavailable(e.to_string()),
         };
         let now = self.now_ms();
+        debug!(attempt, since_joined_ms = now, "answering an offer");
         self.upgrade.handle_offer_received(attempt, now);
         // After the policy replaced the previous attempt (its CancelAttempt/Fallback
         // actions name the old number, so they leave this one alone).

@@ -371,6 +371,18 @@ mod tests {
                 "platform":"android","path":"relay","new_device":true})
         );
         assert_eq!(serde_json::from_value::<MeshEvent>(json).unwrap(), ev);
+        let moved = MeshEvent::PathChanged {
+            device_id: "d1".into(),
+            from: PathKind::Relay,
+            to: PathKind::Punched,
+            after_ms: 420,
+            reason: None,
+        };
+        assert_eq!(
+            serde_json::to_value(&moved).unwrap(),
+            serde_json::json!({"type":"path_changed","device_id":"d1","from":"relay",
+                "to":"punched","after_ms":420})
+        );
         assert_eq!(
             serde_json::to_string(&MeshEvent::Resync).unwrap(),
             r#"{"type":"resync"}"#
