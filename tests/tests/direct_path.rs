@@ -149,6 +149,19 @@ async fn members_that_joined_over_the_relay_move_onto_a_direct_path_without_losi
     let holes = (BlackHole::start().await, BlackHole::start().await);
     let link = relay_only_link(&host, &holes).await;
 
+    // The host's event feed, read from before anyone joins.
+    let mut feed = host
+        .admin(reqwest::Method::GET, "/api/events")
+        .send()
+        .await
+        .unwrap();
+    let (feed_tx, feed_rx) = tokio::sync::watch::channel(String::new());
+    tokio::spawn(async move {
+        while let Ok(Some(chunk)) = feed.chunk().await {
+            feed_tx.send_modify(|s| s.push_str(&String::from_utf8_lossy(&chunk)));
+        }
+    });
+
     let mut a = Member::start(&link, "alpha");
     let mut b = Member::start(&link, "beta");
     for m in [&mut a, &mut b] {
@@ -205,6 +218,24 @@ async fn members_that_joined_over_the_relay_move_onto_a_direct_path_without_losi
             .unwrap_or_else(|| panic!("{name} missing: {devices}"));
         assert_eq!(d["path"], "local", "{d}");
         assert_eq!(d["online"], true, "{d}");
+    }
+    // ... and /api/events announced both moves.
+    let mut feed_rx = feed_rx;
+    let moves = tokio::time::timeout(
+        Duration::from_secs(10),
+        feed_rx.wait_for(|s| s.matches("path_changed").count() >= 2),
+    )
+    .await
+    .map(|_| ());
+    let events = feed_rx.borrow().clone();
+    assert!(moves.is_ok(), "no two path_changed events: {events}");
+    for line in events.lines().filter(|l| l.contains("path_changed")) {
+        let ev: Value = serde_json::from_str(line.trim_start_matches("data:").trim()).unwrap();
+        assert_eq!(
+            (&ev["from"], &ev["to"]),
+            (&"relay".into(), &"local".into()),
+            "{ev}"
+        );
     }
     let log = host.proc.output();
     assert!(

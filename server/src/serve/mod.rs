@@ -62,7 +62,9 @@ pub struct Args {
     pub bind: IpAddr,
 
     /// UDP port of the direct path (WebRTC DataChannels to members that joined over the
-    /// relay), bound on --bind; 0 = no direct path.
+    /// relay), bound on --bind; 0 = no direct path. Its NAT is checked against the first
+    /// STUN server (the relay's, see --relay-stun) at startup and every 5 minutes; forward
+    /// this UDP port too for a `public` direct path behind a NAT.
     #[arg(
         long,
         value_name = "PORT",
