@@ -630,7 +630,9 @@ impl Topology {
         ip(&a);
     }
 
-    fn nft(&self, node: Node, rules: &str) {
+    /// Applies nftables `rules` (an `nft -f` script) inside `node`, e.g. to cut a path
+    /// mid-session; panics with nft's words if they are refused.
+    pub fn nft(&self, node: Node, rules: &str) {
         let path = self.dir().join(format!("{}.nft", node.role()));
         std::fs::write(&path, rules).unwrap();
         let out = self
