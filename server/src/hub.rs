@@ -255,7 +255,31 @@ pub struct Membership {
     presence: PresenceGuard,
 }
 
+/// Updates the path presence shows for one session (see [`Membership::path_handle`]).
+#[derive(Clone)]
+pub struct PathHandle {
+    hub: Arc<Hub>,
+    device_id: String,
+    conn: u64,
+}
+
+impl PathHandle {
+    /// The session now runs over `path`.
+    pub fn set(&self, path: PathKind) {
+        self.hub.set_path(&self.device_id, self.conn, path);
+    }
+}
+
 impl Membership {
+    /// A handle that updates this session's path in presence.
+    pub fn path_handle(&self) -> PathHandle {
+        PathHandle {
+            hub: self.presence.hub.clone(),
+            device_id: self.presence.device_id.clone(),
+            conn: self.presence.conn,
+        }
+    }
+
     /// Leaves the presence table now; returns whether this session was still the device's
     /// current one (false when a newer session of the same device replaced it).
     pub fn leave(self) -> bool {
@@ -306,6 +330,16 @@ impl Hub {
             .iter()
             .map(|(id, m)| (id.clone(), m.peer.path))
             .collect()
+    }
+
+    /// The member's session `conn` now runs over `path` (a newer session of the same device
+    /// is left alone). Presence lists and the device list show it from now on.
+    fn set_path(&self, device_id: &str, conn: u64, path: PathKind) {
+        if let Some(m) = self.lock_members().get_mut(device_id) {
+            if m.conn == conn {
+                m.peer.path = path;
+            }
+        }
     }
 
     /// Number of members online.

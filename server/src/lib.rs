@@ -61,6 +61,7 @@ pub mod rtc;
 pub mod secret;
 pub mod serve;
 pub mod session;
+pub mod session_paths;
 pub mod store;
 pub mod token_cmd;
 pub mod web_bundle;

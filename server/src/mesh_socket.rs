@@ -7,7 +7,14 @@
 //! [`SecureChannel`], every message either way is one sealed JSON message in one numbered
 //! binary frame ([`atmosphere_shared::channel`]), and nothing else is accepted. [`MeshSocket`] keeps that rule in one place, so the
 //! session handler speaks in [`ServerMsg`] and [`ClientMsg`] only.
+//!
+//! After an upgrade ([`crate::session_paths`]) the sealed frames go on the member's
+//! DataChannel instead ([`PathSocket::route_to`]); frames from the DataChannel are opened
+//! with [`MeshSocket::open_frame`], through the same channel as the WebSocket's. WebSocket
+//! pings stay on the WebSocket: they keep the relay's standby socket alive.
 
+use crate::rtc::DirectSender;
+use crate::session_paths::PathSocket;
 use crate::ws::{Frame, FrameSocket, RecvError, SendError};
 use atmosphere_shared::channel::{ChannelError, SecureChannel};
 use atmosphere_shared::wire::{ClientMsg, ErrorCode, ServerMsg, MAX_FRAME_BYTES};
@@ -16,6 +23,8 @@ use atmosphere_shared::wire::{ClientMsg, ErrorCode, ServerMsg, MAX_FRAME_BYTES};
 pub struct MeshSocket {
     frames: FrameSocket,
     channel: Option<SecureChannel>,
+    /// Set while the session runs over a DataChannel: sealed frames go there.
+    direct: Option<DirectSender>,
 }
 
 /// What the member sent, once its channel exists.
@@ -66,6 +75,7 @@ impl MeshSocket {
         MeshSocket {
             frames,
             channel: None,
+            direct: None,
         }
     }
 
@@ -111,7 +121,7 @@ impl MeshSocket {
     /// `error` turning the socket away before its handshake) as plaintext text.
     pub async fn send_msg(&mut self, msg: &ServerMsg) -> Result<(), SendError> {
         let frame = self.frame(&msg.to_json())?;
-        self.frames.send(frame).await
+        self.send_frames(vec![frame]).await
     }
 
     /// Messages already serialised (the hub's fan-out), each in its own frame, written with
@@ -121,7 +131,26 @@ impl MeshSocket {
             .iter()
             .map(|j| self.frame(j))
             .collect::<Result<Vec<_>, _>>()?;
-        self.frames.send_all(frames).await
+        self.send_frames(frames).await
+    }
+
+    /// Frames on the current path: the DataChannel when routed there (binary frames only;
+    /// one refused there waits in the resend buffer for the fallback), else the WebSocket.
+    async fn send_frames(&mut self, frames: Vec<Frame>) -> Result<(), SendError> {
+        let Some(direct) = &self.direct else {
+            return match <[Frame; 1]>::try_from(frames) {
+                Ok([one]) => self.frames.send(one).await,
+                Err(many) => self.frames.send_all(many).await,
+            };
+        };
+        for frame in frames {
+            if let Frame::Binary(b) = frame {
+                if let Err(e) = direct.send(b).await {
+                    tracing::debug!(error = %e, "the DataChannel refused a frame; the fallback resends it");
+                }
+            }
+        }
+        Ok(())
     }
 
     /// One message as its frame: sealed once the channel exists, else plaintext text.
@@ -168,13 +197,18 @@ impl MeshSocket {
             }
             Some(Ok(Frame::Binary(b))) => b,
         };
+        self.open_frame(&frame)
+    }
+
+    /// Opens one frame that arrived on either path (the WebSocket, or the DataChannel).
+    pub fn open_frame(&mut self, frame: &[u8]) -> Result<Incoming, RecvFailure> {
         let Some(channel) = &mut self.channel else {
             return Err(RecvFailure::Violation(Violation::new(
                 ErrorCode::BadRequest,
                 "no secure channel yet",
             )));
         };
-        let plain = channel.open(&frame).map_err(|e| {
+        let plain = channel.open(frame).map_err(|e| {
             let code = match e {
                 ChannelError::TooLarge { .. } => ErrorCode::TooLarge,
                 _ => ErrorCode::BadRequest,
@@ -192,6 +226,27 @@ impl MeshSocket {
     /// Sends a close frame (best effort).
     pub async fn close(&mut self, code: u16, reason: &str) {
         self.frames.close(code, reason).await
+    }
+}
+
+impl PathSocket for MeshSocket {
+    fn channel(&mut self) -> Option<&mut SecureChannel> {
+        self.channel.as_mut()
+    }
+
+    async fn send_on_websocket(&mut self, frames: Vec<Vec<u8>>) -> Result<(), String> {
+        if frames.is_empty() {
+            return Ok(());
+        }
+        let frames = frames.into_iter().map(Frame::Binary).collect();
+        self.frames
+            .send_all(frames)
+            .await
+            .map_err(|e| format!("write failed: {e}"))
+    }
+
+    fn route_to(&mut self, direct: Option<DirectSender>) {
+        self.direct = direct;
     }
 }
 

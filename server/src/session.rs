@@ -27,7 +27,9 @@
 //! 5. answer `joined`, then the presence snapshot as `peers` pages
 //!    ([`atmosphere_shared::wire::peer_pages`]), so presence never has to fit in one frame.
 //!
-//! Live: `send` messages are relayed as `message`; the host pings every `ping_interval`;
+//! Live: `send` messages are relayed as `message`; `rtc_offer` is answered and the session
+//! may move onto a direct WebRTC path and back ([`crate::session_paths`]; the member's path
+//! in presence and `/api/events` follow it); the host pings every `ping_interval`;
 //! with no frame at all for `idle_timeout` the session is closed. A session the hub kicks
 //! ends at once; a removed device's is told `device_removed` (final) before its socket
 //! closes. At the end the member leaves presence (the others get `peer_left`) and its
@@ -39,11 +41,13 @@
 
 use crate::clock::now_secs;
 use crate::host_metrics::HostMetrics;
+use crate::hub::PathHandle;
 use crate::hub::{Hub, Kick, Kicked, Membership, Outbox};
 use crate::limits::{rate_bucket, JoinRateLimiter};
 use crate::mesh_socket::{Incoming, MeshSocket, RecvFailure, Violation};
 use crate::printable::printable;
 use crate::secret::{constant_time_eq, random_hex, sha256_hex};
+use crate::session_paths::{HostDirect, PathInput, SessionPaths};
 use crate::store::{self, NewDevice, RedeemError, Redemption, Store};
 use crate::ws::{close_code, FrameSocket};
 use atmosphere_shared::api::MeshEvent;
@@ -53,6 +57,7 @@ use atmosphere_shared::handshake::{
 };
 use atmosphere_shared::path::PathKind;
 use atmosphere_shared::token::Token;
+use atmosphere_shared::upgrade::UpgradeEvent;
 use atmosphere_shared::wire::{
     check_sdp, peer_pages, ClientMsg, DeviceInfo, ErrorCode, Joined, Peer, ServerMsg,
     HANDSHAKE_TIMEOUT_MS,
@@ -224,6 +229,18 @@ pub struct Sessions {
     join_limiter: JoinRateLimiter,
     cfg: SessionConfig,
     metrics: Arc<HostMetrics>,
+    /// The direct path's UDP socket and context (`serve --udp-port` ≠ 0).
+    direct: Option<HostDirect>,
+    /// STUN servers handed to members in `joined` (the relay's first).
+    stun_servers: Vec<String>,
+}
+
+/// The direct-path part of [`Sessions`]: the host's WebRTC peer (if any) and the STUN
+/// servers members are told.
+#[derive(Clone, Default)]
+pub struct DirectConfig {
+    pub direct: Option<HostDirect>,
+    pub stun_servers: Vec<String>,
 }
 
 impl Sessions {
@@ -236,6 +253,7 @@ impl Sessions {
         hub: Arc<Hub>,
         cfg: SessionConfig,
         metrics: Arc<HostMetrics>,
+        direct: DirectConfig,
     ) -> Arc<Sessions> {
         Arc::new(Sessions {
             keys,
@@ -245,6 +263,8 @@ impl Sessions {
             join_limiter: JoinRateLimiter::new(cfg.failure_limit, cfg.failure_window),
             cfg,
             metrics,
+            direct: direct.direct,
+            stun_servers: direct.stun_servers,
         })
     }
 
@@ -579,12 +599,23 @@ impl Sessions {
     /// The live part of a session, after its handshake: admit, answer `joined` and the
     /// `peers` pages, run the frame loop, leave.
     async fn live(&self, mut sock: MeshSocket, source: Source, a: Admitted) {
-        let me = a.peer.clone();
+        let mut me = a.peer.clone();
         let (mut membership, peers) = self.admit(&a, &source);
         let reason = match self.greet(&mut sock, &me, peers).await {
             Err(r) => r,
             Ok(()) => {
-                self.run_live(&mut sock, &me, &mut membership.outbox, &membership.kick)
+                let mut paths = self.direct.clone().map(SessionPaths::host);
+                if let Some(p) = &mut paths {
+                    p.joined(me.path);
+                }
+                let presence = membership.path_handle();
+                let mut live = Live {
+                    sock: &mut sock,
+                    me: &mut me,
+                    paths,
+                    presence,
+                };
+                self.run_live(&mut live, &mut membership.outbox, &membership.kick)
                     .await
             }
         };
@@ -602,7 +633,7 @@ impl Sessions {
             mesh_id: self.keys.mesh_id().to_string(),
             mesh_name: self.mesh_name.clone(),
             device_id: me.device_id.clone(),
-            stun_servers: Vec::new(),
+            stun_servers: self.stun_servers.clone(),
         });
         self.send(sock, &joined).await?;
         for page in peer_pages(peers) {
@@ -647,13 +678,7 @@ impl Sessions {
     }
 
     /// The frame loop of a live session; returns why it ended.
-    async fn run_live(
-        &self,
-        sock: &mut MeshSocket,
-        me: &Peer,
-        outbox: &mut Outbox,
-        kick: &Kick,
-    ) -> String {
+    async fn run_live(&self, live: &mut Live<'_>, outbox: &mut Outbox, kick: &Kick) -> String {
         let mut ping = tokio::time::interval(self.cfg.ping_interval);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ping.tick().await; // the first tick is immediate
@@ -661,21 +686,22 @@ impl Sessions {
         loop {
             let idle_deadline = last_rx + self.cfg.idle_timeout;
             tokio::select! {
-                m = sock.recv() => {
+                m = live.sock.recv() => {
                     last_rx = Instant::now();
-                    match m {
-                        Ok(Incoming::Closed) => return "member closed the connection".into(),
-                        Ok(Incoming::Keepalive) => continue,
-                        Ok(Incoming::Msg(ClientMsg::Send { to, body })) => {
-                            self.hub.deliver(me, to.as_deref(), body).await
+                    if let Some(end) = self.on_incoming(live, m).await {
+                        return end;
+                    }
+                }
+                input = next_path(&mut live.paths) => {
+                    if let PathInput::Frame(frame) = input {
+                        last_rx = Instant::now();
+                        let m = live.sock.open_frame(&frame);
+                        if let Some(end) = self.on_incoming(live, m).await {
+                            return end;
                         }
-                        Ok(Incoming::Msg(ClientMsg::RtcOffer { attempt, sdp })) => {
-                            if let Err(r) = self.decline_offer(sock, attempt, &sdp).await {
-                                return r;
-                            }
-                        }
-                        Err(RecvFailure::Broken(e)) => return format!("connection error: {e}"),
-                        Err(RecvFailure::Violation(v)) => return self.protocol_error(sock, v).await,
+                    }
+                    if let Err(r) = self.apply_paths(live).await {
+                        return r;
                     }
                 }
                 out = outbox.recv() => {
@@ -683,7 +709,7 @@ impl Sessions {
                         // The hub let go of this member's queue: it was kicked (removed,
                         // replaced), and the kick says how to end.
                         return match kick.reason() {
-                            Some(why) => self.kicked(sock, why).await,
+                            Some(why) => self.kicked(live.sock, why).await,
                             None => "dropped".into(),
                         };
                     };
@@ -693,16 +719,16 @@ impl Sessions {
                     // A member whose socket is full blocks here; a kick (queue overflow)
                     // must still end it at once rather than after the write timeout.
                     tokio::select! {
-                        r = self.bounded(sock.send_all_json(&burst)) => if let Err(r) = r { return r },
-                        why = kick.kicked() => return self.kicked(sock, why).await,
+                        r = self.bounded(live.sock.send_all_json(&burst)) => if let Err(r) = r { return r },
+                        why = kick.kicked() => return self.kicked(live.sock, why).await,
                     }
-                    if let Err(r) = self.resync(sock, me, outbox).await {
+                    if let Err(r) = self.resync(live.sock, live.me, outbox).await {
                         return r;
                     }
                 }
-                why = kick.kicked() => return self.kicked(sock, why).await,
+                why = kick.kicked() => return self.kicked(live.sock, why).await,
                 _ = ping.tick() => {
-                    if let Err(r) = self.bounded(sock.ping()).await {
+                    if let Err(r) = self.bounded(live.sock.ping()).await {
                         return r;
                     }
                 }
@@ -713,9 +739,84 @@ impl Sessions {
         }
     }
 
-    /// A direct path was offered. This host has no WebRTC peer yet, so it answers
-    /// `rtc_unavailable` (a bad offer says what is wrong with it) and the session stays on
-    /// its path.
+    /// One message from the member, from either path; `Some` is why the session ends.
+    async fn on_incoming(
+        &self,
+        live: &mut Live<'_>,
+        m: Result<Incoming, RecvFailure>,
+    ) -> Option<String> {
+        match m {
+            Ok(Incoming::Closed) => Some("member closed the connection".into()),
+            Ok(Incoming::Keepalive) => None,
+            Ok(Incoming::Msg(ClientMsg::Send { to, body })) => {
+                self.hub.deliver(live.me, to.as_deref(), body).await;
+                None
+            }
+            Ok(Incoming::Msg(ClientMsg::RtcOffer { attempt, sdp })) => {
+                self.answer_offer(live, attempt, &sdp).await.err()
+            }
+            Err(RecvFailure::Broken(e)) => Some(format!("connection error: {e}")),
+            Err(RecvFailure::Violation(v)) => Some(self.protocol_error(live.sock, v).await),
+        }
+    }
+
+    /// Answers a direct-path offer: `rtc_answer` when this host has a UDP socket and the
+    /// offer is usable, else `rtc_unavailable` saying why (the session stays on its path).
+    async fn answer_offer(
+        &self,
+        live: &mut Live<'_>,
+        attempt: u32,
+        sdp: &str,
+    ) -> Result<(), String> {
+        let Some(paths) = &mut live.paths else {
+            return self.decline_offer(live.sock, attempt, sdp).await;
+        };
+        let answer = paths.answer(attempt, sdp).await;
+        if let ServerMsg::RtcUnavailable { reason, .. } = &answer {
+            info!(device_id = %live.me.device_id, attempt, reason = %printable(reason), "direct path declined");
+        }
+        self.apply_paths(live).await?;
+        self.send(live.sock, &answer).await
+    }
+
+    /// Runs the upgrade policy's actions and reports its steps: a path change goes to the
+    /// log, to presence (the device list) and to `/api/events`.
+    async fn apply_paths(&self, live: &mut Live<'_>) -> Result<(), String> {
+        let Some(paths) = &mut live.paths else {
+            return Ok(());
+        };
+        for ev in paths.apply(live.sock).await? {
+            let line = ev.describe();
+            match ev {
+                UpgradeEvent::PathChanged {
+                    from,
+                    to,
+                    after_ms,
+                    reason,
+                } => {
+                    info!(device_id = %live.me.device_id, name = %printable(&live.me.name),
+                        "member path: {}", printable(&line));
+                    live.me.path = to;
+                    live.presence.set(to);
+                    self.hub.emit(MeshEvent::PathChanged {
+                        device_id: live.me.device_id.clone(),
+                        from,
+                        to,
+                        after_ms,
+                        reason,
+                    });
+                }
+                UpgradeEvent::DirectUnavailable { .. } => {
+                    info!(device_id = %live.me.device_id, "direct path not opened: {}", printable(&line));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A direct path was offered but this host has no UDP socket (`--udp-port 0`): it
+    /// answers `rtc_unavailable` (a bad offer says what is wrong with it) and the session
+    /// stays on its path.
     async fn decline_offer(
         &self,
         sock: &mut MeshSocket,
@@ -793,6 +894,22 @@ impl Sessions {
                 self.cfg.write_timeout.as_secs()
             )),
         }
+    }
+}
+
+/// A live session's socket, member, paths and place in presence.
+struct Live<'a> {
+    sock: &'a mut MeshSocket,
+    me: &'a mut Peer,
+    paths: Option<SessionPaths>,
+    presence: PathHandle,
+}
+
+/// The next input of the session's direct side (pending forever without one).
+async fn next_path(paths: &mut Option<SessionPaths>) -> PathInput {
+    match paths {
+        Some(p) => p.next().await,
+        None => std::future::pending().await,
     }
 }
 

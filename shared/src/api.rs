@@ -336,6 +336,16 @@ pub enum MeshEvent {
     InviteRevoked { invite_id: String },
     /// The admin removed the device: its row is gone and its live session was closed.
     DeviceRemoved { device_id: String },
+    /// A member's session moved between paths (relay → a direct WebRTC path, or back):
+    /// `after_ms` since it joined, `reason` for a move back to the relay.
+    PathChanged {
+        device_id: String,
+        from: PathKind,
+        to: PathKind,
+        after_ms: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
     /// The subscriber fell behind and missed events: refetch everything. The host sends it
     /// in place of the events it dropped.
     Resync,

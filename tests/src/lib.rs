@@ -107,6 +107,9 @@ impl Proc {
         let mut cmd = Command::new(bin_path());
         cmd.args(args)
             .env("ATMOSPHERE_STUN_SERVERS", "none")
+            // No direct path (UDP 11451) unless a test asks with --udp-port: hosts of
+            // parallel tests would fight over the port.
+            .env("ATMOSPHERE_UDP_PORT", "0")
             .env_remove("ATMOSPHERE_RELAY_URL")
             .env(
                 "RUST_LOG",

@@ -48,7 +48,7 @@ pub use channel::{CloseReason, DirectChannel, DirectEvent, DirectPath, DirectSen
 pub use client::ClientPeer;
 pub use driver::SocketStats;
 pub use host::HostPeer;
-pub use nat_check::{Filtering, Mapping, NatReport};
+pub use nat_check::NatReport;
 
 /// `serve --udp-port` default: the same number as the TCP port, on UDP.
 pub const DEFAULT_UDP_PORT: u16 = 11451;

@@ -20,7 +20,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use atmosphere_shared::upgrade::{HostNat, NatFiltering, NatMapping};
 use stun_rs::TransactionId;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
@@ -34,33 +34,34 @@ pub const FILTERING_WAIT: Duration = Duration::from_millis(500);
 /// How long a plain Binding answer may take (retransmitted inside it).
 pub const BINDING_WAIT: Duration = Duration::from_millis(1500);
 
-/// Whether the NAT keeps one mapping for all destinations (`"endpoint_independent"`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Mapping {
-    EndpointIndependent,
-    EndpointDependent,
-    #[default]
-    Unknown,
-}
-
-/// Whether unsolicited inbound reaches the socket (`"open"`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Filtering {
-    Open,
-    Filtered,
-    #[default]
-    Unknown,
-}
-
 /// The result of one check.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NatReport {
     /// Our address as the STUN server saw it.
     pub reflexive: Option<SocketAddr>,
-    pub mapping: Mapping,
-    pub filtering: Filtering,
+    pub mapping: NatMapping,
+    pub filtering: NatFiltering,
+}
+
+impl Default for NatReport {
+    /// Nothing known: no reflexive address, mapping and filtering `unknown`.
+    fn default() -> Self {
+        NatReport {
+            reflexive: None,
+            mapping: NatMapping::Unknown,
+            filtering: NatFiltering::Unknown,
+        }
+    }
+}
+
+impl NatReport {
+    /// What `rtc_answer` reports as `nat`.
+    pub fn host_nat(&self) -> HostNat {
+        HostNat {
+            mapping: self.mapping,
+            filtering: self.filtering,
+        }
+    }
 }
 
 /// Where the server's other port is: its OTHER-ADDRESS (a server bound to the unspecified
@@ -82,22 +83,25 @@ pub fn decide_filtering(
     primary: SocketAddr,
     reached: bool,
     answered_from: Option<SocketAddr>,
-) -> Filtering {
+) -> NatFiltering {
     match answered_from {
-        _ if !reached => Filtering::Unknown,
-        Some(from) if from == primary => Filtering::Unknown,
-        Some(_) => Filtering::Open,
-        None => Filtering::Filtered,
+        _ if !reached => NatFiltering::Unknown,
+        Some(from) if from == primary => NatFiltering::Unknown,
+        Some(_) => NatFiltering::Open,
+        None => NatFiltering::Filtered,
     }
 }
 
 /// Step 3's verdict from the mapped addresses seen by the two ports (one local socket).
-pub fn decide_mapping(from_primary: Option<SocketAddr>, from_other: Option<SocketAddr>) -> Mapping {
+pub fn decide_mapping(
+    from_primary: Option<SocketAddr>,
+    from_other: Option<SocketAddr>,
+) -> NatMapping {
     let seen: Vec<SocketAddr> = [from_primary, from_other].into_iter().flatten().collect();
     match mapping_varies(&seen) {
-        Some(false) => Mapping::EndpointIndependent,
-        Some(true) => Mapping::EndpointDependent,
-        None => Mapping::Unknown,
+        Some(false) => NatMapping::EndpointIndependent,
+        Some(true) => NatMapping::EndpointDependent,
+        None => NatMapping::Unknown,
     }
 }
 
@@ -193,14 +197,14 @@ mod tests {
     fn filtering_verdicts() {
         let p = sa("203.0.113.5:3478");
         let alt = sa("203.0.113.5:3479");
-        assert_eq!(decide_filtering(p, true, Some(alt)), Filtering::Open);
-        assert_eq!(decide_filtering(p, true, None), Filtering::Filtered);
+        assert_eq!(decide_filtering(p, true, Some(alt)), NatFiltering::Open);
+        assert_eq!(decide_filtering(p, true, None), NatFiltering::Filtered);
         assert_eq!(
             decide_filtering(p, true, Some(p)),
-            Filtering::Unknown,
+            NatFiltering::Unknown,
             "the server ignored CHANGE-REQUEST"
         );
-        assert_eq!(decide_filtering(p, false, None), Filtering::Unknown);
+        assert_eq!(decide_filtering(p, false, None), NatFiltering::Unknown);
     }
 
     #[test]
@@ -209,30 +213,36 @@ mod tests {
         let b = sa("198.51.100.7:40001");
         assert_eq!(
             decide_mapping(Some(a), Some(a)),
-            Mapping::EndpointIndependent
+            NatMapping::EndpointIndependent
         );
-        assert_eq!(decide_mapping(Some(a), Some(b)), Mapping::EndpointDependent);
-        assert_eq!(decide_mapping(Some(a), None), Mapping::Unknown);
-        assert_eq!(decide_mapping(None, None), Mapping::Unknown);
+        assert_eq!(
+            decide_mapping(Some(a), Some(b)),
+            NatMapping::EndpointDependent
+        );
+        assert_eq!(decide_mapping(Some(a), None), NatMapping::Unknown);
+        assert_eq!(decide_mapping(None, None), NatMapping::Unknown);
     }
 
     #[test]
     fn the_wire_names_are_the_protocols() {
         assert_eq!(
-            serde_json::to_string(&Mapping::EndpointIndependent).unwrap(),
+            serde_json::to_string(&NatMapping::EndpointIndependent).unwrap(),
             "\"endpoint_independent\""
         );
         assert_eq!(
-            serde_json::to_string(&Mapping::EndpointDependent).unwrap(),
+            serde_json::to_string(&NatMapping::EndpointDependent).unwrap(),
             "\"endpoint_dependent\""
         );
-        assert_eq!(serde_json::to_string(&Filtering::Open).unwrap(), "\"open\"");
         assert_eq!(
-            serde_json::to_string(&Filtering::Filtered).unwrap(),
+            serde_json::to_string(&NatFiltering::Open).unwrap(),
+            "\"open\""
+        );
+        assert_eq!(
+            serde_json::to_string(&NatFiltering::Filtered).unwrap(),
             "\"filtered\""
         );
         assert_eq!(
-            serde_json::to_string(&Filtering::Unknown).unwrap(),
+            serde_json::to_string(&NatFiltering::Unknown).unwrap(),
             "\"unknown\""
         );
     }
@@ -251,8 +261,8 @@ mod tests {
             report,
             NatReport {
                 reflexive: Some(d.local_addr()),
-                mapping: Mapping::EndpointIndependent,
-                filtering: Filtering::Open,
+                mapping: NatMapping::EndpointIndependent,
+                filtering: NatFiltering::Open,
             }
         );
     }
@@ -266,8 +276,8 @@ mod tests {
         .await;
         let d = driver().await;
         let report = check(&d, server).await;
-        assert_eq!(report.filtering, Filtering::Filtered);
-        assert_eq!(report.mapping, Mapping::EndpointIndependent);
+        assert_eq!(report.filtering, NatFiltering::Filtered);
+        assert_eq!(report.mapping, NatMapping::EndpointIndependent);
         assert_eq!(report.reflexive, Some(d.local_addr()));
     }
 
@@ -278,7 +288,7 @@ mod tests {
         let d = driver().await;
         let report = check(&d, silent.local_addr().unwrap()).await;
         assert_eq!(report, NatReport::default());
-        assert_eq!(report.mapping, Mapping::Unknown);
-        assert_eq!(report.filtering, Filtering::Unknown);
+        assert_eq!(report.mapping, NatMapping::Unknown);
+        assert_eq!(report.filtering, NatFiltering::Unknown);
     }
 }

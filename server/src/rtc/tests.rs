@@ -9,6 +9,7 @@ use tokio::time::timeout;
 
 use super::stun_fixture::{responder, Fixture};
 use super::*;
+use atmosphere_shared::upgrade::{NatFiltering, NatMapping};
 
 /// Generous: a debug build on a shared 2-core machine.
 const WAIT: Duration = Duration::from_secs(20);
@@ -327,8 +328,8 @@ async fn the_host_answers_with_the_reflexive_address_its_nat_check_found() {
         report,
         NatReport {
             reflexive: Some("198.51.100.7:40000".parse().unwrap()),
-            mapping: Mapping::EndpointIndependent,
-            filtering: Filtering::Open,
+            mapping: NatMapping::EndpointIndependent,
+            filtering: NatFiltering::Open,
         }
     );
     assert_eq!(host.nat(), report);

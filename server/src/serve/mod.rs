@@ -21,7 +21,9 @@ use crate::host_metrics::HostMetrics;
 use crate::hub::{Hub, HubConfig};
 use crate::limits::PerIpLimiter;
 use crate::printable::printable;
-use crate::session::{SessionConfig, Sessions, Source};
+use crate::rtc::{HostPeer, RtcConfig};
+use crate::session::{DirectConfig, SessionConfig, Sessions, Source};
+use crate::session_paths::{host_subnets, HostDirect};
 use crate::store::{self, Store};
 use crate::ws::FrameSocket;
 use anyhow::Context;
@@ -68,6 +70,17 @@ pub struct Args {
         default_value_t = crate::rtc::DEFAULT_UDP_PORT
     )]
     pub udp_port: u16,
+
+    /// IP offered to members as this host's ICE host candidate on --udp-port (repeatable;
+    /// comma-separated in the environment) [default: --bind when it is a specific address,
+    /// else every LAN address]. The STUN-reflexive address is offered as well.
+    #[arg(
+        long,
+        value_name = "IP",
+        env = "ATMOSPHERE_UDP_CANDIDATE_IP",
+        value_delimiter = ','
+    )]
+    pub udp_candidate_ip: Vec<IpAddr>,
 
     /// Directory for the database and the admin secret [default: the user's data directory,
     /// e.g. ~/.local/share/atmosphere].
@@ -310,6 +323,10 @@ async fn run_inner(args: Args) -> Result<(), Fail> {
         stun_deadline: Duration::from_millis(1500),
     });
 
+    let direct = start_direct_path(&args, &ice_servers)
+        .await
+        .map_err(|e| Fail(1, e))?;
+
     let metrics = Arc::new(HostMetrics::default());
     let hub = Hub::new(HubConfig::default());
     let sessions = Sessions::new(
@@ -325,6 +342,14 @@ async fn run_inner(args: Args) -> Result<(), Fail> {
             ..SessionConfig::default()
         },
         metrics.clone(),
+        DirectConfig {
+            stun_servers: if direct.is_some() {
+                ice_servers.clone()
+            } else {
+                Vec::new()
+            },
+            direct,
+        },
     );
 
     let host_link = args.relay_url.as_ref().map(|url| {
@@ -413,6 +438,68 @@ async fn run_inner(args: Args) -> Result<(), Fail> {
     crate::http::serve(listener, app, options, crate::http::shutdown_signal()).await;
     info!("host stopped");
     Ok(())
+}
+
+/// How often the host checks its NAT again (its router may have changed its mind).
+const NAT_RECHECK: Duration = Duration::from_secs(300);
+
+/// Binds the direct path's UDP socket (`--udp-port`, 0 = none) and starts checking the NAT
+/// against the first STUN server (the relay's responder) in the background: at once, then
+/// every [`NAT_RECHECK`].
+async fn start_direct_path(
+    args: &Args,
+    ice_servers: &[String],
+) -> anyhow::Result<Option<HostDirect>> {
+    if args.udp_port == 0 {
+        info!("direct path off (--udp-port 0): members stay on their WebSocket path");
+        return Ok(None);
+    }
+    let mut config = RtcConfig::bound(args.bind, args.udp_port);
+    if !args.udp_candidate_ip.is_empty() {
+        config.candidate_ips = args.udp_candidate_ip.clone();
+    }
+    let peer = Arc::new(
+        HostPeer::bind(config)
+            .await
+            .context("cannot start the direct path (--udp-port; 0 turns it off)")?,
+    );
+    info!(addr = %peer.local_addr(), candidates = ?peer.config().candidate_ips, "direct path (WebRTC) listening on UDP");
+    let (checked_tx, nat_checked) = tokio::sync::watch::channel(false);
+    let stun = ice_servers.first().cloned();
+    let checker = peer.clone();
+    tokio::spawn(async move {
+        loop {
+            check_nat(&checker, stun.as_deref()).await;
+            checked_tx.send_replace(true);
+            tokio::time::sleep(NAT_RECHECK).await;
+        }
+    });
+    Ok(Some(HostDirect {
+        peer,
+        subnets: Arc::new(host_subnets()),
+        nat_checked,
+    }))
+}
+
+/// One NAT check of the direct path's socket against `stun` (`stun:HOST:PORT`), logged.
+async fn check_nat(peer: &HostPeer, stun: Option<&str>) {
+    use crate::discovery::stun::StunServer;
+    let Some(name) = stun else {
+        info!("no STUN server: the direct path offers host candidates only, NAT unknown");
+        return;
+    };
+    let addr = match StunServer::parse(name) {
+        Ok(s) => s.resolve().await,
+        Err(e) => Err(e),
+    };
+    match addr {
+        Ok(addr) => {
+            let r = peer.nat_check(addr).await;
+            info!(stun = %addr, reflexive = ?r.reflexive, mapping = ?r.mapping, filtering = ?r.filtering,
+                "direct path NAT check");
+        }
+        Err(e) => info!(stun = name, error = %e, "cannot reach the STUN server for the NAT check"),
+    }
 }
 
 /// The STUN servers the host hands to browsers for ICE, as `stun:HOST:PORT`: the relay's
