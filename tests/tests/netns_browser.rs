@@ -306,7 +306,7 @@ async fn punched_path_cut_mid_session_falls_back_to_the_relay_and_returns() {
     let cut_at = Instant::now();
     s.topo.nft(
         Node::CellRouter,
-        "table ip atm_roam {\n  chain fwd {\n    type filter hook forward priority -10; policy accept;\n    meta l4proto udp drop\n  }\n}\n",
+        "table ip atm_roam {\n  chain cut {\n    type filter hook forward priority -10; policy accept;\n    meta l4proto udp drop\n  }\n}\n",
     );
     let log = wait_path(&s.phone, "relay").await;
     println!(
