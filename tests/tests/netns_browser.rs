@@ -273,6 +273,7 @@ async fn host_behind_symmetric_nat_stays_on_the_relay_and_the_page_says_why() {
         .wait_text("#why-relay", UI, |t| t.contains("staying on the relay"))
         .await;
     s.phone.screenshot("relay-why").await;
+    println!("NETNS-RESULT browser {} why={why:?}", row.name);
     assert!(
         why.contains("symmetric NAT"),
         "the page names the host's symmetric NAT: {why:?}"
