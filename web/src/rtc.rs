@@ -123,25 +123,30 @@ impl DirectPeer {
         if self.pc.ice_gathering_state() == RtcIceGatheringState::Complete {
             return;
         }
-        let pc = self.pc.clone();
+        let resolver: Rc<RefCell<Option<js_sys::Function>>> = Rc::default();
         let done = js_sys::Promise::new(&mut |resolve, _| {
-            let window = web_sys::window().expect("a page has a window");
-            let on_timeout = resolve.clone();
-            let _ = window.set_timeout_with_callback_and_timeout_and_arguments_0(
-                &on_timeout,
-                GATHER_DEADLINE_MS,
-            );
-            let check = pc.clone();
-            let cb = Closure::<dyn FnMut(JsValue)>::new(move |_| {
-                if check.ice_gathering_state() == RtcIceGatheringState::Complete {
+            if let Some(window) = web_sys::window() {
+                let _ = window.set_timeout_with_callback_and_timeout_and_arguments_0(
+                    &resolve,
+                    GATHER_DEADLINE_MS,
+                );
+            }
+            *resolver.borrow_mut() = Some(resolve);
+        });
+        let pc = self.pc.clone();
+        let on_change = Closure::<dyn FnMut(JsValue)>::new(move |_| {
+            if pc.ice_gathering_state() == RtcIceGatheringState::Complete {
+                if let Some(resolve) = resolver.borrow().as_ref() {
                     let _ = resolve.call0(&JsValue::NULL);
                 }
-            });
-            pc.set_onicegatheringstatechange(Some(cb.as_ref().unchecked_ref()));
-            cb.forget();
+            }
         });
+        self.pc
+            .set_onicegatheringstatechange(Some(on_change.as_ref().unchecked_ref()));
         let _ = JsFuture::from(done).await;
+        // Unhooked before the closure is dropped (here, not leaked).
         self.pc.set_onicegatheringstatechange(None);
+        drop(on_change);
     }
 }
 
