@@ -291,7 +291,8 @@ async fn host_behind_symmetric_nat_stays_on_the_relay_and_the_page_says_why() {
 }
 
 /// Roaming: UDP dies on the phone's router mid-session → the page is back on the relay
-/// within a few seconds and messages keep arriving; UDP returns → direct again.
+/// within 2 s, the message sent into the dead path arrives (resent on the relay) and
+/// later ones too; UDP returns → direct again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn punched_path_cut_mid_session_falls_back_to_the_relay_and_returns() {
     let row = Row {
@@ -309,6 +310,10 @@ async fn punched_path_cut_mid_session_falls_back_to_the_relay_and_returns() {
         Node::CellRouter,
         "table ip atm_roam {\n  chain cut {\n    type filter hook forward priority -10; policy accept;\n    meta l4proto udp drop\n  }\n}\n",
     );
+    // Sent while the page still believes in the direct path: it goes out on the dead
+    // DataChannel, and only the fallback's resend on the relay can deliver it.
+    s.phone.type_into("#message", "in flight at the cut").await;
+    s.phone.click("#send").await;
     let log = wait_path(&s.phone, "relay").await;
     println!(
         "NETNS-RESULT browser roam fallback_ms={} log={log:?}",
@@ -318,6 +323,16 @@ async fn punched_path_cut_mid_session_falls_back_to_the_relay_and_returns() {
         log.contains("punched → relay after"),
         "the page logs the fallback: {log:?}"
     );
+    other
+        .wait_for(UI, |e| {
+            e["event"] == "message" && e["body"] == "in flight at the cut"
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "the message sent at the cut was lost:\n{}",
+                other.transcript()
+            )
+        });
     send_and_expect(&s, &other, "during the cut").await;
 
     s.topo.nft(Node::CellRouter, "delete table ip atm_roam\n");
