@@ -1151,6 +1151,7 @@ impl Topology {
         BackgroundJoin {
             id,
             events,
+            start,
             _stdin: stdin,
         }
     }
@@ -1376,10 +1377,20 @@ pub struct BackgroundJoin {
     /// The process (owned by the topology).
     pub id: ProcId,
     events: Arc<Mutex<Vec<TimedEvent>>>,
+    /// When the process started (the origin of every [`TimedEvent::at`]).
+    pub start: Instant,
     _stdin: Option<std::process::ChildStdin>,
 }
 
 impl BackgroundJoin {
+    /// Types one line into the member's stdin (`join` sends it to every member).
+    pub fn send_line(&mut self, line: &str) {
+        use std::io::Write;
+        let stdin = self._stdin.as_mut().expect("stdin kept open");
+        writeln!(stdin, "{line}").expect("write to join's stdin");
+        stdin.flush().expect("flush join's stdin");
+    }
+
     /// Events so far.
     pub fn events(&self) -> Vec<TimedEvent> {
         self.events.lock().unwrap().clone()

@@ -21,6 +21,7 @@ use crate::dial::{dial, ClientSocket, DialError, DialOptions};
 use atmosphere_shared::handshake::{ClientHandshake, HostIdentity};
 use atmosphere_shared::racing::{AttemptId, FailReason};
 use atmosphere_shared::wire::{ErrorCode, Joined, MAX_FRAME_BYTES};
+use atmosphere_shared::PathKind;
 use futures_util::{SinkExt, StreamExt};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -35,6 +36,8 @@ pub(super) struct Won {
     pub socket: SecureSocket,
     pub host: HostIdentity,
     pub joined: Joined,
+    /// The path this attempt ran over.
+    pub path: PathKind,
 }
 
 /// What an attempt task reports back to the race driver.
@@ -48,13 +51,14 @@ pub(super) enum Report {
 /// Reports exactly once (unless aborted by a cancel, which needs no report).
 pub(super) async fn run(
     id: AttemptId,
+    path: PathKind,
     url: String,
     handshake: ClientHandshake,
     msg1: Vec<u8>,
     safety: Duration,
     tx: mpsc::Sender<Report>,
 ) {
-    let attempt = join_over(&url, handshake, msg1, safety);
+    let attempt = join_over(&url, path, handshake, msg1, safety);
     let report = match tokio::time::timeout(safety, attempt).await {
         Ok(Ok(won)) => Report::Joined {
             id,
@@ -74,6 +78,7 @@ pub(super) async fn run(
 /// Connect, handshake, wait for `joined`.
 async fn join_over(
     url: &str,
+    path: PathKind,
     handshake: ClientHandshake,
     msg1: Vec<u8>,
     deadline: Duration,
@@ -96,6 +101,7 @@ async fn join_over(
         socket,
         host: done.host,
         joined,
+        path,
     })
 }
 
@@ -202,7 +208,16 @@ mod tests {
             .start(PathKind::Local, Entropy::new([1; 32]))
             .unwrap();
         let (tx, mut rx) = mpsc::channel(1);
-        run(AttemptId(0), url, handshake, msg1, SAFETY, tx).await;
+        run(
+            AttemptId(0),
+            PathKind::Local,
+            url,
+            handshake,
+            msg1,
+            SAFETY,
+            tx,
+        )
+        .await;
         rx.recv().await.unwrap()
     }
 

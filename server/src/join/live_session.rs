@@ -5,6 +5,12 @@
 //! any other loss). A final error from the host (`device_removed`) ends the session for
 //! good: the credential is no longer valid, so there is nothing to reconnect with.
 //!
+//! A session that joined over the relay tries a direct path ([`SessionPaths`], the offerer):
+//! `rtc_offer` out, `rtc_answer`/`rtc_unavailable` in, the host's `direct` on the open
+//! DataChannel moves the session there; the steps are printed (`path`,
+//! `direct_unavailable`). Frames from the DataChannel are opened and handled exactly like
+//! the WebSocket's.
+//!
 //! Presence arrives as a snapshot in one or more `peers` pages ([`PeersSnapshot`]); it is
 //! printed only once complete. The session's first snapshot starts it
 //! ([`Printer::session_started`]); a later one is printed only if it says something new.
@@ -12,6 +18,7 @@
 use super::output::{Printer, Roster};
 use super::secure_socket::{SecureSocket, SocketError};
 use super::stdin::StdinLines;
+use crate::session_paths::{PathInput, SessionPaths};
 use atmosphere_shared::wire::{ClientMsg, PeersSnapshot, ServerMsg};
 
 /// How a live session ended.
@@ -24,44 +31,50 @@ pub(super) enum SessionEnd {
     Refused,
 }
 
-/// Runs one session on the winning socket, right after its `joined`.
+/// One session's state: its socket, its paths, what it printed.
+struct Session<'a> {
+    socket: SecureSocket,
+    paths: Option<SessionPaths>,
+    out: &'a Printer,
+    roster: Roster,
+    snapshot: PeersSnapshot,
+    started: bool,
+}
+
+/// Runs one session on the winning socket, right after its `joined`; `paths` drives its
+/// direct path (`None`: `--no-direct`).
 pub(super) async fn run(
-    mut socket: SecureSocket,
+    socket: SecureSocket,
+    paths: Option<SessionPaths>,
     out: &Printer,
     stdin: &mut StdinLines,
 ) -> SessionEnd {
-    let mut roster = Roster::default();
-    let mut snapshot = PeersSnapshot::default();
-    let mut started = false;
+    let mut s = Session {
+        socket,
+        paths,
+        out,
+        roster: Roster::default(),
+        snapshot: PeersSnapshot::default(),
+        started: false,
+    };
+    if let Err(e) = s.apply_paths().await {
+        return SessionEnd::Lost(e);
+    }
     loop {
         tokio::select! {
-            msg = socket.recv() => match msg {
-                Ok(ServerMsg::Peers { peers, more }) => {
-                    let Some(peers) = snapshot.page(&peers, more) else { continue };
-                    if !started {
-                        started = true;
-                        out.session_started(&peers);
-                    } else if roster.differs_from(&peers) {
-                        out.peers(&peers);
-                    }
-                    roster = Roster::new(&peers);
+            msg = s.socket.recv() => {
+                if let Some(end) = s.on_received(msg.map(Some)).await {
+                    return s.finish(end).await;
                 }
-                Ok(m) => {
-                    out.frame(&m, &roster);
-                    if matches!(&m, ServerMsg::Error { code, .. } if code.is_final()) {
-                        socket.close().await;
-                        return SessionEnd::Refused;
-                    }
-                    roster.apply(&m);
+            }
+            input = next_path(&mut s.paths) => {
+                if let Some(end) = s.on_path_input(input).await {
+                    return s.finish(end).await;
                 }
-                Err(SocketError::Unreadable(what)) => {
-                    tracing::warn!("ignoring a message the host sent that we do not understand: {what}");
-                }
-                Err(e) => return SessionEnd::Lost(e.to_string()),
-            },
+            }
             line = stdin.next(), if stdin.is_open() => match line {
                 Some(Ok(line)) => {
-                    if let Err(e) = send_line(&mut socket, line, out).await {
+                    if let Err(e) = send_line(&mut s.socket, line, out).await {
                         return SessionEnd::Lost(e);
                     }
                 }
@@ -70,11 +83,126 @@ pub(super) async fn run(
                 None => {}
             },
             _ = tokio::signal::ctrl_c() => {
-                socket.close().await;
+                s.socket.close().await;
                 out.info("left the mesh");
                 return SessionEnd::Left;
             }
         }
+    }
+}
+
+impl Session<'_> {
+    /// After a final error the socket is closed politely before the run ends.
+    async fn finish(self, end: SessionEnd) -> SessionEnd {
+        if matches!(end, SessionEnd::Refused) {
+            self.socket.close().await;
+        }
+        end
+    }
+
+    /// A frame from the DataChannel, an offer ready to go, or a tick of the policy.
+    async fn on_path_input(&mut self, input: PathInput) -> Option<SessionEnd> {
+        match input {
+            PathInput::Frame(frame) => {
+                let msg = self.socket.open_frame(&frame);
+                if let Some(end) = self.on_received(msg).await {
+                    return Some(end);
+                }
+            }
+            PathInput::Offer { attempt, sdp } => {
+                if let Err(e) = self
+                    .socket
+                    .send(&ClientMsg::RtcOffer { attempt, sdp })
+                    .await
+                {
+                    return Some(SessionEnd::Lost(e.to_string()));
+                }
+                if let Some(p) = &mut self.paths {
+                    p.offer_sent(attempt);
+                }
+            }
+            PathInput::Tick => {}
+        }
+        self.apply_paths().await.err().map(SessionEnd::Lost)
+    }
+
+    /// One opened message from either path (`Ok(None)`: nothing to deliver).
+    async fn on_received(
+        &mut self,
+        msg: Result<Option<ServerMsg>, SocketError>,
+    ) -> Option<SessionEnd> {
+        match msg {
+            Ok(None) => None,
+            Ok(Some(m)) => self.on_message(m).await,
+            Err(SocketError::Unreadable(what)) => {
+                tracing::warn!(
+                    "ignoring a message the host sent that we do not understand: {what}"
+                );
+                None
+            }
+            Err(e) => Some(SessionEnd::Lost(e.to_string())),
+        }
+    }
+
+    async fn on_message(&mut self, m: ServerMsg) -> Option<SessionEnd> {
+        match m {
+            ServerMsg::Peers { peers, more } => {
+                let peers = self.snapshot.page(&peers, more)?;
+                if !self.started {
+                    self.started = true;
+                    self.out.session_started(&peers);
+                } else if self.roster.differs_from(&peers) {
+                    self.out.peers(&peers);
+                }
+                self.roster = Roster::new(&peers);
+                None
+            }
+            ServerMsg::RtcAnswer { attempt, sdp, nat } => {
+                if let Some(p) = &mut self.paths {
+                    p.answered(attempt, &sdp, nat).await;
+                }
+                self.apply_paths().await.err().map(SessionEnd::Lost)
+            }
+            ServerMsg::RtcUnavailable { attempt, reason } => {
+                if let Some(p) = &mut self.paths {
+                    p.unavailable(attempt, &reason);
+                }
+                self.apply_paths().await.err().map(SessionEnd::Lost)
+            }
+            ServerMsg::Direct { attempt, path } => {
+                if let Some(p) = &mut self.paths {
+                    p.direct(attempt, path);
+                }
+                self.apply_paths().await.err().map(SessionEnd::Lost)
+            }
+            m => {
+                self.out.frame(&m, &self.roster);
+                if matches!(&m, ServerMsg::Error { code, .. } if code.is_final()) {
+                    return Some(SessionEnd::Refused);
+                }
+                self.roster.apply(&m);
+                None
+            }
+        }
+    }
+
+    /// Runs the upgrade policy's actions and prints its steps; `Err` ends the session.
+    async fn apply_paths(&mut self) -> Result<(), String> {
+        let Some(paths) = &mut self.paths else {
+            return Ok(());
+        };
+        for ev in paths.apply(&mut self.socket).await? {
+            self.out.upgrade_event(&ev);
+        }
+        Ok(())
+    }
+}
+
+/// The next input of the session's direct side (pending forever without one).
+async fn next_path(paths: &mut Option<SessionPaths>) -> PathInput {
+    match paths {
+        Some(p) => p.next().await,
+        None => std::future::pending().await,
     }
 }
 

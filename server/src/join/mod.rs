@@ -39,11 +39,14 @@ mod race;
 mod secure_socket;
 mod stdin;
 
+use crate::rtc::RtcConfig;
 use crate::secret::random_bytes;
+use crate::session_paths::{ClientDirect, SessionPaths};
 use atmosphere_shared::credential::{DeviceCredential, JoinPlan};
 use atmosphere_shared::handshake::{HostIdentity, StaticSecret};
 use atmosphere_shared::join_event::ClientErrorCode;
 use atmosphere_shared::racing::{Policy, DEFAULT_ATTEMPT_TIMEOUT_MS, DEFAULT_STAGGER_MS};
+use atmosphere_shared::upgrade::Policy as UpgradePolicy;
 use atmosphere_shared::wire::{DeviceInfo, Joined};
 use atmosphere_shared::Invite;
 use attempt::Won;
@@ -70,7 +73,13 @@ With --json, stdout carries one JSON object per line:
   {\"event\":\"error\",\"code\":\"token_expired\",\"message\":\"…\"}
 Without --once, presence and messages follow (peers, peer_joined, peer_left, message); a \
 lost session prints {\"event\":\"disconnected\",\"reason\":…} and \
-{\"event\":\"reconnecting\",\"in_ms\":1000}, then the new trying/connected lines.")]
+{\"event\":\"reconnecting\",\"in_ms\":1000}, then the new trying/connected lines.
+
+A session that joined over the relay then tries a direct WebRTC path to the host (unless \
+--no-direct) and prints each step:
+  {\"event\":\"path\",\"from\":\"relay\",\"to\":\"punched\",\"after_ms\":420}
+  {\"event\":\"direct_unavailable\",\"reason\":\"…; staying on the relay\",\"retry_in_ms\":2000}
+  {\"event\":\"path\",\"from\":\"punched\",\"to\":\"relay\",\"after_ms\":9000,\"reason\":\"…\"}")]
 pub struct Args {
     /// The invite: `atmosphere://join?token=…&mesh=…&endpoints=…` (v2), the legacy
     /// `…&endpoint=ws://…` (v1), or the web form `http(s)://HOST/join#…`.
@@ -126,6 +135,22 @@ pub struct Args {
     /// the host removed the device).
     #[arg(long)]
     pub no_reconnect: bool,
+
+    /// Stay on the path that joined: do not try a direct WebRTC path when the session
+    /// joined over the relay.
+    #[arg(long)]
+    pub no_direct: bool,
+
+    /// IP offered to the host as this device's ICE host candidate for the direct path
+    /// (repeatable; comma-separated in the environment) [default: every LAN address]. The
+    /// STUN-reflexive address (from the host's STUN servers) is offered as well.
+    #[arg(
+        long,
+        value_name = "IP",
+        env = "ATMOSPHERE_UDP_CANDIDATE_IP",
+        value_delimiter = ','
+    )]
+    pub udp_candidate_ip: Vec<std::net::IpAddr>,
 }
 
 /// Runs `atmosphere join` and returns the exit code (see the module docs).
@@ -170,7 +195,33 @@ pub async fn run(args: Args) -> ExitCode {
             .ok()
         })
         .flatten();
-    stay(&invite, policy, rejoin, won, &out).await
+    let direct = (!args.no_direct).then(|| direct_config(&args.udp_candidate_ip));
+    stay(&invite, policy, rejoin, won, direct, &out).await
+}
+
+/// The direct path's UDP socket: bound on the first `--udp-candidate-ip` (so loopback
+/// stays loopback) with exactly those candidates, else on every address.
+fn direct_config(candidate_ips: &[std::net::IpAddr]) -> RtcConfig {
+    let Some(first) = candidate_ips.first() else {
+        return RtcConfig::bound(std::net::Ipv4Addr::UNSPECIFIED.into(), 0);
+    };
+    let mut config = RtcConfig::bound(*first, 0);
+    config.candidate_ips = candidate_ips.to_vec();
+    config
+}
+
+/// The direct-path side of a session that just joined: `None` with `--no-direct`.
+fn session_paths(direct: Option<&RtcConfig>, won: &Won) -> Option<SessionPaths> {
+    let config = direct?.clone();
+    let mut paths = SessionPaths::client(
+        ClientDirect {
+            config,
+            stun_servers: won.joined.stun_servers.clone(),
+        },
+        UpgradePolicy::default(),
+    );
+    paths.joined(won.path);
+    Some(paths)
 }
 
 /// Checks the link, the device name and the device file; returns the invite, the stored
@@ -270,12 +321,14 @@ async fn stay(
     policy: Policy,
     rejoin: Option<JoinPlan>,
     won: Box<Won>,
+    direct: Option<RtcConfig>,
     out: &Printer,
 ) -> ExitCode {
     let mut stdin = stdin::StdinLines::new();
     let mut won = won;
     loop {
-        let reason = match live_session::run(won.socket, out, &mut stdin).await {
+        let paths = session_paths(direct.as_ref(), &won);
+        let reason = match live_session::run(won.socket, paths, out, &mut stdin).await {
             SessionEnd::Left => return ExitCode::SUCCESS,
             SessionEnd::Refused => return ExitCode::from(1),
             SessionEnd::Lost(reason) => reason,

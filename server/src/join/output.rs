@@ -15,6 +15,7 @@
 use crate::printable::printable;
 use atmosphere_shared::join_event::{JoinErrorCode, JoinEvent};
 use atmosphere_shared::racing::RaceEvent;
+use atmosphere_shared::upgrade::UpgradeEvent;
 use atmosphere_shared::wire::{Peer, ServerMsg};
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -152,6 +153,21 @@ impl Printer {
             | ServerMsg::RtcAnswer { .. }
             | ServerMsg::RtcUnavailable { .. }
             | ServerMsg::Direct { .. } => {}
+        }
+    }
+
+    /// A step of the direct-path upgrade: a `path` or `direct_unavailable` line, or
+    /// `path: relay → punched after 420 ms` for a person.
+    pub(super) fn upgrade_event(&self, ev: &UpgradeEvent) {
+        if self.json {
+            self.emit(&JoinEvent::from_upgrade(ev));
+            return;
+        }
+        match ev {
+            UpgradeEvent::PathChanged { .. } => println!("path: {}", printable(&ev.describe())),
+            UpgradeEvent::DirectUnavailable { .. } => {
+                println!("direct path unavailable: {}", printable(&ev.describe()))
+            }
         }
     }
 

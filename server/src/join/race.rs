@@ -63,7 +63,7 @@ pub(super) async fn race(
                             .attempt_timeout_ms
                             .saturating_add(ATTEMPT_SAFETY_MARGIN_MS),
                     );
-                    let task = attempt::run(id, url, handshake, msg1, safety, tx.clone());
+                    let task = attempt::run(id, path, url, handshake, msg1, safety, tx.clone());
                     tasks.insert(id, tokio::spawn(task));
                 }
                 Output::Cancel { id } => {

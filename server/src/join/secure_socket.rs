@@ -8,10 +8,16 @@
 //! error that ends the socket: the host never sends one, so it came from something on the
 //! path (a relay notice, an attacker), and it is not the host's word.
 //!
+//! After an upgrade to a direct path ([`crate::session_paths`]) sealed frames go on the
+//! DataChannel instead, and frames from it are opened with [`SecureSocket::open_frame`]
+//! through the same channel.
+//!
 //! Also the words for socket failures ([`stream_reason`], [`io_reason`]) that the attempt and
 //! the live session share.
 
 use super::attempt::Ws;
+use crate::rtc::DirectSender;
+use crate::session_paths::PathSocket;
 use atmosphere_shared::channel::{ChannelError, SecureChannel};
 use atmosphere_shared::racing::FailReason;
 use atmosphere_shared::wire::{ClientMsg, ServerMsg};
@@ -27,6 +33,8 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 pub(super) struct SecureSocket {
     ws: Ws,
     channel: SecureChannel,
+    /// Set while the session runs over a DataChannel: sealed frames go there.
+    direct: Option<DirectSender>,
 }
 
 /// Why [`SecureSocket::recv`] or [`SecureSocket::send`] failed. Only [`SocketError::Unreadable`]
@@ -92,7 +100,11 @@ impl SocketError {
 impl SecureSocket {
     /// The socket `ws`, whose handshake produced `channel`.
     pub(super) fn new(ws: Ws, channel: SecureChannel) -> SecureSocket {
-        SecureSocket { ws, channel }
+        SecureSocket {
+            ws,
+            channel,
+            direct: None,
+        }
     }
 
     /// The next message from the host. Cancel-safe: everything after the frame arrives is
@@ -111,8 +123,8 @@ impl SecureSocket {
             match frame {
                 Message::Binary(b) => {
                     // Nothing to deliver (a pure ack, a duplicate): wait for the next frame.
-                    if let Some(plain) = self.channel.open(&b).map_err(SocketError::Channel)? {
-                        return parse_server(&plain);
+                    if let Some(msg) = self.open_frame(&b)? {
+                        return Ok(msg);
                     }
                 }
                 Message::Text(_) => return Err(SocketError::Plaintext),
@@ -128,6 +140,15 @@ impl SecureSocket {
         }
     }
 
+    /// Opens one frame from either path; `Ok(None)`: nothing to deliver (a pure ack, a
+    /// duplicate, a frame waiting for an earlier one).
+    pub(super) fn open_frame(&mut self, frame: &[u8]) -> Result<Option<ServerMsg>, SocketError> {
+        match self.channel.open(frame).map_err(SocketError::Channel)? {
+            Some(plain) => parse_server(&plain).map(Some),
+            None => Ok(None),
+        }
+    }
+
     /// Seals `msg` into one binary frame and sends it. A message too large to seal is
     /// refused with [`SocketError::TooLarge`] before anything is sent.
     pub(super) async fn send(&mut self, msg: &ClientMsg) -> Result<(), SocketError> {
@@ -138,6 +159,14 @@ impl SecureSocket {
                 ChannelError::TooLarge { len, max, .. } => SocketError::TooLarge { len, max },
                 other => SocketError::Channel(other),
             })?;
+        if let Some(direct) = &self.direct {
+            // Refused: the channel died; the frame waits in the resend buffer for the
+            // fallback the policy is about to order.
+            if let Err(e) = direct.send(frame).await {
+                tracing::debug!(error = %e, "the DataChannel refused a frame");
+            }
+            return Ok(());
+        }
         self.ws
             .send(Message::binary(frame))
             .await
@@ -148,6 +177,29 @@ impl SecureSocket {
     pub(super) async fn close(mut self) {
         let closing = tokio_tungstenite::WebSocketStream::close(&mut self.ws, None);
         let _ = tokio::time::timeout(CLOSE_GRACE, closing).await;
+    }
+}
+
+impl PathSocket for SecureSocket {
+    fn channel(&mut self) -> Option<&mut SecureChannel> {
+        Some(&mut self.channel)
+    }
+
+    async fn send_on_websocket(&mut self, frames: Vec<Vec<u8>>) -> Result<(), String> {
+        for frame in frames {
+            self.ws
+                .feed(Message::binary(frame))
+                .await
+                .map_err(|e| format!("connection lost: {}", stream_reason(&e)))?;
+        }
+        self.ws
+            .flush()
+            .await
+            .map_err(|e| format!("connection lost: {}", stream_reason(&e)))
+    }
+
+    fn route_to(&mut self, direct: Option<DirectSender>) {
+        self.direct = direct;
     }
 }
 
