@@ -230,12 +230,14 @@ pub fn why_relay(failure: &AttemptFailure, nat: Option<HostNat>) -> String {
     }
 }
 
+/// Whole seconds, else seconds to one decimal (rounded half up). Integer arithmetic: printing
+/// an `f64` would link the float formatter into the browser bundle (≈ 8 KB gzip).
 fn secs(ms: u64) -> String {
     if ms.is_multiple_of(1000) {
-        format!("{}", ms / 1000)
-    } else {
-        format!("{:.1}", ms as f64 / 1000.0)
+        return format!("{}", ms / 1000);
     }
+    let tenths = ms.saturating_add(50) / 100;
+    format!("{}.{}", tenths / 10, tenths % 10)
 }
 
 fn cut(s: &str, max: usize) -> &str {

@@ -630,8 +630,8 @@ impl Topology {
         ip(&a);
     }
 
-    /// Loads nftables `rules` (a ruleset file's text) in `node`; panics with nft's words
-    /// when they do not load.
+    /// Applies nftables `rules` (an `nft -f` script) inside `node`, e.g. to cut a path
+    /// mid-session; panics with nft's words if they are refused.
     pub fn nft(&self, node: Node, rules: &str) {
         let path = self.dir().join(format!("{}.nft", node.role()));
         std::fs::write(&path, rules).unwrap();

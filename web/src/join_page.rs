@@ -8,6 +8,7 @@
 //! a shared address. A reload finds the mesh (not the token) in the tab's `sessionStorage`
 //! ([`crate::storage::tab_mesh`]) and rejoins with the stored credential.
 
+use crate::paths::SessionPaths;
 use crate::random;
 use crate::storage::{self, TabMesh};
 use crate::ws::{Connector, ShellEvent};
@@ -15,6 +16,7 @@ use atmosphere_shared::backoff::Backoff;
 use atmosphere_shared::credential::JoinPlan;
 use atmosphere_shared::handshake::StaticSecret;
 use atmosphere_shared::racing::{FailReason, Policy, RaceEvent};
+use atmosphere_shared::upgrade::UpgradeEvent;
 use atmosphere_shared::wire::{ClientMsg, DeviceInfo, ErrorCode, Peer, PeersSnapshot, ServerMsg};
 use atmosphere_shared::{Endpoints, Invite, PathKind};
 use leptos::prelude::*;
@@ -138,6 +140,14 @@ struct Ctx {
     snapshot: StoredValue<PeersSnapshot, LocalStorage>,
     lines: RwSignal<Vec<Line>>,
     connector: StoredValue<Option<Connector>, LocalStorage>,
+    /// The session's paths once joined: the relay standby and the direct path.
+    paths: StoredValue<Option<SessionPaths>, LocalStorage>,
+    /// The path the session uses now (`None` before `joined`).
+    path: RwSignal<Option<PathKind>>,
+    /// Why the session is on the relay, once an attempt at a direct path failed or fell back.
+    why_relay: RwSignal<Option<String>>,
+    /// Every step of the upgrade ("relay → local after 420 ms"), oldest first.
+    path_log: RwSignal<Vec<String>>,
 }
 
 /// The sentence a person reads for a host refusal.
@@ -277,11 +287,15 @@ fn plan_for(target: &Target, allow_credential: bool) -> Result<(JoinPlan, Option
 /// Starts (or restarts) the race for `target`. `allow_credential`: rejoin with a stored
 /// device credential for its mesh when there is one.
 fn begin(ctx: Ctx, target: Target, allow_credential: bool) {
+    stop_paths(ctx);
     ctx.connector.update_value(|c| {
         if let Some(c) = c.take() {
             c.stop();
         }
     });
+    ctx.path.set(None);
+    ctx.why_relay.set(None);
+    ctx.path_log.set(Vec::new());
     ctx.rows.set(
         target
             .endpoints()
@@ -311,6 +325,42 @@ fn begin(ctx: Ctx, target: Target, allow_credential: bool) {
         on_event(ctx, &target, rejoining.as_deref(), ev)
     });
     ctx.connector.set_value(Some(connector));
+}
+
+/// Stops the direct path of the current session, if any.
+fn stop_paths(ctx: Ctx) {
+    if let Some(p) = ctx.paths.try_update_value(Option::take).flatten() {
+        p.stop();
+    }
+}
+
+/// The session joined over `path`: start its paths (a `relay` session tries a direct one).
+fn start_paths(ctx: Ctx, path: PathKind, stun_servers: Vec<String>) {
+    stop_paths(ctx);
+    ctx.path.set(Some(path));
+    let Some(connector) = ctx.connector.get_value() else {
+        return;
+    };
+    let paths = SessionPaths::start(connector, path, stun_servers, move |ev| {
+        on_path_event(ctx, ev)
+    });
+    ctx.paths.set_value(Some(paths));
+}
+
+/// One step of the upgrade: the current path, the log line, and why it is on the relay.
+fn on_path_event(ctx: Ctx, ev: UpgradeEvent) {
+    ctx.path_log.update(|l| {
+        l.push(ev.describe());
+        let extra = l.len().saturating_sub(MAX_LINES);
+        l.drain(..extra);
+    });
+    match ev {
+        UpgradeEvent::PathChanged { to, reason, .. } => {
+            ctx.path.set(Some(to));
+            ctx.why_relay.set(reason.filter(|_| to == PathKind::Relay));
+        }
+        UpgradeEvent::DirectUnavailable { reason, .. } => ctx.why_relay.set(Some(reason)),
+    }
 }
 
 fn set_row(ctx: Ctx, path: PathKind, state: RowState) {
@@ -384,6 +434,7 @@ fn on_event(ctx: Ctx, target: &Target, rejoining: Option<&str>, ev: ShellEvent) 
                 endpoints: endpoints.clone(),
             });
             drop_link_from_address_bar();
+            start_paths(ctx, path, joined.stun_servers);
             ctx.phase.set(Phase::Connected {
                 path,
                 elapsed_ms,
@@ -408,6 +459,7 @@ fn on_event(ctx: Ctx, target: &Target, rejoining: Option<&str>, ev: ShellEvent) 
         ShellEvent::SessionClosed { .. }
             if matches!(ctx.phase.get_untracked(), Phase::Refused { .. }) => {}
         ShellEvent::SessionClosed { reason } => {
+            stop_paths(ctx);
             ctx.members.set(None);
             ctx.phase.set(Phase::Disconnected { reason });
             // One automatic reconnect (a host restart, a Wi-Fi hiccup); if that race fails
@@ -478,11 +530,14 @@ fn on_frame(ctx: Ctx, msg: ServerMsg) {
                 mine: false,
             },
         ),
-        // The page offers no direct path yet, so it never gets an answer to one.
-        ServerMsg::Joined(_)
-        | ServerMsg::RtcAnswer { .. }
+        ServerMsg::RtcAnswer { .. }
         | ServerMsg::RtcUnavailable { .. }
-        | ServerMsg::Direct { .. } => {}
+        | ServerMsg::Direct { .. } => {
+            if let Some(paths) = ctx.paths.get_value() {
+                paths.handle_signal(&msg);
+            }
+        }
+        ServerMsg::Joined(_) => {}
     }
 }
 
@@ -530,6 +585,10 @@ pub fn JoinPage() -> impl IntoView {
         snapshot: StoredValue::new_local(PeersSnapshot::default()),
         lines: RwSignal::new(Vec::new()),
         connector: StoredValue::new_local(None),
+        paths: StoredValue::new_local(None),
+        path: RwSignal::new(None),
+        why_relay: RwSignal::new(None),
+        path_log: RwSignal::new(Vec::new()),
     };
     match current_link() {
         Some(link) => match Invite::parse(&link) {
@@ -574,6 +633,9 @@ pub fn JoinPage() -> impl IntoView {
                     <ul class="paths">
                         {ctx.rows.get().into_iter().map(row_view).collect_view()}
                     </ul>
+                    <ul class="path-log" id="path-log">
+                        {move || ctx.path_log.get().into_iter().map(|l| view! { <li>{l}</li> }).collect_view()}
+                    </ul>
                 </section>
             })}
             {move || matches!(ctx.phase.get(), Phase::Connected { .. }).then(|| mesh_view(ctx))}
@@ -615,8 +677,13 @@ fn status_view(ctx: Ctx) -> impl IntoView {
         .into_any(),
         Phase::Connected { path, elapsed_ms, mesh_name, .. } => view! {
             <section class="card banner good">
-                <h2 class="headline" id="headline">{format!("Connected via {path}")}</h2>
+                // The path the session uses now: the one it joined on, until the direct
+                // path takes over (or it falls back).
+                <h2 class="headline" id="headline" data-path=move || ctx.path.get().unwrap_or(path).as_str()>
+                    {move || format!("Connected via {}", ctx.path.get().unwrap_or(path))}
+                </h2>
                 <p>{format!("Member of \u{201c}{mesh_name}\u{201d} — joined in {elapsed_ms} ms.")}</p>
+                {move || ctx.why_relay.get().map(|why| view! { <p class="muted" id="why-relay">{why}</p> })}
             </section>
         }
         .into_any(),
@@ -690,9 +757,7 @@ fn mesh_view(ctx: Ctx) -> impl IntoView {
             to: None,
             body: serde_json::Value::String(text.clone()),
         };
-        let res = ctx
-            .connector
-            .with_value(|c| c.as_ref().map(|c| c.send(&msg)));
+        let res = ctx.paths.get_value().map(|p| p.send(&msg));
         match res {
             Some(Ok(())) => {
                 draft.set(String::new());
@@ -710,17 +775,18 @@ fn mesh_view(ctx: Ctx) -> impl IntoView {
             None => send_error.set(Some("not connected".into())),
         }
     };
-    let (my_path, my_id) = match ctx.phase.get_untracked() {
+    let (joined_path, my_id) = match ctx.phase.get_untracked() {
         Phase::Connected {
             path, device_id, ..
         } => (path, device_id),
         _ => (PathKind::Local, String::new()),
     };
+    let my_path = move || ctx.path.get().unwrap_or(joined_path);
     view! {
         <section class="card">
             <h2>"Members online"</h2>
             <ul class="members">
-                <li class="member me"><span class="name">"This device"</span><span class=format!("badge {my_path}")>{my_path.as_str()}</span><span class="muted mono">{short_id(&my_id)}</span></li>
+                <li class="member me"><span class="name">"This device"</span><span class=move || format!("badge {}", my_path())>{move || my_path().as_str()}</span><span class="muted mono">{short_id(&my_id)}</span></li>
                 {move || match ctx.members.get() {
                     Some(members) => members.into_iter().map(|p| view! {
                         <li class="member">

@@ -9,6 +9,9 @@
 //!   credential, then the mesh (members, messages);
 //! - `ws`: the browser driver of the shared racing policy and handshake: DOM `WebSocket`s,
 //!   timers, and the encrypted session;
+//! - `paths`: the session's paths after joining: the relay WebSocket as the standby and the
+//!   direct WebRTC path, driven by the shared upgrade policy;
+//! - `rtc`: the `RTCPeerConnection` and its DataChannel (the direct path's I/O);
 //! - `random`: 32-byte secrets from `crypto.getRandomValues`;
 //! - `storage`: the device credential in `localStorage`, the tab's mesh in `sessionStorage`;
 //! - `api`: a `fetch` wrapper with deadlines for the host's HTTP API;
@@ -18,6 +21,7 @@ mod api;
 mod app;
 mod host_panel;
 mod join_page;
+mod paths;
 mod qr;
 mod random;
 mod rtc;

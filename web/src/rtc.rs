@@ -13,6 +13,7 @@
 //! behind mDNS `.local` names; the host ignores those and learns a peer-reflexive candidate
 //! from the browser's first connectivity check, so nothing here needs to undo the hiding.
 
+use atmosphere_shared::upgrade::DATA_CHANNEL_LABEL;
 use std::cell::RefCell;
 use std::rc::Rc;
 use wasm_bindgen::closure::Closure;
@@ -24,8 +25,6 @@ use web_sys::{
     RtcSessionDescriptionInit,
 };
 
-/// The DataChannel's label: the host accepts only this one.
-pub const CHANNEL_LABEL: &str = "atmosphere-mesh";
 /// How long the offer waits for ICE gathering (STUN answers) before it goes out with the
 /// candidates found so far: a STUN server that does not answer must not hold up the upgrade.
 pub const GATHER_DEADLINE_MS: i32 = 2_000;
@@ -43,19 +42,7 @@ pub enum DirectEvent {
     Closed(String),
 }
 
-/// The candidate pair ICE selected, as `getStats` reports it.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct SelectedPair {
-    /// This browser's candidate type (`host`, `srflx`, `prflx`, `relay`).
-    pub local_type: String,
-    /// The host's candidate type.
-    pub remote_type: String,
-    /// The host's address in the pair.
-    pub remote_address: String,
-    pub remote_port: u16,
-}
-
-type Listener = Rc<dyn Fn(DirectEvent)>;
+pub type Listener = Rc<dyn Fn(DirectEvent)>;
 
 /// One offered peer connection and its DataChannel.
 pub struct DirectPeer {
@@ -76,7 +63,7 @@ impl DirectPeer {
         let pc = new_connection(stun_servers)?;
         let init = RtcDataChannelInit::new();
         init.set_ordered(true);
-        let dc = pc.create_data_channel_with_data_channel_dict(CHANNEL_LABEL, &init);
+        let dc = pc.create_data_channel_with_data_channel_dict(DATA_CHANNEL_LABEL, &init);
         dc.set_binary_type(RtcDataChannelType::Arraybuffer);
         let closed = Rc::new(RefCell::new(false));
         let closures = wire_events(&pc, &dc, listener, closed.clone());
@@ -124,32 +111,6 @@ impl DirectPeer {
             .map_err(|e| format!("DataChannel send failed: {}", js_text(&e)))
     }
 
-    /// The candidate pair in use, from `getStats` (`None` before ICE selected one).
-    pub async fn selected_pair(&self) -> Option<SelectedPair> {
-        let report = JsFuture::from(self.pc.get_stats()).await.ok()?;
-        let stats = stats_by_id(&report);
-        let pair_id = stats.iter().find_map(|(_, s)| {
-            (field(s, "type")? == "transport")
-                .then(|| field(s, "selectedCandidatePairId"))
-                .flatten()
-        })?;
-        let pair = lookup(&stats, &pair_id)?;
-        let local = lookup(&stats, &field(pair, "localCandidateId")?)?;
-        let remote = lookup(&stats, &field(pair, "remoteCandidateId")?)?;
-        Some(SelectedPair {
-            local_type: field(local, "candidateType").unwrap_or_default(),
-            remote_type: field(remote, "candidateType").unwrap_or_default(),
-            remote_address: field(remote, "address")
-                .or_else(|| field(remote, "ip"))
-                .unwrap_or_default(),
-            remote_port: js_sys::Reflect::get(remote, &"port".into())
-                .ok()
-                .and_then(|v| v.as_f64())
-                .map(|p| p as u16)
-                .unwrap_or(0),
-        })
-    }
-
     /// Closes the channel and the connection (idempotent; no event follows).
     pub fn close(&self) {
         *self.closed.borrow_mut() = true;
@@ -162,25 +123,30 @@ impl DirectPeer {
         if self.pc.ice_gathering_state() == RtcIceGatheringState::Complete {
             return;
         }
-        let pc = self.pc.clone();
+        let resolver: Rc<RefCell<Option<js_sys::Function>>> = Rc::default();
         let done = js_sys::Promise::new(&mut |resolve, _| {
-            let window = web_sys::window().expect("a page has a window");
-            let on_timeout = resolve.clone();
-            let _ = window.set_timeout_with_callback_and_timeout_and_arguments_0(
-                &on_timeout,
-                GATHER_DEADLINE_MS,
-            );
-            let check = pc.clone();
-            let cb = Closure::<dyn FnMut(JsValue)>::new(move |_| {
-                if check.ice_gathering_state() == RtcIceGatheringState::Complete {
+            if let Some(window) = web_sys::window() {
+                let _ = window.set_timeout_with_callback_and_timeout_and_arguments_0(
+                    &resolve,
+                    GATHER_DEADLINE_MS,
+                );
+            }
+            *resolver.borrow_mut() = Some(resolve);
+        });
+        let pc = self.pc.clone();
+        let on_change = Closure::<dyn FnMut(JsValue)>::new(move |_| {
+            if pc.ice_gathering_state() == RtcIceGatheringState::Complete {
+                if let Some(resolve) = resolver.borrow().as_ref() {
                     let _ = resolve.call0(&JsValue::NULL);
                 }
-            });
-            pc.set_onicegatheringstatechange(Some(cb.as_ref().unchecked_ref()));
-            cb.forget();
+            }
         });
+        self.pc
+            .set_onicegatheringstatechange(Some(on_change.as_ref().unchecked_ref()));
         let _ = JsFuture::from(done).await;
+        // Unhooked before the closure is dropped (here, not leaked).
         self.pc.set_onicegatheringstatechange(None);
+        drop(on_change);
     }
 }
 
@@ -285,27 +251,6 @@ fn wire_events(
     dc.set_onclose(Some(on_close.as_ref().unchecked_ref()));
     pc.set_onconnectionstatechange(Some(on_state.as_ref().unchecked_ref()));
     vec![on_open, on_message, on_close, on_state]
-}
-
-/// The entries of an `RTCStatsReport` (a JS maplike), by id.
-fn stats_by_id(report: &JsValue) -> Vec<(String, JsValue)> {
-    let mut out = Vec::new();
-    let map: &js_sys::Map = report.unchecked_ref();
-    map.for_each(&mut |value, key| {
-        if let Some(id) = key.as_string() {
-            out.push((id, value));
-        }
-    });
-    out
-}
-
-fn lookup<'a>(stats: &'a [(String, JsValue)], id: &str) -> Option<&'a JsValue> {
-    stats.iter().find(|(k, _)| k == id).map(|(_, v)| v)
-}
-
-/// A string field of a stats entry.
-fn field(entry: &JsValue, name: &str) -> Option<String> {
-    js_sys::Reflect::get(entry, &name.into()).ok()?.as_string()
 }
 
 /// A JS error as text, for messages.

@@ -316,22 +316,84 @@ impl Connector {
     /// Sends a message on the live session, sealed into one binary frame. Errors are plain
     /// sentences for the UI.
     pub fn send(&self, msg: &ClientMsg) -> Result<(), String> {
-        let mut inner = self.inner.borrow_mut();
-        let Some(id) = inner.session else {
-            return Err("not connected".into());
-        };
-        let Some(Sock {
-            ws,
-            stage: Stage::Live(channel),
-            ..
-        }) = inner.sockets.get_mut(&id)
-        else {
-            return Err("not connected".into());
-        };
+        let frame = self.seal(msg)?;
+        self.send_frame(&frame)
+    }
+
+    /// Seals a message into one frame of the live session's channel (sent by the caller on
+    /// whichever path the session uses).
+    pub fn seal(&self, msg: &ClientMsg) -> Result<Vec<u8>, String> {
         let json = serde_json::to_vec(msg).map_err(|e| e.to_string())?;
-        let frame = channel.seal(&json).map_err(|e| e.to_string())?;
-        ws.send_with_u8_array(&frame)
+        self.with_channel(|channel| channel.seal(&json).map_err(|e| e.to_string()))
+            .ok_or_else(|| "not connected".to_string())?
+    }
+
+    /// Sends one already sealed frame on the session's WebSocket.
+    pub fn send_frame(&self, frame: &[u8]) -> Result<(), String> {
+        let inner = self.inner.borrow();
+        let sock = inner.session.and_then(|id| inner.sockets.get(&id));
+        let Some(sock) = sock else {
+            return Err("not connected".into());
+        };
+        sock.ws
+            .send_with_u8_array(frame)
             .map_err(|_| "the connection is closed".to_string())
+    }
+
+    /// Runs `f` on the live session's channel (`None` when there is no session).
+    pub fn with_channel<R>(&self, f: impl FnOnce(&mut SecureChannel) -> R) -> Option<R> {
+        let mut inner = self.inner.borrow_mut();
+        let id = inner.session?;
+        match inner.sockets.get_mut(&id) {
+            Some(Sock {
+                stage: Stage::Live(channel),
+                ..
+            }) => Some(f(channel)),
+            _ => None,
+        }
+    }
+
+    /// Opens one frame of the session that arrived on another path (the direct
+    /// DataChannel) and delivers its messages like the WebSocket's
+    /// ([`ShellEvent::Frame`]). `Ok` when it decrypted (even if it delivered nothing: a
+    /// duplicate, a pure ack, or a frame waiting for an earlier one); a frame that does not
+    /// open ends the session, like one on the WebSocket.
+    pub fn open_frame(&self, frame: Vec<u8>) -> Result<(), String> {
+        let step = {
+            let mut inner = self.inner.borrow_mut();
+            let Some(id) = inner.session else {
+                return Err("not connected".into());
+            };
+            match inner.sockets.get_mut(&id) {
+                Some(sock) => (id, sock.step(Frame::Binary(frame))),
+                None => return Err("not connected".into()),
+            }
+        };
+        match step {
+            (_, Step::Frames(msgs)) => {
+                let mut inner = self.inner.borrow_mut();
+                inner
+                    .pending
+                    .extend(msgs.into_iter().map(ShellEvent::Frame));
+                drop(inner);
+                self.deliver();
+                Ok(())
+            }
+            (id, Step::EndSession(reason)) => {
+                self.end_session(id, reason.clone());
+                Err(reason)
+            }
+            (_, _) => Ok(()),
+        }
+    }
+
+    /// Ends the live session with `reason` (e.g. a resend that cannot be done); the page
+    /// gets [`ShellEvent::SessionClosed`].
+    pub fn end(&self, reason: String) {
+        let id = self.inner.borrow().session;
+        if let Some(id) = id {
+            self.end_session(id, reason);
+        }
     }
 
     /// Closes every socket and timer; no further events are delivered.

@@ -377,3 +377,17 @@ fn nat_descriptions_have_the_contract_names_and_say_why() {
     let long = "x".repeat(10_000);
     assert!(why_relay(&AttemptFailure::HostUnavailable(long), None).len() < 400);
 }
+
+#[test]
+fn seconds_read_like_the_float_formatter_without_linking_it() {
+    for (ms, text) in [
+        (2_000, "2"),
+        (1_500, "1.5"),
+        (2_340, "2.3"),
+        (2_360, "2.4"),
+        (999, "1.0"),
+        (30_000, "30"),
+    ] {
+        assert_eq!(secs(ms), text, "{ms} ms");
+    }
+}
