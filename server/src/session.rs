@@ -633,6 +633,7 @@ impl Sessions {
             mesh_id: self.keys.mesh_id().to_string(),
             mesh_name: self.mesh_name.clone(),
             device_id: me.device_id.clone(),
+            direct: self.direct.is_some(),
             stun_servers: self.stun_servers.clone(),
         });
         self.send(sock, &joined).await?;

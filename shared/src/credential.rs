@@ -262,6 +262,7 @@ mod tests {
             mesh_id: "anything the host says".into(),
             mesh_name: "Home".into(),
             device_id: "d1".into(),
+            direct: false,
             stun_servers: Vec::new(),
         }
     }

@@ -483,6 +483,7 @@ mod tests {
             mesh_id: "m".into(),
             mesh_name: "Home".into(),
             device_id: "d".into(),
+            direct: false,
             stun_servers: Vec::new(),
         });
         assert_eq!(JoinEvent::from_server(&joined), None);

@@ -99,6 +99,11 @@ pub struct Joined {
     pub mesh_name: String,
     /// This member's device id (new on a first join, the presented one on a rejoin).
     pub device_id: String,
+    /// True when the host answers direct-path offers (it has a UDP socket for WebRTC,
+    /// [`crate::upgrade`]). A member offers one only then: without it a client would open a
+    /// peer connection (and gather its addresses) for nothing.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub direct: bool,
     /// STUN servers (`stun:HOST:PORT`, the host's relay first) a member uses to find its
     /// reflexive address when it offers a direct path ([`crate::upgrade`]). Empty (and left
     /// out) when the host has none or no direct path.
@@ -343,6 +348,7 @@ mod tests {
             mesh_id: "m1".into(),
             mesh_name: "Home".into(),
             device_id: "d1".into(),
+            direct: false,
             stun_servers: Vec::new(),
         });
         let text = joined.to_json();

@@ -869,6 +869,7 @@ fn the_verdict_is_joined_or_the_hosts_own_error() {
         mesh_id: "m".into(),
         mesh_name: "Home".into(),
         device_id: "d".into(),
+        direct: false,
         stun_servers: Vec::new(),
     };
     assert_eq!(

@@ -105,7 +105,11 @@ impl Browser {
             "chromedriver did not come up on {url}"
         );
         let connector = hyper_util::client::legacy::connect::HttpConnector::new();
-        Browser::open(test, screen, driver, &url, connector, &[]).await
+        // Outside a namespace a page must never run WebRTC (it would gather this machine's
+        // addresses and announce mDNS names): no UDP at all for this Chromium. Hosts in
+        // these tests have no direct path either, so their pages never offer one.
+        let no_udp = ["--force-webrtc-ip-handling-policy=disable_non_proxied_udp".to_string()];
+        Browser::open(test, screen, driver, &url, connector, &no_udp).await
     }
 
     /// Opens a Chromium session through the chromedriver `driver` already listening at

@@ -117,6 +117,7 @@ async fn answer<S>(
                 mesh_id: keys.mesh_id().to_string(),
                 mesh_name: "Home Mesh".into(),
                 device_id: "fake-device".into(),
+                direct: false,
                 stun_servers: Vec::new(),
             });
             if let Ok(frame) = join.channel.seal(joined.to_json().as_bytes()) {

@@ -17,7 +17,9 @@ use atmosphere_shared::credential::JoinPlan;
 use atmosphere_shared::handshake::StaticSecret;
 use atmosphere_shared::racing::{FailReason, Policy, RaceEvent};
 use atmosphere_shared::upgrade::UpgradeEvent;
-use atmosphere_shared::wire::{ClientMsg, DeviceInfo, ErrorCode, Peer, PeersSnapshot, ServerMsg};
+use atmosphere_shared::wire::{
+    ClientMsg, DeviceInfo, ErrorCode, Joined, Peer, PeersSnapshot, ServerMsg,
+};
 use atmosphere_shared::{Endpoints, Invite, PathKind};
 use leptos::prelude::*;
 use std::time::Duration;
@@ -334,13 +336,18 @@ fn stop_paths(ctx: Ctx) {
     }
 }
 
-/// The session joined over `path`: start its paths (a `relay` session tries a direct one).
-fn start_paths(ctx: Ctx, path: PathKind, stun_servers: Vec<String>) {
+/// The session joined over `path`: start its paths (a `relay` session tries a direct one
+/// when the host answers offers; otherwise no peer connection is ever made).
+fn start_paths(ctx: Ctx, path: PathKind, joined: &Joined) {
     stop_paths(ctx);
     ctx.path.set(Some(path));
     let Some(connector) = ctx.connector.get_value() else {
         return;
     };
+    if !joined.direct {
+        return;
+    }
+    let stun_servers = joined.stun_servers.clone();
     let paths = SessionPaths::start(connector, path, stun_servers, move |ev| {
         on_path_event(ctx, ev)
     });
@@ -434,7 +441,7 @@ fn on_event(ctx: Ctx, target: &Target, rejoining: Option<&str>, ev: ShellEvent) 
                 endpoints: endpoints.clone(),
             });
             drop_link_from_address_bar();
-            start_paths(ctx, path, joined.stun_servers);
+            start_paths(ctx, path, &joined);
             ctx.phase.set(Phase::Connected {
                 path,
                 elapsed_ms,

@@ -210,8 +210,12 @@ fn direct_config(candidate_ips: &[std::net::IpAddr]) -> RtcConfig {
     config
 }
 
-/// The direct-path side of a session that just joined: `None` with `--no-direct`.
+/// The direct-path side of a session that just joined: `None` with `--no-direct` or when
+/// the host answers no offers.
 fn session_paths(direct: Option<&RtcConfig>, won: &Won) -> Option<SessionPaths> {
+    if !won.joined.direct {
+        return None;
+    }
     let config = direct?.clone();
     let mut paths = SessionPaths::client(
         ClientDirect {
@@ -387,6 +391,7 @@ mod tests {
             mesh_id: mesh_id.into(),
             mesh_name: "Home".into(),
             device_id: "d1".into(),
+            direct: false,
             stun_servers: Vec::new(),
         }
     }
