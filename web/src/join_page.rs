@@ -344,11 +344,8 @@ fn start_paths(ctx: Ctx, path: PathKind, joined: &Joined) {
     let Some(connector) = ctx.connector.get_value() else {
         return;
     };
-    if !joined.direct {
-        return;
-    }
-    let stun_servers = joined.stun_servers.clone();
-    let paths = SessionPaths::start(connector, path, stun_servers, move |ev| {
+    let (offer, stun_servers) = (joined.direct, joined.stun_servers.clone());
+    let paths = SessionPaths::start(connector, path, offer, stun_servers, move |ev| {
         on_path_event(ctx, ev)
     });
     ctx.paths.set_value(Some(paths));

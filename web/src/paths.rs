@@ -72,16 +72,21 @@ pub struct SessionPaths {
 
 impl SessionPaths {
     /// Starts the policy for a session that joined over `path`; `stun_servers` are the
-    /// host's (from `joined`). Only a `relay` session tries a direct path.
+    /// host's (from `joined`). Only a `relay` session whose host answers offers (`offer`,
+    /// `joined.direct`) tries a direct path; otherwise this only carries the session's
+    /// frames on its WebSocket.
     pub fn start(
         connector: Connector,
         path: PathKind,
+        offer: bool,
         stun_servers: Vec<String>,
         listener: impl Fn(UpgradeEvent) + 'static,
     ) -> SessionPaths {
         let seed = (js_sys::Math::random() * u64::MAX as f64) as u64;
         let mut up = Upgrade::new(Role::Offerer, Policy::default(), seed);
-        up.handle_joined(path, now_ms());
+        if offer {
+            up.handle_joined(path, now_ms());
+        }
         let paths = SessionPaths {
             inner: Rc::new(RefCell::new(Inner {
                 up,
