@@ -256,7 +256,7 @@ fn bench_throughput_direct_vs_relay() {
             v.to_string().contains(name.as_str())
         })
         .expect("the home phone sees the sender");
-        for (size, n) in [(100usize, 2000usize), (16 * 1024, 300)] {
+        for (size, n) in [(100usize, 20_000usize), (16 * 1024, 2_000)] {
             let tag = format!("{path}-{size}");
             let last = numbered(&tag, n, size);
             let ours = |v: &Value| {
@@ -284,19 +284,27 @@ fn bench_throughput_direct_vs_relay() {
                 eprintln!("NETNS-RESULT bench=throughput path={path} size={size} n={n} arrived={got} last=never");
                 continue;
             };
-            let secs = e
-                .at
-                .saturating_sub(t0.duration_since(home.start))
-                .as_secs_f64();
+            let secs =
+                e.at.saturating_sub(t0.duration_since(home.start))
+                    .as_secs_f64();
             eprintln!(
                 "NETNS-RESULT bench=throughput path={path} size={size} n={n} arrived={got} secs={secs:.3} msgs_per_s={:.0} mb_per_s={:.2}",
                 n as f64 / secs,
                 (n * size) as f64 / secs / 1e6
             );
         }
-        // Still on the path it was measured on?
+        // Still on the path it was measured on? What else happened (paths, reconnects)?
         let now_on = listed_path(&topo, &host, &name);
         eprintln!("NETNS-RESULT bench=throughput path={path} listed_after={now_on}");
+        for (who, j) in [("sender", &phone), ("receiver", &home)] {
+            let other: Vec<String> = j
+                .events()
+                .iter()
+                .filter(|e| !matches!(e.json["event"].as_str(), Some("message" | "peer")))
+                .map(|e| format!("+{}ms {}", e.at.as_millis(), e.json))
+                .collect();
+            eprintln!("NETNS-EVENTS {path} {who}: {other:#?}");
+        }
         topo.kill(phone.id);
     }
 }

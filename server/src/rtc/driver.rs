@@ -312,11 +312,15 @@ impl Driver {
     /// The peer a datagram belongs to: the first whose `Rtc` accepts it, else, for DTLS,
     /// the one whose ICE already heard from that address (see [`Peer::heard_ice_from`]).
     fn owner(&mut self, input: &Input, datagram: &[u8], from: SocketAddr) -> Option<&mut Peer> {
-        let at = self.peers.iter().position(|p| p.accepts(input)).or_else(|| {
-            is_dtls(datagram)
-                .then(|| self.peers.iter().position(|p| p.heard_ice_from(from)))
-                .flatten()
-        })?;
+        let at = self
+            .peers
+            .iter()
+            .position(|p| p.accepts(input))
+            .or_else(|| {
+                is_dtls(datagram)
+                    .then(|| self.peers.iter().position(|p| p.heard_ice_from(from)))
+                    .flatten()
+            })?;
         self.peers.get_mut(at)
     }
 
