@@ -181,7 +181,11 @@ impl SessionPaths {
             .upgrade
             .poll_timeout()
             .map(|ms| self.origin + Duration::from_millis(ms));
+        // Biased, events first: after the session was busy (a long send on a full
+        // DataChannel), what arrived meanwhile must count as inbound before the liveness
+        // timer is judged, or a busy but healthy direct path is declared dead.
         tokio::select! {
+            biased;
             ev = next_event(&mut self.attempt) => self.on_event(ev),
             done = gathered(&mut self.side) => self.on_gathered(done),
             _ = sleep_until(deadline) => {

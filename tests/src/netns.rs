@@ -1404,6 +1404,19 @@ impl BackgroundJoin {
             .collect()
     }
 
+    /// The latest event matching `pred`, searched from the newest without copying the
+    /// others (for benchmarks that print thousands of large messages).
+    pub fn latest(&self, pred: impl Fn(&Value) -> bool) -> Option<TimedEvent> {
+        let events = self.events.lock().unwrap();
+        events.iter().rev().find(|e| pred(&e.json)).cloned()
+    }
+
+    /// How many events so far match `pred` (without copying them).
+    pub fn count(&self, pred: impl Fn(&Value) -> bool) -> usize {
+        let events = self.events.lock().unwrap();
+        events.iter().filter(|e| pred(&e.json)).count()
+    }
+
     /// Waits for the first event matching `pred`.
     pub fn wait_for(
         &self,

@@ -214,3 +214,97 @@ fn bench_punched_20_tries() {
         "NETNS-RESULT bench=cli-punched tries=20 punched={punched} after_ms={times:?} ended={ended:?}"
     );
 }
+
+/// One message of `size` bytes: `"{tag}-{i:06}-"` padded with `x`.
+fn numbered(tag: &str, i: usize, size: usize) -> String {
+    let mut body = format!("{tag}-{i:06}-");
+    body.extend(std::iter::repeat_n('x', size.saturating_sub(body.len())));
+    body
+}
+
+/// Not a check: the throughput figures of docs/BENCHMARKS.md ("Direct path (WebRTC)").
+/// A member on the home Wi-Fi (local WebSocket) receives; a phone on cellular data sends
+/// numbered messages as fast as `join` reads its stdin, once on the punched DataChannel
+/// and once with `join --no-direct` (through the relay). Each burst is timed from the first
+/// line written to the arrival of the last message at the receiver (the reader's
+/// timestamp), and the receiver's count says whether all arrived. The path is
+/// phone → host (direct or relay) → home member (LAN WebSocket) in both cases.
+/// `cargo test -p atmosphere-tests --test netns_direct -- --ignored --nocapture bench_throughput`
+#[test]
+#[ignore]
+fn bench_throughput_direct_vs_relay() {
+    let _g = serial();
+    let mut topo = TopologyBuilder::new("tput").build();
+    let host = setup(&mut topo);
+    let home_link = topo.mint(&host, None).token.qr_data;
+    let home = topo.join_background(Node::HomePhone, &home_link, &["--name", "home-phone"]);
+    home.wait_for(Duration::from_secs(30), |v| v["event"] == "connected")
+        .unwrap_or_else(|| panic!("home phone never connected:\n{}", home.transcript()));
+    for (path, extra) in [("punched", &[][..]), ("relay", &["--no-direct"][..])] {
+        let name = format!("tput-{path}");
+        let link = topo.mint(&host, None).token.qr_data;
+        let mut args = vec!["--name", name.as_str()];
+        args.extend_from_slice(extra);
+        let mut phone = topo.join_background(Node::Phone, &link, &args);
+        phone
+            .wait_for(Duration::from_secs(30), |v| v["event"] == "connected")
+            .unwrap_or_else(|| panic!("the phone never connected:\n{}", phone.transcript()));
+        if path == "punched" {
+            path_event(&phone, "punched", Duration::from_secs(30));
+        }
+        home.wait_for(Duration::from_secs(10), |v| {
+            v.to_string().contains(name.as_str())
+        })
+        .expect("the home phone sees the sender");
+        for (size, n) in [(100usize, 20_000usize), (16 * 1024, 2_000)] {
+            let tag = format!("{path}-{size}");
+            let last = numbered(&tag, n, size);
+            let ours = |v: &Value| {
+                v["event"] == "message"
+                    && v["body"]
+                        .as_str()
+                        .is_some_and(|b| b.starts_with(tag.as_str()))
+            };
+            let t0 = Instant::now();
+            for i in 1..=n {
+                phone.send_line(&numbered(&tag, i, size));
+            }
+            let deadline = Instant::now() + Duration::from_secs(120);
+            let arrived = loop {
+                if let Some(e) = home.latest(|v| v["event"] == "message" && v["body"] == last) {
+                    break Some(e);
+                }
+                if Instant::now() > deadline {
+                    break None;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            };
+            let got = home.count(ours);
+            let Some(e) = arrived else {
+                eprintln!("NETNS-RESULT bench=throughput path={path} size={size} n={n} arrived={got} last=never");
+                continue;
+            };
+            let secs =
+                e.at.saturating_sub(t0.duration_since(home.start))
+                    .as_secs_f64();
+            eprintln!(
+                "NETNS-RESULT bench=throughput path={path} size={size} n={n} arrived={got} secs={secs:.3} msgs_per_s={:.0} mb_per_s={:.2}",
+                n as f64 / secs,
+                (n * size) as f64 / secs / 1e6
+            );
+        }
+        // Still on the path it was measured on? What else happened (paths, reconnects)?
+        let now_on = listed_path(&topo, &host, &name);
+        eprintln!("NETNS-RESULT bench=throughput path={path} listed_after={now_on}");
+        for (who, j) in [("sender", &phone), ("receiver", &home)] {
+            let other: Vec<String> = j
+                .events()
+                .iter()
+                .filter(|e| !matches!(e.json["event"].as_str(), Some("message" | "peer")))
+                .map(|e| format!("+{}ms {}", e.at.as_millis(), e.json))
+                .collect();
+            eprintln!("NETNS-EVENTS {path} {who}: {other:#?}");
+        }
+        topo.kill(phone.id);
+    }
+}

@@ -2,8 +2,11 @@
 //!
 //! Each datagram goes to exactly one place, in this order: an answer to one of our own STUN
 //! transactions (the NAT check, a client's reflexive address) goes to whoever asked; else
-//! the first peer whose `Rtc` accepts it (ICE username, nominated address, or a known
-//! remote candidate) gets it; else it is counted and dropped. Datagrams str0m cannot parse
+//! the first peer whose `Rtc` accepts it (ICE username, nominated address, or the remote
+//! address of a candidate pair whose check succeeded) gets it; else a DTLS datagram goes to
+//! the peer whose ICE already heard from its source (a first flight that arrives before
+//! this side's own checks succeeded, see [`Peer::heard_ice_from`]); else it is counted and
+//! dropped. Datagrams str0m cannot parse
 //! (garbage) are counted and dropped too; nothing a datagram says can stop the driver (even
 //! a panic inside str0m only ends the peer connection it happened in).
 //!
@@ -293,20 +296,38 @@ impl Driver {
             return;
         };
         let input = Input::Receive(now, receive);
-        let Some(peer) = self.peers.iter_mut().find(|p| p.accepts(&input)) else {
+        let Some(peer) = self.owner(&input, datagram, from) else {
             self.counters.unmatched.fetch_add(1, Ordering::Relaxed);
             return;
         };
+        if is_stun(datagram) {
+            peer.note_ice_source(from);
+        }
         let Input::Receive(_, receive) = input else {
             return;
         };
         guarded(peer, now, |p| p.receive(now, receive));
     }
 
+    /// The peer a datagram belongs to: the first whose `Rtc` accepts it, else, for DTLS,
+    /// the one whose ICE already heard from that address (see [`Peer::heard_ice_from`]).
+    fn owner(&mut self, input: &Input, datagram: &[u8], from: SocketAddr) -> Option<&mut Peer> {
+        let at = self
+            .peers
+            .iter()
+            .position(|p| p.accepts(input))
+            .or_else(|| {
+                is_dtls(datagram)
+                    .then(|| self.peers.iter().position(|p| p.heard_ice_from(from)))
+                    .flatten()
+            })?;
+        self.peers.get_mut(at)
+    }
+
     /// Routes an answer to one of our own STUN transactions; false when it is not one.
     fn take_stun_answer(&mut self, datagram: &[u8], from: SocketAddr) -> bool {
         // RFC 7983: a STUN message starts with 0 or 1. Most datagrams are not ours.
-        if self.stun.is_empty() || !matches!(datagram.first(), Some(0 | 1)) {
+        if self.stun.is_empty() || !is_stun(datagram) {
             return false;
         }
         let Some((tid, answer)) = decode_answer(datagram) else {
@@ -323,4 +344,14 @@ impl Driver {
         });
         true
     }
+}
+
+/// RFC 7983 demultiplexing: a STUN message starts with 0 or 1.
+fn is_stun(datagram: &[u8]) -> bool {
+    matches!(datagram.first(), Some(0 | 1))
+}
+
+/// RFC 7983 demultiplexing: a DTLS record starts with 20..=63.
+fn is_dtls(datagram: &[u8]) -> bool {
+    matches!(datagram.first(), Some(20..=63))
 }

@@ -7,6 +7,7 @@
 //! disconnected for [`DISCONNECTED_GRACE`], and after the end str0m gets [`CLOSE_DRAIN`]
 //! to send its goodbyes (SCTP shutdown, DTLS close_notify) before the peer is dropped.
 
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use str0m::channel::ChannelId;
@@ -23,6 +24,9 @@ pub const DISCONNECTED_GRACE: Duration = Duration::from_secs(10);
 const CLOSE_DRAIN: Duration = Duration::from_secs(1);
 /// A str0m "no timeout" is a far future; the driver looks again at least this often.
 const MAX_SLEEP: Duration = Duration::from_secs(30);
+/// Source addresses of ICE traffic a peer remembers (see [`Peer::heard_ice_from`]); a
+/// connection checks a handful of candidate pairs.
+const MAX_ICE_SOURCES: usize = 8;
 
 pub(crate) struct Peer {
     rtc: Rtc,
@@ -38,6 +42,8 @@ pub(crate) struct Peer {
     drop_by: Option<Instant>,
     /// str0m panicked: never call it again.
     crashed: bool,
+    /// Where this peer's ICE traffic came from, newest last (see [`Peer::heard_ice_from`]).
+    ice_sources: Vec<SocketAddr>,
 }
 
 /// The path a datagram str0m sends runs on, when it tells: everything except STUN (DTLS,
@@ -69,6 +75,7 @@ impl Peer {
             disconnected_since: None,
             drop_by: None,
             crashed: false,
+            ice_sources: Vec::new(),
         }
     }
 
@@ -76,6 +83,34 @@ impl Peer {
     /// known remote candidate).
     pub fn accepts(&self, input: &Input) -> bool {
         self.drop_by.is_none() && !self.crashed && self.rtc.accepts(input)
+    }
+
+    /// Whether `from` sent this peer ICE traffic (a check carrying its username, or an
+    /// answer to one of its checks) — the fallback owner of a DTLS datagram that
+    /// [`Peer::accepts`] refuses.
+    ///
+    /// str0m accepts DTLS only from its nominated address or a candidate pair whose own
+    /// check succeeded. The side whose ICE connects first sends its first DTLS flight at
+    /// once; when it is the DTLS client, the ClientHello reaches the other side before that
+    /// side's checks have come back (behind a NAT that dropped its first checks, hundreds
+    /// of ms later), and refused, it waits for the 1 s DTLS retransmit timer. Handing it to
+    /// the peer whose ICE already heard from that address lets the answering flight go out
+    /// the moment that side's ICE connects. Nothing is trusted less: DTLS still checks the
+    /// signalled fingerprint, and a peer that never accepted traffic from the address never
+    /// sees its DTLS.
+    pub fn heard_ice_from(&self, from: SocketAddr) -> bool {
+        self.drop_by.is_none() && !self.crashed && self.ice_sources.contains(&from)
+    }
+
+    /// Remembers that `from` sent this peer a STUN datagram it accepted.
+    pub fn note_ice_source(&mut self, from: SocketAddr) {
+        if self.ice_sources.contains(&from) {
+            return;
+        }
+        if self.ice_sources.len() == MAX_ICE_SOURCES {
+            self.ice_sources.remove(0);
+        }
+        self.ice_sources.push(from);
     }
 
     /// Feeds one datagram.
