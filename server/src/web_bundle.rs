@@ -7,7 +7,23 @@
 //! binary that carried it would need a web build before every `cargo build`. A deployment
 //! ships `dist/` next to the binary or names it with `--web-dir`.
 
+use axum::http::{header, HeaderMap, HeaderValue};
 use std::path::{Path, PathBuf};
+
+/// The headers every page and answer of ours carries, host and relay alike: no sniffing, no
+/// referrer (the invite is in the fragment, which browsers never send, but the page has no
+/// reason to name itself to anyone), no framing.
+pub fn insert_security_headers(h: &mut HeaderMap) {
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+}
 
 /// Picks the web app directory: `flag` (`--web-dir`), else `./dist`, else `dist/` at the
 /// workspace root the binary was built in (`target/<profile>/atmosphere` → `../../dist`).

@@ -103,19 +103,10 @@ async fn asset(State(app): State<WebApp>, req: Request) -> Response {
     r
 }
 
-/// Caching plus the headers every page of ours carries: no sniffing, no referrer (the
-/// invite is in the fragment, which browsers never send, but the page has no reason to
-/// name itself to anyone), no framing.
+/// Caching plus the headers every page of ours carries
+/// ([`crate::web_bundle::insert_security_headers`]).
 fn with_headers(r: &mut Response, cache: &'static str) {
     let h = r.headers_mut();
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
-    h.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    h.insert(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
-    );
-    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    crate::web_bundle::insert_security_headers(h);
 }

@@ -11,12 +11,11 @@ use std::time::{Duration, Instant};
 
 use str0m::change::{SdpAnswer, SdpPendingOffer};
 use str0m::Rtc;
-use tokio::net::UdpSocket;
 
 use super::candidates::{host_candidates, reflexive_candidate, LocalAddrs};
 use super::driver::DriverHandle;
 use super::nat_check::binding;
-use super::{check_sdp_size, str0m_config, DirectChannel, RtcConfig, RtcError, CHANNEL_LABEL};
+use super::{bind_socket, check_sdp_size, str0m_config, DirectChannel, RtcConfig, RtcError, CHANNEL_LABEL};
 use crate::discovery::stun::{Answer, StunServer};
 
 /// How long candidate gathering waits for a STUN server's answer.
@@ -34,16 +33,7 @@ impl ClientPeer {
     /// Binds the socket, starts its driver and gathers candidates; `stun_servers` are
     /// `host:port` names (the relay's first), empty for none.
     pub async fn bind(config: RtcConfig, stun_servers: &[String]) -> Result<ClientPeer, RtcError> {
-        let socket = UdpSocket::bind(config.bind)
-            .await
-            .map_err(|source| RtcError::Bind {
-                addr: config.bind,
-                source,
-            })?;
-        let local = socket.local_addr().map_err(|source| RtcError::Bind {
-            addr: config.bind,
-            source,
-        })?;
+        let (socket, local) = bind_socket(&config).await?;
         let candidates = host_candidates(&config.candidate_ips, local.port())?;
         // One peer connection; it is handed over only once the answer is in.
         let driver = DriverHandle::spawn(socket, 1, config.open_deadline);

@@ -13,12 +13,11 @@ use std::time::Instant;
 
 use str0m::change::SdpOffer;
 use str0m::{Candidate, Rtc};
-use tokio::net::UdpSocket;
 
 use super::candidates::{host_candidates, reflexive_candidate, LocalAddrs};
 use super::driver::{DriverHandle, SocketStats};
 use super::nat_check::{self, NatReport};
-use super::{check_sdp_size, str0m_config, DirectChannel, RtcConfig, RtcError, MAX_SDP_BYTES};
+use super::{bind_socket, check_sdp_size, str0m_config, DirectChannel, RtcConfig, RtcError, MAX_SDP_BYTES};
 
 /// See the module doc. Dropping it closes the socket once the open channels have closed.
 #[derive(Debug)]
@@ -39,16 +38,7 @@ struct NatState {
 impl HostPeer {
     /// Binds the socket and starts its driver (needs a Tokio runtime).
     pub async fn bind(config: RtcConfig) -> Result<HostPeer, RtcError> {
-        let socket = UdpSocket::bind(config.bind)
-            .await
-            .map_err(|source| RtcError::Bind {
-                addr: config.bind,
-                source,
-            })?;
-        let local = socket.local_addr().map_err(|source| RtcError::Bind {
-            addr: config.bind,
-            source,
-        })?;
+        let (socket, local) = bind_socket(&config).await?;
         let host_candidates = host_candidates(&config.candidate_ips, local.port())?;
         let driver = DriverHandle::spawn(socket, config.max_peers, config.open_deadline);
         Ok(HostPeer {

@@ -53,7 +53,7 @@ pub use nat_check::NatReport;
 /// `serve --udp-port` default: the same number as the TCP port, on UDP.
 pub const DEFAULT_UDP_PORT: u16 = 11451;
 /// The one DataChannel's label; the client creates it before the offer.
-pub const CHANNEL_LABEL: &str = "atmosphere-mesh";
+pub use atmosphere_shared::upgrade::DATA_CHANNEL_LABEL as CHANNEL_LABEL;
 /// Largest offer or answer accepted (a browser's offer with a dozen candidates is ~1 KiB).
 pub const MAX_SDP_BYTES: usize = 16 * 1024;
 /// Default bound on peer connections per socket.
@@ -155,6 +155,19 @@ pub fn check_sdp_size(sdp: &str) -> Result<(), RtcError> {
 
 /// A fresh str0m configuration for our one use: full ICE, a DataChannel that can carry
 /// [`MAX_MESSAGE_BYTES`] messages, no media, no stats.
+/// Binds the UDP socket of `config`; returns it with the address it got.
+async fn bind_socket(config: &RtcConfig) -> Result<(tokio::net::UdpSocket, SocketAddr), RtcError> {
+    let failed = |source| RtcError::Bind {
+        addr: config.bind,
+        source,
+    };
+    let socket = tokio::net::UdpSocket::bind(config.bind)
+        .await
+        .map_err(failed)?;
+    let local = socket.local_addr().map_err(failed)?;
+    Ok((socket, local))
+}
+
 fn str0m_config() -> str0m::RtcConfig {
     str0m::Rtc::builder()
         // Full ICE: ICE-lite rejects server-reflexive candidates, so no hole punching.

@@ -579,15 +579,7 @@ async fn common_headers(State(st): State<AppState>, req: Request, next: Next) ->
     let mut resp = next.run(req).await;
     st.metrics.http_request(resp.status().as_u16());
     let h = resp.headers_mut();
-    h.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    h.insert(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
-    );
-    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    crate::web_bundle::insert_security_headers(h);
     if api {
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
