@@ -15,7 +15,9 @@ use str0m::Rtc;
 use super::candidates::{host_candidates, reflexive_candidate, LocalAddrs};
 use super::driver::DriverHandle;
 use super::nat_check::binding;
-use super::{bind_socket, check_sdp_size, str0m_config, DirectChannel, RtcConfig, RtcError, CHANNEL_LABEL};
+use super::{
+    bind_socket, check_sdp_size, str0m_config, DirectChannel, RtcConfig, RtcError, CHANNEL_LABEL,
+};
 use crate::discovery::stun::{Answer, StunServer};
 
 /// How long candidate gathering waits for a STUN server's answer.

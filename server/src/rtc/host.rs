@@ -17,7 +17,9 @@ use str0m::{Candidate, Rtc};
 use super::candidates::{host_candidates, reflexive_candidate, LocalAddrs};
 use super::driver::{DriverHandle, SocketStats};
 use super::nat_check::{self, NatReport};
-use super::{bind_socket, check_sdp_size, str0m_config, DirectChannel, RtcConfig, RtcError, MAX_SDP_BYTES};
+use super::{
+    bind_socket, check_sdp_size, str0m_config, DirectChannel, RtcConfig, RtcError, MAX_SDP_BYTES,
+};
 
 /// See the module doc. Dropping it closes the socket once the open channels have closed.
 #[derive(Debug)]
