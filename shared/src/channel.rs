@@ -107,6 +107,9 @@ pub const REORDER_MAX_FRAMES: u64 = 512;
 /// How many bytes of out-of-order bodies the receiver keeps.
 pub const REORDER_MAX_BYTES: usize = 1024 * 1024;
 
+/// Unacknowledged frames after which an ack is sent at once ([`SecureChannel::ack_urgent`]).
+pub const ACK_URGENT_FRAMES: u64 = 32;
+
 /// Noise reserves nonce 2⁶⁴−1; a direction ends one below it (never in practice).
 const LAST_SEQ: u64 = u64::MAX - 1;
 
@@ -190,6 +193,8 @@ pub struct SecureChannel {
     next_expected: u64,
     /// A body was delivered since this side last sealed a frame.
     ack_wanted: bool,
+    /// The ack this side last sent (frames of the peer acknowledged so far).
+    ack_sent: u64,
     /// Frames ahead of `next_expected`, by seq: their bodies.
     reorder: BTreeMap<u64, Vec<u8>>,
     reorder_bytes: usize,
@@ -219,6 +224,7 @@ impl SecureChannel {
             resend: None,
             next_expected: 0,
             ack_wanted: false,
+            ack_sent: 0,
             reorder: BTreeMap::new(),
             reorder_bytes: 0,
             ready: VecDeque::new(),
@@ -256,6 +262,22 @@ impl SecureChannel {
     /// True once a body was delivered since this side last sealed a frame.
     pub fn ack_due(&self) -> bool {
         self.ack_wanted && !self.broken
+    }
+
+    /// True when this side has taken at least [`ACK_URGENT_FRAMES`] frames it has not yet
+    /// acknowledged: the shell sends a pure ack at once instead of at the next tick, so a
+    /// sender held back by [`resend_backlogged`](Self::resend_backlogged) resumes quickly.
+    pub fn ack_urgent(&self) -> bool {
+        self.ack_due() && self.next_expected - self.ack_sent >= ACK_URGENT_FRAMES
+    }
+
+    /// True while the frames kept for a resend fill half of their bound: the shell takes
+    /// no new input until acks make room, so the bound never forgets a frame a fallback
+    /// may need (flow control; without it a burst on a fast path outruns the acks).
+    pub fn resend_backlogged(&self) -> bool {
+        self.resend.as_ref().is_some_and(|r| {
+            r.frames.len() * 2 >= r.limits.max_frames || r.bytes * 2 >= r.limits.max_bytes
+        })
     }
 
     /// Keeps every frame sealed from now on until the peer acknowledges it, within the
@@ -367,6 +389,7 @@ impl SecureChannel {
         frame.truncate(SEQ_BYTES + n);
         self.next_seq = seq + 1;
         self.ack_wanted = false;
+        self.ack_sent = self.next_expected;
         if let Some(resend) = &mut self.resend {
             resend.keep(seq, &frame);
         }

@@ -399,3 +399,39 @@ proptest! {
         prop_assert_eq!(member.pop_ready(), None);
     }
 }
+
+/// Flow control: a sender that stops taking input while `resend_backlogged` and a receiver
+/// that acks when `ack_urgent` move any burst with nothing forgotten, so a fallback at any
+/// moment can resend everything unacked.
+#[test]
+fn a_backlogged_sender_waits_for_urgent_acks_and_never_forgets() {
+    let (mut host, mut member) = pair();
+    member.enable_resend_with(ResendLimits {
+        max_frames: 64,
+        max_bytes: 1 << 20,
+    });
+    let (mut sent, mut delivered) = (0usize, 0usize);
+    while delivered < 1_000 {
+        // The sender takes input only while it is not backlogged.
+        let mut in_flight = Vec::new();
+        while sent < 1_000 && !member.resend_backlogged() {
+            in_flight.push(member.seal(&body(sent)).unwrap());
+            sent += 1;
+        }
+        assert!(!in_flight.is_empty() || sent == 1_000, "the sender stalled");
+        for f in in_flight {
+            delivered += open_all(&mut host, &f).unwrap().len();
+            if host.ack_urgent() {
+                let ack = host.seal_ack().unwrap().expect("an urgent ack is due");
+                assert!(open_all(&mut member, &ack).unwrap().is_empty());
+            }
+        }
+        // The periodic flush for what is left.
+        if let Some(ack) = host.seal_ack().unwrap() {
+            open_all(&mut member, &ack).unwrap();
+        }
+        // A fallback now could resend everything still unacked.
+        member.resend_frames().unwrap();
+    }
+    assert_eq!(member.unacked(), 0);
+}
