@@ -47,7 +47,7 @@ use crate::limits::{rate_bucket, JoinRateLimiter};
 use crate::mesh_socket::{Incoming, MeshSocket, RecvFailure, Violation};
 use crate::printable::printable;
 use crate::secret::{constant_time_eq, random_hex, sha256_hex};
-use crate::session_paths::{HostDirect, PathInput, SessionPaths};
+use crate::session_paths::{HostDirect, PathInput, PathSocket, SessionPaths};
 use crate::store::{self, NewDevice, RedeemError, Redemption, Store};
 use crate::ws::{close_code, FrameSocket};
 use atmosphere_shared::api::MeshEvent;
@@ -686,11 +686,15 @@ impl Sessions {
         let mut last_rx = Instant::now();
         loop {
             let idle_deadline = last_rx + self.cfg.idle_timeout;
+            let backlogged = live.sock.backlogged();
             tokio::select! {
                 m = live.sock.recv() => {
                     last_rx = Instant::now();
                     if let Some(end) = self.on_incoming(live, m).await {
                         return end;
+                    }
+                    if let Err(r) = self.ack_if_urgent(live).await {
+                        return r;
                     }
                 }
                 input = next_path(&mut live.paths) => {
@@ -700,12 +704,16 @@ impl Sessions {
                         if let Some(end) = self.on_incoming(live, m).await {
                             return end;
                         }
+                        if let Err(r) = self.ack_if_urgent(live).await {
+                            return r;
+                        }
                     }
                     if let Err(r) = self.apply_paths(live).await {
                         return r;
                     }
                 }
-                out = outbox.recv() => {
+                // Flow control: nothing new while the resend buffer is half full.
+                out = outbox.recv(), if !backlogged => {
                     let Some(text) = out else {
                         // The hub let go of this member's queue: it was kicked (removed,
                         // replaced), and the kick says how to end.
@@ -782,6 +790,14 @@ impl Sessions {
 
     /// Runs the upgrade policy's actions and reports its steps: a path change goes to the
     /// log, to presence (the device list) and to `/api/events`.
+    /// Flow control: an ack at once after many frames from the member.
+    async fn ack_if_urgent(&self, live: &mut Live<'_>) -> Result<(), String> {
+        match &mut live.paths {
+            Some(paths) => paths.ack_if_urgent(live.sock).await,
+            None => Ok(()),
+        }
+    }
+
     async fn apply_paths(&self, live: &mut Live<'_>) -> Result<(), String> {
         let Some(paths) = &mut live.paths else {
             return Ok(());

@@ -49,6 +49,11 @@ const NAT_CHECK_WAIT: Duration = Duration::from_secs(4);
 
 /// What [`SessionPaths`] needs of a session's socket.
 pub trait PathSocket {
+    /// Flow control, sending side: true while the frames kept for a resend fill half their
+    /// bound; the session takes no new input until acks make room.
+    fn backlogged(&mut self) -> bool {
+        self.channel().is_some_and(|c| c.resend_backlogged())
+    }
     /// The session's secure channel (`None` only before the handshake).
     fn channel(&mut self) -> Option<&mut SecureChannel>;
     /// Sends already sealed frames on the WebSocket, in order.
@@ -386,16 +391,7 @@ impl SessionPaths {
                     self.cancel(attempt);
                 }
                 Action::SendPing { attempt } => self.send_direct(attempt, vec![PING]).await,
-                Action::FlushAck => {
-                    let ack = channel(sock)?
-                        .seal_ack()
-                        .map_err(|e| format!("cannot seal an ack: {e}"))?;
-                    match (ack, self.on_direct) {
-                        (None, _) => {}
-                        (Some(frame), Some(attempt)) => self.send_direct(attempt, frame).await,
-                        (Some(frame), None) => sock.send_on_websocket(vec![frame]).await?,
-                    }
-                }
+                Action::FlushAck => self.flush_ack(sock).await?,
                 Action::Event(e) => events.push(e),
             }
         }
@@ -408,6 +404,28 @@ impl SessionPaths {
     }
 
     /// Client: gather and offer in the background (ICE gathering waits for STUN answers).
+    /// Sends a pure ack on the current path if one is due.
+    async fn flush_ack<S: PathSocket>(&mut self, sock: &mut S) -> Result<(), String> {
+        let ack = channel(sock)?
+            .seal_ack()
+            .map_err(|e| format!("cannot seal an ack: {e}"))?;
+        match (ack, self.on_direct) {
+            (None, _) => {}
+            (Some(frame), Some(attempt)) => self.send_direct(attempt, frame).await,
+            (Some(frame), None) => sock.send_on_websocket(vec![frame]).await?,
+        }
+        Ok(())
+    }
+
+    /// Flow control, receiving side: after many frames in a row, acks at once rather than
+    /// at the next tick, so a sender waiting on its resend bound goes on.
+    pub async fn ack_if_urgent<S: PathSocket>(&mut self, sock: &mut S) -> Result<(), String> {
+        if sock.channel().is_some_and(|c| c.ack_urgent()) {
+            self.flush_ack(sock).await?;
+        }
+        Ok(())
+    }
+
     fn start_attempt(&mut self, attempt: u32) {
         let Side::Client { ctx, gathering, .. } = &mut self.side else {
             return;

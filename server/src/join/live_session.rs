@@ -18,7 +18,7 @@
 use super::output::{Printer, Roster};
 use super::secure_socket::{SecureSocket, SocketError};
 use super::stdin::StdinLines;
-use crate::session_paths::{PathInput, SessionPaths};
+use crate::session_paths::{PathInput, PathSocket, SessionPaths};
 use atmosphere_shared::wire::{ClientMsg, PeersSnapshot, ServerMsg};
 
 /// How a live session ended.
@@ -61,10 +61,14 @@ pub(super) async fn run(
         return SessionEnd::Lost(e);
     }
     loop {
+        let backlogged = s.socket.backlogged();
         tokio::select! {
             msg = s.socket.recv() => {
                 if let Some(end) = s.on_received(msg.map(Some)).await {
                     return s.finish(end).await;
+                }
+                if let Err(e) = s.ack_if_urgent().await {
+                    return SessionEnd::Lost(e);
                 }
             }
             input = next_path(&mut s.paths) => {
@@ -72,7 +76,8 @@ pub(super) async fn run(
                     return s.finish(end).await;
                 }
             }
-            line = stdin.next(), if stdin.is_open() => match line {
+            // Flow control: no new line while the resend buffer is half full.
+            line = stdin.next(), if stdin.is_open() && !backlogged => match line {
                 Some(Ok(line)) => {
                     if let Err(e) = send_line(&mut s.socket, line, out).await {
                         return SessionEnd::Lost(e);
@@ -108,6 +113,9 @@ impl Session<'_> {
                 if let Some(end) = self.on_received(msg).await {
                     return Some(end);
                 }
+                if let Err(e) = self.ack_if_urgent().await {
+                    return Some(SessionEnd::Lost(e));
+                }
             }
             PathInput::Offer { attempt, sdp } => {
                 if let Err(e) = self
@@ -124,6 +132,14 @@ impl Session<'_> {
             PathInput::Tick => {}
         }
         self.apply_paths().await.err().map(SessionEnd::Lost)
+    }
+
+    /// Flow control: an ack at once after many frames from the host.
+    async fn ack_if_urgent(&mut self) -> Result<(), String> {
+        match &mut self.paths {
+            Some(paths) => paths.ack_if_urgent(&mut self.socket).await,
+            None => Ok(()),
+        }
     }
 
     /// One opened message from either path (`Ok(None)`: nothing to deliver).
