@@ -105,10 +105,15 @@ impl Browser {
             "chromedriver did not come up on {url}"
         );
         let connector = hyper_util::client::legacy::connect::HttpConnector::new();
-        // Outside a namespace a page must never run WebRTC (it would gather this machine's
-        // addresses and announce mDNS names): no UDP at all for this Chromium. Hosts in
-        // these tests have no direct path either, so their pages never offer one.
-        let no_udp = ["--force-webrtc-ip-handling-policy=disable_non_proxied_udp".to_string()];
+        // Outside a namespace a page must never run WebRTC. Three guards: hosts in these
+        // tests have no UDP port, so `joined.direct` is false and the page never creates a
+        // peer connection; this Chromium may not use UDP for WebRTC at all; and it never
+        // registers or announces mDNS names for local addresses. Every Chromium that may
+        // open a peer connection runs inside a namespace (`Topology::browser`).
+        let no_udp = [
+            "--force-webrtc-ip-handling-policy=disable_non_proxied_udp".to_string(),
+            "--disable-features=WebRtcHideLocalIpsWithMdns".to_string(),
+        ];
         Browser::open(test, screen, driver, &url, connector, &no_udp).await
     }
 
