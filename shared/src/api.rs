@@ -174,6 +174,107 @@ pub struct NetworkSnapshot {
     /// `ip`; it sets `cgnat` even when this machine and STUN only saw ordinary addresses.
     #[serde(default)]
     pub cgnat_hop: Option<String>,
+    /// Automatic port mapping on the home router (UPnP IGD, PCP or NAT-PMP): what the host
+    /// holds now, or why it holds nothing.
+    #[serde(default)]
+    pub port_mapping: PortMappingStatus,
+    /// Whether the public endpoint answers from outside, as the relay's dial-back found it.
+    /// An invite carries `public` only while this is not [`Reachability::Unreachable`].
+    #[serde(default)]
+    pub reachability: PublicReachability,
+}
+
+/// The state of automatic port mapping (`network_info.port_mapping`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PortMappingState {
+    /// Turned off (`serve --no-port-mapping`), or not a host (netcheck without probing).
+    #[default]
+    Off,
+    /// Looking for a gateway that maps ports; nothing held yet.
+    Searching,
+    /// A mapping is held (and renewed before it expires).
+    Mapped,
+    /// No gateway mapped the port; `error` says why.
+    Unavailable,
+}
+
+/// The protocol that made (or would make) a mapping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PortMappingProtocol {
+    /// UPnP Internet Gateway Device (SSDP discovery, SOAP `AddPortMapping`).
+    Upnp,
+    /// Port Control Protocol, RFC 6887.
+    Pcp,
+    /// NAT Port Mapping Protocol, RFC 6886.
+    NatPmp,
+}
+
+impl PortMappingProtocol {
+    /// The name a person reads: `UPnP`, `PCP`, `NAT-PMP`.
+    pub fn label(self) -> &'static str {
+        match self {
+            PortMappingProtocol::Upnp => "UPnP",
+            PortMappingProtocol::Pcp => "PCP",
+            PortMappingProtocol::NatPmp => "NAT-PMP",
+        }
+    }
+}
+
+/// `network_info.port_mapping`: the mapping the host holds on its router, or why none.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortMappingStatus {
+    pub state: PortMappingState,
+    /// Which protocol holds (or last held) the mapping.
+    #[serde(default)]
+    pub protocol: Option<PortMappingProtocol>,
+    /// The gateway that answered, `ip` or `ip:port`.
+    #[serde(default)]
+    pub gateway: Option<String>,
+    /// The router's external IP, as the gateway reports it.
+    #[serde(default)]
+    pub external_ip: Option<String>,
+    /// External TCP port mapped to the mesh port (`None` if only UDP could be mapped).
+    #[serde(default)]
+    pub tcp_port: Option<u16>,
+    /// External UDP port mapped to the direct-path port (`None` when not mapped or off).
+    #[serde(default)]
+    pub udp_port: Option<u16>,
+    /// RFC 3339 time the mapping lapses unless renewed (renewal runs well before).
+    #[serde(default)]
+    pub expires_at: Option<String>,
+    /// Why no mapping is held, for a person: "no UPnP, PCP or NAT-PMP gateway answered".
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// The dial-back verdict on the public endpoint.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reachability {
+    /// Not checked (no relay, no public endpoint, `--public-url`, or not yet answered).
+    #[default]
+    Unknown,
+    /// The relay reached the host's public endpoint from outside.
+    Reachable,
+    /// The relay could not reach it; invites leave `public` out.
+    Unreachable,
+}
+
+/// `network_info.reachability`: the last dial-back check of the public endpoint.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublicReachability {
+    pub state: Reachability,
+    /// The endpoint that was checked, `ws://ip:port`.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// RFC 3339 time of the verdict.
+    #[serde(default)]
+    pub checked_at: Option<String>,
+    /// For a person: why unknown or unreachable ("connection refused", "no relay").
+    #[serde(default)]
+    pub detail: Option<String>,
 }
 
 /// A short traceroute toward the STUN server that answered (TTL 1, 2, … until the server

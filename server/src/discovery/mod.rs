@@ -226,6 +226,8 @@ pub fn build_snapshot(
         updated_at: None,
         path: path.map(Trace::to_api),
         cgnat_hop: cgnat_hop.map(|(_, ip)| ip.to_string()),
+        port_mapping: Default::default(),
+        reachability: Default::default(),
     }
 }
 
