@@ -55,6 +55,7 @@ pub mod join;
 pub mod limits;
 pub mod mesh_socket;
 pub mod netcheck;
+pub mod port_mapping;
 pub mod printable;
 pub mod relay;
 pub mod rtc;

@@ -420,6 +420,11 @@ impl AppState {
             }
         }
         snap.stun_servers = self.stun_servers.clone();
+        crate::port_mapping::apply_to_snapshot(
+            &mut snap,
+            &self.port_mapper.status(),
+            self.public_url_set,
+        );
         match &self.host_link {
             Some(link) => {
                 snap.endpoints.relay = Some(link.invite_endpoint());

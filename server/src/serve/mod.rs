@@ -20,6 +20,7 @@ use crate::discovery::{Discovery, DiscoveryConfig};
 use crate::host_metrics::HostMetrics;
 use crate::hub::{Hub, HubConfig};
 use crate::limits::PerIpLimiter;
+use crate::port_mapping::{PortMapper, Wanted};
 use crate::printable::printable;
 use crate::rtc::{HostPeer, RtcConfig};
 use crate::session::{DirectConfig, SessionConfig, Sessions, Source};
@@ -96,6 +97,9 @@ pub struct Args {
 
     #[command(flatten)]
     pub stun: crate::discovery::StunArgs,
+
+    #[command(flatten)]
+    pub port_mapping: crate::port_mapping::PortMappingArgs,
 
     /// Relay base URL (ws:// or wss://); the host keeps a control link to it and invites get
     /// a `relay` endpoint.
@@ -220,6 +224,10 @@ pub struct Inner {
     pub web_dir: Option<PathBuf>,
     /// Start time (for `uptime_secs`).
     pub started: Instant,
+    /// Automatic port mapping on the router (`network_info.port_mapping`).
+    pub port_mapper: PortMapper,
+    /// `--public-url` is set: a mapping does not replace the public endpoint.
+    pub public_url_set: bool,
 }
 
 impl std::ops::Deref for AppState {
@@ -328,6 +336,7 @@ async fn run_inner(args: Args) -> Result<(), Fail> {
     let direct = start_direct_path(&args, &ice_servers)
         .await
         .map_err(|e| Fail(1, e))?;
+    let port_mapper = start_port_mapping(&args, port, direct.is_some());
 
     let metrics = Arc::new(HostMetrics::default());
     let hub = Hub::new(HubConfig::default());
@@ -392,6 +401,8 @@ async fn run_inner(args: Args) -> Result<(), Fail> {
         local_ip: args.local_ip,
         web_dir,
         started: Instant::now(),
+        port_mapper: port_mapper.clone(),
+        public_url_set: args.public_url.is_some(),
     }));
     let app = router(state);
 
@@ -438,8 +449,25 @@ async fn run_inner(args: Args) -> Result<(), Fail> {
         tls: None,
     };
     crate::http::serve(listener, app, options, crate::http::shutdown_signal()).await;
+    port_mapper
+        .shutdown(crate::port_mapping::SHUTDOWN_DEADLINE)
+        .await;
     info!("host stopped");
     Ok(())
+}
+
+/// Starts automatic port mapping of the mesh port (TCP) and, with a direct path, its UDP
+/// port — unless `--no-port-mapping`.
+fn start_port_mapping(args: &Args, port: u16, direct: bool) -> PortMapper {
+    let protocols = args.port_mapping.protocols();
+    if protocols.is_empty() {
+        info!("port mapping off (--no-port-mapping)");
+    }
+    let wanted = Wanted {
+        tcp: port,
+        udp: direct.then_some(args.udp_port),
+    };
+    PortMapper::spawn(protocols, wanted)
 }
 
 /// How often the host checks its NAT again (its router may have changed its mind).
