@@ -2,7 +2,7 @@
 # Installs what building (and, with --test, testing) Atmosphere needs on a fresh Debian
 # machine with rustup. Everything already present is reused, so a second run is quick.
 #   scripts/setup.sh          -> wasm target, trunk, wasm-bindgen-cli
-#   scripts/setup.sh --test   -> also Chromium, ChromeDriver, coturn, zbar, nftables, iproute2
+#   scripts/setup.sh --test   -> also Chromium, ChromeDriver, coturn, zbar, nftables, iproute2, miniupnpd
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,6 +18,7 @@ if [ "$want_test" = 1 ]; then
   command -v chromium >/dev/null || need_pkgs+=(chromium)
   command -v chromedriver >/dev/null || need_pkgs+=(chromium-driver)
   command -v turnserver >/dev/null || need_pkgs+=(coturn)
+  [ -x /usr/sbin/miniupnpd ] || need_pkgs+=(miniupnpd-nftables)  # port-mapping router (netns_port_mapping)
   command -v zbarimg >/dev/null || need_pkgs+=(zbar-tools)
   command -v nft >/dev/null || need_pkgs+=(nftables)
   command -v ip >/dev/null || need_pkgs+=(iproute2)

@@ -7,6 +7,9 @@ cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 # Network safety: nothing in a test run may query a public STUN server.
 export ATMOSPHERE_STUN_SERVERS="${ATMOSPHERE_STUN_SERVERS:-none}"
+# ... and no port mapping (SSDP multicast, PCP/NAT-PMP to the gateway) outside the test
+# namespaces; the namespace harness turns it on for hosts inside them.
+export ATMOSPHERE_NO_PORT_MAPPING=1
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 start=$(date +%s)

@@ -110,6 +110,9 @@ impl Proc {
             // No direct path (UDP 11451) unless a test asks with --udp-port: hosts of
             // parallel tests would fight over the port.
             .env("ATMOSPHERE_UDP_PORT", "0")
+            // Network safety: no SSDP multicast or gateway requests from a loopback test
+            // (port mapping runs only inside the namespace suites).
+            .env("ATMOSPHERE_NO_PORT_MAPPING", "1")
             .env_remove("ATMOSPHERE_RELAY_URL")
             .env(
                 "RUST_LOG",

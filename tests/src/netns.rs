@@ -77,6 +77,12 @@ pub const HOME_PHONE_IP: &str = "192.168.1.20";
 pub const PHONE_IP: &str = "10.20.0.10";
 /// The host's listening port (the product default, 11451).
 pub const HOST_PORT: u16 = 11451;
+/// The home router's WAN address when it runs miniupnpd ([`TopologyBuilder::miniupnpd`]):
+/// miniupnpd refuses to map behind a private, CGNAT or documentation address, so this one
+/// is an ordinary unicast address — it exists only inside the test's namespaces.
+pub const UPNP_WAN_IP: &str = "11.11.0.2";
+/// The internet side of [`UPNP_WAN_IP`]'s link (an address of the internet namespace).
+pub const UPNP_INET_IP: &str = "11.11.0.1";
 
 /// Exit code of the namespace guard when a process would have started outside its namespace.
 pub const GUARD_EXIT: i32 = 97;
@@ -266,6 +272,16 @@ pub struct TopologyBuilder {
     host_symmetric_nat: bool,
     host_cgnat: bool,
     relay_tls: bool,
+    miniupnpd: Option<MiniUpnpd>,
+}
+
+/// What the home router's miniupnpd serves ([`TopologyBuilder::miniupnpd`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MiniUpnpd {
+    /// UPnP IGD (SSDP + SOAP).
+    pub upnp: bool,
+    /// NAT-PMP and PCP (one switch in miniupnpd, `enable_natpmp`).
+    pub nat_pmp_pcp: bool,
 }
 
 impl TopologyBuilder {
@@ -278,7 +294,16 @@ impl TopologyBuilder {
             host_symmetric_nat: false,
             host_cgnat: false,
             relay_tls: false,
+            miniupnpd: None,
         }
+    }
+
+    /// Makes the home router a port-mapping gateway: WAN [`UPNP_WAN_IP`], the nftables
+    /// tables miniupnpd expects, and [`Topology::start_miniupnpd`] to run the daemon. No
+    /// manual port forward (leave [`port_forward`](Self::port_forward) off).
+    pub fn miniupnpd(mut self, serve: MiniUpnpd) -> Self {
+        self.miniupnpd = Some(serve);
+        self
     }
 
     /// With [`port_forward`](Self::port_forward): also forward udp 11451 (the host's
@@ -338,6 +363,7 @@ impl TopologyBuilder {
                 random_ports: self.host_symmetric_nat,
             },
             host_cgnat: self.host_cgnat,
+            miniupnpd: self.miniupnpd,
         };
         if self.relay_tls {
             topo.relay_cert = Some(TestCert::generate(topo.dir(), RELAY_IP));
@@ -415,6 +441,46 @@ table ip atm_filter {{
     iifname "{wan}" ct state established,related accept
     iifname "{wan}" ct status dnat accept
     iifname "{wan}" drop
+  }}
+}}
+"#
+    )
+}
+
+/// nftables of a home router that runs miniupnpd: the tables and chains Debian's nftables
+/// build expects by default (`table inet filter`, chains `miniupnpd`,
+/// `prerouting_miniupnpd`, `postrouting_miniupnpd`; its own `nft_init.sh` does not make a
+/// ruleset this daemon can use), masquerade out of `wan`, and the same consumer firewall as
+/// [`nat_rules`]: unsolicited inbound is dropped unless a mapping's rule in `miniupnpd`
+/// accepts it.
+pub fn miniupnpd_router_rules(wan: &str) -> String {
+    format!(
+        r#"table inet filter {{
+  chain miniupnpd {{
+  }}
+  chain prerouting_miniupnpd {{
+  }}
+  chain postrouting_miniupnpd {{
+  }}
+  chain input {{
+    type filter hook input priority filter; policy accept;
+    iifname "{wan}" ct state established,related accept
+    iifname "{wan}" drop
+  }}
+  chain forward {{
+    type filter hook forward priority filter; policy accept;
+    iifname "{wan}" ct state established,related accept
+    iifname "{wan}" jump miniupnpd
+    iifname "{wan}" drop
+  }}
+  chain prerouting {{
+    type nat hook prerouting priority dstnat; policy accept;
+    jump prerouting_miniupnpd
+  }}
+  chain postrouting {{
+    type nat hook postrouting priority srcnat; policy accept;
+    jump postrouting_miniupnpd
+    oifname "{wan}" masquerade
   }}
 }}
 "#
@@ -528,6 +594,8 @@ pub struct Topology {
     dir: tempfile::TempDir,
     nat: HomeNat,
     host_cgnat: bool,
+    /// The home router runs miniupnpd (WAN [`UPNP_WAN_IP`]).
+    miniupnpd: Option<MiniUpnpd>,
     /// The relay's certificate with `relay_tls`.
     relay_cert: Option<TestCert>,
 }
@@ -567,7 +635,9 @@ impl Topology {
     /// The host's expected public address: the home router's WAN, or the carrier NAT's
     /// outside address when the host is behind CGNAT.
     pub fn host_public_ip(&self) -> &'static str {
-        if self.host_cgnat {
+        if self.miniupnpd.is_some() {
+            UPNP_WAN_IP
+        } else if self.host_cgnat {
             CGNAT_OUTSIDE_IP
         } else {
             HOME_WAN_IP
@@ -697,22 +767,35 @@ impl Topology {
             self.sysctl(Cgnat, "net/ipv4/ip_forward", "1");
             self.nft(Cgnat, &nat_rules("out", None, HomeNat::default()));
             CGNAT_HOME_WAN_IP
+        } else if self.miniupnpd.is_some() {
+            // The internet routes the unreserved WAN net between its links (the phone's
+            // carrier reaches it through 198.51.100.1).
+            self.addr(Internet, &format!("{UPNP_INET_IP}/24"), "br0");
+            self.sysctl(Internet, "net/ipv4/ip_forward", "1");
+            self.addr(HomeRouter, &format!("{UPNP_WAN_IP}/24"), "wan");
+            self.route(HomeRouter, &["default", "via", UPNP_INET_IP]);
+            UPNP_WAN_IP
         } else {
             self.addr(HomeRouter, &format!("{HOME_WAN_IP}/24"), "wan");
             self.route(HomeRouter, &["default", "via", "198.51.100.1"]);
             HOME_WAN_IP
         };
         self.sysctl(HomeRouter, "net/ipv4/ip_forward", "1");
+        if self.miniupnpd.is_some() {
+            self.nft(HomeRouter, &miniupnpd_router_rules("wan"));
+        }
         let forward = (self.nat.tcp_forward || self.nat.udp_forward)
             .then(|| (home_wan, format!("{HOST_IP}:{HOST_PORT}")));
-        self.nft(
-            HomeRouter,
-            &nat_rules(
-                "wan",
-                forward.as_ref().map(|(w, t)| (*w, t.as_str())),
-                self.nat,
-            ),
-        );
+        if self.miniupnpd.is_none() {
+            self.nft(
+                HomeRouter,
+                &nat_rules(
+                    "wan",
+                    forward.as_ref().map(|(w, t)| (*w, t.as_str())),
+                    self.nat,
+                ),
+            );
+        }
 
         // Cellular: carrier NAT in front of the phone.
         self.veth(CellRouter, "lan", Phone, "eth0");
@@ -954,6 +1037,65 @@ impl Topology {
         panic!("relay did not come up on {url}:\n{}", self.output(id));
     }
 
+    /// Starts miniupnpd (Debian's nftables build) on the home router with what the builder's
+    /// [`MiniUpnpd`] asked for, LAN side `lan`, WAN `wan`, its lease file in the scratch
+    /// dir ([`Topology::miniupnpd_leases`]); waits until it listens.
+    pub fn start_miniupnpd(&mut self) -> ProcId {
+        let serve = self
+            .miniupnpd
+            .expect("start_miniupnpd needs TopologyBuilder::miniupnpd");
+        let yes = |on: bool| if on { "yes" } else { "no" };
+        let conf = self.dir().join("miniupnpd.conf");
+        let leases = self.dir().join("miniupnpd.leases");
+        std::fs::write(
+            &conf,
+            format!(
+                "ext_ifname=wan\nlistening_ip=lan\nhttp_port=0\n\
+                 enable_upnp={}\nenable_natpmp={}\nsecure_mode=yes\n\
+                 lease_file={}\nuuid=3d3cec3a-8cf0-11e0-98ee-001a6bd2d07b\n\
+                 allow 1024-65535 192.168.1.0/24 1024-65535\ndeny 0-65535 0.0.0.0/0 0-65535\n",
+                yes(serve.upnp),
+                yes(serve.nat_pmp_pcp),
+                leases.display()
+            ),
+        )
+        .unwrap();
+        let cmd = self.command(
+            Node::HomeRouter,
+            Path::new("/usr/sbin/miniupnpd"),
+            &["-f", conf.to_str().unwrap(), "-d"],
+        );
+        let id = self.spawn_logged(cmd, "miniupnpd");
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(10) {
+            self.assert_running(id);
+            let out = self.output(id);
+            let ready = (!serve.upnp || out.contains("HTTP listening"))
+                && (!serve.nat_pmp_pcp || out.contains("Listening for NAT-PMP"));
+            if ready {
+                return id;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("miniupnpd did not start:\n{}", self.output(id));
+    }
+
+    /// miniupnpd's lease file: one line per mapping it holds (`TCP:11451:192.168.1.10:…`).
+    pub fn miniupnpd_leases(&self) -> String {
+        std::fs::read_to_string(self.dir().join("miniupnpd.leases")).unwrap_or_default()
+    }
+
+    /// The home router's `inet filter` table (miniupnpd's rules live in it).
+    pub fn router_ruleset(&self) -> String {
+        let out = self.run(
+            Node::HomeRouter,
+            Path::new("nft"),
+            &["list", "table", "inet", "filter"],
+            Duration::from_secs(5),
+        );
+        out.stdout
+    }
+
     /// `ws://203.0.113.20:8080`, the URL the host is given with `--relay-url`.
     pub fn relay_url() -> String {
         format!("ws://{RELAY_IP}:{RELAY_PORT}")
@@ -963,6 +1105,11 @@ impl Topology {
     /// simulated coturn and, with `relay`, `--relay-url ws://203.0.113.20:8080`; waits for
     /// `/health`.
     pub fn start_host(&mut self, relay: bool) -> NsHost {
+        self.start_host_with(relay, &[])
+    }
+
+    /// [`Topology::start_host`] with `extra` serve flags.
+    pub fn start_host_with(&mut self, relay: bool, extra: &[&str]) -> NsHost {
         let data_dir = self.dir().join("host-data");
         std::fs::create_dir_all(&data_dir).unwrap();
         let mut args: Vec<String> = [
@@ -982,6 +1129,7 @@ impl Topology {
         if relay {
             args.extend(["--relay-url".to_string(), self.relay_base()]);
         }
+        args.extend(extra.iter().map(|s| s.to_string()));
         let mut host = NsHost {
             proc: ProcId(usize::MAX),
             data_dir,
@@ -995,6 +1143,9 @@ impl Topology {
     fn launch_host(&mut self, host: &mut NsHost) {
         let args: Vec<&str> = host.args.iter().map(|s| s.as_str()).collect();
         let mut cmd = self.atmosphere(Node::HomeHost, &args);
+        // Port mapping is on for hosts inside the namespaces (SSDP and gateway requests stay
+        // on the simulated home LAN); loopback suites turn it off.
+        cmd.env("ATMOSPHERE_NO_PORT_MAPPING", "0");
         if let Some(c) = &self.relay_cert {
             cmd.env("ATMOSPHERE_RELAY_CA", &c.cert_pem);
         }

@@ -808,6 +808,7 @@ fn serve_refuses_http_urls_for_websocket_endpoints() {
             .arg(dir.path())
             .args([flag, url])
             .env("ATMOSPHERE_STUN_SERVERS", "none")
+            .env("ATMOSPHERE_NO_PORT_MAPPING", "1")
             .env("ATMOSPHERE_UDP_PORT", "0")
             .env_remove("ATMOSPHERE_RELAY_URL")
             .env_remove("ATMOSPHERE_PUBLIC_URL")

@@ -14,6 +14,7 @@ fn netcheck(args: &[&str], stun_env: &str) -> Output {
         .arg("netcheck")
         .args(args)
         .env("ATMOSPHERE_STUN_SERVERS", stun_env)
+        .env("ATMOSPHERE_NO_PORT_MAPPING", "1")
         .env_remove("ATMOSPHERE_RELAY_URL")
         .env("RUST_LOG", "warn")
         .output()

@@ -166,6 +166,7 @@ async fn netcheck_relay(url: String, ca: String) -> serde_json::Value {
         std::process::Command::new(bin_path())
             .args(["netcheck", "--json", "--relay-url", &url])
             .env("ATMOSPHERE_STUN_SERVERS", "none")
+            .env("ATMOSPHERE_NO_PORT_MAPPING", "1")
             .env("ATMOSPHERE_RELAY_CA", ca)
             .output()
             .unwrap()

@@ -16,6 +16,7 @@ fn refused(args: &[&str]) -> (Option<i32>, String) {
     let mut child = Command::new(bin_path())
         .args(args)
         .env("ATMOSPHERE_STUN_SERVERS", "none")
+        .env("ATMOSPHERE_NO_PORT_MAPPING", "1")
         .env("ATMOSPHERE_DATA_DIR", dir.path())
         .stdin(Stdio::null())
         .stdout(Stdio::null())

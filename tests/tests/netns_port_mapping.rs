@@ -1,0 +1,154 @@
+//! Automatic port mapping against a real router daemon: Debian's miniupnpd (nftables build)
+//! on the home router of the namespace topology (`tests/src/netns.rs`), with an unreserved
+//! WAN address (11.11.0.2) that exists only inside the test's namespaces.
+//!
+//! - UPnP: the host maps TCP and UDP 11451 on its own, a phone on cellular joins via `public`
+//!   with no manual port forward, and SIGTERM on the host removes the mapping (miniupnpd's
+//!   lease and nft rules are gone).
+//! - PCP and NAT-PMP against the same daemon with UPnP off, the host told which protocol.
+//!
+//! Needs root; fails (never skips) without it. Each run prints a `NETNS-RESULT` line with the
+//! time from host start to `mapped`.
+
+use atmosphere_tests::netns::*;
+use serde_json::Value;
+use std::time::{Duration, Instant};
+
+/// Polls `/api/network` until `port_mapping.state` is `mapped`; returns it and the time.
+fn wait_mapped(topo: &Topology, host: &NsHost, since: Instant) -> (Value, Duration) {
+    loop {
+        let net = topo.host_api(host, "/api/network");
+        if net["port_mapping"]["state"] == "mapped" {
+            return (net, since.elapsed());
+        }
+        if since.elapsed() > Duration::from_secs(30) {
+            panic!(
+                "no mapping after 30 s: {:#}\nhost log:\n{}",
+                net["port_mapping"],
+                topo.output(host.proc)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Starts a host (with `extra` flags) behind a miniupnpd router serving `serve`, waits for
+/// the mapping, checks it, has a cellular phone join via `public`, then stops the host and
+/// checks the mapping is gone. `protocol` is the JSON name expected.
+fn map_join_and_remove(scenario: &str, serve: MiniUpnpd, extra: &[&str], protocol: &str) {
+    let _g = serial();
+    let mut topo = TopologyBuilder::new(scenario).miniupnpd(serve).build();
+    topo.start_stun();
+    topo.start_miniupnpd();
+    assert_eq!(topo.miniupnpd_leases().trim(), "", "no mapping before the host runs");
+
+    let t0 = Instant::now();
+    let host = topo.start_host_with(false, extra);
+    let (net, took) = wait_mapped(&topo, &host, t0);
+    eprintln!(
+        "NETNS-RESULT scenario=port-mapping-{protocol} start_to_mapped_ms={}",
+        took.as_millis()
+    );
+    let pm = &net["port_mapping"];
+    assert_eq!(pm["protocol"], protocol, "{pm:#}");
+    assert_eq!(pm["external_ip"], UPNP_WAN_IP, "{pm:#}");
+    assert_eq!(pm["tcp_port"], HOST_PORT, "{pm:#}");
+    assert_eq!(pm["udp_port"], HOST_PORT, "{pm:#}");
+    assert!(pm["expires_at"].is_string(), "{pm:#}");
+    let leases = topo.miniupnpd_leases();
+    assert!(
+        leases.contains(&format!("TCP:{HOST_PORT}:{HOST_IP}:{HOST_PORT}"))
+            && leases.contains(&format!("UDP:{HOST_PORT}:{HOST_IP}:{HOST_PORT}")),
+        "miniupnpd holds no TCP+UDP mapping for the host:\n{leases}"
+    );
+
+    // The mapping is the public endpoint: invites carry it, a phone on cellular uses it.
+    let public = format!("ws://{UPNP_WAN_IP}:{HOST_PORT}");
+    assert_eq!(net["endpoints"]["public"], public.as_str(), "{net:#}");
+    let invite = topo.mint(&host, None);
+    assert_eq!(
+        invite.token.endpoints.public.as_deref(),
+        Some(public.as_str()),
+        "{:#}",
+        invite.raw
+    );
+    let link = invite.token.qr_data.clone();
+    let out = topo.join(
+        Node::Phone,
+        &link,
+        &["--name", "phone", "--attempt-timeout-ms", "10000"],
+        Duration::from_secs(40),
+    );
+    let c = out
+        .connected()
+        .unwrap_or_else(|| panic!("join never connected:\n{}", out.transcript()));
+    assert_eq!(c.json["path"], "public", "{}", out.transcript());
+    eprintln!(
+        "NETNS-RESULT scenario=port-mapping-{protocol}-join path=public elapsed_ms={}",
+        c.json["elapsed_ms"]
+    );
+
+    // A clean stop removes the mapping from the router.
+    let t1 = Instant::now();
+    topo.terminate(host.proc);
+    let stopped = t1.elapsed();
+    assert!(
+        stopped < Duration::from_secs(3),
+        "the host took {stopped:?} to stop"
+    );
+    let leases = topo.miniupnpd_leases();
+    assert!(
+        !leases.contains(HOST_IP),
+        "the mapping outlived the host:\n{leases}\nhost log:\n{}",
+        topo.output(host.proc)
+    );
+    let rules = topo.router_ruleset();
+    assert!(
+        !rules.contains("dnat ip to 192.168.1.10"),
+        "miniupnpd's DNAT rule outlived the host:\n{rules}"
+    );
+    assert!(
+        topo.output(host.proc).contains("port mappings removed"),
+        "{}",
+        topo.output(host.proc)
+    );
+}
+
+#[test]
+fn upnp_maps_the_host_a_cellular_phone_joins_via_public_and_sigterm_unmaps() {
+    map_join_and_remove(
+        "upnp",
+        MiniUpnpd {
+            upnp: true,
+            nat_pmp_pcp: false,
+        },
+        &[],
+        "upnp",
+    );
+}
+
+#[test]
+fn pcp_maps_the_host_and_a_cellular_phone_joins_via_public() {
+    map_join_and_remove(
+        "pcp",
+        MiniUpnpd {
+            upnp: false,
+            nat_pmp_pcp: true,
+        },
+        &["--port-mapping-protocol", "pcp"],
+        "pcp",
+    );
+}
+
+#[test]
+fn nat_pmp_maps_the_host_and_a_cellular_phone_joins_via_public() {
+    map_join_and_remove(
+        "natpmp",
+        MiniUpnpd {
+            upnp: false,
+            nat_pmp_pcp: true,
+        },
+        &["--port-mapping-protocol", "nat-pmp"],
+        "nat-pmp",
+    );
+}
