@@ -24,6 +24,8 @@ With --json, prints one JSON object:
    \"probes\": [{\"server\": \"stun:host:port\", \"mapped\": \"ip:port\", \"rtt_ms\", \"error\"}],
    \"relay\": {\"url\", \"status\": \"reachable|unreachable|not_configured|invalid\", \"error\",
              \"http_status\", \"connect_ms\", \"handshake_ms\"},
+   \"port_mapping\": [{\"protocol\": \"upnp|pcp|nat-pmp\", \"available\", \"gateway\", \"external_ip\",
+     \"error\"}] (each protocol probed, nothing kept; [] with --no-port-mapping),
    \"checked_at\": RFC 3339}
 Missing values are null. The exit code is 0 whatever the network says.";
 
@@ -61,6 +63,9 @@ pub struct Args {
     /// Port a router forwards to this host, for the public endpoint (default: --port).
     #[arg(long, value_name = "PORT")]
     pub public_port: Option<u16>,
+
+    #[command(flatten)]
+    pub port_mapping: crate::port_mapping::PortMappingArgs,
 }
 
 fn ms(d: Duration) -> u64 {
@@ -145,11 +150,14 @@ pub async fn run(args: Args) -> ExitCode {
     cfg.stun_deadline = timeout;
     cfg.local_ip = args.local_ip;
     cfg.public_port = args.public_port;
-    let (snap, relay) = tokio::join!(
+    let protocols = args.port_mapping.protocols();
+    let (snap, relay, port_mapping) = tokio::join!(
         discovery::discover_once(&cfg),
-        check_relay(args.relay_url.as_deref(), timeout)
+        check_relay(args.relay_url.as_deref(), timeout),
+        crate::port_mapping::probe(&protocols)
     );
-    let report = Report::new(snap, relay);
+    let mut report = Report::new(snap, relay);
+    report.port_mapping = port_mapping;
     if args.json {
         match serde_json::to_string(&report) {
             Ok(s) => println!("{s}"),
@@ -294,6 +302,23 @@ pub fn render_table(r: &Report, stun_disabled: bool) -> String {
         ),
     };
     row(&mut o, r.relay.url.as_deref().unwrap_or("relay"), &relay);
+
+    let _ = writeln!(o, "Port mapping");
+    if r.port_mapping.is_empty() {
+        row(&mut o, "(off)", "not probed (--no-port-mapping)");
+    }
+    for p in &r.port_mapping {
+        let v = if p.available {
+            format!(
+                "available: gateway {}, external IP {}",
+                p.gateway.as_deref().unwrap_or("?"),
+                p.external_ip.as_deref().unwrap_or("?")
+            )
+        } else {
+            format!("unavailable: {}", p.error.as_deref().unwrap_or("no answer"))
+        };
+        row(&mut o, p.protocol.label(), &v);
+    }
     o
 }
 

@@ -19,6 +19,8 @@
 //!   "probes": [{"server": "stun:host:port", "mapped": "ip:port", "rtt_ms": 12, "error": null}],
 //!   "relay": {"url": "wss://…", "status": "reachable|unreachable|not_configured|invalid",
 //!             "error": null, "http_status": 101, "connect_ms": 3, "handshake_ms": 5},
+//!   "port_mapping": [{"protocol": "upnp|pcp|nat-pmp", "available": true, "gateway": "ip[:port]",
+//!                     "external_ip": "ip", "error": null}],   // [] with --no-port-mapping
 //!   "checked_at": "2026-11-25T10:00:00Z"
 //! }
 //! ```
@@ -26,7 +28,7 @@
 //! Missing values are `null`, never omitted. The server crate runs the probes; this module
 //! only holds their result, so a script or a test can parse the report with the same types.
 
-use crate::api::{NetworkSnapshot, PathTrace, StunProbe};
+use crate::api::{NetworkSnapshot, PathTrace, PortMappingProtocol, StunProbe};
 use crate::link::Endpoints;
 use serde::{Deserialize, Serialize};
 
@@ -104,6 +106,21 @@ impl RelayCheck {
     }
 }
 
+/// One port-mapping protocol as netcheck probed it (nothing is kept: UPnP is asked for its
+/// external address, NAT-PMP too, PCP maps for a few seconds and deletes it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortMappingProbe {
+    pub protocol: PortMappingProtocol,
+    /// The gateway answered and would map.
+    pub available: bool,
+    /// The gateway that answered, `ip` or `ip:port`.
+    pub gateway: Option<String>,
+    /// The external address it reported.
+    pub external_ip: Option<String>,
+    /// Why not available.
+    pub error: Option<String>,
+}
+
 /// The whole report (`netcheck --json` prints exactly this, keys in field order).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Report {
@@ -124,6 +141,9 @@ pub struct Report {
     pub endpoints: Endpoints,
     pub probes: Vec<StunProbe>,
     pub relay: RelayCheck,
+    /// One entry per port-mapping protocol probed (empty with `--no-port-mapping`).
+    #[serde(default)]
+    pub port_mapping: Vec<PortMappingProbe>,
     /// RFC 3339 time of the discovery round.
     pub checked_at: Option<String>,
 }
@@ -149,6 +169,7 @@ impl Report {
             endpoints,
             probes: snap.probes,
             relay,
+            port_mapping: Vec::new(),
             checked_at: snap.updated_at,
         }
     }
@@ -164,7 +185,7 @@ mod tests {
         let json = serde_json::to_string(&report).unwrap();
         assert_eq!(
             json,
-            r#"{"local_ip":null,"local_ips":[],"public_ip":null,"stun_source":null,"is_behind_nat":false,"mapping_varies":null,"cgnat":false,"cgnat_hop":null,"hint":null,"path":null,"endpoints":{"local":null,"public":null,"relay":null},"probes":[],"relay":{"url":null,"status":"not_configured","error":null,"http_status":null,"connect_ms":null,"handshake_ms":null},"checked_at":null}"#
+            r#"{"local_ip":null,"local_ips":[],"public_ip":null,"stun_source":null,"is_behind_nat":false,"mapping_varies":null,"cgnat":false,"cgnat_hop":null,"hint":null,"path":null,"endpoints":{"local":null,"public":null,"relay":null},"probes":[],"relay":{"url":null,"status":"not_configured","error":null,"http_status":null,"connect_ms":null,"handshake_ms":null},"port_mapping":[],"checked_at":null}"#
         );
         assert_eq!(serde_json::from_str::<Report>(&json).unwrap(), report);
     }

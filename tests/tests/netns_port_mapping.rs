@@ -152,3 +152,63 @@ fn nat_pmp_maps_the_host_and_a_cellular_phone_joins_via_public() {
         "nat-pmp",
     );
 }
+
+#[test]
+fn netcheck_lists_what_the_router_offers_and_leaves_no_mapping() {
+    let _g = serial();
+    let mut topo = TopologyBuilder::new("pmcheck")
+        .miniupnpd(MiniUpnpd {
+            upnp: true,
+            nat_pmp_pcp: true,
+        })
+        .build();
+    topo.start_stun();
+    topo.start_miniupnpd();
+    let out = topo.run_atmosphere(
+        Node::HomeHost,
+        &["netcheck", "--json", "--stun-server", STUN_ADDR],
+        Duration::from_secs(30),
+    );
+    assert!(out.success(), "{}\n{}", out.stdout, out.stderr);
+    let report: Value = serde_json::from_str(out.stdout.trim()).expect("netcheck JSON");
+    let probes = report["port_mapping"].as_array().expect("port_mapping list");
+    let protocols: Vec<&str> = probes
+        .iter()
+        .map(|p| p["protocol"].as_str().unwrap())
+        .collect();
+    assert_eq!(protocols, ["upnp", "pcp", "nat-pmp"], "{report:#}");
+    for p in probes {
+        assert_eq!(p["available"], true, "{p:#}");
+        assert_eq!(p["external_ip"], UPNP_WAN_IP, "{p:#}");
+    }
+    assert_eq!(
+        topo.miniupnpd_leases().trim(),
+        "",
+        "netcheck must not keep a mapping"
+    );
+
+    // The table has a row per protocol; --no-port-mapping skips the probes.
+    let table = topo.run_atmosphere(
+        Node::HomeHost,
+        &["netcheck", "--stun-server", STUN_ADDR],
+        Duration::from_secs(30),
+    );
+    for label in ["UPnP", "PCP", "NAT-PMP"] {
+        assert!(
+            table
+                .stdout
+                .lines()
+                .any(|l| l.trim_start().starts_with(label) && l.contains("available")),
+            "no {label} row:\n{}",
+            table.stdout
+        );
+    }
+    let off = topo.run_atmosphere(
+        Node::HomeHost,
+        &["netcheck", "--json", "--no-port-mapping", "--stun-server", STUN_ADDR],
+        Duration::from_secs(30),
+    );
+    let report: Value = serde_json::from_str(off.stdout.trim()).expect("netcheck JSON");
+    assert_eq!(report["port_mapping"], serde_json::json!([]), "{report:#}");
+    assert_eq!(topo.miniupnpd_leases().trim(), "");
+}

@@ -50,6 +50,7 @@ pub mod upnp;
 use atmosphere_shared::api::{
     NetworkSnapshot, PortMappingProtocol as Protocol, PortMappingState, PortMappingStatus,
 };
+use atmosphere_shared::netcheck::PortMappingProbe;
 use policy::{Lifecycle, Route, Step};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -207,6 +208,74 @@ async fn map_first(
         }
     }
     Err(errors.join("; "))
+}
+
+/// How long netcheck's PCP probe mapping lives if its delete is lost.
+const PROBE_LIFETIME: Duration = Duration::from_secs(30);
+/// The port netcheck's PCP probe maps (nothing listens there; it is deleted at once).
+const PROBE_PORT: u16 = 11459;
+
+/// Probes each of `protocols` without keeping anything (`atmosphere netcheck`): UPnP
+/// discovery and `GetExternalIPAddress`; NAT-PMP's external-address request; PCP a MAP of
+/// [`PROBE_PORT`] with a short lifetime, deleted at once. Run one after another so the
+/// table order is the order tried.
+pub async fn probe(protocols: &[Protocol]) -> Vec<PortMappingProbe> {
+    let route = gateway::default_route();
+    let mut out = Vec::new();
+    for &p in protocols {
+        let r = probe_one(p, route.clone()).await;
+        out.push(match r {
+            Ok((gateway, ip)) => PortMappingProbe {
+                protocol: p,
+                available: true,
+                gateway: Some(gateway),
+                external_ip: Some(ip.to_string()),
+                error: None,
+            },
+            Err(e) => PortMappingProbe {
+                protocol: p,
+                available: false,
+                gateway: None,
+                external_ip: None,
+                error: Some(e.to_string()),
+            },
+        });
+    }
+    out
+}
+
+async fn probe_one(
+    p: Protocol,
+    route: Result<Route, gateway::RouteError>,
+) -> Result<(String, IpAddr), MapError> {
+    match p {
+        Protocol::Upnp => {
+            let local = route
+                .map(|r| r.local_ip)
+                .unwrap_or(IpAddr::from([0, 0, 0, 0]));
+            let gw = upnp::discover(local).await?;
+            let ip = upnp::external_ip(&gw).await?;
+            Ok((gw.addr.to_string(), ip))
+        }
+        Protocol::NatPmp => {
+            let route = route?;
+            let ip = pcp_nat_pmp::external_address(route.gateway).await?;
+            Ok((route.gateway.to_string(), IpAddr::V4(ip)))
+        }
+        Protocol::Pcp => {
+            let route = route?;
+            let wanted = Wanted {
+                tcp: PROBE_PORT,
+                udp: None,
+            };
+            let (held, g) =
+                pcp_nat_pmp::map(p, route.gateway, route.local_ip, wanted, PROBE_LIFETIME).await?;
+            if let Err(e) = held.remove().await {
+                warn!(error = %e, "netcheck: could not delete the PCP probe mapping; it lapses in 30 s");
+            }
+            Ok((g.gateway, g.external_ip))
+        }
+    }
 }
 
 /// The status a held mapping shows.

@@ -35,6 +35,8 @@ struct NatState {
     report: NatReport,
     /// The reflexive candidate of the last check (mapped address and its base).
     reflexive: Option<Candidate>,
+    /// The router's port mapping of this socket ([`HostPeer::set_port_mapping`]).
+    port_mapped: Option<Candidate>,
 }
 
 impl HostPeer {
@@ -102,8 +104,26 @@ impl HostPeer {
             .reflexive
             .filter(|m| !self.host_candidates.iter().any(|c| c.addr() == *m))
             .and_then(|m| reflexive_candidate(m, base));
-        *lock(&self.nat) = NatState { report, reflexive };
+        let mut nat = lock(&self.nat);
+        nat.report = report;
+        nat.reflexive = reflexive;
         report
+    }
+
+    /// Offers the router's port mapping of this socket (`mapped` = external ip:port, `None`
+    /// when the mapping is gone) as one more candidate of later answers. It is typed
+    /// server-reflexive with the local address toward the router as its base: str0m sends
+    /// from a candidate's base, and the router's DNAT delivers the peer's checks to that
+    /// base. Skipped when it equals a candidate already offered (a router that keeps the
+    /// port shows the same address to STUN).
+    pub fn set_port_mapping(&self, mapped: Option<SocketAddr>) {
+        let candidate = mapped
+            .filter(|m| !self.host_candidates.iter().any(|c| c.addr() == *m))
+            .and_then(|m| {
+                let base = LocalAddrs::new(self.local_addr()).toward(m);
+                reflexive_candidate(m, base)
+            });
+        lock(&self.nat).port_mapped = candidate;
     }
 
     /// The last NAT check's result (all `unknown` before one ran).
@@ -121,7 +141,12 @@ impl HostPeer {
         for c in &self.host_candidates {
             rtc.add_local_candidate(c.clone());
         }
-        if let Some(c) = lock(&self.nat).reflexive.clone() {
+        let nat = lock(&self.nat).clone();
+        if let Some(c) = nat.reflexive.clone() {
+            rtc.add_local_candidate(c);
+        }
+        let duplicate = nat.reflexive.as_ref().map(Candidate::addr) == nat.port_mapped.as_ref().map(Candidate::addr);
+        if let Some(c) = nat.port_mapped.filter(|_| !duplicate) {
             rtc.add_local_candidate(c);
         }
         rtc

@@ -336,7 +336,7 @@ async fn run_inner(args: Args) -> Result<(), Fail> {
     let direct = start_direct_path(&args, &ice_servers)
         .await
         .map_err(|e| Fail(1, e))?;
-    let port_mapper = start_port_mapping(&args, port, direct.is_some());
+    let port_mapper = start_port_mapping(&args, port, direct.as_ref());
 
     let metrics = Arc::new(HostMetrics::default());
     let hub = Hub::new(HubConfig::default());
@@ -457,17 +457,32 @@ async fn run_inner(args: Args) -> Result<(), Fail> {
 }
 
 /// Starts automatic port mapping of the mesh port (TCP) and, with a direct path, its UDP
-/// port — unless `--no-port-mapping`.
-fn start_port_mapping(args: &Args, port: u16, direct: bool) -> PortMapper {
+/// port — unless `--no-port-mapping`. The mapped UDP address follows the mapping into the
+/// direct path's ICE candidates.
+fn start_port_mapping(args: &Args, port: u16, direct: Option<&HostDirect>) -> PortMapper {
     let protocols = args.port_mapping.protocols();
     if protocols.is_empty() {
         info!("port mapping off (--no-port-mapping)");
     }
     let wanted = Wanted {
         tcp: port,
-        udp: direct.then_some(args.udp_port),
+        udp: direct.map(|d| d.peer.local_addr().port()),
     };
-    PortMapper::spawn(protocols, wanted)
+    let mapper = PortMapper::spawn(protocols, wanted);
+    if let Some(d) = direct {
+        let peer = d.peer.clone();
+        let mut status = mapper.subscribe();
+        tokio::spawn(async move {
+            loop {
+                let udp = crate::port_mapping::mapped_udp(&status.borrow_and_update());
+                peer.set_port_mapping(udp);
+                if status.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    mapper
 }
 
 /// How often the host checks its NAT again (its router may have changed its mind).
