@@ -40,7 +40,11 @@ fn map_join_and_remove(scenario: &str, serve: MiniUpnpd, extra: &[&str], protoco
     let mut topo = TopologyBuilder::new(scenario).miniupnpd(serve).build();
     topo.start_stun();
     topo.start_miniupnpd();
-    assert_eq!(topo.miniupnpd_leases().trim(), "", "no mapping before the host runs");
+    assert_eq!(
+        topo.miniupnpd_leases().trim(),
+        "",
+        "no mapping before the host runs"
+    );
 
     let t0 = Instant::now();
     let host = topo.start_host_with(false, extra);
@@ -171,7 +175,9 @@ fn netcheck_lists_what_the_router_offers_and_leaves_no_mapping() {
     );
     assert!(out.success(), "{}\n{}", out.stdout, out.stderr);
     let report: Value = serde_json::from_str(out.stdout.trim()).expect("netcheck JSON");
-    let probes = report["port_mapping"].as_array().expect("port_mapping list");
+    let probes = report["port_mapping"]
+        .as_array()
+        .expect("port_mapping list");
     let protocols: Vec<&str> = probes
         .iter()
         .map(|p| p["protocol"].as_str().unwrap())
@@ -205,7 +211,13 @@ fn netcheck_lists_what_the_router_offers_and_leaves_no_mapping() {
     }
     let off = topo.run_atmosphere(
         Node::HomeHost,
-        &["netcheck", "--json", "--no-port-mapping", "--stun-server", STUN_ADDR],
+        &[
+            "netcheck",
+            "--json",
+            "--no-port-mapping",
+            "--stun-server",
+            STUN_ADDR,
+        ],
         Duration::from_secs(30),
     );
     let report: Value = serde_json::from_str(off.stdout.trim()).expect("netcheck JSON");

@@ -14,7 +14,8 @@
 use crate::api::{self, ApiFailure};
 use crate::qr;
 use atmosphere_shared::api::{
-    DeviceView, InviteView, MeshView, NetworkSnapshot, RelayState, TokenRequest, TokenResponse,
+    DeviceView, InviteView, MeshView, NetworkSnapshot, PortMappingState, PortMappingStatus,
+    RelayState, TokenRequest, TokenResponse,
 };
 use leptos::prelude::*;
 use std::time::Duration;
@@ -197,7 +198,74 @@ pub fn connectivity_rows(net: &NetworkSnapshot) -> Vec<ConnRow> {
             detail: failed.join("; "),
         },
     };
-    vec![local, internet, relay, stun]
+    let mapped = net.port_mapping.state == PortMappingState::Mapped;
+    if mapped && internet.health == Health::Warn {
+        internet.health = Health::Good;
+        internet.detail =
+            "Behind NAT; the router forwards the port automatically (see Port mapping).".into();
+    }
+    vec![
+        local,
+        internet,
+        relay,
+        stun,
+        port_mapping_row(&net.port_mapping),
+    ]
+}
+
+/// The "Port mapping" row: what the host's router forwards automatically (UPnP, PCP,
+/// NAT-PMP), or why nothing.
+pub fn port_mapping_row(pm: &PortMappingStatus) -> ConnRow {
+    let protocol = pm.protocol.map(|p| p.label()).unwrap_or("?");
+    match pm.state {
+        PortMappingState::Off => ConnRow {
+            label: "Port mapping",
+            health: Health::Off,
+            value: "off".into(),
+            detail: "Started with --no-port-mapping: forward the port on the router by hand."
+                .into(),
+        },
+        PortMappingState::Searching => ConnRow {
+            label: "Port mapping",
+            health: Health::Warn,
+            value: "searching".into(),
+            detail: "Asking the router (UPnP, PCP, NAT-PMP) to forward the port…".into(),
+        },
+        PortMappingState::Mapped => {
+            let ip = pm.external_ip.as_deref().unwrap_or("?");
+            let mut ports = Vec::new();
+            if let Some(t) = pm.tcp_port {
+                ports.push(format!("TCP {ip}:{t}"));
+            }
+            if let Some(u) = pm.udp_port {
+                ports.push(format!("UDP {ip}:{u}"));
+            }
+            let mut detail = format!(
+                "The router ({}) forwards {} to this machine",
+                pm.gateway.as_deref().unwrap_or("gateway"),
+                ports.join(" and ")
+            );
+            match &pm.expires_at {
+                Some(t) => detail.push_str(&format!("; renewed before it lapses at {t}.")),
+                None => detail.push_str(" (permanent; removed when the host stops)."),
+            }
+            ConnRow {
+                label: "Port mapping",
+                health: Health::Good,
+                value: format!("mapped ({protocol})"),
+                detail,
+            }
+        }
+        PortMappingState::Unavailable => ConnRow {
+            label: "Port mapping",
+            health: Health::Warn,
+            value: "unavailable".into(),
+            detail: pm
+                .error
+                .clone()
+                .unwrap_or_else(|| "No router answered UPnP, PCP or NAT-PMP.".into()),
+        },
+    }
 }
 
 /// Milliseconds since the epoch of an RFC 3339 time (via the browser's date parser).
@@ -715,6 +783,62 @@ mod tests {
         let r = &connectivity_rows(&net)[2];
         assert_eq!((r.health, r.value.as_str()), (Health::Bad, "retrying"));
         assert!(r.detail.contains("refused") && r.detail.contains("2 s"));
+    }
+
+    #[test]
+    fn port_mapping_row_says_what_the_router_forwards() {
+        use atmosphere_shared::api::PortMappingProtocol;
+        let mut net = NetworkSnapshot {
+            public_ip: Some("11.11.0.2".into()),
+            is_behind_nat: true,
+            ..Default::default()
+        };
+        let rows = connectivity_rows(&net);
+        assert_eq!(rows[4].label, "Port mapping");
+        assert_eq!(
+            (rows[4].health, rows[4].value.as_str()),
+            (Health::Off, "off")
+        );
+        assert_eq!(
+            rows[1].health,
+            Health::Warn,
+            "no mapping: a forward is needed"
+        );
+        net.port_mapping = PortMappingStatus {
+            state: PortMappingState::Mapped,
+            protocol: Some(PortMappingProtocol::Upnp),
+            gateway: Some("192.168.1.1:5000".into()),
+            external_ip: Some("11.11.0.2".into()),
+            tcp_port: Some(11451),
+            udp_port: Some(11451),
+            expires_at: Some("2026-11-29T12:00:00Z".into()),
+            error: None,
+        };
+        let rows = connectivity_rows(&net);
+        assert_eq!(rows[4].value, "mapped (UPnP)");
+        assert_eq!(rows[4].health, Health::Good);
+        assert!(
+            rows[4]
+                .detail
+                .contains("TCP 11.11.0.2:11451 and UDP 11.11.0.2:11451"),
+            "{}",
+            rows[4].detail
+        );
+        assert_eq!(
+            rows[1].health,
+            Health::Good,
+            "mapped: no manual forward needed"
+        );
+        net.port_mapping = PortMappingStatus {
+            state: PortMappingState::Unavailable,
+            error: Some("no UPnP gateway answered".into()),
+            ..Default::default()
+        };
+        let rows = connectivity_rows(&net);
+        assert_eq!(
+            (rows[4].value.as_str(), rows[4].detail.as_str()),
+            ("unavailable", "no UPnP gateway answered")
+        );
     }
 
     #[test]

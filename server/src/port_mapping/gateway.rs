@@ -65,8 +65,13 @@ pub fn parse_proc_net_route(table: &str) -> Result<Ipv4Addr, RouteError> {
             if f.len() < 8 {
                 return None;
             }
-            let (dest, gw, flags, metric, mask) =
-                (hex(f[1])?, hex(f[2])?, hex(f[3])?, f[6].parse::<u32>().ok()?, hex(f[7])?);
+            let (dest, gw, flags, metric, mask) = (
+                hex(f[1])?,
+                hex(f[2])?,
+                hex(f[3])?,
+                f[6].parse::<u32>().ok()?,
+                hex(f[7])?,
+            );
             let default = dest == 0 && mask == 0 && flags & (RTF_UP | RTF_GATEWAY) == 3;
             default.then_some((metric, Ipv4Addr::from(gw.to_le_bytes())))
         })
@@ -79,7 +84,8 @@ pub fn parse_proc_net_route(table: &str) -> Result<Ipv4Addr, RouteError> {
 mod tests {
     use super::*;
 
-    const HEADER: &str = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT";
+    const HEADER: &str =
+        "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT";
 
     #[test]
     fn finds_the_default_gateway_with_the_lowest_metric() {
@@ -97,13 +103,15 @@ mod tests {
 
     #[test]
     fn no_default_route_is_a_clear_error() {
-        let table = format!("{HEADER}\neth0\t004DA8C0\t00000000\t0001\t0\t0\t100\t00FFFFFF\t0\t0\t0\n");
+        let table =
+            format!("{HEADER}\neth0\t004DA8C0\t00000000\t0001\t0\t0\t100\t00FFFFFF\t0\t0\t0\n");
         assert_eq!(
             parse_proc_net_route(&table),
             Err(RouteError::NoDefaultRoute)
         );
         // A default route that is down (flags without RTF_UP) does not count either.
-        let down = format!("{HEADER}\neth0\t00000000\t014DA8C0\t0002\t0\t0\t100\t00000000\t0\t0\t0\n");
+        let down =
+            format!("{HEADER}\neth0\t00000000\t014DA8C0\t0002\t0\t0\t100\t00000000\t0\t0\t0\n");
         assert_eq!(parse_proc_net_route(&down), Err(RouteError::NoDefaultRoute));
         assert_eq!(parse_proc_net_route(""), Err(RouteError::NoDefaultRoute));
     }

@@ -111,7 +111,9 @@ pub fn parse_protocol(s: &str) -> Result<Protocol, String> {
         "upnp" => Ok(Protocol::Upnp),
         "pcp" => Ok(Protocol::Pcp),
         "nat-pmp" | "natpmp" => Ok(Protocol::NatPmp),
-        other => Err(format!("unknown port mapping protocol {other:?} (upnp, pcp, nat-pmp)")),
+        other => Err(format!(
+            "unknown port mapping protocol {other:?} (upnp, pcp, nat-pmp)"
+        )),
     }
 }
 
@@ -304,12 +306,19 @@ fn unavailable(error: String) -> PortMappingStatus {
 
 /// Fills `network_info.port_mapping`, and with a mapping (and no `--public-url`) makes the
 /// public endpoint the mapped one.
-pub fn apply_to_snapshot(snap: &mut NetworkSnapshot, status: &PortMappingStatus, public_url_set: bool) {
+pub fn apply_to_snapshot(
+    snap: &mut NetworkSnapshot,
+    status: &PortMappingStatus,
+    public_url_set: bool,
+) {
     snap.port_mapping = status.clone();
     if public_url_set || status.state != PortMappingState::Mapped {
         return;
     }
-    let ip = status.external_ip.as_deref().and_then(|s| s.parse::<IpAddr>().ok());
+    let ip = status
+        .external_ip
+        .as_deref()
+        .and_then(|s| s.parse::<IpAddr>().ok());
     if let (Some(ip), Some(port)) = (ip, status.tcp_port) {
         snap.endpoints.public = Some(format!("ws://{}", SocketAddr::new(ip, port)));
         snap.public_port = Some(port);
@@ -381,7 +390,10 @@ impl PortMapper {
             return;
         }
         if tokio::time::timeout(deadline, done_rx).await.is_err() {
-            warn!(?deadline, "port mappings not removed within the deadline; they lapse on their own");
+            warn!(
+                ?deadline,
+                "port mappings not removed within the deadline; they lapse on their own"
+            );
         }
     }
 }
@@ -431,7 +443,8 @@ async fn run(
             }
             None => {}
         }
-        let wake = Duration::from_millis(life.deadline_ms().saturating_sub(now_ms())).min(ROUTE_POLL);
+        let wake =
+            Duration::from_millis(life.deadline_ms().saturating_sub(now_ms())).min(ROUTE_POLL);
         tokio::select! {
             _ = tokio::time::sleep(wake) => {}
             done = &mut stop => return remove_on_stop(held.take(), done.ok()).await,
@@ -460,7 +473,12 @@ async fn execute(
             let (Some(h), Ok(route)) = (held.as_mut(), gateway::default_route()) else {
                 return Some(Err("nothing to renew".into()));
             };
-            Some(h.renew().await.map(|g| (route, g)).map_err(|e| e.to_string()))
+            Some(
+                h.renew()
+                    .await
+                    .map(|g| (route, g))
+                    .map_err(|e| e.to_string()),
+            )
         }
     }
 }
@@ -480,7 +498,9 @@ async fn remove_on_stop(held: Option<Holding>, done: Option<oneshot::Sender<()>>
     if let Some(h) = held {
         match h.remove().await {
             Ok(()) => info!("port mappings removed"),
-            Err(e) => warn!(error = %e, "could not remove the port mappings; they lapse on their own"),
+            Err(e) => {
+                warn!(error = %e, "could not remove the port mappings; they lapse on their own")
+            }
         }
     }
     if let Some(done) = done {
@@ -498,7 +518,9 @@ mod tests {
         assert_eq!(parse_protocol(" pcp "), Ok(Protocol::Pcp));
         assert_eq!(parse_protocol("nat-pmp"), Ok(Protocol::NatPmp));
         assert_eq!(parse_protocol("natpmp"), Ok(Protocol::NatPmp));
-        assert!(parse_protocol("igd").unwrap_err().contains("upnp, pcp, nat-pmp"));
+        assert!(parse_protocol("igd")
+            .unwrap_err()
+            .contains("upnp, pcp, nat-pmp"));
     }
 
     fn mapped() -> PortMappingStatus {
@@ -519,11 +541,17 @@ mod tests {
             ..Default::default()
         };
         apply_to_snapshot(&mut snap, &mapped(), false);
-        assert_eq!(snap.endpoints.public.as_deref(), Some("ws://11.11.0.2:11452"));
+        assert_eq!(
+            snap.endpoints.public.as_deref(),
+            Some("ws://11.11.0.2:11452")
+        );
         assert_eq!(snap.public_port, Some(11452));
         assert_eq!(snap.port_mapping.state, PortMappingState::Mapped);
         assert!(snap.port_mapping.expires_at.is_some());
-        assert_eq!(mapped_udp(&snap.port_mapping), Some("11.11.0.2:11451".parse().unwrap()));
+        assert_eq!(
+            mapped_udp(&snap.port_mapping),
+            Some("11.11.0.2:11451".parse().unwrap())
+        );
     }
 
     #[test]
@@ -531,7 +559,10 @@ mod tests {
         let mut snap = NetworkSnapshot::default();
         snap.endpoints.public = Some("wss://home.example.com".into());
         apply_to_snapshot(&mut snap, &mapped(), true);
-        assert_eq!(snap.endpoints.public.as_deref(), Some("wss://home.example.com"));
+        assert_eq!(
+            snap.endpoints.public.as_deref(),
+            Some("wss://home.example.com")
+        );
         let mut snap = NetworkSnapshot::default();
         apply_to_snapshot(&mut snap, &unavailable("no gateway".into()), false);
         assert_eq!(snap.endpoints.public, None);
@@ -547,7 +578,11 @@ mod tests {
         assert_eq!(args(false, vec![]).protocols(), ALL_PROTOCOLS.to_vec());
         assert_eq!(args(true, vec![]).protocols(), Vec::<Protocol>::new());
         assert_eq!(
-            args(false, vec![Protocol::NatPmp, Protocol::NatPmp, Protocol::Pcp]).protocols(),
+            args(
+                false,
+                vec![Protocol::NatPmp, Protocol::NatPmp, Protocol::Pcp]
+            )
+            .protocols(),
             vec![Protocol::NatPmp, Protocol::Pcp]
         );
     }

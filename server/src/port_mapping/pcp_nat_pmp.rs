@@ -9,8 +9,7 @@
 use super::{Granted, MapError, Wanted};
 use atmosphere_shared::api::PortMappingProtocol as Protocol;
 use crab_nat::{
-    natpmp, pcp, InternetProtocol, PortMapping, PortMappingOptions, PortMappingType,
-    TimeoutConfig,
+    natpmp, pcp, InternetProtocol, PortMapping, PortMappingOptions, PortMappingType, TimeoutConfig,
 };
 use std::net::IpAddr;
 use std::num::NonZeroU16;
@@ -76,13 +75,20 @@ fn classify(protocol: Protocol, error: String) -> MapError {
 }
 
 /// The external address: PCP returns it with each mapping; NAT-PMP has its own request.
-async fn external_ip_of(protocol: Protocol, gateway: IpAddr, m: &PortMapping) -> Result<IpAddr, MapError> {
+async fn external_ip_of(
+    protocol: Protocol,
+    gateway: IpAddr,
+    m: &PortMapping,
+) -> Result<IpAddr, MapError> {
     match m.mapping_type() {
         PortMappingType::Pcp { external_ip, .. } => Ok(external_ip),
-        PortMappingType::NatPmp => external_address(gateway).await.map(IpAddr::V4).map_err(|e| match e {
-            MapError::NoGateway(_, d) => MapError::NoGateway(protocol, d),
-            other => other,
-        }),
+        PortMappingType::NatPmp => external_address(gateway)
+            .await
+            .map(IpAddr::V4)
+            .map_err(|e| match e {
+                MapError::NoGateway(_, d) => MapError::NoGateway(protocol, d),
+                other => other,
+            }),
     }
 }
 
@@ -101,11 +107,28 @@ pub async fn map(
     wanted: Wanted,
     lifetime: Duration,
 ) -> Result<(Held, Granted), MapError> {
-    let tcp = map_one(protocol, gateway, local_ip, InternetProtocol::Tcp, wanted.tcp, lifetime).await?;
+    let tcp = map_one(
+        protocol,
+        gateway,
+        local_ip,
+        InternetProtocol::Tcp,
+        wanted.tcp,
+        lifetime,
+    )
+    .await?;
     let external_ip = external_ip_of(protocol, gateway, &tcp).await?;
     let udp = match wanted.udp {
         Some(port) => {
-            match map_one(protocol, gateway, local_ip, InternetProtocol::Udp, port, lifetime).await {
+            match map_one(
+                protocol,
+                gateway,
+                local_ip,
+                InternetProtocol::Udp,
+                port,
+                lifetime,
+            )
+            .await
+            {
                 Ok(m) => Some(m),
                 Err(e) => {
                     tracing::info!(port, error = %e, "UDP not mapped (TCP is)");

@@ -292,7 +292,10 @@ mod tests {
         assert_eq!(l.poll(HOUR - 1, Some(r)), Step::Wait);
         assert_eq!(l.poll(HOUR, Some(r)), Step::Renew);
         l.failed(HOUR, 0.0);
-        assert!(l.is_mapped(), "a permanent mapping never expires on its own");
+        assert!(
+            l.is_mapped(),
+            "a permanent mapping never expires on its own"
+        );
     }
 
     #[test]

@@ -54,17 +54,43 @@ pub async fn map(local_ip: IpAddr, wanted: Wanted) -> Result<(UpnpMapping, Grant
     let gateway = discover(local_ip).await?;
     let external = external_ip(&gateway).await?;
     let mut lease = super::LIFETIME.as_secs() as u32;
-    let tcp = match add(&gateway, PortMappingProtocol::TCP, local_ip, wanted.tcp, wanted.tcp, lease).await {
+    let tcp = match add(
+        &gateway,
+        PortMappingProtocol::TCP,
+        local_ip,
+        wanted.tcp,
+        wanted.tcp,
+        lease,
+    )
+    .await
+    {
         Err(AddFailure::PermanentOnly) => {
             lease = 0;
-            add(&gateway, PortMappingProtocol::TCP, local_ip, wanted.tcp, wanted.tcp, 0).await
+            add(
+                &gateway,
+                PortMappingProtocol::TCP,
+                local_ip,
+                wanted.tcp,
+                wanted.tcp,
+                0,
+            )
+            .await
         }
         r => r,
     }
     .map_err(|e| MapError::Refused(Protocol::Upnp, format!("TCP {}: {e}", wanted.tcp)))?;
     let udp = match wanted.udp {
         Some(port) => {
-            match add(&gateway, PortMappingProtocol::UDP, local_ip, port, port, lease).await {
+            match add(
+                &gateway,
+                PortMappingProtocol::UDP,
+                local_ip,
+                port,
+                port,
+                lease,
+            )
+            .await
+            {
                 Ok(p) => Some(p),
                 Err(e) => {
                     tracing::info!(port, error = %e, "UPnP: UDP not mapped (TCP is)");
@@ -113,7 +139,10 @@ async fn add(
     lease: u32,
 ) -> Result<u16, AddFailure> {
     let local = SocketAddr::new(local_ip, internal);
-    match gateway.add_port(proto, external, local, lease, DESCRIPTION).await {
+    match gateway
+        .add_port(proto, external, local, lease, DESCRIPTION)
+        .await
+    {
         Ok(()) => Ok(external),
         Err(AddPortError::OnlyPermanentLeasesSupported) => Err(AddFailure::PermanentOnly),
         Err(AddPortError::PortInUse) => gateway
@@ -140,15 +169,22 @@ impl UpnpMapping {
     pub async fn renew(&mut self) -> Result<Granted, MapError> {
         let external = external_ip(&self.gateway).await?;
         let renew = |proto, internal, external| {
-            add(&self.gateway, proto, self.local_ip, internal, external, self.lease_secs)
+            add(
+                &self.gateway,
+                proto,
+                self.local_ip,
+                internal,
+                external,
+                self.lease_secs,
+            )
         };
         let tcp = renew(PortMappingProtocol::TCP, self.wanted.tcp, self.tcp)
             .await
             .map_err(|e| MapError::Refused(Protocol::Upnp, format!("renew TCP: {e}")))?;
         let udp = match (self.wanted.udp, self.udp) {
-            (Some(internal), Some(external)) => {
-                renew(PortMappingProtocol::UDP, internal, external).await.ok()
-            }
+            (Some(internal), Some(external)) => renew(PortMappingProtocol::UDP, internal, external)
+                .await
+                .ok(),
             _ => None,
         };
         self.tcp = tcp;
@@ -159,7 +195,10 @@ impl UpnpMapping {
     /// `DeletePortMapping` for each port held.
     pub async fn remove(self) -> Result<(), MapError> {
         let mut errors = Vec::new();
-        let ports = [(PortMappingProtocol::TCP, Some(self.tcp)), (PortMappingProtocol::UDP, self.udp)];
+        let ports = [
+            (PortMappingProtocol::TCP, Some(self.tcp)),
+            (PortMappingProtocol::UDP, self.udp),
+        ];
         for (proto, port) in ports {
             if let Some(port) = port {
                 if let Err(e) = self.gateway.remove_port(proto, port).await {

@@ -145,7 +145,8 @@ impl HostPeer {
         if let Some(c) = nat.reflexive.clone() {
             rtc.add_local_candidate(c);
         }
-        let duplicate = nat.reflexive.as_ref().map(Candidate::addr) == nat.port_mapped.as_ref().map(Candidate::addr);
+        let duplicate = nat.reflexive.as_ref().map(Candidate::addr)
+            == nat.port_mapped.as_ref().map(Candidate::addr);
         if let Some(c) = nat.port_mapped.filter(|_| !duplicate) {
             rtc.add_local_candidate(c);
         }
