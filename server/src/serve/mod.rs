@@ -457,12 +457,17 @@ async fn run_inner(args: Args) -> Result<(), Fail> {
 }
 
 /// Starts automatic port mapping of the mesh port (TCP) and, with a direct path, its UDP
-/// port — unless `--no-port-mapping`. The mapped UDP address follows the mapping into the
+/// port — unless `--no-port-mapping` or `--bind` is a loopback address. The mapped UDP address follows the mapping into the
 /// direct path's ICE candidates.
 fn start_port_mapping(args: &Args, port: u16, direct: Option<&HostDirect>) -> PortMapper {
-    let protocols = args.port_mapping.protocols();
+    // A host bound to loopback cannot be reached through a router: nothing to map.
+    let protocols = if args.bind.is_loopback() {
+        Vec::new()
+    } else {
+        args.port_mapping.protocols()
+    };
     if protocols.is_empty() {
-        info!("port mapping off (--no-port-mapping)");
+        info!(bind = %args.bind, "port mapping off (--no-port-mapping, or bound to loopback)");
     }
     let wanted = Wanted {
         tcp: port,
