@@ -382,3 +382,26 @@ async fn a_session_that_stops_reading_loses_its_channel_not_the_hosts_memory() {
         }
     }
 }
+
+#[tokio::test]
+async fn the_routers_port_mapping_is_offered_as_a_candidate_while_it_is_held() {
+    let host = host(RtcConfig::loopback()).await;
+    // A fresh client per offer; the answers are only read, never used, so no check is sent
+    // to the (loopback stand-in for the router's) external address either way.
+    async fn answer(host: &HostPeer) -> String {
+        let mut client = ClientPeer::bind(RtcConfig::loopback(), &[])
+            .await
+            .expect("client socket");
+        host.accept(&client.offer().unwrap()).await.unwrap().0
+    }
+    let mapped: SocketAddr = "127.0.0.2:40000".parse().unwrap();
+    let candidate = "127.0.0.2 40000 typ srflx";
+    let a = answer(&host).await;
+    assert!(!a.contains(candidate), "no mapping yet: {a}");
+    host.set_port_mapping(Some(mapped));
+    let a = answer(&host).await;
+    assert!(a.contains(candidate), "mapped: {a}");
+    host.set_port_mapping(None);
+    let a = answer(&host).await;
+    assert!(!a.contains(candidate), "mapping gone: {a}");
+}
