@@ -412,10 +412,14 @@ async fn run(
     let mut last_route_error: Option<String> = None;
     loop {
         let route = match gateway::default_route() {
-            Ok(r) => Some(r),
+            Ok(r) => {
+                last_route_error = None;
+                Some(r)
+            }
             Err(e) => {
-                // UPnP finds its gateway by SSDP; without a route there is no LAN to ask.
-                if last_route_error.as_deref() != Some(&e.to_string()) {
+                // UPnP finds its gateway by SSDP; without a route there is no LAN to ask. A
+                // mapping still held keeps showing until it is renewed elsewhere or lapses.
+                if !life.is_mapped() && last_route_error.as_deref() != Some(&e.to_string()) {
                     tx.send_replace(unavailable(e.to_string()));
                     last_route_error = Some(e.to_string());
                 }
