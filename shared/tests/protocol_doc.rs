@@ -382,7 +382,10 @@ fn check_relay_vector(body: &str) -> Result<usize, String> {
     let HostMsg::Register {
         public_key,
         signature: signed,
-    } = &register;
+    } = &register
+    else {
+        return Err("relay_proto::sign made no register message".into());
+    };
     if b64_decode(signed) != Some(signature) || b64_decode(public_key) != Some(key.to_vec()) {
         return Err("signature_b64 is not what relay_proto::sign makes for this key".into());
     }
