@@ -124,7 +124,8 @@ pub struct Probe {
 }
 
 impl Probe {
-    fn no(detail: impl Into<String>) -> Probe {
+    /// Not reachable, because of `detail`.
+    pub fn no(detail: impl Into<String>) -> Probe {
         Probe {
             reachable: false,
             detail: detail.into(),
