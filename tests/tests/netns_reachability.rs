@@ -35,8 +35,13 @@ fn without_a_forward_the_host_is_unreachable_and_invites_leave_public_out() {
     let mut topo = TopologyBuilder::new("dbnofwd").port_forward(false).build();
     topo.start_stun();
     topo.start_relay();
+    let start = Instant::now();
     let host = topo.start_host(true);
     let net = wait_reachability(&topo, &host, "unreachable", Duration::from_secs(30));
+    eprintln!(
+        "NETNS-RESULT scenario=dial-back-unreachable host_start_to_unreachable_ms={}",
+        start.elapsed().as_millis()
+    );
     let public = format!("ws://{HOME_WAN_IP}:{HOST_PORT}");
     let r = &net["reachability"];
     assert_eq!(r["endpoint"], public.as_str(), "{r:#}");
