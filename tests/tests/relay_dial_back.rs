@@ -6,7 +6,7 @@
 mod relay_common;
 
 use atmosphere_shared::dial_back::{format_nonce, DialBackResult, NONCE_BYTES};
-use atmosphere_shared::relay_proto::{close, DialBackRequest, HostMsg, RelayMsg};
+use atmosphere_shared::relay_proto::{self, close, DialBackRequest, HostMsg, RelayMsg};
 use atmosphere_tests::Relay;
 use relay_common::*;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -14,8 +14,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-fn nonce() -> String {
+fn nonce_hex() -> String {
     format_nonce(&rand::random::<[u8; NONCE_BYTES]>())
 }
 
@@ -77,7 +78,7 @@ async fn the_relay_dials_only_the_control_sockets_source_address() {
     // A request that names another address is refused outright, and nothing is dialed.
     let mut ws = register_ok(&relay.url(), &new_key()).await;
     let smuggled = serde_json::json!({
-        "type": "dial_back", "port": port, "nonce": nonce(), "ip": "127.0.0.2"
+        "type": "dial_back", "port": port, "nonce": nonce_hex(), "ip": "127.0.0.2"
     });
     send_json(&mut ws, &smuggled).await;
     let end = read_until_close(&mut ws, Duration::from_secs(5)).await;
@@ -85,14 +86,14 @@ async fn the_relay_dials_only_the_control_sockets_source_address() {
 
     // A proper request reaches 127.0.0.1 only.
     let mut ws = register_ok(&relay.url(), &new_key()).await;
-    let n = nonce();
+    let n = nonce_hex();
     let r = dial_back(&mut ws, port, &n).await;
     assert!(r.reachable, "{r:?}");
     assert_eq!(r.retry_in_secs, None);
     assert_eq!(at_one.load(Ordering::SeqCst), 1);
 
     // A second request within the window is not dialed.
-    let r = dial_back(&mut ws, port, &nonce()).await;
+    let r = dial_back(&mut ws, port, &nonce_hex()).await;
     assert!(!r.reachable, "{r:?}");
     assert!(r.detail.starts_with("rate limited: retry in "), "{r:?}");
     assert!(
@@ -109,7 +110,7 @@ async fn nothing_listening_is_unreachable_connection_refused() {
     let relay = Relay::start(&[]).await;
     let mut ws = register_ok(&relay.url(), &new_key()).await;
     let port = atmosphere_tests::free_port();
-    let r = dial_back(&mut ws, port, &nonce()).await;
+    let r = dial_back(&mut ws, port, &nonce_hex()).await;
     assert!(!r.reachable);
     assert_eq!(r.detail, "connection refused");
     assert_eq!(r.retry_in_secs, None);
@@ -121,7 +122,7 @@ async fn a_listener_that_never_answers_is_unreachable_within_the_deadline() {
     let (port, seen) = listener("127.0.0.1", 0, false).await;
     let mut ws = register_ok(&relay.url(), &new_key()).await;
     let start = Instant::now();
-    let r = dial_back(&mut ws, port, &nonce()).await;
+    let r = dial_back(&mut ws, port, &nonce_hex()).await;
     let took = start.elapsed();
     assert!(!r.reachable);
     assert!(r.detail.contains("timed out after 3 s"), "{r:?}");
@@ -136,9 +137,9 @@ async fn a_listener_that_never_answers_is_unreachable_within_the_deadline() {
 async fn bad_nonces_and_port_zero_are_refused() {
     let relay = Relay::start(&[]).await;
     for bad in [
-        serde_json::json!({"type": "dial_back", "port": 0, "nonce": nonce()}),
+        serde_json::json!({"type": "dial_back", "port": 0, "nonce": nonce_hex()}),
         serde_json::json!({"type": "dial_back", "port": 80, "nonce": "ABC"}),
-        serde_json::json!({"type": "dial_back", "port": 80, "nonce": nonce().to_uppercase()}),
+        serde_json::json!({"type": "dial_back", "port": 80, "nonce": nonce_hex().to_uppercase()}),
         serde_json::json!({"type": "dial_back", "port": 80}),
     ] {
         let mut ws = register_ok(&relay.url(), &new_key()).await;
@@ -158,9 +159,38 @@ async fn a_dial_back_before_registering_is_refused() {
     ));
     let req = HostMsg::DialBack(DialBackRequest {
         port: 80,
-        nonce: nonce(),
+        nonce: nonce_hex(),
     });
     send_json(&mut ws, &req).await;
     let end = read_until_close(&mut ws, Duration::from_secs(5)).await;
     assert_eq!(end.code, Some(close::BAD_REQUEST), "{end:?}");
+}
+
+#[tokio::test]
+async fn behind_a_proxy_the_relay_dials_the_real_ip_header_address() {
+    // A relay behind a trusted proxy takes the client address from the header; the
+    // dial-back follows it, the same address its per-IP limit counts.
+    let relay = Relay::start(&["--real-ip-header", "X-Forwarded-For"]).await;
+    let (port, at_one) = listener("127.0.0.1", 0, true).await;
+    let (_, at_two) = listener("127.0.0.2", port, true).await;
+    let key = new_key();
+    let mesh = mesh_of(&key);
+    let url = format!("{}/mesh/{mesh}/host", relay.url());
+    let mut req = url.as_str().into_client_request().unwrap();
+    req.headers_mut()
+        .insert("x-forwarded-for", "127.0.0.2".parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    let RelayMsg::Challenge { nonce, relay: name } = next_relay_msg(&mut ws).await else {
+        panic!("expected a challenge")
+    };
+    let nonce = relay_proto::decode_nonce(&nonce).unwrap();
+    send_json(&mut ws, &relay_proto::sign(&key, &name, &mesh, &nonce)).await;
+    assert!(matches!(
+        next_relay_msg(&mut ws).await,
+        RelayMsg::Registered { .. }
+    ));
+    let r = dial_back(&mut ws, port, &nonce_hex()).await;
+    assert!(r.reachable, "{r:?}");
+    assert_eq!(at_two.load(Ordering::SeqCst), 1);
+    assert_eq!(at_one.load(Ordering::SeqCst), 0, "the TCP peer was dialed");
 }
