@@ -103,6 +103,14 @@ async fn the_relay_dials_only_the_control_sockets_source_address() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(at_one.load(Ordering::SeqCst), 1);
     assert_eq!(at_two.load(Ordering::SeqCst), 0, "127.0.0.2 was dialed");
+    let m = relay.metrics().await;
+    for line in [
+        "atmosphere_relay_dial_backs_total{result=\"reachable\"} 1",
+        "atmosphere_relay_dial_backs_total{result=\"rate_limited\"} 1",
+        "atmosphere_relay_refusals_total{reason=\"bad_request\",code=\"4400\"} 1",
+    ] {
+        assert!(m.contains(line), "{line} not in:\n{m}");
+    }
 }
 
 #[tokio::test]

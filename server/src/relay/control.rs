@@ -275,9 +275,11 @@ fn host_text(
     results: &mpsc::Sender<DialBackResult>,
 ) -> Result<(), Refused> {
     match serde_json::from_str::<HostMsg>(text) {
-        Ok(HostMsg::DialBack(req)) => relay
-            .dial_backs
-            .request(req, ctx.ip, &ctx.mesh, limit, results),
+        Ok(HostMsg::DialBack(req)) => {
+            relay
+                .dial_backs
+                .request(req, ctx.ip, &ctx.mesh, limit, results, &relay.metrics)
+        }
         Ok(HostMsg::Register { .. }) => Ok(()),
         Err(e) => {
             let is_dial_back = serde_json::from_str::<serde_json::Value>(text)

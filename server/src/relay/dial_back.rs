@@ -7,7 +7,7 @@
 //! control task already knows (`Relay::client_ip`, so `--real-ip-header` is honoured), and
 //! the request message has no address field at all.
 
-use super::metrics::RefusalKind;
+use super::metrics::{DialBackOutcome, Metrics, RefusalKind};
 use super::server::Refused;
 use atmosphere_shared::dial_back::{
     self, judge_answer, probe_request, timed_out_detail, DialBackResult, GlobalDialBudget,
@@ -15,7 +15,7 @@ use atmosphere_shared::dial_back::{
 };
 use atmosphere_shared::relay_proto::DialBackRequest;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -51,6 +51,7 @@ impl DialBacks {
         mesh: &str,
         limit: &mut HostDialLimit,
         results: &mpsc::Sender<DialBackResult>,
+        metrics: &Arc<Metrics>,
     ) -> Result<(), Refused> {
         dial_back::check_request(req.port, &req.nonce)
             .map_err(|e| Refused::new(RefusalKind::BadRequest, e.to_string()))?;
@@ -63,16 +64,23 @@ impl DialBacks {
         });
         if let Err(retry_in_ms) = allowed {
             tracing::info!(mesh = %mesh, %ip, port = req.port, retry_in_ms, "dial-back rate limited");
+            metrics.dial_back(DialBackOutcome::RateLimited);
             let _ = results.try_send(DialBackResult::rate_limited(&req.nonce, retry_in_ms));
             return Ok(());
         }
         let results = results.clone();
         let mesh = mesh.to_string();
+        let metrics = metrics.clone();
         tokio::spawn(async move {
             let ip = ip.to_canonical();
             let probe = probe(ip, req.port, &req.nonce).await;
             tracing::info!(mesh = %mesh, %ip, port = req.port, reachable = probe.reachable,
                 detail = %probe.detail, "dial-back");
+            metrics.dial_back(if probe.reachable {
+                DialBackOutcome::Reachable
+            } else {
+                DialBackOutcome::Unreachable
+            });
             // The control task may be gone (host left): nothing to tell then.
             let _ = results
                 .send(DialBackResult::dialed(&req.nonce, probe))
