@@ -19,9 +19,9 @@
 //! instead of being dropped: no relayed member is lost to a burst.
 //!
 //! The link also carries the public-reachability check (`super::reachability`): it sends
-//! the checker's `dial_back` requests ([`HostLink::send`]) on the registered socket and
-//! hands every registration and every `dial_back_result` to [`HostLink::subscribe`]rs as a
-//! [`LinkEvent`].
+//! the checker's `dial_back` requests ([`HostLink::send`]) on the registered socket, and
+//! every registration and every `dial_back_result` reaches the receivers of
+//! [`HostLink::subscribe`] as a [`LinkEvent`].
 
 use crate::dial::{dial, ClientSocket, DialOptions};
 use crate::printable::printable;
