@@ -39,6 +39,7 @@ pub mod api;
 pub mod backoff;
 pub mod channel;
 pub mod credential;
+pub mod dial_back;
 pub mod handshake;
 pub mod join_event;
 pub mod link;

@@ -19,12 +19,17 @@
 //!    the host dials `GET /mesh/{mesh_id}/session/{session_id}` with
 //!    `Authorization: Bearer <secret>` and the relay splices the two sockets.
 //!
+//! 5. once registered, the host may ask the relay to dial its public endpoint back:
+//!    [`HostMsg::DialBack`] → [`RelayMsg::DialBackResult`] (the protocol, its checks and
+//!    limits are `crate::dial_back`).
+//!
 //! Every refusal closes the WebSocket with one of the [`close`] codes and a reason.
 //!
 //! Both ends of the registration live here, as one [`sign`] (host) and one [`verify`]
 //! (relay), so the signed bytes and their checks cannot drift apart; the relay and the host
 //! link only move the messages.
 
+use crate::dial_back::DialBackResult;
 use crate::mesh_id::mesh_id_from_public_key;
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
@@ -211,6 +216,9 @@ pub enum RegisterError {
     /// replayed, or made for another relay (4401).
     #[error("signature does not verify against this challenge")]
     BadSignature,
+    /// The host sent another message before registering (4400).
+    #[error("expected a register message")]
+    NotRegister,
 }
 
 /// The relay's check of a host's answer to the challenge (`relay`, `nonce`) it sent on
@@ -228,7 +236,10 @@ pub fn verify(
     let HostMsg::Register {
         public_key,
         signature,
-    } = msg;
+    } = msg
+    else {
+        return Err(RegisterError::NotRegister);
+    };
     let key = b64_decode(public_key).ok_or(RegisterError::KeyNotBase64)?;
     let key: [u8; 32] = key
         .as_slice()
@@ -270,6 +281,8 @@ pub enum RelayMsg {
         /// The member's address as the relay sees it (for the host's logs).
         remote: String,
     },
+    /// The answer to a [`HostMsg::DialBack`] (`crate::dial_back`).
+    DialBackResult(DialBackResult),
 }
 
 /// Messages a host sends on its control socket.
@@ -282,6 +295,20 @@ pub enum HostMsg {
         public_key: String,
         signature: String,
     },
+    /// Once registered: dial this control socket's source address on `port` and fetch
+    /// `/dial-back/{nonce}` (`crate::dial_back`). There is deliberately no address field,
+    /// and a request with any field beyond these is refused.
+    DialBack(DialBackRequest),
+}
+
+/// The fields of [`HostMsg::DialBack`]: exactly these two.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DialBackRequest {
+    /// The host's public TCP port (1..=65535).
+    pub port: u16,
+    /// 32 lowercase hex characters (`dial_back::format_nonce`).
+    pub nonce: String,
 }
 
 /// Answer of the relay's open `GET /health`. The fields are in the order the relay sends
@@ -405,6 +432,45 @@ mod tests {
     }
 
     #[test]
+    fn dial_back_messages_match_the_documented_shapes_and_carry_no_address() {
+        let n = "00112233445566778899aabbccddeeff";
+        let req = HostMsg::DialBack(DialBackRequest {
+            port: 11451,
+            nonce: n.into(),
+        });
+        let json = format!(r#"{{"type":"dial_back","port":11451,"nonce":"{n}"}}"#);
+        assert_eq!(serde_json::to_string(&req).unwrap(), json);
+        assert_eq!(serde_json::from_str::<HostMsg>(&json).unwrap(), req);
+        // A host that tries to name another address is refused at parse time.
+        for smuggled in [
+            format!(r#"{{"type":"dial_back","port":1,"nonce":"{n}","ip":"127.0.0.2"}}"#),
+            format!(r#"{{"type":"dial_back","port":1,"nonce":"{n}","address":"x:1"}}"#),
+        ] {
+            assert!(
+                serde_json::from_str::<HostMsg>(&smuggled).is_err(),
+                "{smuggled}"
+            );
+        }
+        assert!(serde_json::from_str::<HostMsg>(
+            r#"{"type":"dial_back","port":70000,"nonce":"x"}"#
+        )
+        .is_err());
+        let res = RelayMsg::DialBackResult(DialBackResult {
+            nonce: n.into(),
+            reachable: true,
+            detail: "answered HTTP 200 with the nonce".into(),
+            retry_in_secs: None,
+        });
+        let json = format!(
+            r#"{{"type":"dial_back_result","nonce":"{n}","reachable":true,"detail":"answered HTTP 200 with the nonce"}}"#
+        );
+        assert_eq!(serde_json::to_string(&res).unwrap(), json);
+        assert_eq!(serde_json::from_str::<RelayMsg>(&json).unwrap(), res);
+        // A dial_back is not a registration.
+        assert_eq!(verify(R, "m", b"n", &req), Err(RegisterError::NotRegister));
+    }
+
+    #[test]
     fn registration_message_binds_mesh_and_nonce() {
         let a = registration_message(R, "abc", &[1, 2]);
         assert_ne!(a, registration_message(R, "abd", &[1, 2]));
@@ -421,7 +487,9 @@ mod tests {
     }
 
     fn with_signature(msg: &HostMsg, signature: String) -> HostMsg {
-        let HostMsg::Register { public_key, .. } = msg.clone();
+        let HostMsg::Register { public_key, .. } = msg.clone() else {
+            unreachable!()
+        };
         HostMsg::Register {
             public_key,
             signature,
@@ -455,7 +523,9 @@ mod tests {
         // Wire compatibility: the signed bytes are exactly `registration_message`.
         let k = key(3);
         let mesh = mesh_of(&k);
-        let HostMsg::Register { signature, .. } = sign(&k, R, &mesh, b"n");
+        let HostMsg::Register { signature, .. } = sign(&k, R, &mesh, b"n") else {
+            unreachable!()
+        };
         let expected = k.sign(&registration_message(R, &mesh, b"n")).to_bytes();
         assert_eq!(b64_decode(&signature).unwrap(), expected);
     }
@@ -481,7 +551,9 @@ mod tests {
                 &mesh,
                 &nonce,
                 &with_signature(&msg, {
-                    let HostMsg::Register { signature, .. } = for_other_mesh;
+                    let HostMsg::Register { signature, .. } = for_other_mesh else {
+                        unreachable!()
+                    };
                     signature
                 })
             ),
@@ -498,7 +570,9 @@ mod tests {
             Err(RegisterError::NotThisMesh)
         );
         // One flipped bit of the signature.
-        let HostMsg::Register { signature, .. } = msg.clone();
+        let HostMsg::Register { signature, .. } = msg.clone() else {
+            unreachable!()
+        };
         let mut bytes = b64_decode(&signature).unwrap();
         bytes[10] ^= 1;
         assert_eq!(
@@ -519,7 +593,9 @@ mod tests {
             ),
             Err(RegisterError::SignatureLength { got: 63 })
         );
-        let HostMsg::Register { signature, .. } = msg.clone();
+        let HostMsg::Register { signature, .. } = msg.clone() else {
+            unreachable!()
+        };
         let bad_key = |public_key: String| HostMsg::Register {
             public_key,
             signature: signature.clone(),

@@ -20,7 +20,7 @@
 
 use atmosphere_shared::api::{
     ApiError, AuthStatus, DeviceList, DeviceRemoved, HostHealth, MeshEvent, MeshView,
-    NetworkSnapshot, RelayState, RevokeResponse, TokenRequest, TokenResponse,
+    NetworkSnapshot, PublicReachability, RelayState, RevokeResponse, TokenRequest, TokenResponse,
 };
 use atmosphere_shared::credential::DeviceCredential;
 use atmosphere_shared::handshake::{
@@ -61,6 +61,7 @@ const JSON_TAGS: &[&str] = &[
     "device_removed",
     "network_snapshot",
     "relay_state",
+    "reachability",
     "auth_response",
     "mesh_event",
     "host_health",
@@ -208,6 +209,7 @@ fn check_json(tag: &str, v: &Value, text: &str) -> Result<(), String> {
         "relay_health" => strict::<RelayHealth>(v),
         "network_snapshot" => strict::<NetworkSnapshot>(v),
         "relay_state" => strict::<RelayState>(v),
+        "reachability" => strict::<PublicReachability>(v),
         "client_msg" => strict::<ClientMsg>(v),
         "server_msg" => strict::<ServerMsg>(v),
         "relay_msg" => strict::<RelayMsg>(v),
@@ -382,7 +384,10 @@ fn check_relay_vector(body: &str) -> Result<usize, String> {
     let HostMsg::Register {
         public_key,
         signature: signed,
-    } = &register;
+    } = &register
+    else {
+        return Err("relay_proto::sign made no register message".into());
+    };
     if b64_decode(signed) != Some(signature) || b64_decode(public_key) != Some(key.to_vec()) {
         return Err("signature_b64 is not what relay_proto::sign makes for this key".into());
     }

@@ -1186,19 +1186,26 @@ impl Topology {
     }
 
     /// Waits until the host's discovery finished (`updated_at` set) and, when it has a
-    /// relay configured, its control link is `connected`. Returns `GET /api/network`.
+    /// relay configured, its control link is `connected` and the relay's dial-back has
+    /// judged the public endpoint, if there is one (`reachability.checked_at` set), so
+    /// whether invites carry `public` does not depend on timing. Returns `GET /api/network`.
     pub fn wait_host_ready(&self, host: &NsHost, deadline: Duration) -> Value {
         let start = Instant::now();
         loop {
             let net = self.host_api(host, "/api/network");
             let discovered = !net["updated_at"].is_null();
             let relay_ok = !host.relay || net["relay"]["state"] == "connected";
-            if discovered && relay_ok {
+            // No public endpoint (e.g. no STUN answer): nothing to check, nothing to wait for.
+            let checked = !host.relay
+                || net["endpoints"]["public"].is_null()
+                || !net["reachability"]["checked_at"].is_null();
+            if discovered && relay_ok && checked {
                 return net;
             }
             if start.elapsed() > deadline {
                 panic!(
-                    "host not ready after {deadline:?} (discovery done: {discovered}, relay connected: {relay_ok}):\n\
+                    "host not ready after {deadline:?} (discovery done: {discovered}, relay connected: {relay_ok}, \
+                     reachability checked: {checked}):\n\
                      /api/network = {net:#}\nhost log:\n{}",
                     self.output(host.proc)
                 );

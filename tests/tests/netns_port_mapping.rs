@@ -32,13 +32,39 @@ fn wait_mapped(topo: &Topology, host: &NsHost, since: Instant) -> (Value, Durati
     }
 }
 
-/// Starts a host (with `extra` flags) behind a miniupnpd router serving `serve`, waits for
-/// the mapping, checks it, has a cellular phone join via `public`, then stops the host and
-/// checks the mapping is gone. `protocol` is the JSON name expected.
+/// Polls `/api/network` until the relay's dial-back found `public` reachable; returns the
+/// verdict and the time.
+fn wait_reachable(
+    topo: &Topology,
+    host: &NsHost,
+    public: &str,
+    since: Instant,
+) -> (Value, Duration) {
+    loop {
+        let net = topo.host_api(host, "/api/network");
+        let r = &net["reachability"];
+        if r["state"] == "reachable" && r["endpoint"] == public {
+            return (r.clone(), since.elapsed());
+        }
+        if r["state"] == "unreachable" || since.elapsed() > Duration::from_secs(30) {
+            panic!(
+                "the mapped endpoint {public} was not verified reachable: {r:#}\nhost log:\n{}",
+                topo.output(host.proc)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Starts a host with a relay (and `extra` flags) behind a miniupnpd router serving `serve`,
+/// waits for the mapping, checks it, waits for the relay's dial-back to verify the mapped
+/// endpoint, has a cellular phone join via `public`, then stops the host and checks the
+/// mapping is gone. `protocol` is the JSON name expected.
 fn map_join_and_remove(scenario: &str, serve: MiniUpnpd, extra: &[&str], protocol: &str) {
     let _g = serial();
     let mut topo = TopologyBuilder::new(scenario).miniupnpd(serve).build();
     topo.start_stun();
+    topo.start_relay();
     topo.start_miniupnpd();
     assert_eq!(
         topo.miniupnpd_leases().trim(),
@@ -47,7 +73,7 @@ fn map_join_and_remove(scenario: &str, serve: MiniUpnpd, extra: &[&str], protoco
     );
 
     let t0 = Instant::now();
-    let host = topo.start_host_with(false, extra);
+    let host = topo.start_host_with(true, extra);
     let (net, took) = wait_mapped(&topo, &host, t0);
     eprintln!(
         "NETNS-RESULT scenario=port-mapping-{protocol} start_to_mapped_ms={}",
@@ -69,6 +95,13 @@ fn map_join_and_remove(scenario: &str, serve: MiniUpnpd, extra: &[&str], protoco
     // The mapping is the public endpoint: invites carry it, a phone on cellular uses it.
     let public = format!("ws://{UPNP_WAN_IP}:{HOST_PORT}");
     assert_eq!(net["endpoints"]["public"], public.as_str(), "{net:#}");
+    // No manual forward exists: only the mapping can make the relay's dial-back succeed.
+    let (verdict, took) = wait_reachable(&topo, &host, &public, t0);
+    eprintln!(
+        "NETNS-RESULT scenario=port-mapping-{protocol} start_to_reachable_ms={} detail={:?}",
+        took.as_millis(),
+        verdict["detail"]
+    );
     let invite = topo.mint(&host, None);
     assert_eq!(
         invite.token.endpoints.public.as_deref(),

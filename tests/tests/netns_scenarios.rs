@@ -247,12 +247,24 @@ impl Scene {
             "local endpoint: {raw:#}"
         );
         let public = format!("ws://{}:{HOST_PORT}", self.topo.host_public_ip());
-        assert_eq!(
-            e.public.as_deref(),
-            Some(public.as_str()),
-            "the public endpoint must be the router's outside address found by STUN: {raw:#}\nhost log:\n{}",
-            self.topo.output(self.host.proc)
-        );
+        if self.topo.has_port_forward() || self.relay.is_none() {
+            assert_eq!(
+                e.public.as_deref(),
+                Some(public.as_str()),
+                "the public endpoint must be the router's outside address found by STUN: {raw:#}\nhost log:\n{}",
+                self.topo.output(self.host.proc)
+            );
+        } else {
+            // No forward: the relay's dial-back found the public endpoint unreachable, so
+            // the invite leaves it out (the snapshot still names it, with the verdict).
+            assert_eq!(
+                self.network["reachability"]["state"], "unreachable",
+                "{:#}",
+                self.network
+            );
+            assert_eq!(self.network["endpoints"]["public"], public.as_str());
+            assert_eq!(e.public, None, "public left out of the invite: {raw:#}");
+        }
         if self.relay.is_some() {
             let relay = e
                 .relay
@@ -306,27 +318,33 @@ fn phone_on_cellular_with_port_forward_connects_via_public() {
 }
 
 #[test]
-fn phone_on_cellular_without_forward_connects_via_relay_right_after_public_is_passed() {
+fn phone_on_cellular_without_forward_connects_via_relay_and_never_tries_public() {
     let _g = serial();
     let mut s = scene("relay", false, false, true, None);
+    // The dial-back found no forward: the invite has no `public` for the phone to waste an
+    // attempt on (before the check existed, the phone tried it and staggered past it).
     s.assert_invite_endpoints();
     let out = s.join(Node::Phone, &["--attempt-timeout-ms", LONG_ATTEMPT_MS]);
     report("cellular+relay", &out);
     let c = assert_connected(&out, "relay");
-    let public = out
-        .find("trying", "public")
-        .unwrap_or_else(|| panic!("public never tried:\n{}", out.transcript()));
+    assert!(
+        out.find("trying", "public").is_none(),
+        "public is not in the invite, yet it was tried:\n{}",
+        out.transcript()
+    );
+    let local = out
+        .find("trying", "local")
+        .unwrap_or_else(|| panic!("local never tried:\n{}", out.transcript()));
     let relay = out
         .find("trying", "relay")
         .unwrap_or_else(|| panic!("relay never tried:\n{}", out.transcript()));
     let connected = out.connected().unwrap();
-    // The public attempt black-holes (no forward, the router drops it): the client must
-    // stagger past it instead of waiting out its 10 s deadline, and the relay must then
-    // answer within a second.
-    let staggered = relay.at.saturating_sub(public.at);
+    // The LAN attempt black-holes from cellular: the client must stagger past it instead
+    // of waiting out its 10 s deadline, and the relay must then answer within a second.
+    let staggered = relay.at.saturating_sub(local.at);
     assert!(
         staggered < Duration::from_secs(2),
-        "relay attempt started {staggered:?} after public: it waited for the dead path\n{}",
+        "relay attempt started {staggered:?} after local: it waited for the dead path\n{}",
         out.transcript()
     );
     let after = connected.at.saturating_sub(relay.at);
@@ -412,7 +430,13 @@ fn relay_down_no_forward_off_lan_fails_with_every_reason_within_the_deadline() {
         "all paths failed must exit 1:\n{}",
         out.transcript()
     );
-    for path in ["local", "public", "relay"] {
+    // No forward: the dial-back left `public` out of the invite, so it is never tried.
+    assert!(
+        out.find("trying", "public").is_none(),
+        "{}",
+        out.transcript()
+    );
+    for path in ["local", "relay"] {
         let f = out
             .find("failed", path)
             .unwrap_or_else(|| panic!("no failed event for {path}:\n{}", out.transcript()));

@@ -15,7 +15,7 @@ use crate::api::{self, ApiFailure};
 use crate::qr;
 use atmosphere_shared::api::{
     DeviceView, InviteView, MeshView, NetworkSnapshot, PortMappingState, PortMappingStatus,
-    RelayState, TokenRequest, TokenResponse,
+    Reachability, RelayState, TokenRequest, TokenResponse,
 };
 use leptos::prelude::*;
 use std::time::Duration;
@@ -210,6 +210,7 @@ pub fn connectivity_rows(net: &NetworkSnapshot) -> Vec<ConnRow> {
         relay,
         stun,
         port_mapping_row(&net.port_mapping),
+        public_path_row(net),
     ]
 }
 
@@ -264,6 +265,43 @@ pub fn port_mapping_row(pm: &PortMappingStatus) -> ConnRow {
                 .error
                 .clone()
                 .unwrap_or_else(|| "No router answered UPnP, PCP or NAT-PMP.".into()),
+        },
+    }
+}
+
+/// The public endpoint and what the relay's dial-back found: reachable, unreachable (and
+/// therefore left out of new invites), or not checked, each with the host's detail.
+fn public_path_row(net: &NetworkSnapshot) -> ConnRow {
+    let r = &net.reachability;
+    let Some(endpoint) = net.endpoints.public.clone() else {
+        return ConnRow {
+            label: "Public path",
+            health: Health::Off,
+            value: "none".into(),
+            detail: "No public endpoint: invites offer the LAN and the relay only.".into(),
+        };
+    };
+    let detail = r.detail.as_deref().unwrap_or("no detail");
+    match r.state {
+        Reachability::Reachable => ConnRow {
+            label: "Public path",
+            health: Health::Good,
+            value: format!("{endpoint} — reachable"),
+            detail: format!("The relay reached it from outside ({detail}); invites include it."),
+        },
+        Reachability::Unreachable => ConnRow {
+            label: "Public path",
+            health: Health::Bad,
+            value: format!("{endpoint} — unreachable, left out of invites"),
+            detail: format!(
+                "The relay could not reach it from outside: {detail}. Forward the port on your router to this machine; new invites include it once a check succeeds."
+            ),
+        },
+        Reachability::Unknown => ConnRow {
+            label: "Public path",
+            health: Health::Warn,
+            value: format!("{endpoint} — not checked"),
+            detail: format!("{detail}. Invites include it."),
         },
     }
 }
@@ -839,6 +877,38 @@ mod tests {
             (rows[4].value.as_str(), rows[4].detail.as_str()),
             ("unavailable", "no UPnP gateway answered")
         );
+    }
+
+    #[test]
+    fn public_path_row_says_whether_invites_carry_it() {
+        use atmosphere_shared::api::PublicReachability;
+        let mut net = NetworkSnapshot::default();
+        assert_eq!(public_path_row(&net).health, Health::Off);
+        net.endpoints.public = Some("ws://198.51.100.2:11451".into());
+        net.reachability = PublicReachability {
+            state: Reachability::Unreachable,
+            endpoint: net.endpoints.public.clone(),
+            checked_at: Some("2026-11-29T05:00:00Z".into()),
+            detail: Some("timed out after 3 s".into()),
+        };
+        let row = &connectivity_rows(&net)[5];
+        assert_eq!(row.label, "Public path");
+        assert_eq!(row.health, Health::Bad);
+        assert!(row.value.contains("left out of invites"), "{}", row.value);
+        assert!(row.detail.contains("timed out after 3 s"), "{}", row.detail);
+        net.reachability.state = Reachability::Reachable;
+        net.reachability.detail = Some("answered HTTP 200 with the nonce".into());
+        let row = public_path_row(&net);
+        assert_eq!(row.health, Health::Good);
+        assert!(row.value.ends_with("reachable") && row.detail.contains("invites include it"));
+        net.reachability = PublicReachability {
+            detail: Some("--public-url is set; not checked".into()),
+            ..Default::default()
+        };
+        let row = public_path_row(&net);
+        assert_eq!(row.health, Health::Warn);
+        assert!(row.value.contains("not checked"));
+        assert!(row.detail.contains("--public-url is set"), "{}", row.detail);
     }
 
     #[test]

@@ -340,6 +340,12 @@ impl Discovery {
         self.rx.borrow().clone()
     }
 
+    /// Every snapshot from now on (the reachability check watches the public endpoint and
+    /// each finished round).
+    pub fn subscribe(&self) -> watch::Receiver<NetworkSnapshot> {
+        self.rx.clone()
+    }
+
     /// Waits until the first discovery knows the public side (first STUN answer, all STUN
     /// outcomes, or the round's end — not the path probe that may follow), at most
     /// `max_wait`, then returns the snapshot (used when minting the very first invite).

@@ -10,12 +10,14 @@
 //! 5. [`claim_mesh`]: the host now holds the mesh, and an older control socket of the same
 //!    key is closed with 4409 (another key: 4403);
 //! 6. [`send_registered`];
-//! 7. [`serve_control`]: session notices out, pings in, until replaced (4409), idle (4408)
-//!    or closed.
+//! 7. [`serve_control`]: session notices out, pings in, `dial_back` requests in and their
+//!    results out (`super::dial_back`; a malformed request 4400), until replaced (4409),
+//!    idle (4408) or closed.
 
 use super::metrics::{ConnKind, RefusalKind};
 use super::registry::{HostCmd, HostRegistration};
 use super::server::{close_and_drain, is_too_large, to_json, Ctx, Refused, Relay, Stop};
+use atmosphere_shared::dial_back::{DialBackResult, HostDialLimit};
 use atmosphere_shared::relay_proto::{
     self, b64_encode, close, HostMsg, RegisterError, RelayMsg, MAX_CONTROL_FRAME_BYTES, NONCE_BYTES,
 };
@@ -155,6 +157,7 @@ fn verify_register(
                 RegisterError::NotThisMesh => RefusalKind::MeshMismatch,
                 RegisterError::BadSignature => RefusalKind::BadSignature,
                 RegisterError::KeyNotBase64
+                | RegisterError::NotRegister
                 | RegisterError::KeyLength { .. }
                 | RegisterError::SignatureNotBase64
                 | RegisterError::SignatureLength { .. }
@@ -197,8 +200,17 @@ async fn serve_control(
     let mesh_id = &ctx.mesh;
     let idle = relay.limits.idle_timeout;
     let mut last_frame = tokio::time::Instant::now();
+    let mut dial_limit = HostDialLimit::default();
+    let (dial_results_tx, mut dial_results) = mpsc::channel::<DialBackResult>(4);
     loop {
         tokio::select! {
+            Some(result) = dial_results.recv() => {
+                let msg = RelayMsg::DialBackResult(result);
+                let send = ws.send(Message::Text(to_json(&msg).into()));
+                if !matches!(tokio::time::timeout(relay.limits.handshake_timeout, send).await, Ok(Ok(()))) {
+                    break;
+                }
+            }
             cmd = commands.recv() => match cmd {
                 Some(HostCmd::Session(m)) => {
                     // A host that stops reading must not pin this task (and its IP slot):
@@ -230,6 +242,13 @@ async fn serve_control(
                     }
                     break;
                 }
+                Some(Ok(Message::Text(t))) => {
+                    last_frame = tokio::time::Instant::now();
+                    if let Err(r) = host_text(relay, t.as_str(), ctx, &mut dial_limit, &dial_results_tx) {
+                        relay.refuse(ws, r, ctx).await;
+                        return;
+                    }
+                }
                 // Pings (answered by tungstenite) and anything else keep the link alive.
                 Some(Ok(_)) => last_frame = tokio::time::Instant::now(),
             },
@@ -242,4 +261,37 @@ async fn serve_control(
         }
     }
     tracing::info!(mesh = %mesh_id, ip = %ctx.ip, "host control socket closed");
+}
+
+/// A text frame from a registered host: a `dial_back` request is handed to
+/// `super::dial_back` (a malformed one, e.g. with an address field, is refused with 4400);
+/// anything else is ignored as before, so newer hosts may send messages this relay does not
+/// know.
+fn host_text(
+    relay: &Relay,
+    text: &str,
+    ctx: &Ctx,
+    limit: &mut HostDialLimit,
+    results: &mpsc::Sender<DialBackResult>,
+) -> Result<(), Refused> {
+    match serde_json::from_str::<HostMsg>(text) {
+        Ok(HostMsg::DialBack(req)) => {
+            relay
+                .dial_backs
+                .request(req, ctx.ip, &ctx.mesh, limit, results, &relay.metrics)
+        }
+        Ok(HostMsg::Register { .. }) => Ok(()),
+        Err(e) => {
+            let is_dial_back = serde_json::from_str::<serde_json::Value>(text)
+                .is_ok_and(|v| v["type"] == "dial_back");
+            if is_dial_back {
+                Err(Refused::new(
+                    RefusalKind::BadRequest,
+                    format!("malformed dial_back request: {e}"),
+                ))
+            } else {
+                Ok(())
+            }
+        }
+    }
 }

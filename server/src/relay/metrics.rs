@@ -151,9 +151,28 @@ pub struct Metrics {
     /// STUN answers sent from the port asked, and from the other port (change port).
     stun_answered: [AtomicU64; 2],
     stun_dropped: [AtomicU64; 3],
+    /// Dial-backs by outcome: reachable, unreachable, rate limited (not dialed).
+    dial_backs: [AtomicU64; 3],
+}
+
+/// The outcomes counted by `atmosphere_relay_dial_backs_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DialBackOutcome {
+    Reachable,
+    Unreachable,
+    RateLimited,
+}
+
+impl DialBackOutcome {
+    const LABELS: [&'static str; 3] = ["reachable", "unreachable", "rate_limited"];
 }
 
 impl Metrics {
+    /// Counts a dial-back request by its outcome.
+    pub fn dial_back(&self, outcome: DialBackOutcome) {
+        self.dial_backs[outcome as usize].fetch_add(1, Relaxed);
+    }
+
     /// Counts a refusal.
     pub fn refused(&self, r: RefusalKind) {
         self.refusals[r.index()].fetch_add(1, Relaxed);
@@ -322,6 +341,15 @@ impl Metrics {
                 r.as_str(),
                 r.close_code(),
                 self.refusals[r.index()].load(Relaxed)
+            );
+        }
+        let _ = writeln!(s, "# HELP atmosphere_relay_dial_backs_total Dial-back requests of registered hosts, by outcome (rate_limited: not dialed).");
+        let _ = writeln!(s, "# TYPE atmosphere_relay_dial_backs_total counter");
+        for (i, result) in DialBackOutcome::LABELS.iter().enumerate() {
+            let _ = writeln!(
+                s,
+                "atmosphere_relay_dial_backs_total{{result=\"{result}\"}} {}",
+                self.dial_backs[i].load(Relaxed)
             );
         }
         let _ = writeln!(s, "# HELP atmosphere_relay_stun_answered_total STUN Binding requests answered, by the port the answer left from.");

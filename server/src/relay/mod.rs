@@ -6,6 +6,8 @@
 //!   the one way a handler refuses a connection;
 //! - `registry`: which host holds each mesh and which members wait for their host;
 //! - `control`: a host's control socket (challenge → register → session notices);
+//! - `dial_back`: the one TCP dial a registered host may ask for, to its own address
+//!   (public-reachability check);
 //! - `member`: a member's socket and the host's data socket for it;
 //! - [`splice`]: the frame pipe between the two;
 //! - [`metrics`]: counters for `/metrics` and `/health`;
@@ -19,6 +21,7 @@
 //! `atmosphere_shared::relay_proto`; deployment notes are in `docs/RELAY.md`.
 
 mod control;
+mod dial_back;
 mod member;
 pub mod metrics;
 mod registry;

@@ -13,6 +13,7 @@
 //! State is only live sockets (no database): see `registry`, plus the per-IP
 //! connection counts.
 
+use super::dial_back::DialBacks;
 use super::metrics::{ConnKind, Metrics, RefusalKind};
 use super::registry::Registry;
 use super::web::WebApp;
@@ -85,6 +86,8 @@ pub struct Relay {
     /// The relay's name from `--public-url` (`relay_proto::relay_name`), sent in every
     /// challenge; `None`: each control request's `Host` header.
     name: Option<String>,
+    /// Dial-back requests of registered hosts: the relay-wide budget.
+    pub(super) dial_backs: DialBacks,
 }
 
 impl Relay {
@@ -99,6 +102,7 @@ impl Relay {
             registry: Arc::new(Registry::default()),
             data_failures: JoinRateLimiter::new(DATA_FAILURE_LIMIT, DATA_FAILURE_WINDOW),
             name,
+            dial_backs: DialBacks::default(),
         })
     }
 

@@ -9,10 +9,10 @@ use crate::secret::{random_bytes, random_hex};
 use crate::store::{self, DeviceRow, NewInvite, Revoked};
 use atmosphere_shared::api::{
     ApiError, AuthStatus, DeviceList, DeviceRemoved, DeviceView, HostHealth, InviteView, MeshEvent,
-    MeshView, NetworkInfo, NetworkSnapshot, RelayState, RevokeResponse, TokenRequest,
+    MeshView, NetworkInfo, NetworkSnapshot, Reachability, RelayState, RevokeResponse, TokenRequest,
     TokenResponse,
 };
-use atmosphere_shared::link::Invite;
+use atmosphere_shared::link::{Endpoints, Invite};
 use atmosphere_shared::path::PathKind;
 use atmosphere_shared::token::{Token, TOKEN_BYTES};
 use axum::body::Bytes;
@@ -147,7 +147,7 @@ pub async fn mint(
         invite_id: invite_id.clone(),
     });
 
-    let endpoints = snap.endpoints.clone();
+    let endpoints = invite_endpoints(&snap);
     // The link names the mesh id, so a client makes the host prove it before it sends
     // the token (whatever endpoint of the link answers).
     let invite = Invite::v2(token.as_str(), st.mesh_name.clone(), endpoints.clone())
@@ -425,6 +425,9 @@ impl AppState {
             &self.port_mapper.status(),
             self.public_url_set,
         );
+        snap.reachability = self
+            .reachability
+            .current_for(snap.endpoints.public.as_deref());
         match &self.host_link {
             Some(link) => {
                 snap.endpoints.relay = Some(link.invite_endpoint());
@@ -461,6 +464,16 @@ impl AppState {
         let ip = snap.local_ip.as_deref()?.parse::<IpAddr>().ok()?;
         Some(format!("http://{}", host_port(ip, self.port)))
     }
+}
+
+/// The endpoints an invite carries: the snapshot's, except `public` while the dial-back
+/// found it unreachable (a phone would only spend an attempt on it).
+fn invite_endpoints(snap: &NetworkSnapshot) -> Endpoints {
+    let mut endpoints = snap.endpoints.clone();
+    if snap.reachability.state == Reachability::Unreachable {
+        endpoints.public = None;
+    }
+    endpoints
 }
 
 /// `ip:port` with brackets around IPv6.

@@ -3,6 +3,7 @@
 //! - the mesh WebSocket at `/` and `/api/ws` (→ [`crate::session`]),
 //! - the admin API under `/api/` ([`api`], guarded by [`auth`]),
 //! - `GET /health` and `GET /metrics` (open; counters in [`crate::host_metrics`]),
+//! - `GET /dial-back/{nonce}` (open): the relay's reachability probe ([`reachability`]),
 //! - the web UI with an SPA fallback ([`web`]).
 //!
 //! Around it: the data dir ([`crate::data_dir`]), SQLite persistence ([`crate::store`]),
@@ -12,6 +13,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod reachability;
 pub mod relay_link;
 pub mod web;
 
@@ -205,6 +207,8 @@ pub struct Inner {
     pub discovery: Discovery,
     /// The relay control link, with `--relay-url`.
     pub host_link: Option<HostLink>,
+    /// The dial-back check of the public endpoint (through the relay link).
+    pub reachability: reachability::ReachabilityCheck,
     /// Contents of `<data-dir>/admin_secret`.
     pub admin_secret: String,
     /// Counters for `/metrics`.
@@ -380,6 +384,13 @@ async fn run_inner(args: Args) -> Result<(), Fail> {
         )
     });
 
+    let reachability = reachability::ReachabilityCheck::start(
+        host_link.as_ref(),
+        args.public_url.is_some(),
+        &discovery,
+        &port_mapper,
+    );
+
     let web_dir = crate::web_bundle::resolve_web_dir(args.web_dir.as_deref());
     crate::web_bundle::log_choice("host", web_dir.as_deref(), args.web_dir.as_deref());
 
@@ -392,6 +403,7 @@ async fn run_inner(args: Args) -> Result<(), Fail> {
         store,
         discovery: discovery.clone(),
         host_link,
+        reachability,
         admin_secret: admin_secret.clone(),
         metrics,
         port,
@@ -610,6 +622,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/ws", get(ws_only))
         .route("/health", get(api::health))
         .route("/metrics", get(api::metrics))
+        .route("/dial-back/{nonce}", get(reachability::probe_route))
         .merge(admin)
         .route("/api/{*rest}", any(api::not_found))
         .fallback(web::serve)

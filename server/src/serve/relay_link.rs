@@ -17,17 +17,24 @@
 //! dials run at once; while all of them are busy the link stops reading its control socket,
 //! so the next notices wait in the relay (bounded there by its per-mesh session limit)
 //! instead of being dropped: no relayed member is lost to a burst.
+//!
+//! The link also carries the public-reachability check (`super::reachability`): it sends
+//! the checker's `dial_back` requests ([`HostLink::send`]) on the registered socket, and
+//! every registration and every `dial_back_result` reaches the receivers of
+//! [`HostLink::subscribe`] as a [`LinkEvent`].
 
 use crate::dial::{dial, ClientSocket, DialOptions};
 use crate::printable::printable;
 use atmosphere_shared::api::RelayState;
 use atmosphere_shared::backoff::Backoff;
+use atmosphere_shared::dial_back::DialBackResult;
 use atmosphere_shared::mesh_id::mesh_id_from_public_key;
-use atmosphere_shared::relay_proto::{self, RelayMsg, MAX_CONTROL_FRAME_BYTES};
+use atmosphere_shared::relay_proto::{self, HostMsg, RelayMsg, MAX_CONTROL_FRAME_BYTES};
 use futures_util::{SinkExt, StreamExt};
 use rand::Rng;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
@@ -64,10 +71,23 @@ const DATA_MAX_BYTES: usize = 1024 * 1024;
 /// that floods session notices must not make the host open connections without bound, so
 /// past this many the link reads no further notice until a dial finishes.
 const MAX_PENDING_DIALS: usize = 64;
+/// Control messages queued for the relay (the reachability check sends one at a time).
+const OUTBOX: usize = 4;
+
+/// What the link tells its subscribers ([`HostLink::subscribe`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkEvent {
+    /// The relay accepted a (new) registration.
+    Registered,
+    /// The relay's answer to a `dial_back` request.
+    DialBackResult(DialBackResult),
+}
 
 struct Inner {
     endpoint: String,
     state: Arc<Mutex<RelayState>>,
+    outbox: mpsc::Sender<HostMsg>,
+    events: broadcast::Sender<LinkEvent>,
     task: tokio::task::AbortHandle,
 }
 
@@ -91,7 +111,11 @@ impl HostLink {
         let base = config.relay_url.trim().trim_end_matches('/').to_string();
         let endpoint = format!("{base}/mesh/{mesh_id}");
         let state = Arc::new(Mutex::new(RelayState::Connecting { url: base.clone() }));
+        let (outbox, outbox_rx) = mpsc::channel(OUTBOX);
+        let (events, _) = broadcast::channel(16);
         let link = Link {
+            outbox: tokio::sync::Mutex::new(outbox_rx),
+            events: events.clone(),
             base,
             mesh_id,
             key: config.signing_key,
@@ -104,6 +128,8 @@ impl HostLink {
             inner: Arc::new(Inner {
                 endpoint,
                 state,
+                outbox,
+                events,
                 task,
             }),
         }
@@ -112,6 +138,18 @@ impl HostLink {
     /// The invite's relay endpoint: `<relay-url>/mesh/<mesh_id>`.
     pub fn invite_endpoint(&self) -> String {
         self.inner.endpoint.clone()
+    }
+
+    /// Queues `msg` for the relay. It is sent only on a registered control socket: a message
+    /// queued while the link is down is dropped at the next registration (subscribers then
+    /// see [`LinkEvent::Registered`] and ask again). `false` when the queue is full.
+    pub fn send(&self, msg: HostMsg) -> bool {
+        self.inner.outbox.try_send(msg).is_ok()
+    }
+
+    /// Registrations and `dial_back` results from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<LinkEvent> {
+        self.inner.events.subscribe()
     }
 
     /// Current link state for `/api/network` and the UI.
@@ -132,6 +170,9 @@ struct Link {
     state: Arc<Mutex<RelayState>>,
     /// Permits for in-flight data-socket dials ([`MAX_PENDING_DIALS`]).
     dials: Arc<tokio::sync::Semaphore>,
+    /// Messages for the relay ([`HostLink::send`]); only this task reads them.
+    outbox: tokio::sync::Mutex<mpsc::Receiver<HostMsg>>,
+    events: broadcast::Sender<LinkEvent>,
 }
 
 /// Retry delay for the `attempt`-th consecutive failure: 250 ms · 2^attempt capped at 30 s,
@@ -186,7 +227,11 @@ impl Link {
         self.set(RelayState::Connected {
             url: self.base.clone(),
         });
-        self.serve_notices(ws).await
+        let mut outbox = self.outbox.lock().await;
+        // Requests made while the link was down belong to checks that have given up.
+        while outbox.try_recv().is_ok() {}
+        let _ = self.events.send(LinkEvent::Registered);
+        self.serve_notices(ws, &mut outbox).await
     }
 
     /// Opens the control socket `/mesh/{mesh_id}/host`.
@@ -237,7 +282,11 @@ impl Link {
     /// dials are in flight the control socket is not read, TCP pushes back, and the relay
     /// keeps the notices (and the members' sessions, under its accept deadline). The relay's
     /// silence is only measured while the link is reading.
-    async fn serve_notices(&self, mut ws: ClientSocket) -> String {
+    async fn serve_notices(
+        &self,
+        mut ws: ClientSocket,
+        outbox: &mut mpsc::Receiver<HostMsg>,
+    ) -> String {
         let mut ping = tokio::time::interval_at(Instant::now() + PING_EVERY, PING_EVERY);
         let mut last_frame = Instant::now();
         let mut permit: Option<tokio::sync::OwnedSemaphorePermit> = None;
@@ -259,6 +308,9 @@ impl Link {
                                     self.accept(p, session_id, secret, remote);
                                 }
                             }
+                            Ok(RelayMsg::DialBackResult(r)) => {
+                                let _ = self.events.send(LinkEvent::DialBackResult(r));
+                            }
                             Ok(other) => tracing::debug!("ignoring relay message {other:?}"),
                             Err(e) => tracing::debug!("ignoring unknown relay message: {e}"),
                         },
@@ -266,6 +318,12 @@ impl Link {
                         Some(Ok(_)) => {}
                         Some(Err(e)) => return format!("control link lost: {e}"),
                         None => return "control link closed by the relay".into(),
+                    }
+                }
+                Some(msg) = outbox.recv() => {
+                    let text = serde_json::to_string(&msg).unwrap_or_default();
+                    if let Err(e) = ws.send(Message::Text(text.into())).await {
+                        return format!("control link lost: {e}");
                     }
                 }
                 _ = ping.tick() => {

@@ -112,7 +112,9 @@ pub async fn register_raw(
     let nonce = relay_proto::decode_nonce(&nonce).expect("a well-formed challenge");
     let reg = relay_proto::sign(signer, &relay, mesh_id, &nonce);
     send_json(&mut ws, &reg).await;
-    let HostMsg::Register { signature, .. } = reg;
+    let HostMsg::Register { signature, .. } = reg else {
+        unreachable!("relay_proto::sign makes a register message")
+    };
     (ws, nonce, signature)
 }
 
