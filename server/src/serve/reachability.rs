@@ -201,6 +201,7 @@ impl Checker {
         let mut mapping = self.mapper.subscribe();
         let mut seen_endpoint = self.effective_snapshot().endpoints.public;
         let mut seen_mapping = mapping_key(&mapping.borrow_and_update());
+        let mut mapping_live = true;
         let mut seen_round = snaps.borrow().updated_at.clone();
         let mut retry_at: Option<tokio::time::Instant> = None;
         // The link may have registered before this task subscribed.
@@ -233,9 +234,11 @@ impl Checker {
                             continue;
                         }
                     }
-                    changed = mapping.changed() => {
+                    changed = mapping.changed(), if mapping_live => {
                         if changed.is_err() {
-                            return;
+                            // Port mapping is off (or its task ended): nothing more to hear.
+                            mapping_live = false;
+                            continue;
                         }
                         let held = mapping_key(&mapping.borrow_and_update());
                         let public = self.effective_snapshot().endpoints.public;
