@@ -322,6 +322,14 @@ pub fn apply_to_snapshot(
     if let (Some(ip), Some(port)) = (ip, status.tcp_port) {
         snap.endpoints.public = Some(format!("ws://{}", SocketAddr::new(ip, port)));
         snap.public_port = Some(port);
+        // Discovery's advice ("forward TCP port … on your router") is done by the mapping;
+        // behind carrier-grade NAT it stands (the router's own WAN is not reachable).
+        if !snap.cgnat {
+            let by = status.protocol.map(|p| p.label()).unwrap_or("the router");
+            snap.hint = Some(format!(
+                "The router forwards TCP port {port} to this host automatically ({by})"
+            ));
+        }
     }
 }
 
@@ -542,12 +550,29 @@ mod tests {
     fn a_mapping_becomes_the_public_endpoint() {
         let mut snap = NetworkSnapshot {
             public_ip: Some("11.11.0.2".into()),
+            hint: Some("This host is behind NAT: forward TCP port 11451 on your router".into()),
             ..Default::default()
         };
         apply_to_snapshot(&mut snap, &mapped(), false);
         assert_eq!(
             snap.endpoints.public.as_deref(),
             Some("ws://11.11.0.2:11452")
+        );
+        assert_eq!(
+            snap.hint.as_deref(),
+            Some("The router forwards TCP port 11452 to this host automatically (UPnP)"),
+            "no manual forward is asked for while a mapping is held"
+        );
+        let mut cgnat = NetworkSnapshot {
+            cgnat: true,
+            hint: Some(crate::discovery::nat::CGNAT_HINT.into()),
+            ..Default::default()
+        };
+        apply_to_snapshot(&mut cgnat, &mapped(), false);
+        assert_eq!(
+            cgnat.hint.as_deref(),
+            Some(crate::discovery::nat::CGNAT_HINT),
+            "behind carrier-grade NAT a home mapping does not make the host reachable"
         );
         assert_eq!(snap.public_port, Some(11452));
         assert_eq!(snap.port_mapping.state, PortMappingState::Mapped);

@@ -11,6 +11,9 @@
 //!   the relay's per-registration interval anyway;
 //! - after a "rate limited" answer, once the relay's `retry_in_secs` has passed.
 //!
+//! The first check waits (at most [`MAPPING_GRACE`]) while port mapping is still searching,
+//! so a mapping made in the first moments is what gets dialed, not the closed port before it.
+//!
 //! With `--public-url` nothing is checked (a reverse proxy in front of the host is not the
 //! host's own port): `unknown`, "--public-url is set; not checked". Without a relay:
 //! `unknown`, "no relay to check from", and invites behave as before.
@@ -164,6 +167,9 @@ enum Trigger {
 
 /// Whether a trigger leads to a check: a finished discovery round re-checks only a verdict
 /// older than the relay's per-registration interval (the relay would refuse sooner anyway).
+/// How long the first check waits for the router to answer a port-mapping request.
+const MAPPING_GRACE: Duration = Duration::from_secs(1);
+
 /// What about a port mapping changes reachability: held or not, and where it points.
 fn mapping_key(status: &PortMappingStatus) -> (PortMappingState, Option<String>, Option<u16>) {
     (status.state, status.external_ip.clone(), status.tcp_port)
@@ -202,6 +208,7 @@ impl Checker {
         let mut seen_endpoint = self.effective_snapshot().endpoints.public;
         let mut seen_mapping = mapping_key(&mapping.borrow_and_update());
         let mut mapping_live = true;
+        let grace_until = tokio::time::Instant::now() + MAPPING_GRACE;
         let mut seen_round = snaps.borrow().updated_at.clone();
         let mut retry_at: Option<tokio::time::Instant> = None;
         // The link may have registered before this task subscribed.
@@ -262,8 +269,14 @@ impl Checker {
                 continue;
             }
             // The router is still being asked for a mapping: a dial now would most likely
-            // fail and spend the relay's allowance; the mapping's outcome triggers the check.
-            if self.mapper.status().state == PortMappingState::Searching {
+            // fail and spend the relay's allowance, so the first check waits for the
+            // mapping's outcome (which triggers it), but never longer than MAPPING_GRACE: a
+            // LAN with no mapping gateway takes seconds to rule out, and a manual forward
+            // should not wait for that.
+            if self.mapper.status().state == PortMappingState::Searching
+                && tokio::time::Instant::now() < grace_until
+            {
+                retry_at = Some(grace_until);
                 continue;
             }
             let snap = self.effective_snapshot();
