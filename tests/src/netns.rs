@@ -1085,6 +1085,39 @@ impl Topology {
         std::fs::read_to_string(self.dir().join("miniupnpd.leases")).unwrap_or_default()
     }
 
+    /// The home host's LAN address changes (a new DHCP lease): `new_ip` replaces
+    /// [`HOST_IP`] on its interface and the default route is put back through it.
+    pub fn move_host_address(&self, new_ip: &str) {
+        let ns = self.ns(Node::HomeHost);
+        ip(&[
+            "-n",
+            ns,
+            "addr",
+            "del",
+            &format!("{HOST_IP}/24"),
+            "dev",
+            "eth0",
+        ]);
+        ip(&[
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!("{new_ip}/24"),
+            "dev",
+            "eth0",
+        ]);
+        ip(&[
+            "-n",
+            ns,
+            "route",
+            "replace",
+            "default",
+            "via",
+            "192.168.1.1",
+        ]);
+    }
+
     /// The home router's `inet filter` table (miniupnpd's rules live in it).
     pub fn router_ruleset(&self) -> String {
         let out = self.run(

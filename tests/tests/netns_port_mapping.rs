@@ -191,6 +191,88 @@ fn nat_pmp_maps_the_host_and_a_cellular_phone_joins_via_public() {
 }
 
 #[test]
+fn a_new_lan_address_is_mapped_again_and_a_cellular_phone_still_joins_via_public() {
+    const NEW_IP: &str = "192.168.1.11";
+    let _g = serial();
+    let mut topo = TopologyBuilder::new("remap")
+        .miniupnpd(MiniUpnpd {
+            upnp: true,
+            nat_pmp_pcp: false,
+        })
+        .build();
+    topo.start_stun();
+    topo.start_miniupnpd();
+    let host = topo.start_host_with(false, &[]);
+    wait_mapped(&topo, &host, Instant::now());
+    assert!(
+        topo.miniupnpd_leases()
+            .contains(&format!("TCP:{HOST_PORT}:{HOST_IP}:{HOST_PORT}")),
+        "{}",
+        topo.miniupnpd_leases()
+    );
+
+    // The host's DHCP lease changes. The router must now forward to the new address; the
+    // host notices on its next read of the default route (every 30 s) and maps again.
+    topo.move_host_address(NEW_IP);
+    let t = Instant::now();
+    let to_new = |proto: &str| {
+        topo.miniupnpd_leases()
+            .lines()
+            .find(|l| {
+                l.starts_with(&format!("{proto}:"))
+                    && l.contains(&format!(":{NEW_IP}:{HOST_PORT}:"))
+            })
+            .map(|l| l.split(':').nth(1).unwrap().parse::<u16>().unwrap())
+    };
+    let (tcp, udp) = loop {
+        if let (Some(tcp), Some(udp)) = (to_new("TCP"), to_new("UDP")) {
+            break (tcp, udp);
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(45),
+            "no mapping to the new address after 45 s:\n{}\nhost log:\n{}",
+            topo.miniupnpd_leases(),
+            topo.output(host.proc)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    eprintln!(
+        "NETNS-RESULT scenario=port-mapping-remap address_change_to_mapped_ms={} tcp={tcp} udp={udp}",
+        t.elapsed().as_millis()
+    );
+    // The old mapping still holds port 11451 when the router refuses to delete a mapping
+    // of an address the host no longer has (miniupnpd's secure mode); it lapses with its
+    // lease. The new one then gets another external port, and that is what is advertised.
+    let public = format!("ws://{UPNP_WAN_IP}:{tcp}");
+    let net = loop {
+        let net = topo.host_api(&host, "/api/network");
+        if net["endpoints"]["public"] == public.as_str() {
+            break net;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(50),
+            "the public endpoint did not follow the new mapping: {net:#}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(net["port_mapping"]["state"], "mapped", "{net:#}");
+    assert_eq!(net["port_mapping"]["tcp_port"], tcp, "{net:#}");
+    assert_eq!(net["port_mapping"]["udp_port"], udp, "{net:#}");
+
+    let invite = topo.mint(&host, None);
+    let out = topo.join(
+        Node::Phone,
+        &invite.token.qr_data,
+        &["--name", "phone", "--attempt-timeout-ms", "10000"],
+        Duration::from_secs(40),
+    );
+    let c = out
+        .connected()
+        .unwrap_or_else(|| panic!("join never connected:\n{}", out.transcript()));
+    assert_eq!(c.json["path"], "public", "{}", out.transcript());
+}
+
+#[test]
 fn netcheck_lists_what_the_router_offers_and_leaves_no_mapping() {
     let _g = serial();
     let mut topo = TopologyBuilder::new("pmcheck")
