@@ -343,6 +343,20 @@ impl Relay {
         Relay::start_on(free_port(), extra_args).await
     }
 
+    /// Starts a relay whose STUN responder is on free loopback ports; returns it and its
+    /// STUN address `127.0.0.1:PORT` (for a host's `--stun-server` / `--relay-stun`).
+    pub async fn start_with_stun() -> (Relay, String) {
+        let (stun, alt) = (coturn::free_udp_port(), coturn::free_udp_port());
+        let relay = Relay::start(&[
+            "--stun-port",
+            &stun.to_string(),
+            "--stun-alt-port",
+            &alt.to_string(),
+        ])
+        .await;
+        (relay, format!("127.0.0.1:{stun}"))
+    }
+
     /// Starts a relay on `port` (used to restart one on the same port).
     pub async fn start_on(port: u16, extra_args: &[&str]) -> Relay {
         let tmp = tempfile::tempdir().unwrap();

@@ -7,6 +7,7 @@
 
 use atmosphere_shared::api::TokenRequest;
 use atmosphere_shared::{Endpoints, Invite};
+use atmosphere_tests::coturn::free_udp_port;
 use atmosphere_tests::{bin_path, BlackHole, Host, Relay};
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Write};
@@ -16,14 +17,6 @@ use std::time::{Duration, Instant};
 
 /// Messages each member sends while its session moves onto the direct path.
 const COUNT: usize = 150;
-
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// An invite whose local and public paths are black holes and whose relay path is real.
 async fn relay_only_link(host: &Host, holes: &(BlackHole, BlackHole)) -> String {
@@ -121,16 +114,8 @@ impl Drop for Member {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_that_joined_over_the_relay_move_onto_a_direct_path_without_losing_a_message() {
-    let (stun, stun_alt) = (free_udp_port(), free_udp_port());
-    let relay = Relay::start(&[
-        "--stun-port",
-        &stun.to_string(),
-        "--stun-alt-port",
-        &stun_alt.to_string(),
-    ])
-    .await;
+    let (relay, relay_stun) = Relay::start_with_stun().await;
     let udp = free_udp_port().to_string();
-    let relay_stun = format!("127.0.0.1:{stun}");
     let host = Host::start_with(
         &[
             "--relay-url",

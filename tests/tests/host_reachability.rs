@@ -8,27 +8,6 @@ use atmosphere_tests::{free_port, Host, Relay};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A relay with its STUN responder on free loopback ports; returns it and `127.0.0.1:STUN`.
-async fn relay_with_stun() -> (Relay, String) {
-    let (stun, alt) = (free_udp_port(), free_udp_port());
-    let relay = Relay::start(&[
-        "--stun-port",
-        &stun.to_string(),
-        "--stun-alt-port",
-        &alt.to_string(),
-    ])
-    .await;
-    (relay, format!("127.0.0.1:{stun}"))
-}
-
 async fn host_with(relay: &Relay, stun: &str, extra: &[&str]) -> Host {
     let url = relay.url();
     let mut args = vec![
@@ -66,7 +45,7 @@ async fn wait_reachability(host: &Host, want: &str, within: Duration) -> (Value,
 
 #[tokio::test]
 async fn the_relay_reaches_a_host_on_its_public_port_and_invites_keep_public() {
-    let (relay, stun) = relay_with_stun().await;
+    let (relay, stun) = Relay::start_with_stun().await;
     let start = Instant::now();
     let host = host_with(&relay, &stun, &[]).await;
     let (r, _) = wait_reachability(&host, "reachable", Duration::from_secs(20)).await;
@@ -92,7 +71,7 @@ async fn the_relay_reaches_a_host_on_its_public_port_and_invites_keep_public() {
 
 #[tokio::test]
 async fn a_public_port_nobody_listens_on_is_unreachable_and_left_out_of_invites() {
-    let (relay, stun) = relay_with_stun().await;
+    let (relay, stun) = Relay::start_with_stun().await;
     let dead = free_port().to_string();
     let host = host_with(&relay, &stun, &["--public-port", &dead]).await;
     let (r, _) = wait_reachability(&host, "unreachable", Duration::from_secs(20)).await;
@@ -113,7 +92,7 @@ async fn a_public_port_nobody_listens_on_is_unreachable_and_left_out_of_invites(
 
 #[tokio::test]
 async fn with_public_url_or_without_a_relay_nothing_is_checked() {
-    let (relay, stun) = relay_with_stun().await;
+    let (relay, stun) = Relay::start_with_stun().await;
     let host = host_with(&relay, &stun, &["--public-url", "wss://home.example"]).await;
     host.wait_relay_connected(Duration::from_secs(20)).await;
     let (r, _) = wait_reachability(&host, "unknown", Duration::from_secs(5)).await;

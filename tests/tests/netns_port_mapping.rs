@@ -32,6 +32,21 @@ fn wait_mapped(topo: &Topology, host: &NsHost, since: Instant) -> (Value, Durati
     }
 }
 
+/// The phone on cellular joins with `invite`'s link; it must connect via `public`.
+fn join_from_cellular_via_public(topo: &mut Topology, invite: &Invite) -> TimedEvent {
+    let out = topo.join(
+        Node::Phone,
+        &invite.token.qr_data,
+        &["--name", "phone", "--attempt-timeout-ms", "10000"],
+        Duration::from_secs(40),
+    );
+    let c = out
+        .connected()
+        .unwrap_or_else(|| panic!("join never connected:\n{}", out.transcript()));
+    assert_eq!(c.json["path"], "public", "{}", out.transcript());
+    c.clone()
+}
+
 /// Polls `/api/network` until the relay's dial-back found `public` reachable; returns the
 /// verdict and the time.
 fn wait_reachable(
@@ -109,17 +124,7 @@ fn map_join_and_remove(scenario: &str, serve: MiniUpnpd, extra: &[&str], protoco
         "{:#}",
         invite.raw
     );
-    let link = invite.token.qr_data.clone();
-    let out = topo.join(
-        Node::Phone,
-        &link,
-        &["--name", "phone", "--attempt-timeout-ms", "10000"],
-        Duration::from_secs(40),
-    );
-    let c = out
-        .connected()
-        .unwrap_or_else(|| panic!("join never connected:\n{}", out.transcript()));
-    assert_eq!(c.json["path"], "public", "{}", out.transcript());
+    let c = join_from_cellular_via_public(&mut topo, &invite);
     eprintln!(
         "NETNS-RESULT scenario=port-mapping-{protocol}-join path=public elapsed_ms={}",
         c.json["elapsed_ms"]
@@ -260,16 +265,7 @@ fn a_new_lan_address_is_mapped_again_and_a_cellular_phone_still_joins_via_public
     assert_eq!(net["port_mapping"]["udp_port"], udp, "{net:#}");
 
     let invite = topo.mint(&host, None);
-    let out = topo.join(
-        Node::Phone,
-        &invite.token.qr_data,
-        &["--name", "phone", "--attempt-timeout-ms", "10000"],
-        Duration::from_secs(40),
-    );
-    let c = out
-        .connected()
-        .unwrap_or_else(|| panic!("join never connected:\n{}", out.transcript()));
-    assert_eq!(c.json["path"], "public", "{}", out.transcript());
+    join_from_cellular_via_public(&mut topo, &invite);
 }
 
 #[test]
