@@ -217,7 +217,7 @@ fn a_new_lan_address_is_mapped_again_and_a_cellular_phone_still_joins_via_public
     );
 
     // The host's DHCP lease changes. The router must now forward to the new address; the
-    // host notices on its next read of the default route (every 30 s) and maps again.
+    // host notices on its next read of the default route (every 5 s) and maps again.
     topo.move_host_address(NEW_IP);
     let t = Instant::now();
     let to_new = |proto: &str| {

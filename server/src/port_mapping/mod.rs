@@ -60,8 +60,10 @@ use tracing::{info, warn};
 
 /// The lifetime asked for (the gateway may grant less).
 pub const LIFETIME: Duration = Duration::from_secs(2 * 60 * 60);
-/// How often the default route is read to notice a network change.
-pub const ROUTE_POLL: Duration = Duration::from_secs(30);
+/// How often the default route is read to notice a network change. A read is a file read
+/// and a connected-but-silent UDP socket (no packet), so it can be frequent; a re-map after
+/// a new DHCP lease then waits at most this long.
+pub const ROUTE_POLL: Duration = Duration::from_secs(5);
 /// How long `serve` waits for the mappings to be removed on exit.
 pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(2);
 /// Every protocol, in the order tried.
