@@ -844,6 +844,7 @@ impl Sessions {
             Err(e) => e.to_string(),
             Ok(()) => "this host has no UDP socket for direct connections".to_string(),
         };
+        info!(attempt, reason = %printable(&reason), "direct path declined");
         self.send(sock, &ServerMsg::RtcUnavailable { attempt, reason })
             .await
     }

@@ -258,6 +258,18 @@ async fn phone_connects_via_relay_when_direct_paths_are_black_holes() {
         1,
         "{devs:?}"
     );
+    // This Chromium runs outside a namespace, so its page must never start WebRTC. The
+    // host has no UDP port (`joined.direct` is false): a page that offered anyway would
+    // have been declined, in the host's log, within the upgrade's gather deadline.
+    tokio::time::sleep(Duration::from_millis(
+        atmosphere_shared::upgrade::DEFAULT_GATHER_TIMEOUT_MS + 1_000,
+    ))
+    .await;
+    assert!(
+        !host.proc.output().contains("direct path declined"),
+        "a loopback page offered a WebRTC peer connection:\n{}",
+        host.proc.output()
+    );
     phone.close().await;
 }
 
