@@ -269,6 +269,54 @@ fn a_new_lan_address_is_mapped_again_and_a_cellular_phone_still_joins_via_public
 }
 
 #[test]
+fn a_router_that_starts_mapping_later_makes_public_reachable_and_back_in_invites() {
+    let _g = serial();
+    let mut topo = TopologyBuilder::new("late")
+        .miniupnpd(MiniUpnpd {
+            upnp: false,
+            nat_pmp_pcp: true,
+        })
+        .build();
+    topo.start_stun();
+    topo.start_relay();
+    // The router's mapping daemon is not running yet: nothing maps, nothing is forwarded.
+    let host = topo.start_host_with(true, &["--port-mapping-protocol", "pcp"]);
+    let net = topo.wait_host_ready(&host, Duration::from_secs(30));
+    let public = format!("ws://{UPNP_WAN_IP}:{HOST_PORT}");
+    assert_eq!(net["port_mapping"]["state"], "unavailable", "{net:#}");
+    assert_eq!(net["reachability"]["state"], "unreachable", "{net:#}");
+    assert_eq!(net["reachability"]["endpoint"], public.as_str(), "{net:#}");
+    assert_eq!(topo.mint(&host, None).token.endpoints.public, None);
+
+    // The daemon starts; the host's retry maps the port STUN already named, so the public
+    // endpoint string does not change: the mapping itself must trigger the new check.
+    topo.start_miniupnpd();
+    let t = Instant::now();
+    loop {
+        let net = topo.host_api(&host, "/api/network");
+        if net["reachability"]["state"] == "reachable" {
+            assert_eq!(net["port_mapping"]["state"], "mapped", "{net:#}");
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(90),
+            "the late mapping was never verified: {net:#}\nhost log:\n{}",
+            topo.output(host.proc)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!(
+        "NETNS-RESULT scenario=port-mapping-late daemon_start_to_reachable_ms={}",
+        t.elapsed().as_millis()
+    );
+    let invite = topo.mint(&host, None);
+    assert_eq!(
+        invite.token.endpoints.public.as_deref(),
+        Some(public.as_str())
+    );
+}
+
+#[test]
 fn netcheck_lists_what_the_router_offers_and_leaves_no_mapping() {
     let _g = serial();
     let mut topo = TopologyBuilder::new("pmcheck")

@@ -165,8 +165,6 @@ enum Trigger {
     Retry,
 }
 
-/// Whether a trigger leads to a check: a finished discovery round re-checks only a verdict
-/// older than the relay's per-registration interval (the relay would refuse sooner anyway).
 /// How long the first check waits for the router to answer a port-mapping request.
 const MAPPING_GRACE: Duration = Duration::from_secs(1);
 
@@ -175,6 +173,8 @@ fn mapping_key(status: &PortMappingStatus) -> (PortMappingState, Option<String>,
     (status.state, status.external_ip.clone(), status.tcp_port)
 }
 
+/// Whether a trigger leads to a check: a finished discovery round re-checks only a verdict
+/// older than the relay's per-registration interval (the relay would refuse sooner anyway).
 fn worth_checking(trigger: Trigger, verdict_age: Option<Duration>) -> bool {
     match trigger {
         Trigger::Refreshed => {
